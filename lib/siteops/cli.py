@@ -1,0 +1,70 @@
+"""What every command shares: common flags, the root check, one error line,
+exit codes (0 ok, 1 failure, 2 bad input, 130 interrupted) and the action log."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from typing import Callable, Sequence
+
+from .errors import SiteopsError
+from .registry import now
+from .system import Host
+
+
+def parser(prog: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
+    """An argparse parser with the flags every command has."""
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print every change it would make and make none (works without root "
+                        "where the facts it reads allow)")
+    p.add_argument("--debug", action="store_true", help="show a traceback on unexpected errors")
+    return p
+
+
+def log_action(host: Host, prog: str, argv: Sequence[str], result: str) -> None:
+    """Append one JSON line about this run to /var/log/siteops/actions.jsonl."""
+    if host.dry_run or not host.paths.log_dir.is_dir():
+        return
+    entry = {"time": now(), "command": prog, "argv": list(argv), "result": result,
+             "user": os.environ.get("SUDO_USER") or "root", "changed": host.changed_steps}
+    fd = os.open(host.paths.log_dir / "actions.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    with os.fdopen(fd, "a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+
+
+def main(prog: str, p: argparse.ArgumentParser, body: Callable[[Host, argparse.Namespace], None],
+         argv: Sequence[str] | None = None, host: Host | None = None) -> int:
+    """Parse argv, run body against the host, and turn the outcome into an exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(argv)  # exits 2 with usage on bad input
+    host = host or Host(dry_run=args.dry_run)
+    host.dry_run = args.dry_run
+    try:
+        if not args.dry_run and os.geteuid() != 0:
+            raise SiteopsError("must be run as root (use sudo); --dry-run shows the plan without root")
+        body(host, args)
+        host.say(host.summary())
+        log_action(host, prog, argv, "ok")
+        return 0
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        log_action(host, prog, argv, "interrupted")
+        return 130
+    except SiteopsError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        log_action(host, prog, argv, f"error: {exc}")
+        return exc.exit_code
+    except Exception as exc:  # a bug: one line, the traceback only on request
+        if args.debug:
+            raise
+        print(f"{prog}: unexpected error: {exc!r} (run with --debug for the traceback)",
+              file=sys.stderr)
+        log_action(host, prog, argv, f"unexpected error: {exc!r}")
+        return 1

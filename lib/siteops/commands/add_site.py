@@ -1,0 +1,161 @@
+"""add-site: create (or complete) one completely isolated site."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import (cli, distro, envfile, fail2ban, layout, logrotate, nginx, postgres, redis,
+                registry, systemd, users, validate)
+from ..errors import SiteopsError, UsageError
+from ..system import Host
+
+DESCRIPTION = """\
+Create a site NAME that shares nothing with the other sites, or finish one
+that an interrupted run left half-made (its registry state says
+"provisioning"). Running it again changes nothing; with other --domain or
+--components values it updates the site to them.
+
+What it creates:
+  user        NAME, nologin, home /srv/sites/NAME, its own group and UID
+  directories /srv/sites/NAME/{releases,shared/{logs,uploads,redis,backups}}
+  ports       slot k of the registry: frontend 3100+10k, API 4000+10k,
+              Redis 5000+10k, all on 127.0.0.1
+  .env        shared/.env (0600): DATABASE_URL, REDIS_URL, ports, NODE_ENV and
+              generated secrets; values already there are never changed
+  database    PostgreSQL role and database NAME, no access for anyone else
+  redis       NAME-redis.service, the site's own password-protected instance
+  systemd     NAME-frontend.service / NAME-api.service in siteops-NAME.slice,
+              hardened; enabled and started once a release exists
+  nginx       sites-available/NAME.conf (+ enabled link): rate limits (API
+              10 r/s burst 20, general 30 r/s burst 50, status 429), ACME
+              path exempt, TLS when a certificate exists; a placeholder page
+              until the first release; checked with `nginx -t` first
+  logrotate   /etc/logrotate.d/siteops-NAME: daily, 14 days, compressed
+  registry    the site's entry in /var/lib/siteops/registry.json
+"""
+
+EPILOG = """\
+examples:
+  sudo ./bin/add-site shop --domain shop.example.com --domain www.shop.example.com
+  sudo ./bin/add-site blog --domain blog.example.com --components frontend \\
+      --start frontend="node server.js"
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("add-site", DESCRIPTION, EPILOG)
+    p.add_argument("name", type=validate.site_name,
+                   help="site name: 2-32 of a-z, 0-9, _ starting with a letter; also the "
+                        "Unix user, database and unit prefix")
+    p.add_argument("--domain", dest="domains", action="append", type=validate.domain,
+                   required=True, metavar="DOMAIN",
+                   help="host name nginx serves for the site (repeat for more; the first "
+                        "one names the TLS certificate)")
+    p.add_argument("--components", type=validate.components, default=None,
+                   metavar="LIST", help="comma-separated: frontend, api (default: frontend,api "
+                                        "for a new site; unchanged for an existing one)")
+    p.add_argument("--start", action="append", type=validate.start_command, default=[],
+                   metavar="COMPONENT=COMMAND",
+                   help="command a component's unit runs in current/ (default: "
+                        f"frontend={systemd.DEFAULT_COMMANDS['frontend']!r}, "
+                        f"api={systemd.DEFAULT_COMMANDS['api']!r})")
+    return p
+
+
+def listening_ports(host: Host) -> set[int]:
+    """TCP ports something listens on, from one `ss` call."""
+    out = host.query(["ss", "-H", "-t", "-l", "-n"]).out
+    ports = set()
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[3].rpartition(":")[2].isdigit():
+            ports.add(int(fields[3].rpartition(":")[2]))
+    return ports
+
+
+def check_bootstrapped(host: Host) -> None:
+    if not (host.paths.nginx / "snippets" / "siteops-realip.conf").exists():
+        raise SiteopsError("this server has not been bootstrapped: run `sudo ./bin/bootstrap` first")
+
+
+def plan_entry(host: Host, data: dict, args: argparse.Namespace) -> dict:
+    """The registry entry the site should have: the existing one updated, or a new one."""
+    name = args.name
+    for other in data["sites"].values():
+        if other["name"] != name:
+            taken = sorted(set(args.domains) & set(other["domains"]))
+            if taken:
+                raise UsageError(f"domain {taken[0]} already belongs to site {other['name']}")
+    site = data["sites"].get(name)
+    if site is None:
+        if users.lookup(host, name) is not None:
+            raise UsageError(f"a Unix user {name!r} already exists; choose another site name")
+        slot = registry.allocate_slot(data, listening_ports(host))
+        site = {"name": name, "slot": slot, "user": name, "database": name,
+                "created": registry.now(), "state": registry.PROVISIONING,
+                "components": ["frontend", "api"], "commands": dict(systemd.DEFAULT_COMMANDS)}
+    site = dict(site, domains=args.domains)
+    if args.components:
+        site["components"] = args.components
+    site["commands"] = {c: site.get("commands", {}).get(c, systemd.DEFAULT_COMMANDS[c])
+                        for c in site["components"]}
+    for component, command in args.start:
+        if component not in site["components"]:
+            raise UsageError(f"--start {component}=...: the site has no {component} component")
+        site["commands"][component] = command
+    site["ports"] = registry.ports_for(site["slot"], site["components"])
+    return site
+
+
+def provision(host: Host, site: dict, db_port: int) -> None:
+    """Converge every resource of the site, in dependency order."""
+    name = site["name"]
+    with host.step(f"user {name}"):
+        users.ensure_site_user(host, name, host.paths.site(name))
+    layout.ensure_tree(host, name)
+    env_path = layout.env_path(host, name)
+    with host.step(f"{env_path} (secrets kept)"):
+        env_text = envfile.merge(host.read(env_path), site, db_port)
+        host.write(env_path, env_text, 0o600, name, name)
+    db_password, redis_password = envfile.passwords(env_text)
+    postgres.ensure_site_database(host, name, db_password)
+    with host.step(f"redis config {name}"):
+        redis.ensure_site_conf(host, site, redis_password)
+    with host.step(f"systemd units of {name}"):
+        systemd.ensure_units(host, site)
+    with host.step(f"{systemd.redis_unit(name)} running"):
+        systemd.ensure_started(host, systemd.redis_unit(name))
+    live = layout.has_release(host, name)
+    if live:
+        for component in site["components"]:
+            with host.step(f"{systemd.app_unit(name, component)} running"):
+                systemd.ensure_started(host, systemd.app_unit(name, component))
+    nginx.ensure_site(host, site, live, layout.logs(host, name))
+    logrotate.ensure_site(host, site)
+    if host.changed_steps and f"nginx site {name}" in host.changed_steps:
+        fail2ban.reload(host)
+
+
+def run(host: Host, args: argparse.Namespace) -> None:
+    distro.detect(host)
+    check_bootstrapped(host)
+    with registry.locked(host, f"add-site {args.name}") as data:
+        site = plan_entry(host, data, args)
+        if site != data["sites"].get(args.name):
+            site["updated"] = registry.now()
+        data["sites"][args.name] = site
+        registry.save(host, data)  # a crash from here on leaves state "provisioning"
+        host.say(f"site {args.name}: slot {site['slot']}, ports "
+                 + ", ".join(f"{k} {v}" for k, v in site["ports"].items()))
+        db_port = postgres.clusters(host)[0].port
+        provision(host, site, db_port)
+        if not host.dry_run:
+            site["uid"] = users.lookup(host, args.name).uid
+        if site.get("state") != registry.READY:
+            site["state"] = registry.READY
+            site["updated"] = registry.now()
+        registry.save(host, data)
+
+
+def main(argv: list[str] | None = None, host: Host | None = None) -> int:
+    return cli.main("add-site", build_parser(), run, argv, host)

@@ -1,0 +1,122 @@
+"""bootstrap: install and harden the shared stack of a multi-site host."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import (cli, distro, fail2ban, firewall, nginx, packages, postgres, redis, ssh, tls,
+                upgrades, users, validate)
+from ..paths import REPO
+from ..system import Host
+
+DESCRIPTION = """\
+Turn a fresh Ubuntu 24.04 or Debian 12/13 server into a siteops host, or bring
+an existing one back in line. Safe to run again: it changes only what differs
+and reports each item as "changed" or "ok".
+
+What it does:
+  packages   installs what is missing of nginx, PostgreSQL, Redis, UFW,
+             fail2ban, certbot, logrotate, unattended-upgrades, Node.js (+pnpm),
+             Python (+venv); no apt call when everything is present
+  suite      copies siteops to /opt/siteops (the commands sudo allows) and
+             makes /etc/siteops, /var/lib/siteops, /var/log/siteops, /srv/sites
+  nginx      default site removed, unknown Host headers refused (444),
+             server_tokens off, 429 for rate limits, Cloudflare real-IP ranges
+  postgresql localhost only, scram-sha-256, each role only into its own
+             database, CONNECT on postgres/template1 revoked from PUBLIC
+  redis      the shared instance bound to loopback and stopped: every site gets
+             its own instance (add-site)
+  firewall   UFW denies incoming except 22, 80, 443; fail2ban jails for sshd
+             (journal) and nginx rate limits
+  users      a `deploy` user whose sudo is limited to deploy, rollback, audit
+             and sites (full sudo only with --deploy-full-sudo)
+  ssh        key-only login, checked with `sshd -t`; refuses to run if no
+             authorized key would be left to log in with
+  updates    unattended-upgrades on; certbot renewal hook runs `nginx -t` and
+             reloads nginx
+"""
+
+EPILOG = "example:\n  sudo ./bin/bootstrap --deploy-key ~/.ssh/id_ed25519.pub"
+
+SUITE_PARTS = ("bin", "lib", "templates")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("bootstrap", DESCRIPTION, EPILOG)
+    p.add_argument("--deploy-key", type=validate.readable_file, metavar="FILE",
+                   help="public key(s) to authorize for the deploy user "
+                        "(default: copy root's when deploy has none)")
+    p.add_argument("--deploy-full-sudo", action="store_true",
+                   help="give deploy passwordless sudo for everything, as the reference does")
+    p.add_argument("--allow-ssh-lockout", action="store_true",
+                   help="turn off SSH passwords even if no authorized key exists")
+    p.add_argument("--cloudflare-ips", type=validate.readable_file, metavar="FILE",
+                   help="replace the shipped Cloudflare ranges with this list (one CIDR a "
+                        "line; e.g. https://www.cloudflare.com/ips-v4 and ips-v6 joined)")
+    return p
+
+
+def ensure_suite(host: Host) -> None:
+    """Suite directories, and a root-owned copy of the suite in /opt/siteops."""
+    with host.step("siteops directories"):
+        host.ensure_dir(host.paths.etc, 0o755)
+        host.ensure_dir(host.paths.state, 0o700)
+        host.ensure_dir(host.paths.log_dir, 0o750)
+        host.ensure_dir(host.paths.sites, 0o755)
+    target = host.paths.install_dir
+    if target.resolve() == REPO:
+        return
+    with host.step(f"siteops installed in {target}"):
+        for part in SUITE_PARTS:
+            for src in sorted((REPO / part).rglob("*")):
+                if "__pycache__" in src.parts:
+                    continue
+                dest = target / src.relative_to(REPO)
+                if src.is_dir():
+                    host.ensure_dir(dest, 0o755)
+                else:
+                    mode = 0o755 if part == "bin" else 0o644
+                    host.write(dest, src.read_text(), mode)
+
+
+def refresh_cloudflare(host: Host, source: Path) -> None:
+    """Validate an operator-supplied Cloudflare list and keep it in /etc/siteops."""
+    text = source.read_text()
+    nginx.parse_ranges(text)
+    with host.step("Cloudflare ranges"):
+        host.write(host.paths.etc / "cloudflare-ips.txt", text)
+
+
+def run(host: Host, args: argparse.Namespace) -> None:
+    os_ = distro.detect(host)
+    host.say(f"siteops bootstrap on {os_.label}")
+    deploy = users.lookup(host, users.DEPLOY_USER)
+    deploy_home = deploy.home if deploy else f"/home/{users.DEPLOY_USER}"
+    ssh.preflight(host, deploy_home, args.deploy_key, args.allow_ssh_lockout)
+    if args.cloudflare_ips:
+        nginx.parse_ranges(args.cloudflare_ips.read_text())
+
+    packages.ensure_installed(host)
+    ensure_suite(host)
+    if args.cloudflare_ips:
+        refresh_cloudflare(host, args.cloudflare_ips)
+    nginx.ensure_base(host)
+    cluster = postgres.ensure_cluster(host, os_.pg_major)
+    postgres.ensure_config(host, cluster)
+    redis.ensure_shared(host)
+    firewall_extra = firewall.ensure(host)
+    fail2ban.ensure(host)
+    users.ensure_deploy_user(host)
+    ssh.ensure_deploy_keys(host, deploy_home, args.deploy_key)
+    users.ensure_sudoers(host, host.paths.install_dir / "bin", args.deploy_full_sudo)
+    ssh.ensure_key_only(host)
+    upgrades.ensure(host)
+    tls.ensure_renewal_hook(host)
+    if firewall_extra:
+        host.say(f"note: UFW also allows {', '.join(firewall_extra)}; siteops left "
+                 "those rules alone (`audit` reports them)")
+
+
+def main(argv: list[str] | None = None, host: Host | None = None) -> int:
+    return cli.main("bootstrap", build_parser(), run, argv, host)

@@ -1,0 +1,28 @@
+"""fail2ban: an sshd jail read from the journal and an nginx rate-limit jail
+over every site's nginx error log; bans go through UFW."""
+
+from __future__ import annotations
+
+from .system import Host
+from .templates import render
+
+JAILS = ("sshd", "nginx-limit-req")
+
+
+def ensure(host: Host) -> None:
+    """Install the jail settings, checked with `fail2ban-client -t`, and run fail2ban."""
+    path = host.paths.p("/etc/fail2ban/jail.d/siteops.local")
+    with host.step("fail2ban (sshd, nginx-limit-req)"):
+        with host.validated([path], ["fail2ban-client", "-t"], "fail2ban") as outcome:
+            host.write(path, render("fail2ban/jail.local", sites=host.paths.sites))
+        if outcome["changed"]:
+            host.run(["systemctl", "enable", "fail2ban"])
+            host.run(["systemctl", "restart", "fail2ban"])
+        elif host.query(["systemctl", "is-active", "--quiet", "fail2ban"], ok=range(256)).code:
+            host.run(["systemctl", "enable", "--now", "fail2ban"])
+
+
+def reload(host: Host) -> None:
+    """Make the nginx jail pick up a new site's error log."""
+    if host.query(["systemctl", "is-active", "--quiet", "fail2ban"], ok=range(256)).code == 0:
+        host.run(["fail2ban-client", "reload", "nginx-limit-req"])

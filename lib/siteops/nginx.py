@@ -1,0 +1,142 @@
+"""nginx: the shared base (default server, snippets, real-IP list) and one
+config file per site. Every change is checked with `nginx -t` before the
+reload; a failing check puts all touched files back, so every other site
+keeps serving."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import re
+from pathlib import Path
+
+from . import distro
+from .errors import SiteopsError
+from .paths import TEMPLATES
+from .system import Host
+from .templates import render
+
+ACME_ROOT = "/var/www/siteops-acme"
+CLOUDFLARE_LIST = TEMPLATES / "nginx" / "cloudflare-ips.txt"
+HTTP2_DIRECTIVE = (1, 25, 1)  # `http2 on;` replaces `listen ... http2` from here on
+DEFAULT_SITE = "000-siteops-default.conf"
+
+
+def listen_https(version: tuple[int, ...], default: bool = False) -> str:
+    """The listen lines of a TLS server block in this nginx version's syntax."""
+    flag = " default_server" if default else ""
+    if version >= HTTP2_DIRECTIVE:
+        return (f"    listen 443 ssl{flag};\n    listen [::]:443 ssl{flag};\n    http2 on;")
+    return f"    listen 443 ssl http2{flag};\n    listen [::]:443 ssl http2{flag};"
+
+
+def parse_ranges(text: str) -> tuple[str, list[str]]:
+    """The date and the validated CIDR ranges of a Cloudflare list file."""
+    date = re.search(r"as of (\d{4}-\d{2}-\d{2})", text)
+    ranges = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            try:
+                ranges.append(str(ipaddress.ip_network(line)))
+            except ValueError as exc:
+                raise SiteopsError(f"bad range in Cloudflare list: {line!r}") from exc
+    if not ranges:
+        raise SiteopsError("the Cloudflare list holds no ranges")
+    return (date.group(1) if date else datetime.date.today().isoformat()), ranges
+
+
+def realip_snippet(list_text: str) -> str:
+    date, ranges = parse_ranges(list_text)
+    lines = "\n".join(f"set_real_ip_from {r};" for r in ranges)
+    return render("nginx/realip.conf", date=date, ranges=lines)
+
+
+def cloudflare_list(host: Host) -> str:
+    """The operator's refreshed list in /etc/siteops, else the dated one shipped."""
+    return host.read(host.paths.etc / "cloudflare-ips.txt") or CLOUDFLARE_LIST.read_text()
+
+
+def base_files(host: Host, version: tuple[int, ...]) -> dict[Path, str]:
+    """The shared files bootstrap owns, by path."""
+    n = host.paths.nginx
+    return {
+        n / "conf.d" / "siteops.conf": render("nginx/siteops.conf"),
+        n / "snippets" / "siteops-proxy.conf": render("nginx/proxy.conf"),
+        n / "snippets" / "siteops-tls.conf": render("nginx/tls.conf"),
+        n / "snippets" / "siteops-realip.conf": realip_snippet(cloudflare_list(host)),
+        n / "sites-available" / DEFAULT_SITE: render(
+            "nginx/default-server.conf", listen_https_default=listen_https(version, default=True)),
+    }
+
+
+def converge(host: Host, files: dict[Path, str], links: dict[Path, str] = {},
+             remove: tuple[Path, ...] = ()) -> bool:
+    """Write files, links and removals; `nginx -t`, then reload. True if changed."""
+    with host.validated([*files, *links, *remove], ["nginx", "-t"], "nginx") as outcome:
+        for path, text in files.items():
+            host.write(path, text)
+        for link, target in links.items():
+            host.symlink(link, target)
+        for path in remove:
+            host.remove(path)
+    if outcome["changed"]:
+        host.run(["systemctl", "reload-or-restart", "nginx"])
+    return outcome["changed"]
+
+
+def ensure_base(host: Host) -> None:
+    """Install the shared nginx base and refuse unknown Host headers."""
+    version = distro.nginx_version(host)
+    with host.step("nginx base (default server, snippets, Cloudflare real IP)"):
+        host.ensure_dir(host.paths.p(ACME_ROOT), 0o755)
+        n = host.paths.nginx
+        converge(host, base_files(host, version),
+                 links={n / "sites-enabled" / DEFAULT_SITE: f"../sites-available/{DEFAULT_SITE}"},
+                 remove=(n / "sites-enabled" / "default",))
+    with host.step("nginx enabled at boot"):
+        if host.query(["systemctl", "is-enabled", "--quiet", "nginx"], ok=(0, 1)).code:
+            host.run(["systemctl", "enable", "--now", "nginx"])
+
+
+def cert_dir(host: Host, site: dict) -> Path | None:
+    """The Let's Encrypt directory of the site's first domain, if a cert is there."""
+    d = host.paths.p("/etc/letsencrypt/live") / site["domains"][0]
+    return d if (d / "fullchain.pem").exists() else None
+
+
+def site_config(site: dict, version: tuple[int, ...], live: bool,
+                certs: Path | None, logs: Path) -> str:
+    """Render a site's nginx file from its registry entry and live facts."""
+    name, ports = site["name"], site["ports"]
+    components = site["components"]
+    upstreams = "".join(render("nginx/upstream.conf", name=name, component=c, port=ports[c])
+                        for c in components) if live else ""
+    if live:
+        locations = ""
+        if "api" in components and "frontend" in components:
+            locations += render("nginx/location-proxy.conf", name=name, path="/api/",
+                                zone="api", burst=20, component="api")
+        front = "frontend" if "frontend" in components else "api"
+        zone, burst = ("general", 50) if front == "frontend" else ("api", 20)
+        locations += render("nginx/location-proxy.conf", name=name, path="/", zone=zone,
+                            burst=burst, component=front)
+    else:
+        locations = render("nginx/location-placeholder.conf", name=name)
+    common = dict(name=name, domains=" ".join(site["domains"]), logs=logs, acme_root=ACME_ROOT)
+    https = ""
+    if certs:
+        https = render("nginx/https-server.conf", listen_https=listen_https(version),
+                       cert_dir=certs, locations=locations, **common)
+        locations = render("nginx/location-redirect.conf")
+    return render("nginx/site.conf", upstreams=upstreams, http_locations=locations,
+                  https_server=https, **common)
+
+
+def ensure_site(host: Host, site: dict, live: bool, logs: Path) -> None:
+    """Write and enable the site's nginx file; on a failed check nothing changes."""
+    name = site["name"]
+    text = site_config(site, distro.nginx_version(host), live, cert_dir(host, site), logs)
+    with host.step(f"nginx site {name}"):
+        converge(host, {host.paths.nginx_site(name): text},
+                 links={host.paths.nginx_enabled(name): f"../sites-available/{name}.conf"})

@@ -1,0 +1,73 @@
+"""Every path the suite touches on a server, from one place.
+
+Tests point the suite at a temporary tree by building Paths(root=tmp).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATES = REPO / "templates"
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path = Path("/")
+
+    def p(self, path: str) -> Path:
+        """Return an absolute server path below this root."""
+        return self.root / path.lstrip("/")
+
+    # The suite's own state.
+    @property
+    def etc(self) -> Path:
+        return self.p("/etc/siteops")
+
+    @property
+    def state(self) -> Path:
+        return self.p("/var/lib/siteops")
+
+    @property
+    def registry(self) -> Path:
+        return self.state / "registry.json"
+
+    @property
+    def registry_lock(self) -> Path:
+        return self.state / "registry.lock"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.p("/var/log/siteops")
+
+    @property
+    def install_dir(self) -> Path:
+        return self.p("/opt/siteops")
+
+    # Sites.
+    @property
+    def sites(self) -> Path:
+        return self.p("/srv/sites")
+
+    def site(self, name: str) -> Path:
+        return self.sites / name
+
+    # nginx.
+    @property
+    def nginx(self) -> Path:
+        return self.p("/etc/nginx")
+
+    def nginx_site(self, name: str) -> Path:
+        return self.nginx / "sites-available" / f"{name}.conf"
+
+    def nginx_enabled(self, name: str) -> Path:
+        return self.nginx / "sites-enabled" / f"{name}.conf"
+
+    # systemd, logrotate, redis.
+    def unit(self, unit: str) -> Path:
+        return self.p("/etc/systemd/system") / unit
+
+    def logrotate(self, name: str) -> Path:
+        return self.p("/etc/logrotate.d") / f"siteops-{name}"
+
+    def redis_conf(self, name: str) -> Path:
+        return self.etc / "redis" / f"{name}.conf"

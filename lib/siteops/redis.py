@@ -1,0 +1,52 @@
+"""Redis: the distribution's shared instance locked to loopback and stopped,
+and one instance per site on a port of the site's block.
+
+Why one instance per site rather than ACL users on a shared one: a site gets
+its own memory limit, its own persistence file and FLUSHALL cannot touch
+another site's keys; a crash or an eviction storm stays inside one site. The
+cost is a few MB of memory per site."""
+
+from __future__ import annotations
+
+import re
+
+from .system import Host
+from .templates import render
+
+SHARED_CONF = "/etc/redis/redis.conf"
+SHARED_SETTINGS = {"bind": "127.0.0.1 -::1", "protected-mode": "yes"}
+DEFAULT_MAXMEMORY = "64mb"
+
+
+def set_directives(text: str, settings: dict[str, str]) -> str:
+    """Return a redis.conf text with each active directive set to the given value
+    (comments untouched; a directive not yet present is appended)."""
+    for key, value in settings.items():
+        pattern = re.compile(rf"^[ \t]*{re.escape(key)}[ \t].*$", re.M)
+        text, n = pattern.subn(f"{key} {value}", text)
+        if n == 0:
+            text = text.rstrip("\n") + f"\n{key} {value}\n"
+    return text
+
+
+def ensure_shared(host: Host) -> None:
+    """Bind the shared instance to loopback, protected; stop it: sites never share one."""
+    path = host.paths.p(SHARED_CONF)
+    with host.step("redis shared instance (loopback, protected, disabled)"):
+        current = host.read(path)
+        if current is not None:
+            host.write(path, set_directives(current, SHARED_SETTINGS), 0o640, "redis", "redis")
+        enabled = host.query(["systemctl", "is-enabled", "--quiet", "redis-server"], ok=range(256))
+        active = host.query(["systemctl", "is-active", "--quiet", "redis-server"], ok=range(256))
+        if enabled.code == 0 or active.code == 0:
+            host.run(["systemctl", "disable", "--now", "redis-server"])
+
+
+def ensure_site_conf(host: Host, site: dict, password: str) -> bool:
+    """Write the site's redis.conf (root:site 0640: it holds the password)."""
+    name = site["name"]
+    host.ensure_dir(host.paths.redis_conf(name).parent, 0o755)
+    text = render("redis/site.conf", name=name, port=site["ports"]["redis"], password=password,
+                  dir=host.paths.site(name) / "shared" / "redis",
+                  maxmemory=site.get("redis_maxmemory", DEFAULT_MAXMEMORY))
+    return host.write(host.paths.redis_conf(name), text, 0o640, "root", name)

@@ -1,0 +1,126 @@
+"""The JSON registry of sites: load, save and lock it; allocate port slots.
+
+/var/lib/siteops/registry.json is root-only (0600) and replaced atomically
+while an fcntl.flock is held on registry.lock; the kernel releases the lock if
+the process dies, so no stale lock can block later commands. A registry that
+cannot be read or parsed stops the command and is never overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import time
+from typing import Iterator
+
+from .errors import SiteopsError
+from .system import Host, atomic_write
+
+SCHEMA_VERSION = 1
+MAX_SLOTS = 90  # frontend ports 3100..3999
+FRONTEND_BASE, API_BASE, EXTRA_BASE, BLOCK = 3100, 4000, 5000, 10
+
+# Site states: a crash between "provisioning" and "ready" leaves the first.
+PROVISIONING, READY = "provisioning", "ready"
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def empty() -> dict:
+    return {"version": SCHEMA_VERSION, "sites": {}}
+
+
+def load(host: Host) -> dict:
+    """Read and check the registry; a missing one is empty, a bad one is an error."""
+    path = host.paths.registry
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return empty()
+    except OSError as exc:
+        raise SiteopsError(f"cannot read registry {path}: {exc.strerror}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SiteopsError(f"registry {path} is corrupt ({exc}); nothing was changed: "
+                           f"repair it or restore {path.name}.bak") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("sites"), dict):
+        raise SiteopsError(f"registry {path} is corrupt (no 'sites' object); nothing was changed")
+    if data.get("version") != SCHEMA_VERSION:
+        raise SiteopsError(f"registry {path} has schema version {data.get('version')!r}; "
+                           f"this siteops reads version {SCHEMA_VERSION}")
+    return data
+
+
+def save(host: Host, data: dict) -> None:
+    """Write the registry atomically (0600 root), keeping the previous copy as .bak."""
+    if host.dry_run:
+        return
+    path = host.paths.registry
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    previous = host.read(path)
+    if previous == text:
+        return
+    if previous is not None:
+        atomic_write(path.with_name(path.name + ".bak"), previous.encode(), 0o600)
+    atomic_write(path, text.encode(), 0o600)
+
+
+@contextlib.contextmanager
+def locked(host: Host, purpose: str, wait: float = 30) -> Iterator[dict]:
+    """Hold the registry lock and yield the loaded registry.
+
+    A dry run takes no lock and creates nothing; it only reads."""
+    if host.dry_run:
+        yield load(host)
+        return
+    host.paths.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(host.paths.registry_lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() > deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                    raise SiteopsError(f"the registry is locked by another siteops command "
+                                       f"({holder or 'unknown'}); try again when it ends")
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: {purpose}\n".encode(), 0)
+        yield load(host)
+    finally:
+        os.close(fd)
+
+
+def block_ports(slot: int) -> list[int]:
+    """Every port of slot k's three blocks of ten."""
+    return [base + BLOCK * slot + i
+            for base in (FRONTEND_BASE, API_BASE, EXTRA_BASE) for i in range(BLOCK)]
+
+
+def ports_for(slot: int, components: list[str]) -> dict[str, int]:
+    """The ports a site in slot k uses: its components and its Redis."""
+    bases = {"frontend": FRONTEND_BASE, "api": API_BASE}
+    ports = {c: bases[c] + BLOCK * slot for c in components}
+    ports["redis"] = EXTRA_BASE + BLOCK * slot
+    return ports
+
+
+def allocate_slot(data: dict, listening: set[int]) -> int:
+    """Lowest slot that no site owns and whose ports nothing listens on."""
+    taken = {site["slot"] for site in data["sites"].values()}
+    for slot in range(MAX_SLOTS):
+        if slot not in taken and not listening.intersection(block_ports(slot)):
+            return slot
+    raise SiteopsError(f"no free port block: all {MAX_SLOTS} slots are taken or in use")

@@ -1,0 +1,287 @@
+"""The one place that runs commands and changes files.
+
+`Host` is the seam between the suite and the server. Facts are read with
+`query` (always executed, also in a dry run); changes go through `run`,
+`write`, `ensure_dir`, `symlink` and `remove`, which in a dry run are only
+printed and recorded. Unit tests give Host a fake runner and read the
+recorded plan from `Host.actions`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import shlex
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence, TextIO
+
+from .errors import CommandError, SiteopsError
+from .paths import Paths
+
+REDACTED = "********"
+
+
+@dataclass
+class Result:
+    argv: list[str]
+    code: int
+    out: str = ""
+    err: str = ""
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    """Return text with every secret replaced by a mask."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def run_command(argv: Sequence[str], input: str | None = None, timeout: float = 600,
+                env: dict[str, str] | None = None) -> Result:
+    """Execute argv (no shell) with LC_ALL=C and a timeout; never raises on failure."""
+    argv = [str(a) for a in argv]
+    full_env = {**os.environ, "LC_ALL": "C", **(env or {})}
+    try:
+        proc = subprocess.run(argv, input=input, capture_output=True, text=True,
+                              timeout=timeout, env=full_env)
+    except FileNotFoundError:
+        return Result(argv, 127, "", f"{argv[0]}: command not found")
+    except subprocess.TimeoutExpired:
+        return Result(argv, 124, "", f"timed out after {timeout:g}s")
+    return Result(argv, proc.returncode, proc.stdout, proc.stderr)
+
+
+Runner = Callable[..., Result]
+
+
+def atomic_write(path: Path, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
+    """Replace path with data: temp file in the same directory, mode and owner
+    set before the rename, fsync of file and directory; no partial file is ever
+    visible and the temp file is removed on error."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        os.fchown(fd, uid, gid)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry change (rename, symlink) to disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def uid_of(user: str) -> int:
+    return pwd.getpwnam(user).pw_uid
+
+
+def gid_of(group: str) -> int:
+    return grp.getgrnam(group).gr_gid
+
+
+@dataclass
+class Host:
+    """Facts and changes on one server (or, in a dry run, the plan of them)."""
+
+    runner: Runner = run_command
+    dry_run: bool = False
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    paths: Paths = field(default_factory=Paths)
+    actions: list[tuple] = field(default_factory=list)
+    written: dict[str, str] = field(default_factory=dict)
+    changed_steps: list[str] = field(default_factory=list)
+    unchanged_steps: list[str] = field(default_factory=list)
+    _step_changes: int = 0
+
+    # -- reporting ---------------------------------------------------------
+
+    def say(self, line: str) -> None:
+        """Print one line of progress."""
+        print(line, file=self.out, flush=True)
+
+    @contextlib.contextmanager
+    def step(self, label: str) -> Iterator[None]:
+        """Group the changes of one item and report it changed or ok."""
+        before = len(self.actions)
+        yield
+        if len(self.actions) > before:
+            self.changed_steps.append(label)
+            verb = "would change" if self.dry_run else "changed"
+            self.say(f"{verb:<13}{label}")
+            for action in self.actions[before:]:
+                self.say(" " * 15 + describe(action))
+        else:
+            self.unchanged_steps.append(label)
+            self.say(f"{'ok':<13}{label}")
+
+    def summary(self) -> str:
+        n = len(self.changed_steps)
+        if self.dry_run:
+            return f"dry run: {n} item(s) would change, nothing was changed"
+        if n == 0:
+            return f"nothing changed ({len(self.unchanged_steps)} items ok)"
+        return f"{n} item(s) changed, {len(self.unchanged_steps)} ok"
+
+    # -- commands ----------------------------------------------------------
+
+    def query(self, argv: Sequence[str], *, input: str | None = None, ok: Sequence[int] = (0,),
+              timeout: float = 120, secrets: Sequence[str] = (), env: dict | None = None) -> Result:
+        """Run a read-only command (also in a dry run); raise unless its code is in ok."""
+        result = self.runner(list(argv), input=input, timeout=timeout, env=env)
+        if result.code not in ok:
+            raise CommandError(result.argv, result.code, redact(result.err or result.out, secrets))
+        return result
+
+    def run(self, argv: Sequence[str], *, input: str | None = None, timeout: float = 900,
+            secrets: Sequence[str] = (), env: dict | None = None, note: str = "") -> Result:
+        """Run a command that changes the server; in a dry run only record it.
+        note (never a secret) says what its standard input does."""
+        argv = [str(a) for a in argv]
+        self.actions.append(("run", argv, note) if note else ("run", argv))
+        if self.dry_run:
+            return Result(argv, 0)
+        result = self.runner(argv, input=input, timeout=timeout, env=env)
+        if result.code != 0:
+            raise CommandError(argv, result.code, redact(result.err or result.out, secrets))
+        return result
+
+    # -- files -------------------------------------------------------------
+
+    def read(self, path: Path) -> str | None:
+        """Return a file's text, or None when it does not exist."""
+        try:
+            return path.read_text()
+        except FileNotFoundError:
+            return None
+
+    def _meta_differs(self, path: Path, mode: int, owner: str, group: str) -> bool:
+        st = path.lstat()
+        try:
+            return (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (mode, uid_of(owner), gid_of(group))
+        except KeyError:  # owner not created yet (only possible in a dry run)
+            return True
+
+    def write(self, path: Path, text: str, mode: int = 0o644, owner: str = "root",
+              group: str = "root") -> bool:
+        """Make path hold text with mode and owner, atomically; True if it changed."""
+        self.written[str(path)] = text
+        current = self.read(path) if path.is_file() else None
+        if current == text and not self._meta_differs(path, mode, owner, group):
+            return False
+        self.actions.append(("write", str(path), f"{mode:04o}", owner, group))
+        if not self.dry_run:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, text.encode(), mode, uid_of(owner), gid_of(group))
+        return True
+
+    def ensure_dir(self, path: Path, mode: int = 0o755, owner: str = "root",
+                   group: str = "root") -> bool:
+        """Make path a directory with mode and owner; True if anything changed."""
+        if path.is_dir() and not path.is_symlink():
+            if not self._meta_differs(path, mode, owner, group):
+                return False
+            self.actions.append(("chmod", str(path), f"{mode:04o}", owner, group))
+        else:
+            self.actions.append(("mkdir", str(path), f"{mode:04o}", owner, group))
+        if not self.dry_run:
+            path.mkdir(parents=True, exist_ok=True)
+            os.chown(path, uid_of(owner), gid_of(group))
+            os.chmod(path, mode)
+        return True
+
+    def symlink(self, link: Path, target: str) -> bool:
+        """Point link at target, swapped in with rename(2); True if it changed."""
+        if link.is_symlink() and os.readlink(link) == target:
+            return False
+        self.actions.append(("symlink", str(link), target))
+        if not self.dry_run:
+            tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            os.symlink(target, tmp)
+            os.replace(tmp, link)
+            fsync_dir(link.parent)
+        return True
+
+    def remove(self, path: Path) -> bool:
+        """Remove a file or symlink if present; True if it existed."""
+        if not (path.exists() or path.is_symlink()):
+            return False
+        self.actions.append(("remove", str(path)))
+        if not self.dry_run:
+            path.unlink()
+        return True
+
+    @contextlib.contextmanager
+    def validated(self, paths: Sequence[Path], check: Sequence[str], what: str) -> Iterator[dict]:
+        """Change paths inside the block, then run check; if it fails put every
+        path back as it was and raise. Yields a dict whose "changed" is set."""
+        snaps = {path: self.snapshot(path) for path in paths}
+        before = len(self.actions)
+        outcome = {"changed": False}
+        yield outcome
+        outcome["changed"] = len(self.actions) > before
+        if not outcome["changed"] or self.dry_run:
+            return
+        res = self.query(check, ok=range(256))
+        if res.code != 0:
+            for path, snap in snaps.items():
+                self.put_back(path, snap)
+            detail = (res.err or res.out).strip().splitlines() or ["no output"]
+            raise SiteopsError(f"{what}: `{shlex.join(check)}` failed, previous files restored: "
+                               f"{detail[-1]}")
+
+    def snapshot(self, path: Path) -> tuple | None:
+        """What path is now (file text and metadata, or symlink target), for put_back."""
+        if path.is_symlink():
+            return ("link", os.readlink(path))
+        try:
+            st = path.stat()
+            return ("file", path.read_text(), st.st_mode & 0o7777, st.st_uid, st.st_gid)
+        except FileNotFoundError:
+            return None
+
+    def put_back(self, path: Path, snap: tuple | None) -> None:
+        """Return path to a snapshot after a failed validation (no-op in a dry run)."""
+        if self.dry_run:
+            return
+        if snap is None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        elif snap[0] == "link":
+            self.symlink(path, snap[1])
+        else:
+            _, text, mode, uid, gid = snap
+            atomic_write(path, text.encode(), mode, uid, gid)
+
+
+def describe(action: tuple) -> str:
+    """One line for a recorded action, as a dry run prints it."""
+    kind, *rest = action
+    if kind == "run":
+        return "+ " + shlex.join(rest[0]) + (f"  <<< {rest[1]}" if len(rest) > 1 else "")
+    if kind in ("write", "mkdir", "chmod"):
+        path, mode, owner, group = rest
+        return f"{kind} {path} ({mode} {owner}:{group})"
+    if kind == "symlink":
+        return f"symlink {rest[0]} -> {rest[1]}"
+    return f"{kind} {' '.join(rest)}"

@@ -1,0 +1,13 @@
+"""unattended-upgrades: security updates installed daily."""
+
+from __future__ import annotations
+
+from .system import Host
+from .templates import render
+
+
+def ensure(host: Host) -> None:
+    """Turn on the daily package list update and unattended upgrade."""
+    with host.step("unattended-upgrades"):
+        host.write(host.paths.p("/etc/apt/apt.conf.d/20auto-upgrades"),
+                   render("apt/20auto-upgrades"))

@@ -1,0 +1,77 @@
+"""Unix accounts: site users (nologin) and the deploy user with limited sudo."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SiteopsError
+from .system import Host
+
+NOLOGIN = "/usr/sbin/nologin"
+DEPLOY_USER = "deploy"
+# What the deploy user may run as root without full sudo.
+DEPLOY_COMMANDS = ("deploy", "rollback", "audit", "sites")
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    uid: int
+    gid: int
+    comment: str
+    home: str
+    shell: str
+
+
+def lookup(host: Host, name: str) -> Account | None:
+    """The passwd entry of name, or None."""
+    res = host.query(["getent", "passwd", name], ok=(0, 2))
+    if res.code == 2 or not res.out.strip():
+        return None
+    f = res.out.strip().split(":")
+    return Account(f[0], int(f[2]), int(f[3]), f[4], f[5], f[6])
+
+
+def site_comment(name: str) -> str:
+    return f"siteops site {name}"
+
+
+def ensure_site_user(host: Host, name: str, home: Path) -> None:
+    """Create the site's nologin user and group, or correct its home and shell."""
+    account = lookup(host, name)
+    if account is None:
+        host.run(["useradd", "--user-group", "--no-create-home", "--home-dir", home,
+                  "--shell", NOLOGIN, "--comment", site_comment(name), name])
+        return
+    if account.comment != site_comment(name):
+        raise SiteopsError(f"user {name} already exists and is not a siteops site user; "
+                           "choose another site name")
+    if account.home != str(home) or account.shell != NOLOGIN:
+        host.run(["usermod", "--home", home, "--shell", NOLOGIN, name])
+
+
+def ensure_deploy_user(host: Host) -> Account | None:
+    """Create the deploy login user; return its account (None in a dry run before creation)."""
+    with host.step(f"user {DEPLOY_USER}"):
+        if lookup(host, DEPLOY_USER) is None:
+            host.run(["useradd", "--user-group", "--create-home", "--shell", "/bin/bash",
+                      "--comment", "siteops deploy", DEPLOY_USER])
+    return lookup(host, DEPLOY_USER) if not host.dry_run else None
+
+
+def sudoers_text(bin_dir: Path, full: bool) -> str:
+    """The deploy user's sudoers drop-in: the suite's commands only, unless full."""
+    head = "# Managed by siteops bootstrap.\n"
+    if full:
+        return head + f"{DEPLOY_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n"
+    cmds = ", ".join(str(bin_dir / c) for c in DEPLOY_COMMANDS)
+    return head + f"{DEPLOY_USER} ALL=(root) NOPASSWD: {cmds}\n"
+
+
+def ensure_sudoers(host: Host, bin_dir: Path, full: bool) -> None:
+    """Install the sudoers drop-in, checked with visudo before it takes effect."""
+    path = host.paths.p("/etc/sudoers.d/siteops-deploy")
+    with host.step("sudo for deploy" + (" (full)" if full else f" ({', '.join(DEPLOY_COMMANDS)})")):
+        with host.validated([path], ["visudo", "-c", "-q", "-f", path], "sudoers"):
+            host.write(path, sudoers_text(bin_dir, full), 0o440)

@@ -1,0 +1,105 @@
+"""A real booted systemd machine for box tests: systemd-nspawn over an overlay
+of the cached Debian 12 image, private network, the checkout bound read-only
+at /opt/siteops-src. Test code drives it only through `Box.sh`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SRC = "/opt/siteops-src"
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def build_image() -> Path:
+    """Build the cached root image if missing and return its path."""
+    out = subprocess.run(["bash", str(REPO / "tests/box/build-image.sh")],
+                         check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+class Box:
+    def __init__(self, image: Path):
+        self.image = image
+        self.work = Path(tempfile.mkdtemp(prefix="siteops-box-"))
+        self.merged = self.work / "root"
+        self.proc: subprocess.Popen | None = None
+        self.leader = 0
+
+    def start(self, timeout: float = 90) -> "Box":
+        """Mount the overlay, boot the machine and wait until systemd is up."""
+        for d in ("upper", "overlay-work", "root"):
+            (self.work / d).mkdir()
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                        f"lowerdir={self.image},upperdir={self.work}/upper,"
+                        f"workdir={self.work}/overlay-work", str(self.merged)], check=True)
+        log = open(self.work / "console.log", "wb")
+        self.proc = subprocess.Popen(
+            ["systemd-nspawn", "--register=no", "--keep-unit", "--private-network",
+             "-D", str(self.merged), f"--bind-ro={REPO}:{SRC}", "--boot",
+             "--console=passive"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not self.leader:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"box did not boot: {self.console()[-2000:]}")
+            self.leader = self._find_leader()
+            time.sleep(0.2)
+        while time.monotonic() < deadline:
+            state = self.sh("systemctl is-system-running", check=False).stdout.strip()
+            if state in ("running", "degraded"):
+                return self
+            time.sleep(0.5)
+        raise RuntimeError(f"box stuck in state {state!r}")
+
+    def _find_leader(self) -> int:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        try:
+            pids = children.read_text().split()
+        except FileNotFoundError:
+            return 0
+        for pid in pids:
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd":
+                    return int(pid)
+            except FileNotFoundError:
+                continue
+        return 0
+
+    def console(self) -> str:
+        return (self.work / "console.log").read_text(errors="replace")
+
+    def sh(self, script: str, check: bool = True, input: str | None = None,
+           timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run a shell script inside the box as root; raise on failure if check."""
+        argv = ["nsenter", "-t", str(self.leader), "-a", "env", "-i", f"PATH={PATH}",
+                "LANG=C.UTF-8", "HOME=/root", "TERM=dumb", "bash", "-c", script]
+        res = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
+        if check and res.returncode != 0:
+            raise AssertionError(f"box command failed ({res.returncode}): {script}\n"
+                                 f"--- stdout\n{res.stdout}\n--- stderr\n{res.stderr}")
+        return res
+
+    def siteops(self, command: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run one of the suite's commands from the bound checkout."""
+        return self.sh(f"{SRC}/bin/{command}", check=check)
+
+    def stop(self) -> None:
+        """Power the machine off, unmount and delete the overlay."""
+        if self.proc and self.proc.poll() is None:
+            if self.leader:
+                self.sh("systemctl poweroff", check=False, timeout=30)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        subprocess.run(["umount", "-R", str(self.merged)], check=False, capture_output=True)
+        shutil.rmtree(self.work, ignore_errors=True)
