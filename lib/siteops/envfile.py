@@ -32,7 +32,7 @@ def wanted(site: dict, db_port: int) -> dict[str, callable]:
     keys = {
         "NODE_ENV": lambda: "production",
         "DATABASE_URL": lambda: f"postgresql://{name}:{secret()}@localhost:{db_port}/{name}",
-        "REDIS_URL": lambda: f"redis://:{secret()}@127.0.0.1:{ports['redis']}/0",
+        "REDIS_URL": lambda: f"redis://default:{secret()}@127.0.0.1:{ports['redis']}/0",
     }
     for component in site["components"]:
         keys[f"{component.upper()}_PORT"] = lambda c=component: str(ports[c])

@@ -17,6 +17,7 @@ from .system import Host
 from .templates import render
 
 ACME_ROOT = "/var/www/siteops-acme"
+PLACEHOLDERS = "/var/www/siteops-placeholder"
 CLOUDFLARE_LIST = TEMPLATES / "nginx" / "cloudflare-ips.txt"
 HTTP2_DIRECTIVE = (1, 25, 1)  # `http2 on;` replaces `listen ... http2` from here on
 DEFAULT_SITE = "000-siteops-default.conf"
@@ -122,7 +123,8 @@ def site_config(site: dict, version: tuple[int, ...], live: bool,
         locations += render("nginx/location-proxy.conf", name=name, path="/", zone=zone,
                             burst=burst, component=front)
     else:
-        locations = render("nginx/location-placeholder.conf", name=name)
+        locations = render("nginx/location-placeholder.conf", name=name,
+                           placeholder_dir=f"{PLACEHOLDERS}/{name}")
     common = dict(name=name, domains=" ".join(site["domains"]), logs=logs, acme_root=ACME_ROOT)
     https = ""
     if certs:
@@ -138,5 +140,8 @@ def ensure_site(host: Host, site: dict, live: bool, logs: Path) -> None:
     name = site["name"]
     text = site_config(site, distro.nginx_version(host), live, cert_dir(host, site), logs)
     with host.step(f"nginx site {name}"):
+        page = host.paths.p(PLACEHOLDERS) / name / "index.html"
+        host.ensure_dir(page.parent, 0o755)
+        host.write(page, render("nginx/placeholder.html", name=name))
         converge(host, {host.paths.nginx_site(name): text},
                  links={host.paths.nginx_enabled(name): f"../sites-available/{name}.conf"})

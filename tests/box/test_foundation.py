@@ -1,0 +1,285 @@
+"""bootstrap and add-site on a real booted Debian 12 machine, checked with the
+real tools: systemctl, nginx -t, curl, runuser, psql, redis-cli, ufw,
+systemd-analyze."""
+
+import json
+import re
+
+import pytest
+
+from conftest import NODE_APP, PYTHON_APP, install_release
+
+# Units whose `systemd-analyze security` exposure must stay at or below this.
+MAX_EXPOSURE = 1.5
+
+MANAGED_FILES = ("/etc/nginx /etc/systemd/system /etc/siteops /etc/logrotate.d /etc/ssh "
+                 "/etc/sudoers.d /etc/fail2ban/jail.d /etc/postgresql /etc/redis "
+                 "/etc/letsencrypt /etc/apt/apt.conf.d /var/lib/siteops /srv/sites /opt/siteops")
+
+
+def snapshot(box) -> str:
+    """Checksums, modes and owners of every file siteops manages."""
+    return box.sh(f"find {MANAGED_FILES} -path '*/logs/*' -prune -o -path '*/redis/*' -prune "
+                  "-o -path '*/current' -prune -o -name registry.lock -prune -o -printf '%p %m %u %g %l\\n' | sort; "
+                  f"find {MANAGED_FILES} -type f -not -name registry.lock -not -path '*/logs/*' -not -path '*/shared/redis/*' "
+                  "-exec md5sum {} + | sort").stdout
+
+
+@pytest.fixture(scope="module")
+def host(box):
+    """A bootstrapped box with three sites: alpha (Node.js), beta (Python,
+    frontend and API) and gamma (no release yet)."""
+    outputs = {"bootstrap": box.siteops("bootstrap").stdout}
+    outputs["alpha"] = box.siteops(
+        "add-site alpha --domain alpha.test --components frontend "
+        "--start frontend='/usr/bin/env SITE=alpha node server.js'").stdout
+    outputs["beta"] = box.siteops(
+        "add-site beta --domain beta.test --domain www.beta.test "
+        "--start frontend='/usr/bin/env SITE=beta-frontend python3 app.py' "
+        "--start api='/usr/bin/env SITE=beta-api python3 app.py'").stdout
+    outputs["gamma"] = box.siteops("add-site gamma --domain gamma.test").stdout
+    install_release(box, "alpha", {"server.js": NODE_APP})
+    install_release(box, "beta", {"app.py": PYTHON_APP})
+    # With a release in place, add-site starts the units and proxies to them.
+    for site in ("alpha --domain alpha.test", "beta --domain beta.test --domain www.beta.test"):
+        box.siteops(f"add-site {site}")
+    box.sh("for p in 3100 3110 4010; do for i in $(seq 50); do "
+           "curl -fs -o /dev/null http://127.0.0.1:$p/ && break; sleep 0.1; done; done")
+    box.outputs = outputs
+    return box
+
+
+def env_of(box, site: str) -> dict:
+    text = box.sh(f"cat /srv/sites/{site}/shared/.env").stdout
+    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def curl(box, host_header: str, path: str = "/") -> str:
+    return box.sh(f"curl -sS -H 'Host: {host_header}' http://127.0.0.1{path}").stdout
+
+
+def many_requests(box, host_header: str, path: str, n: int) -> list[str]:
+    """Status codes of n requests sent by one curl over a keepalive connection."""
+    urls = " ".join([f"-o /dev/null http://127.0.0.1{path}"] * n)
+    return box.sh(f"curl -s -H 'Host: {host_header}' -w '%{{http_code}}\\n' {urls}").stdout.split()
+
+
+def test_bootstrap_and_add_site_report_their_changes(host):
+    assert "changed      firewall" in host.outputs["bootstrap"]
+    assert "site alpha: slot 0, ports frontend 3100, redis 5000" in host.outputs["alpha"]
+    assert "site beta: slot 1, ports frontend 3110, api 4010, redis 5010" in host.outputs["beta"]
+
+
+def test_every_unit_is_active(host):
+    units = ("nginx postgresql@15-main fail2ban ssh alpha-frontend alpha-redis "
+             "beta-frontend beta-api beta-redis gamma-redis")
+    out = host.sh(f"systemctl is-active {units}", check=False).stdout.split()
+    assert out == ["active"] * len(units.split()), out
+    assert host.sh("systemctl is-enabled alpha-frontend beta-api").stdout.split() == ["enabled"] * 2
+    # gamma has no release: its app unit exists but is not started.
+    assert host.sh("systemctl is-active gamma-frontend", check=False).stdout.strip() == "inactive"
+
+
+def test_nginx_config_is_valid(host):
+    res = host.sh("nginx -t")
+    assert "test is successful" in res.stderr
+
+
+def test_each_host_name_gets_its_own_site(host):
+    assert curl(host, "alpha.test") == "alpha node 3100 /\n"
+    assert curl(host, "beta.test") == "beta-frontend python 3110 /\n"
+    assert curl(host, "www.beta.test", "/api/items") == "beta-api python 4010 /api/items\n"
+    assert "<h1>gamma</h1>" in curl(host, "gamma.test")
+    assert "no release has been deployed yet" in curl(host, "gamma.test")
+
+
+def test_unknown_host_is_refused(host):
+    res = host.sh("curl -sS -H 'Host: evil.test' http://127.0.0.1/", check=False)
+    assert res.returncode == 52  # 444: connection closed without a response
+
+
+def test_server_header_hides_version(host):
+    headers = host.sh("curl -sS -D - -o /dev/null -H 'Host: alpha.test' http://127.0.0.1/").stdout
+    assert re.search(r"^Server: nginx\r?$", headers, re.M)
+
+
+def test_apps_listen_on_loopback_only(host):
+    listeners = host.sh("ss -H -t -l -n").stdout
+    for port in (3100, 3110, 4010, 5000, 5010, 5020, 5432):
+        addrs = re.findall(rf"(\S+):{port}\s", listeners)
+        assert addrs and all(a in ("127.0.0.1", "[::1]") for a in addrs), (port, addrs)
+
+
+def test_site_cannot_read_another_sites_env(host):
+    res = host.sh("runuser -u alpha -- cat /srv/sites/beta/shared/.env", check=False)
+    assert res.returncode != 0 and "Permission denied" in res.stderr
+    stat = host.sh("stat -c '%a %U %G' /srv/sites/alpha/shared/.env /srv/sites/alpha "
+                   "/srv/sites/alpha/shared/logs").stdout.split("\n")
+    assert stat[:3] == ["600 alpha alpha", "750 alpha alpha", "750 root alpha"]
+
+
+def test_database_roles_reach_only_their_own_database(host):
+    alpha = env_of(host, "alpha")["DATABASE_URL"]
+    own = host.sh(f"psql '{alpha}' -XAtc 'select current_user, current_database()'")
+    assert own.stdout.strip() == "alpha|alpha"
+    other = host.sh(f"psql '{alpha.rsplit('/', 1)[0]}/beta' -Xc 'select 1'", check=False)
+    assert other.returncode != 0 and "no pg_hba.conf entry" in other.stderr
+    shared = host.sh(f"psql '{alpha.rsplit('/', 1)[0]}/postgres' -Xc 'select 1'", check=False)
+    assert shared.returncode != 0
+    # The password in .env is what the server checks.
+    wrong = host.sh(f"psql '{alpha.replace('@', 'x@', 1)}' -Xc 'select 1'", check=False)
+    assert wrong.returncode != 0 and "password authentication failed" in wrong.stderr
+
+
+def test_public_has_no_access_to_site_databases(host):
+    acl = host.sh("runuser -u postgres -- psql -XAtc "
+                  "\"select datname, datacl from pg_database where datname in "
+                  "('alpha','beta','postgres','template1') order by 1\"").stdout
+    for line in acl.splitlines():
+        name, entries = line.split("|")
+        assert not any(e.startswith("=") for e in entries.strip("{}").split(",")), line
+
+
+def test_redis_is_per_site_and_password_protected(host):
+    alpha, beta = env_of(host, "alpha")["REDIS_URL"], env_of(host, "beta")["REDIS_URL"]
+    assert host.sh(f"redis-cli -u '{alpha}' ping").stdout.strip() == "PONG"
+    host.sh(f"redis-cli -u '{alpha}' set k alpha-value")
+    assert host.sh(f"redis-cli -u '{beta}' get k").stdout.strip() == ""
+    crossed = alpha.rsplit(":", 1)[0] + ":" + beta.rsplit(":", 1)[1]  # alpha's password, beta's port
+    out = host.sh(f"redis-cli -u '{crossed}' get k 2>&1", check=False).stdout
+    assert "WRONGPASS" in out or "NOAUTH" in out or "AUTH failed" in out, out
+    assert host.sh("systemctl is-active redis-server", check=False).stdout.strip() != "active"
+
+
+def test_units_are_hardened(host):
+    units = host.sh("ls /etc/systemd/system | grep -E '^(alpha|beta|gamma)-.*\\.service$'").stdout.split()
+    assert len(units) == 8  # alpha 1 + beta 2 + gamma 2 components, 3 Redis
+    for unit in units:
+        out = host.sh(f"systemd-analyze security {unit}").stdout
+        score = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", out).group(1))
+        assert score <= MAX_EXPOSURE, (unit, score)
+
+
+def test_firewall_allows_only_ssh_http_https(host):
+    out = host.sh("ufw status verbose").stdout
+    assert "Status: active" in out and "Default: deny (incoming)" in out
+    allowed = {line.split()[0] for line in out.splitlines() if "ALLOW IN" in line}
+    assert allowed == {"22/tcp", "80/tcp", "443/tcp"}
+
+
+def test_fail2ban_runs_both_jails(host):
+    out = host.sh("fail2ban-client status").stdout
+    assert "nginx-limit-req" in out and "sshd" in out
+    files = host.sh("fail2ban-client get nginx-limit-req logpath").stdout
+    assert "/srv/sites/alpha/shared/logs/nginx-error.log" in files
+
+
+def test_ssh_is_key_only(host):
+    out = host.sh("sshd -T").stdout
+    assert "passwordauthentication no" in out
+    assert "kbdinteractiveauthentication no" in out
+    assert "permitrootlogin without-password" in out
+
+
+def test_deploy_user_has_limited_sudo(host):
+    out = host.sh("sudo -l -U deploy").stdout
+    assert "/opt/siteops/bin/deploy" in out and "(ALL : ALL) NOPASSWD: ALL" not in out
+    assert host.sh("stat -c '%U %a' /opt/siteops/bin/add-site").stdout.strip() == "root 755"
+
+
+def test_rate_limit_answers_429_and_spares_acme(host):
+    # One curl for 200 requests on a keepalive connection: far over 30 r/s + 50.
+    for site in ("gamma.test", "alpha.test"):  # placeholder page, proxied app
+        codes = many_requests(host, site, "/", 200)
+        assert "200" in codes and "429" in codes, site
+    host.sh("mkdir -p /var/www/siteops-acme/.well-known/acme-challenge && "
+            "echo token > /var/www/siteops-acme/.well-known/acme-challenge/t")
+    acme = many_requests(host, "gamma.test", "/.well-known/acme-challenge/t", 200)
+    assert set(acme) == {"200"}
+
+
+def test_logrotate_keeps_nginx_logging_without_losing_lines(host):
+    logs = "/srv/sites/alpha/shared/logs"
+    host.sh(f"logrotate -f /etc/logrotate.d/siteops-alpha && test -e {logs}/nginx-access.log.1")
+    # nginx reloads in the background: requests made meanwhile go to either file.
+    for i in range(30):
+        curl(host, "alpha.test", f"/after-rotation-{i}")
+        host.sh("sleep 0.1")
+    new = host.sh(f"cat {logs}/nginx-access.log").stdout
+    both = new + host.sh(f"cat {logs}/nginx-access.log.1").stdout
+    assert all(f"/after-rotation-{i} " in both for i in range(30))
+    assert "/after-rotation-29 " in new
+
+
+def test_registry_records_sites(host):
+    assert host.sh("stat -c '%a %U' /var/lib/siteops/registry.json").stdout.strip() == "600 root"
+    data = json.loads(host.sh("cat /var/lib/siteops/registry.json").stdout)
+    assert data["version"] == 1
+    alpha, beta = data["sites"]["alpha"], data["sites"]["beta"]
+    assert (alpha["slot"], alpha["state"], alpha["ports"]) == (0, "ready", {"frontend": 3100, "redis": 5000})
+    assert beta["domains"] == ["beta.test", "www.beta.test"]
+    assert beta["uid"] == int(host.sh("id -u beta").stdout)
+    assert host.sh("getent passwd alpha").stdout.strip().endswith(":/srv/sites/alpha:/usr/sbin/nologin")
+
+
+def test_second_runs_change_nothing(host):
+    before = snapshot(host)
+    started = host.sh("systemctl show -p ActiveEnterTimestamp nginx alpha-frontend beta-api").stdout
+    again = [host.siteops("bootstrap").stdout,
+             host.siteops("add-site alpha --domain alpha.test").stdout,
+             host.siteops("add-site beta --domain beta.test --domain www.beta.test").stdout,
+             host.siteops("add-site gamma --domain gamma.test").stdout]
+    for out in again:
+        assert out.strip().splitlines()[-1].startswith("nothing changed"), out
+    assert snapshot(host) == before
+    assert host.sh("systemctl show -p ActiveEnterTimestamp nginx alpha-frontend beta-api").stdout == started
+
+
+def test_dry_run_changes_nothing(host):
+    before = snapshot(host)
+    out = host.siteops("add-site zeta --domain zeta.test --dry-run").stdout
+    assert "would change" in out and "+ useradd" in out
+    assert snapshot(host) == before
+    assert host.sh("getent passwd zeta", check=False).returncode == 2
+
+
+def test_bad_input_is_refused_before_any_change(host):
+    before = snapshot(host)
+    for args, message in [("Bad --domain x.test", "invalid site name"),
+                          ("postgres --domain x.test", "reserved"),
+                          ("delta --domain 'bad domain'", "invalid domain"),
+                          ("delta --domain alpha.test", "already belongs to site alpha"),
+                          ("delta --domain d.test --components web", "invalid components")]:
+        res = host.siteops(f"add-site {args}", check=False)
+        assert res.returncode == 2 and message in res.stderr, (args, res.stderr)
+        errors = [l for l in res.stderr.splitlines() if "error" in l]
+        assert len(errors) == 1 and errors[0].startswith("add-site: error: "), res.stderr
+    assert snapshot(host) == before
+
+
+def test_broken_nginx_is_restored_and_rerun_completes(host):
+    # Something outside siteops breaks nginx: add-site must not reload into it.
+    host.sh("echo 'this is not nginx syntax' > /etc/nginx/sites-enabled/zz-broken.conf")
+    res = host.siteops("add-site delta --domain delta.test", check=False)
+    assert res.returncode == 1 and "nginx -t" in res.stderr
+    assert host.sh("test -e /etc/nginx/sites-available/delta.conf", check=False).returncode == 1
+    assert curl(host, "alpha.test") == "alpha node 3100 /\n"  # still served
+    data = json.loads(host.sh("cat /var/lib/siteops/registry.json").stdout)
+    assert data["sites"]["delta"]["state"] == "provisioning"
+    host.sh("rm /etc/nginx/sites-enabled/zz-broken.conf")
+    host.siteops("add-site delta --domain delta.test")
+    data = json.loads(host.sh("cat /var/lib/siteops/registry.json").stdout)
+    assert data["sites"]["delta"]["state"] == "ready"
+    assert "<h1>delta</h1>" in curl(host, "delta.test")
+
+
+def test_corrupt_registry_stops_add_site(host):
+    host.sh("cp /var/lib/siteops/registry.json /tmp/registry.good && "
+            "echo '{not json' > /var/lib/siteops/registry.json")
+    try:
+        res = host.siteops("add-site epsilon --domain epsilon.test", check=False)
+        assert res.returncode == 1 and "corrupt" in res.stderr
+        assert host.sh("cat /var/lib/siteops/registry.json").stdout == "{not json\n"
+        assert host.sh("getent passwd epsilon", check=False).returncode == 2
+    finally:
+        host.sh("cp /tmp/registry.good /var/lib/siteops/registry.json")
