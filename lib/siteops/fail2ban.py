@@ -3,6 +3,7 @@ over every site's nginx error log; bans go through UFW."""
 
 from __future__ import annotations
 
+from . import systemd
 from .system import Host
 from .templates import render
 
@@ -18,11 +19,11 @@ def ensure(host: Host) -> None:
         if outcome["changed"]:
             host.run(["systemctl", "enable", "fail2ban"])
             host.run(["systemctl", "restart", "fail2ban"])
-        elif host.query(["systemctl", "is-active", "--quiet", "fail2ban"], ok=range(256)).code:
+        elif not systemd.is_active(host, "fail2ban"):
             host.run(["systemctl", "enable", "--now", "fail2ban"])
 
 
 def reload(host: Host) -> None:
     """Make the nginx jail pick up a new site's error log."""
-    if host.query(["systemctl", "is-active", "--quiet", "fail2ban"], ok=range(256)).code == 0:
+    if systemd.is_active(host, "fail2ban"):
         host.run(["fail2ban-client", "reload", "nginx-limit-req"])

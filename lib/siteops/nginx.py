@@ -10,7 +10,7 @@ import ipaddress
 import re
 from pathlib import Path
 
-from . import distro
+from . import distro, systemd
 from .errors import SiteopsError
 from .paths import TEMPLATES
 from .system import Host
@@ -96,7 +96,7 @@ def ensure_base(host: Host) -> None:
                  links={n / "sites-enabled" / DEFAULT_SITE: f"../sites-available/{DEFAULT_SITE}"},
                  remove=(n / "sites-enabled" / "default",))
     with host.step("nginx enabled at boot"):
-        if host.query(["systemctl", "is-enabled", "--quiet", "nginx"], ok=(0, 1)).code:
+        if not systemd.is_enabled(host, "nginx"):
             host.run(["systemctl", "enable", "--now", "nginx"])
 
 

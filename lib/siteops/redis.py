@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from . import systemd
 from .system import Host
 from .templates import render
 
@@ -36,9 +37,7 @@ def ensure_shared(host: Host) -> None:
         current = host.read(path)
         if current is not None:
             host.write(path, set_directives(current, SHARED_SETTINGS), 0o640, "redis", "redis")
-        enabled = host.query(["systemctl", "is-enabled", "--quiet", "redis-server"], ok=range(256))
-        active = host.query(["systemctl", "is-active", "--quiet", "redis-server"], ok=range(256))
-        if enabled.code == 0 or active.code == 0:
+        if systemd.is_enabled(host, "redis-server") or systemd.is_active(host, "redis-server"):
             host.run(["systemctl", "disable", "--now", "redis-server"])
 
 

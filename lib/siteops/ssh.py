@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import SiteopsError, UsageError
+from . import systemd
 from .system import Host
 from .templates import render
 
@@ -69,6 +70,6 @@ def ensure_key_only(host: Host) -> None:
         # On Ubuntu 24.04 sshd is socket-activated: each connection reads the
         # config anew and ssh.service may be inactive, so reload only if running.
         for unit in ("ssh.service", "sshd.service"):
-            if host.query(["systemctl", "is-active", "--quiet", unit], ok=range(256)).code == 0:
+            if systemd.is_active(host, unit):
                 host.run(["systemctl", "reload", unit])
                 break

@@ -1,0 +1,76 @@
+"""Golden renders of every generated file. Regenerate after an intended
+change with UPDATE_GOLDEN=1 and review the diff."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from siteops import logrotate, nginx, redis, systemd, users
+from siteops.paths import TEMPLATES, Paths
+from siteops.system import Host
+from siteops.templates import render
+
+GOLDEN = Path(__file__).parent / "golden"
+SITE = {"name": "shop", "slot": 2, "domains": ["shop.example.com", "www.shop.example.com"],
+        "components": ["frontend", "api"],
+        "ports": {"frontend": 3120, "api": 4020, "redis": 5020},
+        "commands": {"frontend": "pnpm start", "api": "node dist/api.js"}}
+API_ONLY = dict(SITE, name="api1", components=["api"], ports={"api": 4030, "redis": 5030},
+                commands={"api": "pnpm run start:api"})
+LOGS = Path("/srv/sites/shop/shared/logs")
+CERTS = Path("/etc/letsencrypt/live/shop.example.com")
+HOST = Host(paths=Paths())
+
+
+def renders():
+    yield "nginx-site-placeholder.conf", nginx.site_config(SITE, (1, 22, 1), False, None, LOGS)
+    yield "nginx-site-live.conf", nginx.site_config(SITE, (1, 22, 1), True, None, LOGS)
+    yield "nginx-site-live-tls-1.22.conf", nginx.site_config(SITE, (1, 22, 1), True, CERTS, LOGS)
+    yield "nginx-site-api-only-tls-1.26.conf", nginx.site_config(API_ONLY, (1, 26, 3), True, CERTS, LOGS)
+    for version in ((1, 22, 1), (1, 26, 3)):
+        for path, text in nginx.base_files(HOST, version).items():
+            yield f"nginx-base-{'.'.join(map(str, version[:2]))}-{path.name}", text
+    for unit, text in systemd.render_units(HOST, SITE).items():
+        yield f"systemd-{unit}", text
+    yield "redis-shop.conf", render("redis/site.conf", name="shop", port=5020, password="PASSWORD",
+                                    dir="/srv/sites/shop/shared/redis", maxmemory="64mb")
+    yield "logrotate-siteops-shop", logrotate.config(HOST, SITE)
+    yield "sudoers-limited", users.sudoers_text(Path("/opt/siteops/bin"), full=False)
+    yield "sudoers-full", users.sudoers_text(Path("/opt/siteops/bin"), full=True)
+    for name in ("postgres/siteops.conf", "postgres/pg_hba.conf", "ssh/sshd_siteops.conf",
+                 "certbot/reload-nginx", "apt/20auto-upgrades"):
+        yield name.replace("/", "-"), render(name)
+    yield "fail2ban-jail.local", render("fail2ban/jail.local", sites="/srv/sites")
+
+
+CASES = dict(renders())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_render_matches_golden(name):
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(CASES[name])
+    assert CASES[name] == path.read_text()
+
+
+def test_every_template_is_covered():
+    used = {p.relative_to(TEMPLATES).as_posix() for p in TEMPLATES.rglob("*") if p.is_file()}
+    used.discard("nginx/cloudflare-ips.txt")  # data, rendered into the real-IP snippet
+    used.discard("nginx/placeholder.html")
+    text = "".join(CASES.values())
+    for name in sorted(used):
+        # Each template leaves a recognisable first line in at least one golden file.
+        first = next(l for l in (TEMPLATES / name).read_text().splitlines() if l.strip())
+        first = first.split("$")[0].strip()
+        assert first in text, name
+
+
+def test_a_missing_key_is_an_error():
+    with pytest.raises(KeyError):
+        render("systemd/site.slice")
+
+
+def test_no_golden_is_stale():
+    assert {p.name for p in GOLDEN.iterdir()} == set(CASES)

@@ -1,0 +1,86 @@
+import fcntl
+import json
+import os
+import stat
+
+import pytest
+
+from siteops import registry
+from siteops.errors import SiteopsError
+
+from conftest import make_host
+
+
+def test_missing_registry_is_empty(root):
+    host, _ = make_host(root)
+    assert registry.load(host) == {"version": 1, "sites": {}}
+
+
+@pytest.mark.parametrize("text,message", [("{not json", "corrupt"), ('{"version": 1}', "corrupt"),
+                                          ('{"version": 9, "sites": {}}', "schema version 9"),
+                                          ("[]", "corrupt")])
+def test_bad_registry_stops_and_is_kept(root, text, message):
+    host, _ = make_host(root, dry_run=False)
+    host.paths.state.mkdir(parents=True)
+    host.paths.registry.write_text(text)
+    with pytest.raises(SiteopsError, match=message):
+        with registry.locked(host, "test"):
+            pass
+    assert host.paths.registry.read_text() == text
+
+
+def test_save_is_root_only_and_keeps_a_backup(root):
+    host, _ = make_host(root, dry_run=False)
+    with registry.locked(host, "test") as data:
+        data["sites"]["a"] = {"name": "a", "slot": 0}
+        registry.save(host, data)
+    with registry.locked(host, "test") as data:
+        assert data["sites"]["a"]["slot"] == 0
+        data["sites"]["b"] = {"name": "b", "slot": 1}
+        registry.save(host, data)
+    path = host.paths.registry
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert set(json.loads(path.read_text())["sites"]) == {"a", "b"}
+    assert set(json.loads(path.with_name("registry.json.bak").read_text())["sites"]) == {"a"}
+    assert sorted(os.listdir(path.parent)) == ["registry.json", "registry.json.bak", "registry.lock"]
+
+
+def test_dry_run_neither_locks_nor_writes(root):
+    host, _ = make_host(root)
+    with registry.locked(host, "test") as data:
+        registry.save(host, data)
+    assert not host.paths.state.exists()
+
+
+def test_lock_held_elsewhere_is_reported(root):
+    host, _ = make_host(root, dry_run=False)
+    host.paths.state.mkdir(parents=True)
+    # flock belongs to an open file: a second open() conflicts even in-process.
+    with open(host.paths.registry_lock, "w") as other:
+        other.write("pid 1: add-site other\n")
+        other.flush()
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(SiteopsError, match=r"locked by another siteops command \(pid 1: add-site other\)"):
+            with registry.locked(host, "test", wait=0.3):
+                pass
+    with registry.locked(host, "test", wait=0.3) as data:  # released with the file
+        assert data["sites"] == {}
+
+
+def test_slots_skip_taken_and_listening_ports():
+    data = {"sites": {"a": {"slot": 0}, "c": {"slot": 2}}}
+    assert registry.allocate_slot(data, set()) == 1
+    assert registry.allocate_slot(data, {4015}) == 3   # slot 1's API block is in use
+    assert registry.allocate_slot(data, {5019, 3139}) == 4
+
+
+def test_slots_run_out():
+    data = {"sites": {str(k): {"slot": k} for k in range(registry.MAX_SLOTS)}}
+    with pytest.raises(SiteopsError, match="no free port block"):
+        registry.allocate_slot(data, set())
+
+
+def test_ports_follow_the_slot():
+    assert registry.ports_for(3, ["frontend", "api"]) == {"frontend": 3130, "api": 4030, "redis": 5030}
+    assert registry.ports_for(0, ["api"]) == {"api": 4000, "redis": 5000}
+    assert len(set(registry.block_ports(7))) == 30
