@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import NODE_APP, PYTHON_APP, install_release
+from machine import NODE_APP, PYTHON_APP, install_release
 
 # Units whose `systemd-analyze security` exposure must stay at or below this.
 MAX_EXPOSURE = 1.5
@@ -211,6 +211,22 @@ def test_logrotate_keeps_nginx_logging_without_losing_lines(host):
     assert "/after-rotation-29 " in new
 
 
+def test_tls_server_appears_with_a_certificate(host):
+    live = "/etc/letsencrypt/live/alpha.test"
+    host.sh(f"mkdir -p {live} && openssl req -x509 -newkey rsa:2048 -nodes -days 30 "
+            f"-subj /CN=alpha.test -keyout {live}/privkey.pem -out {live}/fullchain.pem 2>/dev/null")
+    out = host.siteops("add-site alpha --domain alpha.test").stdout
+    assert "changed      nginx site alpha" in out
+    https = host.sh("curl -sS -k --resolve alpha.test:443:127.0.0.1 https://alpha.test/tls -D -").stdout
+    assert "alpha node 3100 /tls" in https and "strict-transport-security" in https.lower()
+    redirect = host.sh("curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' "
+                       "-H 'Host: alpha.test' http://127.0.0.1/x").stdout
+    assert redirect == "301 https://alpha.test/x"
+    assert many_requests(host, "alpha.test", "/.well-known/acme-challenge/t", 1) == ["200"]
+    unknown = host.sh("curl -sS -k --resolve evil.test:443:127.0.0.1 https://evil.test/", check=False)
+    assert unknown.returncode == 35  # handshake rejected for names no site claims
+
+
 def test_registry_records_sites(host):
     assert host.sh("stat -c '%a %U' /var/lib/siteops/registry.json").stdout.strip() == "600 root"
     data = json.loads(host.sh("cat /var/lib/siteops/registry.json").stdout)
@@ -263,7 +279,7 @@ def test_broken_nginx_is_restored_and_rerun_completes(host):
     res = host.siteops("add-site delta --domain delta.test", check=False)
     assert res.returncode == 1 and "nginx -t" in res.stderr
     assert host.sh("test -e /etc/nginx/sites-available/delta.conf", check=False).returncode == 1
-    assert curl(host, "alpha.test") == "alpha node 3100 /\n"  # still served
+    assert curl(host, "beta.test") == "beta-frontend python 3110 /\n"  # still served
     data = json.loads(host.sh("cat /var/lib/siteops/registry.json").stdout)
     assert data["sites"]["delta"]["state"] == "provisioning"
     host.sh("rm /etc/nginx/sites-enabled/zz-broken.conf")

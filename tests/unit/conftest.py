@@ -1,35 +1,9 @@
 """Unit tier: no root, no server. A recording fake runner stands in for every
 external command; hosts run in dry-run mode over a temporary root."""
 
-import io
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "lib"))
-
-from siteops.paths import Paths  # noqa: E402
-from siteops.system import Host, Result  # noqa: E402
-
-DEBIAN_12 = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n'
-
-
-class FakeRunner:
-    """Records every argv; answers from (argv prefix, code, stdout, stderr) rules,
-    first match wins, default success with no output."""
-
-    def __init__(self, rules=()):
-        self.rules = list(rules)
-        self.calls = []
-
-    def __call__(self, argv, input=None, timeout=None, env=None):
-        self.calls.append(list(argv))
-        for prefix, code, out, *err in self.rules:
-            if list(argv[:len(prefix)]) == list(prefix) and (
-                    not err[1:] or err[1] in (input or "")):
-                return Result(list(argv), code, out, err[0] if err else "")
-        return Result(list(argv), 0, "", "")
+from fakes import DEBIAN_12
 
 
 @pytest.fixture
@@ -37,14 +11,3 @@ def root(tmp_path):
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/os-release").write_text(DEBIAN_12)
     return tmp_path
-
-
-def make_host(root, rules=(), dry_run=True):
-    runner = FakeRunner(rules)
-    host = Host(runner=runner, dry_run=dry_run, out=io.StringIO(), paths=Paths(root))
-    return host, runner
-
-
-def planned_commands(host):
-    """The commands a host ran or would run, as shell-like strings."""
-    return [" ".join(a[1]) for a in host.actions if a[0] == "run"]

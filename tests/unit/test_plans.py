@@ -6,7 +6,7 @@ from siteops import envfile
 from siteops.commands import add_site, bootstrap
 from siteops.packages import PACKAGES
 
-from conftest import make_host, planned_commands
+from fakes import make_host, planned_commands
 
 PSQL = "runuser -u postgres -- psql -X -q -A -t -v ON_ERROR_STOP=1 -d"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk operator@laptop\n"

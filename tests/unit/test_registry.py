@@ -8,7 +8,7 @@ import pytest
 from siteops import registry
 from siteops.errors import SiteopsError
 
-from conftest import make_host
+from fakes import make_host
 
 
 def test_missing_registry_is_empty(root):
