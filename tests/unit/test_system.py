@@ -1,0 +1,139 @@
+import grp
+import os
+import pwd
+import stat
+
+import pytest
+
+from siteops import envfile, firewall, nginx, postgres, redis, system
+from siteops.errors import CommandError, SiteopsError
+
+from fakes import make_host
+
+ME = pwd.getpwuid(os.getuid()).pw_name
+MY_GROUP = grp.getgrgid(os.getgid()).gr_name
+
+
+def test_atomic_write_sets_mode_first_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "secret"
+    system.atomic_write(target, b"s3cret\n", 0o600)
+    assert target.read_bytes() == b"s3cret\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert os.listdir(tmp_path) == ["secret"]
+
+
+def test_atomic_write_cleans_up_on_failure(tmp_path):
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "x").write_text("keep")
+    with pytest.raises(OSError):
+        system.atomic_write(tmp_path / "dir", b"data", 0o644)  # cannot replace a directory
+    assert sorted(os.listdir(tmp_path)) == ["dir"]
+
+
+def test_write_reports_change_only_when_something_differs(root):
+    host, _ = make_host(root, dry_run=False)
+    path = root / "etc/app.conf"
+    assert host.write(path, "a\n", 0o640, ME, MY_GROUP) is True
+    assert host.write(path, "a\n", 0o640, ME, MY_GROUP) is False
+    assert host.write(path, "a\n", 0o600, ME, MY_GROUP) is True  # mode differs
+    assert host.write(path, "b\n", 0o600, ME, MY_GROUP) is True
+    assert path.read_text() == "b\n"
+
+
+def test_failed_validation_puts_every_file_back(root):
+    host, runner = make_host(root, [(["check"], 1, "", "line 3: broken")], dry_run=False)
+    old, new = root / "etc/old.conf", root / "etc/new.conf"
+    old.write_text("old\n")
+    os.chmod(old, 0o640)
+    with pytest.raises(SiteopsError, match="`check` failed, previous files restored: line 3: broken"):
+        with host.validated([old, new], ["check"], "thing"):
+            host.write(old, "changed\n", 0o644, ME, MY_GROUP)
+            host.write(new, "created\n", 0o644, ME, MY_GROUP)
+    assert old.read_text() == "old\n" and stat.S_IMODE(old.stat().st_mode) == 0o640
+    assert not new.exists()
+
+
+def test_validation_is_skipped_when_nothing_changed(root):
+    host, runner = make_host(root, dry_run=False)
+    with host.validated([root / "etc/x"], ["check"], "thing") as outcome:
+        pass
+    assert outcome == {"changed": False} and runner.calls == []
+
+
+def test_symlink_is_swapped_not_removed(root):
+    host, _ = make_host(root, dry_run=False)
+    link = root / "current"
+    assert host.symlink(link, "releases/1") and host.symlink(link, "releases/2")
+    assert os.readlink(link) == "releases/2"
+    assert host.symlink(link, "releases/2") is False
+    assert sorted(os.listdir(root)) == ["current", "etc"]
+
+
+def test_failing_command_carries_argv_code_and_redacted_stderr(root):
+    host, _ = make_host(root, [(["psql"], 2, "", "FATAL: password hunter2 rejected")], dry_run=False)
+    with pytest.raises(CommandError) as err:
+        host.run(["psql", "-d", "x"], secrets=["hunter2"])
+    assert err.value.code == 2 and err.value.argv == ["psql", "-d", "x"]
+    assert "hunter2" not in str(err.value) and system.REDACTED in str(err.value)
+
+
+def test_real_runner_uses_no_shell_and_c_locale():
+    res = system.run_command(["sh", "-c", 'echo "$LC_ALL" "$1"', "sh", "a; rm -rf /"])
+    assert res.out == "C a; rm -rf /\n"
+    assert system.run_command(["/nonexistent/x"]).code == 127
+    assert system.run_command(["sleep", "5"], timeout=0.2).code == 124
+
+
+def test_env_merge_keeps_values_and_operator_lines():
+    site = {"name": "shop", "components": ["frontend"], "ports": {"frontend": 3100, "redis": 5000}}
+    first = envfile.merge(None, site, 5432)
+    edited = first.replace("NODE_ENV=production", "NODE_ENV=staging") + "STRIPE_KEY=sk_live_x\n"
+    again = envfile.merge(edited, site, 5432)
+    assert again == edited
+    site2 = dict(site, components=["frontend", "api"], ports={"frontend": 3100, "api": 4000, "redis": 5000})
+    grown = envfile.merge(edited, site2, 5432)
+    assert grown.startswith(edited) and grown[len(edited):] == "API_PORT=4000\n"
+
+
+def test_scram_verifier_round_trip():
+    verifier = postgres.scram_verifier("correct horse")
+    assert verifier.startswith("SCRAM-SHA-256$4096:")
+    assert postgres.verifier_matches(verifier, "correct horse")
+    assert not postgres.verifier_matches(verifier, "wrong horse")
+    assert not postgres.verifier_matches("md5abc", "correct horse")
+    # Same salt, same result: what lets a re-run leave an existing role alone.
+    salt = b"0123456789abcdef"
+    assert postgres.scram_verifier("pw", salt) == postgres.scram_verifier("pw", salt)
+
+
+def test_redis_directives_touch_active_lines_only():
+    text = "# bind 192.168.1.1\nbind 0.0.0.0\nprotected-mode no\nport 6379\n"
+    out = redis.set_directives(text, redis.SHARED_SETTINGS)
+    assert out == "# bind 192.168.1.1\nbind 127.0.0.1 -::1\nprotected-mode yes\nport 6379\n"
+    assert redis.set_directives(out, redis.SHARED_SETTINGS) == out
+    assert redis.set_directives("port 1\n", {"bind": "x"}) == "port 1\nbind x\n"
+
+
+def test_ufw_status_is_parsed(root):
+    status = ("Status: active\nLogging: on (low)\nDefault: deny (incoming), allow (outgoing), "
+              "disabled (routed)\n\nTo  Action  From\n--  ------  ----\n"
+              "22/tcp                     ALLOW IN    Anywhere\n"
+              "8080/tcp                   ALLOW IN    Anywhere\n"
+              "22/tcp (v6)                ALLOW IN    Anywhere (v6)\n")
+    host, _ = make_host(root, [(["ufw", "status"], 0, status)])
+    assert firewall.status(host) == (True, "deny", {"22/tcp", "8080/tcp"})
+    assert firewall.ensure(host) == ["8080/tcp"]
+    assert [a[1] for a in host.actions] == [["ufw", "allow", "80/tcp"], ["ufw", "allow", "443/tcp"]]
+
+
+def test_http2_syntax_follows_the_nginx_version():
+    assert "listen 443 ssl http2;" in nginx.listen_https((1, 24, 0))
+    assert "http2 on;" in nginx.listen_https((1, 25, 1))
+    assert "http2" not in nginx.listen_https((1, 26, 0)).split("\n")[0]
+
+
+def test_cloudflare_list_is_validated():
+    date, ranges = nginx.parse_ranges(nginx.CLOUDFLARE_LIST.read_text())
+    assert date == "2025-06-01" and "173.245.48.0/20" in ranges and "2400:cb00::/32" in ranges
+    with pytest.raises(SiteopsError, match="bad range"):
+        nginx.parse_ranges("10.0.0.0/8\nnot-an-ip\n")
