@@ -110,7 +110,6 @@ class Host:
     written: dict[str, str] = field(default_factory=dict)
     changed_steps: list[str] = field(default_factory=list)
     unchanged_steps: list[str] = field(default_factory=list)
-    _step_changes: int = 0
 
     # -- reporting ---------------------------------------------------------
 

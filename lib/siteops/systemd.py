@@ -5,7 +5,6 @@ whose file changed while running is restarted so the change takes effect."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from .system import Host
 from .templates import render

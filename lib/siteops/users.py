@@ -51,13 +51,12 @@ def ensure_site_user(host: Host, name: str, home: Path) -> None:
         host.run(["usermod", "--home", home, "--shell", NOLOGIN, name])
 
 
-def ensure_deploy_user(host: Host) -> Account | None:
-    """Create the deploy login user; return its account (None in a dry run before creation)."""
+def ensure_deploy_user(host: Host) -> None:
+    """Create the deploy login user (bash shell, home in /home)."""
     with host.step(f"user {DEPLOY_USER}"):
         if lookup(host, DEPLOY_USER) is None:
             host.run(["useradd", "--user-group", "--create-home", "--shell", "/bin/bash",
                       "--comment", "siteops deploy", DEPLOY_USER])
-    return lookup(host, DEPLOY_USER) if not host.dry_run else None
 
 
 def sudoers_text(bin_dir: Path, full: bool) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from siteops import logrotate, nginx, redis, systemd, users
+from siteops import logrotate, nginx, systemd, users
 from siteops.paths import TEMPLATES, Paths
 from siteops.system import Host
 from siteops.templates import render

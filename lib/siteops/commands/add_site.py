@@ -132,8 +132,9 @@ def provision(host: Host, site: dict, db_port: int) -> None:
                 systemd.ensure_started(host, systemd.app_unit(name, component))
     nginx.ensure_site(host, site, live, layout.logs(host, name))
     logrotate.ensure_site(host, site)
-    if host.changed_steps and f"nginx site {name}" in host.changed_steps:
-        fail2ban.reload(host)
+    if f"nginx site {name}" in host.changed_steps:
+        with host.step("fail2ban watches the site's nginx error log"):
+            fail2ban.reload(host)
 
 
 def run(host: Host, args: argparse.Namespace) -> None:
