@@ -125,11 +125,16 @@ def ensure_config(host: Host, cluster: Cluster) -> None:
                 psql(host, f'REVOKE CONNECT, TEMPORARY ON DATABASE "{db}" FROM PUBLIC;', change=True)
 
 
+def grants_public(acl: str) -> bool:
+    """True if an ACL text such as {owner=CTc/owner,=c/owner} has an entry for PUBLIC."""
+    return any(item.startswith("=") for item in acl.strip("{}").split(","))
+
+
 def public_can_connect(host: Host, db: str) -> bool:
     """True if PUBLIC has any privilege on database db (a NULL ACL means the defaults)."""
     acl = psql(host, f"SELECT coalesce(datacl::text, 'default') FROM pg_database "
                      f"WHERE datname = {quote_literal(db)};")
-    return acl == "default" or any(item.startswith("=") for item in acl.strip("{}").split(","))
+    return acl == "default" or grants_public(acl)
 
 
 def role_facts(host: Host, name: str) -> dict | None:
@@ -175,5 +180,5 @@ def ensure_site_database(host: Host, name: str, password: str) -> None:
             psql(host, f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC;', change=True)
         schema_acl = psql(host, "SELECT coalesce(nspacl::text, '') FROM pg_namespace "
                                 "WHERE nspname = 'public';", db=name)
-        if any(item.startswith("=") for item in schema_acl.strip("{}").split(",")):
+        if grants_public(schema_acl):
             psql(host, "REVOKE ALL ON SCHEMA public FROM PUBLIC;", db=name, change=True)

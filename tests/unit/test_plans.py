@@ -179,3 +179,19 @@ def test_root_is_required_without_dry_run(root, capsys, monkeypatch):
     assert add_site.main(["shop", "--domain", "a.example"], host) == 1
     assert "must be run as root" in capsys.readouterr().err
     assert runner.calls == []
+
+
+def test_bootstrap_checks_a_cloudflare_list_before_any_change(root, tmp_path, capsys):
+    (root / "root/.ssh").mkdir(parents=True)
+    (root / "root/.ssh/authorized_keys").write_text(KEY)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("173.245.48.0/20\nnot-a-range\n")
+    host, runner = make_host(root, NEW_SERVER)
+    assert bootstrap.main(["--dry-run", "--cloudflare-ips", str(bad)], host) == 1
+    assert "bad range in Cloudflare list: 'not-a-range'" in capsys.readouterr().err
+    assert host.actions == []
+    good = tmp_path / "good.txt"
+    good.write_text("# as of 2026-11-01\n173.245.48.0/20\n2400:cb00::/32\n")
+    host, runner = make_host(root, NEW_SERVER)
+    assert bootstrap.main(["--dry-run", "--cloudflare-ips", str(good)], host) == 0
+    assert host.written[str(root / "etc/siteops/cloudflare-ips.txt")] == good.read_text()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from .. import (cli, distro, fail2ban, firewall, nginx, packages, postgres, redis, ssh, tls,
                 upgrades, users, validate)
@@ -80,10 +79,8 @@ def ensure_suite(host: Host) -> None:
                     host.write(dest, src.read_text(), mode)
 
 
-def refresh_cloudflare(host: Host, source: Path) -> None:
-    """Validate an operator-supplied Cloudflare list and keep it in /etc/siteops."""
-    text = source.read_text()
-    nginx.parse_ranges(text)
+def refresh_cloudflare(host: Host, text: str) -> None:
+    """Keep an operator-supplied (already validated) Cloudflare list in /etc/siteops."""
     with host.step("Cloudflare ranges"):
         host.write(host.paths.etc / "cloudflare-ips.txt", text)
 
@@ -94,13 +91,14 @@ def run(host: Host, args: argparse.Namespace) -> None:
     deploy = users.lookup(host, users.DEPLOY_USER)
     deploy_home = deploy.home if deploy else f"/home/{users.DEPLOY_USER}"
     ssh.preflight(host, deploy_home, args.deploy_key, args.allow_ssh_lockout)
-    if args.cloudflare_ips:
-        nginx.parse_ranges(args.cloudflare_ips.read_text())
+    cloudflare = args.cloudflare_ips.read_text() if args.cloudflare_ips else None
+    if cloudflare is not None:
+        nginx.parse_ranges(cloudflare)  # refuse a bad list before any change
 
     packages.ensure_installed(host)
     ensure_suite(host)
-    if args.cloudflare_ips:
-        refresh_cloudflare(host, args.cloudflare_ips)
+    if cloudflare is not None:
+        refresh_cloudflare(host, cloudflare)
     nginx.ensure_base(host)
     cluster = postgres.ensure_cluster(host, os_.pg_major)
     postgres.ensure_config(host, cluster)
