@@ -34,16 +34,22 @@ def wanted(site: dict, db_port: int) -> dict[str, callable]:
         "DATABASE_URL": lambda: f"postgresql://{name}:{secret()}@localhost:{db_port}/{name}",
         "REDIS_URL": lambda: f"redis://default:{secret()}@127.0.0.1:{ports['redis']}/0",
     }
-    for component in site["components"]:
-        keys[f"{component.upper()}_PORT"] = lambda c=component: str(ports[c])
     keys["SESSION_SECRET"] = secret
     keys["JWT_SECRET"] = secret
     return keys
 
 
+# Set per instance by its systemd drop-in since deploys alternate between two
+# ports; a value in .env would override the unit's (EnvironmentFile= wins).
+MOVED_TO_UNIT = ("FRONTEND_PORT", "API_PORT", "PORT")
+
+
 def merge(current: str | None, site: dict, db_port: int) -> str:
-    """The .env text: current lines kept as they are, missing keys appended."""
+    """The .env text: current lines kept as they are, missing keys appended,
+    port settings (now the unit's) dropped."""
     text = current if current is not None else ENV_HEADER
+    text = "".join(line for line in text.splitlines(keepends=True)
+                   if line.split("=", 1)[0].strip() not in MOVED_TO_UNIT)
     have = parse(text)
     missing = [f"{k}={make()}\n" for k, make in wanted(site, db_port).items() if k not in have]
     if missing and not text.endswith("\n"):

@@ -24,6 +24,7 @@ def tree(host: Host, name: str) -> list[tuple[Path, int, str, str]]:
         (shared / "uploads", 0o750, name, name),
         (shared / "redis", 0o700, name, name),
         (shared / "backups", 0o750, "root", name),
+        (shared / "cache", 0o700, name, name),  # package caches for builds
     ]
 
 
@@ -35,9 +36,8 @@ def logs(host: Host, name: str) -> Path:
     return host.paths.site(name) / "shared" / "logs"
 
 
-def has_release(host: Host, name: str) -> bool:
-    """True if `current` points at an existing release."""
-    return (host.paths.site(name) / "current").is_dir()
+def releases(host: Host, name: str) -> Path:
+    return host.paths.site(name) / "releases"
 
 
 def ensure_tree(host: Host, name: str) -> None:

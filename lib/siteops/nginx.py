@@ -10,7 +10,7 @@ import ipaddress
 import re
 from pathlib import Path
 
-from . import distro, systemd
+from . import distro, registry, systemd
 from .errors import SiteopsError
 from .paths import TEMPLATES
 from .system import Host
@@ -106,14 +106,14 @@ def cert_dir(host: Host, site: dict) -> Path | None:
     return d if (d / "fullchain.pem").exists() else None
 
 
-def site_config(site: dict, version: tuple[int, ...], live: bool,
-                certs: Path | None, logs: Path) -> str:
-    """Render a site's nginx file from its registry entry and live facts."""
-    name, ports = site["name"], site["ports"]
+def site_config(site: dict, version: tuple[int, ...], certs: Path | None, logs: Path) -> str:
+    """Render a site's nginx file from its registry entry and live facts: the
+    upstreams are the live instances' ports, a placeholder before the first deploy."""
+    name, ports = site["name"], registry.live_ports(site)
     components = site["components"]
     upstreams = "".join(render("nginx/upstream.conf", name=name, component=c, port=ports[c])
-                        for c in components) if live else ""
-    if live:
+                        for c in components) if ports else ""
+    if ports:
         locations = ""
         if "api" in components and "frontend" in components:
             locations += render("nginx/location-proxy.conf", name=name, path="/api/",
@@ -135,10 +135,11 @@ def site_config(site: dict, version: tuple[int, ...], live: bool,
                   https_server=https, **common)
 
 
-def ensure_site(host: Host, site: dict, live: bool, logs: Path) -> None:
-    """Write and enable the site's nginx file; on a failed check nothing changes."""
+def ensure_site(host: Host, site: dict, logs: Path) -> None:
+    """Write and enable the site's nginx file, then reload; on a failed check
+    nothing changes."""
     name = site["name"]
-    text = site_config(site, distro.nginx_version(host), live, cert_dir(host, site), logs)
+    text = site_config(site, distro.nginx_version(host), cert_dir(host, site), logs)
     with host.step(f"nginx site {name}"):
         page = host.paths.p(PLACEHOLDERS) / name / "index.html"
         host.ensure_dir(page.parent, 0o755)

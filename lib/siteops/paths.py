@@ -35,6 +35,14 @@ class Paths:
     def registry_lock(self) -> Path:
         return self.state / "registry.lock"
 
+    def mirror(self, name: str) -> Path:
+        """The cached bare mirror of a site's repository (root only)."""
+        return self.state / "mirrors" / f"{name}.git"
+
+    def deploy_key(self, name: str) -> Path:
+        """SSH key deploy uses to fetch a site's private repository (root only)."""
+        return self.etc / "deploy-keys" / name
+
     @property
     def log_dir(self) -> Path:
         return self.p("/var/log/siteops")

@@ -17,7 +17,7 @@ import os
 import time
 from typing import Iterator
 
-from .errors import SiteopsError
+from .errors import SiteopsError, UsageError
 from .system import Host, atomic_write
 
 SCHEMA_VERSION = 1
@@ -73,15 +73,11 @@ def save(host: Host, data: dict) -> None:
 
 
 @contextlib.contextmanager
-def locked(host: Host, purpose: str, wait: float = 30) -> Iterator[dict]:
-    """Hold the registry lock and yield the loaded registry.
-
-    A dry run takes no lock and creates nothing; it only reads."""
-    if host.dry_run:
-        yield load(host)
-        return
-    host.paths.state.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(host.paths.registry_lock, os.O_RDWR | os.O_CREAT, 0o600)
+def _flock(path, purpose: str, wait: float, what: str) -> Iterator[None]:
+    """Hold an exclusive flock on path, writing purpose into it for whoever waits.
+    After wait seconds, fail with a message that names the holder."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         deadline = time.monotonic() + wait
         while True:
@@ -91,16 +87,78 @@ def locked(host: Host, purpose: str, wait: float = 30) -> Iterator[dict]:
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
-                if time.monotonic() > deadline:
-                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
-                    raise SiteopsError(f"the registry is locked by another siteops command "
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 300, 0).decode(errors="replace").strip()
+                    raise SiteopsError(f"{what} is locked by another siteops command "
                                        f"({holder or 'unknown'}); try again when it ends")
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}: {purpose}\n".encode(), 0)
-        yield load(host)
+        user = os.environ.get("SUDO_USER") or "root"
+        os.pwrite(fd, f"pid {os.getpid()}, {user}, since {now()}: {purpose}\n".encode(), 0)
+        yield
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(host: Host, purpose: str, wait: float = 30) -> Iterator[dict]:
+    """Hold the registry lock and yield the loaded registry.
+
+    A dry run takes no lock and creates nothing; it only reads."""
+    if host.dry_run:
+        yield load(host)
+        return
+    with _flock(host.paths.registry_lock, purpose, wait, "the registry"):
+        yield load(host)
+
+
+@contextlib.contextmanager
+def site_locked(host: Host, name: str, purpose: str) -> Iterator[None]:
+    """Hold site NAME's own lock for a whole deploy or rollback; fail at once if
+    another command holds it. Other sites are not affected."""
+    if host.dry_run:
+        yield
+        return
+    with _flock(host.paths.state / "locks" / f"{name}.lock", purpose, 0, f"site {name}"):
+        yield
+
+
+def get_site(data: dict, name: str) -> dict:
+    site = data["sites"].get(name)
+    if site is None:
+        raise UsageError(f"no site {name!r} in the registry (add it with add-site)")
+    return site
+
+
+def update_site(host: Host, name: str, purpose: str, change) -> dict:
+    """Apply change(site) to the registry's entry for NAME under the registry lock
+    and save; return the updated entry. Used for short updates during long jobs."""
+    with locked(host, purpose) as data:
+        site = get_site(data, name)
+        change(site)
+        site["updated"] = now()
+        save(host, data)
+        return site
+
+
+def live_ports(site: dict) -> dict[str, int] | None:
+    """Ports the live instance of each component listens on, or None before the
+    first deploy. Each component has two instances, on its block's first two
+    ports; site["live"]["offset"] says which one serves."""
+    live = site.get("live")
+    if not live:
+        return None
+    return {c: site["ports"][c] + live["offset"] for c in site["components"]}
+
+
+def spare_offset(site: dict) -> int:
+    """Which of the two ports the next release starts on: the one not live."""
+    return 1 - site["live"]["offset"] if site.get("live") else 0
+
+
+def spare_ports(site: dict) -> dict[str, int]:
+    """Ports for the next release's instances."""
+    return {c: site["ports"][c] + spare_offset(site) for c in site["components"]}
 
 
 def block_ports(slot: int) -> list[int]:

@@ -17,6 +17,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TextIO
@@ -43,19 +44,55 @@ def redact(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
-def run_command(argv: Sequence[str], input: str | None = None, timeout: float = 600,
-                env: dict[str, str] | None = None) -> Result:
-    """Execute argv (no shell) with LC_ALL=C and a timeout; never raises on failure."""
+def run_command(argv: Sequence[str], input: str | bytes | None = None, timeout: float = 600,
+                env: dict[str, str] | None = None,
+                stream: Callable[[str], None] | None = None) -> Result:
+    """Execute argv (no shell) with LC_ALL=C and a timeout; never raises on failure.
+    With stream, stdout and stderr are merged and each line is passed to it as it
+    arrives (a build's progress); the result then holds the whole output."""
     argv = [str(a) for a in argv]
     full_env = {**os.environ, "LC_ALL": "C", **(env or {})}
+    if stream is not None:
+        return _run_streaming(argv, input, timeout, full_env, stream)
+    binary = isinstance(input, bytes)  # e.g. an archive piped to tar
     try:
-        proc = subprocess.run(argv, input=input, capture_output=True, text=True,
+        proc = subprocess.run(argv, input=input, capture_output=True, text=not binary,
                               timeout=timeout, env=full_env)
     except FileNotFoundError:
         return Result(argv, 127, "", f"{argv[0]}: command not found")
     except subprocess.TimeoutExpired:
         return Result(argv, 124, "", f"timed out after {timeout:g}s")
+    if binary:
+        return Result(argv, proc.returncode, proc.stdout.decode(errors="replace"),
+                      proc.stderr.decode(errors="replace"))
     return Result(argv, proc.returncode, proc.stdout, proc.stderr)
+
+
+def _run_streaming(argv: list[str], input: str | None, timeout: float, env: dict,
+                   stream: Callable[[str], None]) -> Result:
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", env=env)
+    except FileNotFoundError:
+        return Result(argv, 127, "", f"{argv[0]}: command not found")
+    if input is not None:
+        proc.stdin.write(input)
+        proc.stdin.close()
+    timed_out = threading.Event()
+    timer = threading.Timer(timeout, lambda: (timed_out.set(), proc.kill()))
+    timer.start()
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            stream(line.rstrip("\n"))
+        code = proc.wait()
+    finally:
+        timer.cancel()
+    if timed_out.is_set():
+        return Result(argv, 124, "".join(lines), f"timed out after {timeout:g}s")
+    return Result(argv, code, "".join(lines), "")
 
 
 Runner = Callable[..., Result]
@@ -150,7 +187,7 @@ class Host:
             raise CommandError(result.argv, result.code, redact(result.err or result.out, secrets))
         return result
 
-    def run(self, argv: Sequence[str], *, input: str | None = None, timeout: float = 900,
+    def run(self, argv: Sequence[str], *, input: str | bytes | None = None, timeout: float = 900,
             secrets: Sequence[str] = (), env: dict | None = None, note: str = "") -> Result:
         """Run a command that changes the server; in a dry run only record it.
         note (never a secret) says what its standard input does."""
@@ -161,6 +198,21 @@ class Host:
         result = self.runner(argv, input=input, timeout=timeout, env=env)
         if result.code != 0:
             raise CommandError(argv, result.code, redact(result.err or result.out, secrets))
+        return result
+
+    def stream(self, argv: Sequence[str], *, timeout: float = 3600, env: dict | None = None,
+               tail: int = 25) -> Result:
+        """Run a long command that changes the server (a build), printing its
+        output as it comes, indented; on failure the error carries its last lines."""
+        argv = [str(a) for a in argv]
+        self.actions.append(("run", argv))
+        if self.dry_run:
+            return Result(argv, 0)
+        result = self.runner(argv, timeout=timeout, env=env,
+                             stream=lambda line: self.say("    " + line))
+        if result.code != 0:
+            last = (result.out or result.err).rstrip("\n").splitlines()[-tail:]
+            raise CommandError(argv, result.code, "\n".join(last))
         return result
 
     # -- files -------------------------------------------------------------

@@ -1,11 +1,25 @@
 """systemd: a slice per site and hardened units for its components and Redis.
 
+Each component is a template, NAME-COMPONENT@.service, whose instance name is
+the port it listens on: deploy runs the new release on the spare port of the
+component's block beside the live one. A drop-in per instance
+(NAME-COMPONENT@PORT.service.d/siteops-release.conf) pins the release
+directory and start command, so an instance keeps running the release it was
+started with whatever happens to `current`.
+
 Units are checked with `systemd-analyze verify` before daemon-reload; a unit
-whose file changed while running is restarted so the change takes effect."""
+whose file changed while running is restarted so the change takes effect.
+Builds run through `systemd-run` with the same hardening as the services."""
 
 from __future__ import annotations
 
+import os
+import shlex
+from pathlib import Path
 
+
+from . import registry
+from .errors import SiteopsError
 from .system import Host
 from .templates import render
 
@@ -18,6 +32,17 @@ def slice_name(site: str) -> str:
 
 
 def app_unit(site: str, component: str) -> str:
+    """The template unit of a component."""
+    return f"{site}-{component}@.service"
+
+
+def instance(site: str, component: str, port: int) -> str:
+    """The instance of a component's template listening on port."""
+    return f"{site}-{component}@{port}.service"
+
+
+def legacy_unit(site: str, component: str) -> str:
+    """The plain unit name siteops used before blue/green deploys."""
     return f"{site}-{component}.service"
 
 
@@ -25,9 +50,15 @@ def redis_unit(site: str) -> str:
     return f"{site}-redis.service"
 
 
-def site_units(site: dict) -> list[str]:
-    """Every service unit of a site: its components, then its Redis."""
-    return [app_unit(site["name"], c) for c in site["components"]] + [redis_unit(site["name"])]
+def live_instances(site: dict) -> list[str]:
+    """The instances serving the site now (none before its first deploy)."""
+    ports = registry.live_ports(site) or {}
+    return [instance(site["name"], c, p) for c, p in ports.items()]
+
+
+def live_units(site: dict) -> list[str]:
+    """The running service units of a site: its live instances, then its Redis."""
+    return live_instances(site) + [redis_unit(site["name"])]
 
 
 def render_units(host: Host, site: dict) -> dict[str, str]:
@@ -64,15 +95,82 @@ def ensure_units(host: Host, site: dict) -> list[str]:
         for unit, text in units.items():
             if host.write(paths[unit], text):
                 changed.append(unit)
+    remove_legacy_units(host, site)
     if changed:
         host.run(["systemctl", "daemon-reload"])
-        for unit in changed:
-            if unit.endswith(".service") and is_active(host, unit):
+        for unit in live_units(site):
+            template = unit.split("@")[0] + "@.service" if "@" in unit else unit
+            if template in changed and is_active(host, unit):
                 host.run(["systemctl", "restart", unit])
     return changed
+
+
+def remove_legacy_units(host: Host, site: dict) -> None:
+    """Stop and delete NAME-COMPONENT.service units of the pre-template layout."""
+    for c in site["components"]:
+        unit = legacy_unit(site["name"], c)
+        if host.paths.unit(unit).exists():
+            host.run(["systemctl", "disable", "--now", unit])
+            host.remove(host.paths.unit(unit))
 
 
 def ensure_started(host: Host, unit: str) -> None:
     """Enable unit at boot and start it now, if it is not already."""
     if not (is_enabled(host, unit) and is_active(host, unit)):
         host.run(["systemctl", "enable", "--now", unit])
+
+
+def dropin(host: Host, site: str, component: str, port: int) -> Path:
+    return host.paths.unit(instance(site, component, port) + ".d") / "siteops-release.conf"
+
+
+def search_path(release: Path) -> list[str]:
+    """Where a start command's program is looked up: the release's own tools first."""
+    return [str(release / ".venv/bin"), str(release / "node_modules/.bin"),
+            "/usr/local/bin", "/usr/bin", "/bin"]
+
+
+def resolve_command(release: Path, command: str) -> str:
+    """command with its program made absolute (looked up like ExecSearchPath=,
+    which `systemd-analyze verify` does not understand); error if missing."""
+    argv = shlex.split(command)
+    program = argv[0]
+    if "/" in program:
+        candidates = [release / program] if not program.startswith("/") else [Path(program)]
+    else:
+        candidates = [Path(d) / program for d in search_path(release)]
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return shlex.join([str(path), *argv[1:]]).replace("'${PORT}'", "${PORT}") \
+                .replace("'${HOST}'", "${HOST}")
+    raise SiteopsError(f"start command {command!r}: {program} not found in the release or "
+                       f"{':'.join(search_path(release)[2:])}")
+
+
+def render_dropin(site: str, release_id: str, release: Path, command: str,
+                  ports: dict[str, int]) -> str:
+    """An instance's drop-in: its release, command, and the ports of its peers
+    (FRONTEND_PORT, API_PORT: the instances started with it)."""
+    env = " ".join(f"{c.upper()}_PORT={p}" for c, p in ports.items())
+    return render("systemd/release.conf", name=site, release_id=release_id, release=release,
+                  search_path=":".join(search_path(release)), command=command, ports_env=env)
+
+
+def sandbox_argv(host: Host, site: str, workdir: Path, command: str, unit: str) -> list[str]:
+    """systemd-run argv that runs a shell command in workdir as the site user with
+    the services' hardening; only workdir and the site's build cache are writable."""
+    root = host.paths.site(site)
+    cache = root / "shared" / "cache"
+    props = [line.strip() for line in render("systemd/hardening.conf").splitlines()
+             if "=" in line and not line.startswith("#")]
+    props += [f"User={site}", f"Group={site}", f"Slice={slice_name(site)}",
+              f"WorkingDirectory={workdir}", f"ReadWritePaths={workdir} {cache}",
+              f"EnvironmentFile={root}/shared/.env", "UMask=0027"]
+    env = {"HOME": cache, "XDG_CACHE_HOME": cache, "NODE_ENV": "production",
+           "npm_config_cache": cache / "npm", "CI": "true",
+           "PATH": ":".join(search_path(workdir))}
+    argv = ["systemd-run", "--quiet", "--wait", "--pipe", "--collect", f"--unit={unit}",
+            "--property=TimeoutStopSec=10s"]
+    argv += [f"--property={p}" for p in props]
+    argv += [f"--setenv={k}={v}" for k, v in env.items()]
+    return argv + ["--", "/bin/sh", "-c", command]

@@ -73,9 +73,10 @@ def start_command(value: str) -> tuple[str, str]:
     if not sep or component not in COMPONENTS or not command.strip():
         raise InvalidInput(f"invalid --start {value!r}: expected COMPONENT=COMMAND, "
                            f"COMPONENT one of {', '.join(COMPONENTS)}")
-    if any(c in command for c in "\n\r\0") or "%" in command or "$" in command:
+    bare = command.replace("${PORT}", "").replace("${HOST}", "")
+    if any(c in command for c in "\n\r\0") or "%" in command or "$" in bare:
         raise InvalidInput(f"invalid --start {value!r}: newlines, '%' and '$' are not allowed "
-                           "(systemd would expand them)")
+                           "(systemd would expand them); only ${PORT} and ${HOST} are")
     return component, command.strip()
 
 
@@ -87,3 +88,50 @@ def readable_file(value: str) -> Path:
     except OSError as exc:
         raise InvalidInput(f"{value}: {exc.strerror}") from exc
     return path
+
+
+# Git input reaches `git` as an argument (always after `--` or as a revision,
+# never first), but is checked here too: no options, no helper transports
+# (`ext::sh -c ...`), no control characters.
+_SCP_URL = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:(?!-)[A-Za-z0-9._~/+-]+")
+_URL = re.compile(r"(https|ssh|file)://[^\s]+")
+_REF_BAD = re.compile(r"(^[-/.])|(\.\.)|(@\{)|([\x00-\x20\x7f~^:?*\[\\])|(/\.)|(\.lock$)|([/.]$)|(//)")
+
+
+def repo_url(value: str) -> str:
+    """Return value if it is a git URL siteops fetches: https://, ssh://, file://,
+    an scp-like user@host:path, or an absolute local path."""
+    ok = (_URL.fullmatch(value) or _SCP_URL.fullmatch(value)
+          or (value.startswith("/") and not re.search(r"[\x00-\x20\x7f]", value)))
+    if not ok or "::" in value or len(value) > 1000:
+        raise InvalidInput(
+            f"invalid repository {value!r}: use https://, ssh://, file://, user@host:path "
+            "or an absolute path (no options, helper transports or spaces)")
+    return value
+
+
+def git_ref(value: str) -> str:
+    """Return value if it is a branch, tag or commit name git would accept."""
+    if not value or len(value) > 200 or _REF_BAD.search(value):
+        raise InvalidInput(f"invalid ref {value!r}: expected a branch, tag or commit "
+                           "(no leading '-', spaces, '..', '~^:?*[' or '@{')")
+    return value
+
+
+RELEASE_ID = re.compile(r"\d{8}T\d{6}Z(-\d+)?")
+
+
+def release_id(value: str) -> str:
+    """Return value if it looks like a release name (UTC timestamp)."""
+    if not RELEASE_ID.fullmatch(value):
+        raise InvalidInput(f"invalid release {value!r}: expected a name like 20261125T201500Z "
+                           "(see rollback --list)")
+    return value
+
+
+def keep_count(value: str) -> int:
+    """Return value as a number of releases to keep (2-100)."""
+    if not value.isdigit() or not 2 <= int(value) <= 100:
+        raise InvalidInput(f"invalid --keep {value!r}: a number from 2 to 100 "
+                           "(the live release and a rollback target are always kept)")
+    return int(value)

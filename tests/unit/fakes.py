@@ -21,13 +21,18 @@ class FakeRunner:
         self.rules = list(rules)
         self.calls = []
 
-    def __call__(self, argv, input=None, timeout=None, env=None):
+    def __call__(self, argv, input=None, timeout=None, env=None, stream=None):
         self.calls.append(list(argv))
+        result = Result(list(argv), 0, "", "")
         for prefix, code, out, *err in self.rules:
             if list(argv[:len(prefix)]) == list(prefix) and (
                     not err[1:] or err[1] in (input or "")):
-                return Result(list(argv), code, out, err[0] if err else "")
-        return Result(list(argv), 0, "", "")
+                result = Result(list(argv), code, out, err[0] if err else "")
+                break
+        if stream:
+            for line in result.out.splitlines():
+                stream(line)
+        return result
 
 
 

@@ -21,18 +21,24 @@ API_ONLY = dict(SITE, name="api1", components=["api"], ports={"api": 4030, "redi
 LOGS = Path("/srv/sites/shop/shared/logs")
 CERTS = Path("/etc/letsencrypt/live/shop.example.com")
 HOST = Host(paths=Paths())
+LIVE = dict(SITE, live={"release": "20261125T201500Z", "offset": 1})
+API_ONLY_LIVE = dict(API_ONLY, live={"release": "20261125T201500Z", "offset": 0})
 
 
 def renders():
-    yield "nginx-site-placeholder.conf", nginx.site_config(SITE, (1, 22, 1), False, None, LOGS)
-    yield "nginx-site-live.conf", nginx.site_config(SITE, (1, 22, 1), True, None, LOGS)
-    yield "nginx-site-live-tls-1.22.conf", nginx.site_config(SITE, (1, 22, 1), True, CERTS, LOGS)
-    yield "nginx-site-api-only-tls-1.26.conf", nginx.site_config(API_ONLY, (1, 26, 3), True, CERTS, LOGS)
+    yield "nginx-site-placeholder.conf", nginx.site_config(SITE, (1, 22, 1), None, LOGS)
+    yield "nginx-site-live.conf", nginx.site_config(LIVE, (1, 22, 1), None, LOGS)
+    yield "nginx-site-live-tls-1.22.conf", nginx.site_config(LIVE, (1, 22, 1), CERTS, LOGS)
+    yield "nginx-site-api-only-tls-1.26.conf", nginx.site_config(API_ONLY_LIVE, (1, 26, 3), CERTS, LOGS)
     for version in ((1, 22, 1), (1, 26, 3)):
         for path, text in nginx.base_files(HOST, version).items():
             yield f"nginx-base-{'.'.join(map(str, version[:2]))}-{path.name}", text
     for unit, text in systemd.render_units(HOST, SITE).items():
         yield f"systemd-{unit}", text
+    release = Path("/srv/sites/shop/releases/20261125T201500Z")
+    yield "systemd-shop-frontend@3121.service.d-siteops-release.conf", systemd.render_dropin(
+        "shop", release.name, release, "/usr/bin/node server.js ${PORT}",
+        {"frontend": 3121, "api": 4021})
     yield "redis-shop.conf", render("redis/site.conf", name="shop", port=5020, password="PASSWORD",
                                     dir="/srv/sites/shop/shared/redis", maxmemory="64mb")
     yield "logrotate-siteops-shop", logrotate.config(HOST, SITE)

@@ -119,7 +119,7 @@ def test_add_site_plan_for_a_new_site(root):
     assert "site shop: slot 1, ports frontend 3110, api 4010, redis 5010" in out
     env = host.written[f"{root}/srv/sites/shop/shared/.env"]
     values = envfile.parse(env)
-    assert values["FRONTEND_PORT"] == "3110" and values["API_PORT"] == "4010"
+    assert "FRONTEND_PORT" not in values and "PORT" not in values  # the units set ports
     assert values["DATABASE_URL"].endswith("@localhost:5432/shop")
     assert ("write", f"{root}/srv/sites/shop/shared/.env", "0600", "shop", "shop") in host.actions
     # No secret in the output, in any argv, or in the recorded SQL notes.

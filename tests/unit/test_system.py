@@ -90,9 +90,16 @@ def test_env_merge_keeps_values_and_operator_lines():
     edited = first.replace("NODE_ENV=production", "NODE_ENV=staging") + "STRIPE_KEY=sk_live_x\n"
     again = envfile.merge(edited, site, 5432)
     assert again == edited
-    site2 = dict(site, components=["frontend", "api"], ports={"frontend": 3100, "api": 4000, "redis": 5000})
-    grown = envfile.merge(edited, site2, 5432)
-    assert grown.startswith(edited) and grown[len(edited):] == "API_PORT=4000\n"
+    without_secret = edited.replace("JWT_SECRET=", "OLD_JWT=")
+    grown = envfile.merge(without_secret, site, 5432)
+    assert grown.startswith(without_secret) and grown[len(without_secret):].startswith("JWT_SECRET=")
+
+
+def test_env_merge_drops_port_settings_the_units_now_own():
+    site = {"name": "shop", "components": ["frontend"], "ports": {"frontend": 3100, "redis": 5000}}
+    old = envfile.merge(None, site, 5432) + "FRONTEND_PORT=3100\nAPI_PORT=4000\nMY_PORT=1\n"
+    new = envfile.merge(old, site, 5432)
+    assert "FRONTEND_PORT" not in new and "API_PORT" not in new and "MY_PORT=1\n" in new
 
 
 def test_scram_verifier_round_trip():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .. import (cli, distro, envfile, fail2ban, layout, logrotate, nginx, postgres, redis,
-                registry, systemd, users, validate)
+from .. import (cli, distro, envfile, fail2ban, layout, logrotate, network, nginx, postgres,
+                redis, registry, systemd, users, validate)
 from ..errors import SiteopsError, UsageError
 from ..system import Host
 
@@ -20,16 +20,18 @@ What it creates:
   directories /srv/sites/NAME/{releases,shared/{logs,uploads,redis,backups}}
   ports       slot k of the registry: frontend 3100+10k, API 4000+10k,
               Redis 5000+10k, all on 127.0.0.1
-  .env        shared/.env (0600): DATABASE_URL, REDIS_URL, ports, NODE_ENV and
-              generated secrets; values already there are never changed
+  .env        shared/.env (0600): DATABASE_URL, REDIS_URL, NODE_ENV and
+              generated secrets; values already there are never changed (PORT,
+              FRONTEND_PORT and API_PORT are set by each instance's unit)
   database    PostgreSQL role and database NAME, no access for anyone else
   redis       NAME-redis.service, the site's own password-protected instance
-  systemd     NAME-frontend.service / NAME-api.service in siteops-NAME.slice,
-              hardened; enabled and started once a release exists
+  systemd     templates NAME-frontend@.service / NAME-api@.service (the
+              instance is the port) in siteops-NAME.slice, hardened; deploy
+              starts them
   nginx       sites-available/NAME.conf (+ enabled link): rate limits (API
               10 r/s burst 20, general 30 r/s burst 50, status 429), ACME
               path exempt, TLS when a certificate exists; a placeholder page
-              until the first release; checked with `nginx -t` first
+              until the first deploy; checked with `nginx -t` first
   logrotate   /etc/logrotate.d/siteops-NAME: daily, 14 days, compressed
   registry    the site's entry in /var/lib/siteops/registry.json
 """
@@ -62,17 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def listening_ports(host: Host) -> set[int]:
-    """TCP ports something listens on, from one `ss` call."""
-    out = host.query(["ss", "-H", "-t", "-l", "-n"]).out
-    ports = set()
-    for line in out.splitlines():
-        fields = line.split()
-        if len(fields) >= 4 and fields[3].rpartition(":")[2].isdigit():
-            ports.add(int(fields[3].rpartition(":")[2]))
-    return ports
-
-
 def check_bootstrapped(host: Host) -> None:
     if not (host.paths.nginx / "snippets" / "siteops-realip.conf").exists():
         raise SiteopsError("this server has not been bootstrapped: run `sudo ./bin/bootstrap` first")
@@ -90,7 +81,7 @@ def plan_entry(host: Host, data: dict, args: argparse.Namespace) -> dict:
     if site is None:
         if users.lookup(host, name) is not None:
             raise UsageError(f"a Unix user {name!r} already exists; choose another site name")
-        slot = registry.allocate_slot(data, listening_ports(host))
+        slot = registry.allocate_slot(data, network.listening_ports(host))
         site = {"name": name, "slot": slot, "user": name, "database": name,
                 "created": registry.now(), "state": registry.PROVISIONING,
                 "components": ["frontend", "api"], "commands": dict(systemd.DEFAULT_COMMANDS)}
@@ -125,12 +116,10 @@ def provision(host: Host, site: dict, db_port: int) -> None:
         systemd.ensure_units(host, site)
     with host.step(f"{systemd.redis_unit(name)} running"):
         systemd.ensure_started(host, systemd.redis_unit(name))
-    live = layout.has_release(host, name)
-    if live:
-        for component in site["components"]:
-            with host.step(f"{systemd.app_unit(name, component)} running"):
-                systemd.ensure_started(host, systemd.app_unit(name, component))
-    nginx.ensure_site(host, site, live, layout.logs(host, name))
+    for unit in systemd.live_instances(site):  # once deployed, keep the live release up
+        with host.step(f"{unit} running"):
+            systemd.ensure_started(host, unit)
+    nginx.ensure_site(host, site, layout.logs(host, name))
     logrotate.ensure_site(host, site)
     if f"nginx site {name}" in host.changed_steps:
         with host.step("fail2ban watches the site's nginx error log"):

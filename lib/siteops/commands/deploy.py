@@ -1,0 +1,284 @@
+"""deploy: build a commit into a new release and switch to it without dropping a request."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from .. import cli, git, instances, layout, manifest, registry, releases, systemd, validate
+from ..errors import SiteopsError, UsageError
+from ..system import Host
+
+DESCRIPTION = """\
+Deploy a commit of the site's repository as a new release, health-gated, with
+no dropped request. If anything fails, the live release keeps serving exactly
+as before and the command exits non-zero with the app's last log lines.
+
+Steps:
+  lock      the site's own lock; a second deploy or rollback of it fails at once
+  preflight the site is ready, the disk has room, the runtime is installed
+  fetch     into a cached mirror (/var/lib/siteops/mirrors/NAME.git), then the
+            ref is exported into releases/<UTC timestamp>; the commit is recorded
+  link      shared/.env, shared/uploads and shared/logs into the release
+  build     install and build as the site user in a sandbox with the services'
+            hardening (node: pnpm install --frozen-lockfile when pnpm-lock.yaml
+            is there, npm without pnpm; python: venv + requirements.txt; any
+            command from siteops.toml); output streamed, one header per step
+  start     on the spare port of each component's block (3101 when 3100 is
+            live, and back), beside the live instance
+  health    GET the health path (siteops.toml, default /) until 2xx/3xx
+  switch    nginx upstreams to the new ports (nginx -t, reload), `current`
+            swapped with rename(2), old instances drained, then stopped
+  prune     keep the newest --keep good releases (never the live one nor the
+            rollback target), failed ones first
+
+The app repository may hold siteops.toml (runtime, install, build,
+health_timeout, and per component start and health); see README.md. Private
+repositories: put an SSH deploy key at /etc/siteops/deploy-keys/NAME (root,
+0600). PORT, FRONTEND_PORT and API_PORT are set per instance; do not set them
+in .env.
+"""
+
+EPILOG = """\
+examples:
+  sudo deploy shop --repo https://github.com/acme/shop.git      first deploy
+  sudo deploy shop                                              default branch again
+  sudo deploy shop --ref v1.4.2
+  sudo deploy shop --dry-run                                    print the plan
+"""
+
+MIN_FREE_MB = 500
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("deploy", DESCRIPTION, EPILOG)
+    p.add_argument("name", type=validate.site_name, help="the site to deploy")
+    p.add_argument("--repo", type=validate.repo_url, metavar="URL",
+                   help="git repository (https://, ssh://, file://, user@host:path or a "
+                        "path); remembered after the first successful deploy")
+    p.add_argument("--ref", type=validate.git_ref, default="HEAD", metavar="REF",
+                   help="branch, tag or commit to deploy (default: the default branch)")
+    p.add_argument("--start", action="append", type=validate.start_command, default=[],
+                   metavar="COMPONENT=COMMAND", help="override a component's start command")
+    p.add_argument("--health", action="append", default=[], metavar="COMPONENT=PATH",
+                   help="override a component's health path")
+    p.add_argument("--keep", type=validate.keep_count, default=None, metavar="N",
+                   help=f"good releases to keep (default {releases.DEFAULT_KEEP}; remembered)")
+    p.add_argument("--min-free-mb", type=int, default=MIN_FREE_MB, metavar="MB",
+                   help=f"refuse to deploy with less free disk than this (default {MIN_FREE_MB})")
+    return p
+
+
+def health_overrides(values: list[str], components: list[str]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        c, sep, path = value.partition("=")
+        if not sep or c not in components or not manifest.HEALTH_PATH.fullmatch(path):
+            raise UsageError(f"invalid --health {value!r}: expected COMPONENT=/path for one of "
+                             f"{', '.join(components)}")
+        out[c] = path
+    return out
+
+
+def preflight(host: Host, site: dict, min_free_mb: int) -> None:
+    if site.get("state") != registry.READY:
+        raise SiteopsError(f"site {site['name']} is not ready (state {site.get('state')!r}): "
+                           f"run add-site {site['name']} ... again to finish it")
+    st = os.statvfs(host.paths.site(site["name"]))
+    free_mb = st.f_bavail * st.f_frsize // 2**20
+    if free_mb < min_free_mb:
+        raise SiteopsError(f"only {free_mb} MB free on {host.paths.site(site['name'])}; "
+                           f"need {min_free_mb} MB (--min-free-mb)")
+
+
+def have(host: Host, program: str) -> bool:
+    return host.query(["which", program], ok=range(256)).code == 0
+
+
+def check_runtime(host: Host, runtime: str) -> None:
+    need = {"node": ["node"], "python": ["python3"], "static": ["python3"]}.get(runtime, [])
+    missing = [p for p in need if not have(host, p)]
+    if runtime == "node" and not (have(host, "pnpm") or have(host, "npm")):
+        missing.append("pnpm or npm")
+    if missing:
+        raise SiteopsError(f"the {runtime} runtime needs {', '.join(missing)}, which is not "
+                           "installed: run bootstrap")
+
+
+def plan_lines(host: Host, site: dict, args: argparse.Namespace, repo: str) -> list[str]:
+    """What a deploy would do, for --dry-run."""
+    name = site["name"]
+    ports = registry.spare_ports(site)
+    live = registry.live_ports(site)
+    lines = [
+        f"lock site {name}",
+        f"fetch {repo} into {host.paths.mirror(name)}",
+        f"export {args.ref} into {layout.releases(host, name)}/<UTC timestamp>",
+        "link shared/.env, shared/uploads, shared/logs into the release",
+        f"install and build as {name} in a sandbox (per siteops.toml or the detected runtime)",
+        "start " + ", ".join(systemd.instance(name, c, p) for c, p in ports.items())
+        + (" beside " + ", ".join(systemd.instance(name, c, p) for c, p in live.items())
+           if live else ""),
+        "health check, then nginx upstreams to port(s) "
+        + ", ".join(map(str, ports.values())) + " (nginx -t, reload)",
+        f"current -> releases/<new>; record it in {host.paths.registry}",
+    ]
+    if live:
+        lines.append("drain and stop " + ", ".join(systemd.instance(name, c, p)
+                                                  for c, p in live.items()))
+    keep = args.keep or site.get("keep", releases.DEFAULT_KEEP)
+    lines.append(f"prune to {keep} good releases"
+                 + (f" (now {', '.join(releases.to_prune(site, keep))} would go)"
+                    if releases.to_prune(site, keep) else ""))
+    return lines
+
+
+def clean_stale(host: Host, site: dict) -> dict:
+    """Releases a killed deploy left 'building': mark failed, delete; bring the
+    site back to its registry state."""
+    name = site["name"]
+    stale = releases.stale(site)
+    if stale:
+        def mark(entry):
+            for rid in stale:
+                entry["releases"][rid].update(result=releases.FAILED, error="interrupted",
+                                              finished=registry.now())
+        site = registry.update_site(host, name, f"deploy {name}: clean up", mark)
+        for rid in stale:
+            with host.step(f"remove interrupted release {rid}"):
+                stop_build(host, name)
+                remove_release(host, name, rid)
+    instances.recover(host, site)
+    return site
+
+
+def build_unit(name: str) -> str:
+    return f"siteops-build-{name}.service"
+
+
+def stop_build(host: Host, name: str) -> None:
+    """Stop a build a killed deploy left running (systemd-run outlives its caller)."""
+    if systemd.is_active(host, build_unit(name)):
+        host.run(["systemctl", "stop", build_unit(name)])
+
+
+def as_site(name: str, *argv) -> list:
+    """argv run as the site user: inside the site's tree, root never writes."""
+    return ["runuser", "-u", name, "--", *argv]
+
+
+def remove_release(host: Host, name: str, rid: str) -> None:
+    path = instances.release_dir(host, name, rid)
+    if path.exists() or path.is_symlink():
+        host.run(as_site(name, "rm", "-rf", "--one-file-system", "--", path))
+
+
+def link_shared(host: Host, name: str, rel) -> None:
+    with host.step("link shared/.env, uploads, logs into the release"):
+        for item in (".env", "uploads", "logs"):
+            link = rel / item
+            if link.exists() or link.is_symlink():
+                host.run(as_site(name, "rm", "-rf", "--one-file-system", "--", link))
+            host.run(as_site(name, "ln", "-s", f"../../shared/{item}", link))
+
+
+def build(host: Host, site: dict, rid: str, commit: str, args: argparse.Namespace) -> dict:
+    """Fetch, export, link and build release rid; return what it runs."""
+    name = site["name"]
+    rel = instances.release_dir(host, name, rid)
+    m = manifest.parse(git.show(host, name, commit, manifest.FILE))
+    files = git.top_level(host, name, commit)
+    runtime = manifest.detect_runtime(m, files)
+    check_runtime(host, runtime)
+    commands = manifest.start_commands(m, runtime, site["components"], site.get("commands", {}),
+                                       dict(args.start))
+    health = {c: m.health.get(c, "/") for c in site["components"]}
+    health.update(health_overrides(args.health, site["components"]))
+    with host.step(f"export {commit[:12]} into releases/{rid}"):
+        git.export(host, name, commit, rel)
+    link_shared(host, name, rel)
+    steps = manifest.build_steps(m, runtime, files, git.show(host, name, commit, "package.json"),
+                                 have(host, "pnpm"))
+    for label, command in steps:
+        host.say(f"==> {label}: {command}")
+        host.stream(systemd.sandbox_argv(host, name, rel, command, build_unit(name)))
+    return {"runtime": runtime, "commands": commands, "health": health,
+            "health_timeout": m.health_timeout}
+
+
+def run(host: Host, args: argparse.Namespace) -> None:
+    name = args.name
+    with registry.site_locked(host, name, f"deploy {name}"):
+        site = registry.get_site(registry.load(host), name)
+        repo = args.repo or site.get("repo")
+        if not repo:
+            raise UsageError(f"site {name} has no repository yet: pass --repo URL")
+        preflight(host, site, args.min_free_mb)
+        if host.dry_run:
+            for i, line in enumerate(plan_lines(host, site, args, repo), 1):
+                host.say(f"{i:>2}. {line}")
+            return
+        site = clean_stale(host, site)
+        rid = releases.new_id(site)
+        record = {"ref": args.ref, "repo": repo, "user": releases.who(), "started": registry.now(),
+                  "result": releases.BUILDING}
+        site = registry.update_site(host, name, f"deploy {name}",
+                                    lambda e: e.setdefault("releases", {}).update({rid: record}))
+        host.say(f"deploy {name}: release {rid}")
+        try:
+            with host.step(f"fetch {repo}"):
+                git.fetch(host, name, repo)
+            commit = git.resolve(host, name, args.ref)
+            record.update(commit=commit, subject=git.subject(host, name, commit))
+            host.say(f"{'':13}{args.ref} is {commit[:12]} {record['subject']}")
+            record.update(build(host, site, rid, commit, args))
+            previous = releases.live_id(site)
+
+            def went_live(entry):
+                entry["releases"][rid] = dict(record, result=releases.OK, finished=registry.now())
+                entry["repo"] = repo
+                if args.keep:
+                    entry["keep"] = args.keep
+                releases.record_event(entry, {"action": "deploy", "release": rid,
+                                              "from": previous, "commit": commit, "ref": args.ref,
+                                              "user": record["user"], "at": registry.now(),
+                                              "result": "ok"})
+            site = instances.switch(host, site, rid, record, went_live)
+        except BaseException as exc:
+            fail(host, name, rid, record, exc)
+            raise
+        host.say(f"release {rid} ({commit[:12]}) is live")
+        prune(host, site)
+
+
+def fail(host: Host, name: str, rid: str, record: dict, exc: BaseException) -> None:
+    """Mark release rid failed, remove its files and instances' traces, log it."""
+    error = releases.error_text(exc)
+
+    def mark(entry):
+        entry["releases"][rid] = dict(record, result=releases.FAILED, error=error,
+                                      finished=registry.now())
+        releases.record_event(entry, {"action": "deploy", "release": rid,
+                                      "commit": record.get("commit"), "ref": record["ref"],
+                                      "user": record["user"], "at": registry.now(),
+                                      "result": "failed", "error": error})
+    registry.update_site(host, name, f"deploy {name}: failed", mark)
+    with host.step(f"remove failed release {rid}"):
+        stop_build(host, name)
+        remove_release(host, name, rid)
+
+
+def prune(host: Host, site: dict) -> None:
+    name = site["name"]
+    doomed = releases.to_prune(site, site.get("keep", releases.DEFAULT_KEEP))
+    if not doomed:
+        return
+    with host.step(f"prune {len(doomed)} release(s): {', '.join(doomed)}"):
+        for rid in doomed:
+            remove_release(host, name, rid)
+    registry.update_site(host, name, f"deploy {name}: prune",
+                         lambda e: [e["releases"].pop(r, None) for r in doomed])
+
+
+def main(argv: list[str] | None = None, host: Host | None = None) -> int:
+    return cli.main("deploy", build_parser(), run, argv, host)

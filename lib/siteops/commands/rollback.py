@@ -1,0 +1,120 @@
+"""rollback: switch a site back to an earlier release, health-gated, no rebuild."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import cli, instances, registry, releases, validate
+from ..errors import SiteopsError, UsageError
+from ..system import Host
+from .deploy import clean_stale
+
+DESCRIPTION = """\
+Switch site NAME back to an earlier release that is still on disk, with the
+same health-gated switch as deploy (start beside the live instance, health
+check, nginx reload, `current` swap, drain) and no rebuild.
+
+Without --to it goes to the newest good release older than the live one that
+has not been rolled back from already: two rollbacks in a row go two releases
+back and never bounce forward to the broken one.
+
+Not rolled back: shared/.env, shared/uploads and the database. A release
+whose code needs a newer schema than the one it ran with must be handled by
+hand (restore a backup or migrate down) before or after the rollback.
+"""
+
+EPILOG = """\
+examples:
+  sudo rollback shop --list
+  sudo rollback shop
+  sudo rollback shop --to 20261125T201500Z
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("rollback", DESCRIPTION, EPILOG)
+    p.add_argument("name", type=validate.site_name, help="the site to roll back")
+    p.add_argument("--to", type=validate.release_id, metavar="RELEASE",
+                   help="the release to go to (see --list; default: the previous good one)")
+    p.add_argument("--list", action="store_true",
+                   help="list the site's releases with commit, time, result and which is live")
+    return p
+
+
+def listing(site: dict) -> list[str]:
+    """One line per release, newest first; live and rollback target marked."""
+    live, target = releases.live_id(site), releases.rollback_target(site)
+    lines = [f"{'':2}{'RELEASE':<20} {'COMMIT':<12} {'FINISHED':<20} {'RESULT':<12} REF"]
+    for rid in reversed(releases.ordered(site)):
+        r = site["releases"][rid]
+        mark = "*" if rid == live else ("<" if rid == target else " ")
+        result = r["result"] + (" (left)" if r.get("rolled_back") else "")
+        lines.append(f"{mark} {rid:<20} {(r.get('commit') or '-')[:12]:<12} "
+                     f"{r.get('finished') or r.get('started', ''):<20} {result:<12} "
+                     f"{r.get('ref', '')} {r.get('subject', '')}".rstrip())
+    lines.append("* live   < where `rollback` without --to goes")
+    return lines
+
+
+def choose(site: dict, to: str | None) -> str:
+    live = releases.live_id(site)
+    if live is None:
+        raise SiteopsError(f"site {site['name']} has never been deployed; nothing to roll back")
+    if to is None:
+        target = releases.rollback_target(site)
+        if target is None:
+            raise SiteopsError(f"site {site['name']} has no earlier good release on disk "
+                               "(see rollback --list)")
+        return target
+    record = site.get("releases", {}).get(to)
+    if record is None:
+        raise UsageError(f"site {site['name']} has no release {to} (see rollback --list)")
+    if record["result"] != releases.OK:
+        raise UsageError(f"release {to} {record['result']}; only good releases can go live")
+    if to == live:
+        raise UsageError(f"release {to} is already live")
+    return to
+
+
+def run(host: Host, args: argparse.Namespace) -> None:
+    name = args.name
+    if args.list:
+        for line in listing(registry.get_site(registry.load(host), name)):
+            host.say(line)
+        return
+    with registry.site_locked(host, name, f"rollback {name}"):
+        site = registry.get_site(registry.load(host), name)
+        target = choose(site, args.to)
+        live = releases.live_id(site)
+        if not instances.release_dir(host, name, target).is_dir():
+            raise SiteopsError(f"release {target} is missing from disk")
+        host.say(f"rollback {name}: {live} -> {target}")
+        if host.dry_run:
+            host.say(f"would start {target} on port(s) "
+                     + ", ".join(map(str, registry.spare_ports(site).values()))
+                     + ", check its health, switch nginx and current, stop " + live)
+            return
+        site = clean_stale(host, site)
+        record = site["releases"][target]
+
+        def went_live(entry):
+            entry["releases"][live]["rolled_back"] = True
+            entry["releases"][target].pop("rolled_back", None)
+            releases.record_event(entry, {"action": "rollback", "release": target, "from": live,
+                                          "commit": record.get("commit"),
+                                          "user": releases.who(), "at": registry.now(),
+                                          "result": "ok"})
+        try:
+            instances.switch(host, site, target, record, went_live)
+        except BaseException as exc:
+            event = {"action": "rollback", "release": target, "from": live,
+                     "user": releases.who(), "at": registry.now(), "result": "failed",
+                     "error": releases.error_text(exc)}
+            registry.update_site(host, name, f"rollback {name}: failed",
+                                 lambda entry: releases.record_event(entry, event))
+            raise
+        host.say(f"release {target} is live again")
+
+
+def main(argv: list[str] | None = None, host: Host | None = None) -> int:
+    return cli.main("rollback", build_parser(), run, argv, host)

@@ -1,0 +1,215 @@
+"""The health-gated switch from the live instances of a site to a release.
+
+    start   the release on the spare port of each component's block, beside the
+            live instances (a drop-in pins the release and command)
+    health  every new instance answers GET <health path> with 2xx/3xx within
+            the timeout; an instance that exits or restarts fails at once
+    switch  nginx's upstreams move to the new ports (`nginx -t`, then reload:
+            old workers finish their requests on the old instances); `current`
+            is swapped with rename(2); the registry records the new live release
+    drain   the old instances get no new connections; once their established
+            connections are gone (or after DRAIN_SECONDS) they are stopped
+
+Until the registry records the switch, a failure stops the new instances and
+puts nginx and `current` back. `recover` brings a site whose deploy was killed
+back to what the registry says.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import layout, network, nginx, registry, systemd
+from .errors import SiteopsError
+from .system import Host
+
+DRAIN_SECONDS = 30
+POLL = 0.25
+
+
+def release_dir(host: Host, name: str, rid: str) -> Path:
+    return layout.releases(host, name) / rid
+
+
+def instance_units(site: dict, ports: dict[str, int]) -> list[str]:
+    return [systemd.instance(site["name"], c, p) for c, p in ports.items()]
+
+
+def unit_state(host: Host, unit: str) -> tuple[str, int]:
+    """(ActiveState, NRestarts) of a unit."""
+    out = host.query(["systemctl", "show", "-p", "ActiveState", "-p", "NRestarts", unit]).out
+    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return props.get("ActiveState", "unknown"), int(props.get("NRestarts") or 0)
+
+
+def http_status(host: Host, domain: str, port: int, path: str) -> int:
+    """Status of GET http://127.0.0.1:port/path with the site's Host; 0 if none."""
+    res = host.query(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2",
+                      "-H", f"Host: {domain}", f"http://127.0.0.1:{port}{path}"], ok=range(256))
+    return int(res.out.strip() or 0) if res.out.strip().isdigit() else 0
+
+
+def log_sizes(host: Host, site: dict) -> dict[Path, int]:
+    """Current sizes of the site's app logs, to show only what a new instance wrote."""
+    logs = layout.logs(host, site["name"])
+    sizes = {}
+    for c in site["components"]:
+        for f in (logs / f"{c}.log", logs / f"{c}-error.log"):
+            sizes[f] = f.stat().st_size if f.exists() else 0
+    return sizes
+
+
+def new_log_lines(sizes: dict[Path, int], limit: int = 15) -> str:
+    """The last lines written to each app log since sizes were taken."""
+    parts = []
+    for path, size in sizes.items():
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(size)
+                lines = fh.read().decode(errors="replace").splitlines()[-limit:]
+        except FileNotFoundError:
+            continue
+        if lines:
+            parts.append(f"--- last lines of {path}:\n" + "\n".join(lines))
+    return "\n".join(parts)
+
+
+def start(host: Host, site: dict, rid: str, record: dict, ports: dict[str, int]) -> list[str]:
+    """Start release rid on ports beside the live instances; return the new units."""
+    name = site["name"]
+    rel = release_dir(host, name, rid)
+    busy = sorted(set(ports.values()) & network.listening_ports(host))
+    if busy:
+        raise SiteopsError(f"port {busy[0]} of site {name} is in use by something else; "
+                           "free it (ss -ltnp) and deploy again")
+    units = instance_units(site, ports)
+    dropins = {systemd.dropin(host, name, c, p): systemd.render_dropin(
+                   name, rid, rel, systemd.resolve_command(rel, record["commands"][c]), ports)
+               for c, p in ports.items()}
+    with host.step(f"start release {rid} on port(s) {', '.join(map(str, ports.values()))}"):
+        with host.validated(list(dropins), ["systemd-analyze", "verify", *units],
+                            "instance drop-ins"):
+            for path, text in dropins.items():
+                host.write(path, text)
+        host.run(["systemctl", "daemon-reload"])
+        host.run(["systemctl", "start", *units])
+    return units
+
+
+def wait_healthy(host: Host, site: dict, record: dict, ports: dict[str, int],
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+    """Return once every new instance passes its health check; raise if one
+    exits or the timeout passes."""
+    timeout = record.get("health_timeout", 60)
+    deadline = clock() + timeout
+    pending = dict(ports)
+    domain = site["domains"][0]
+    paths = ", ".join(f"{c} {record['health'][c]}" for c in ports)
+    with host.step(f"health check of {paths}"):
+        while pending:
+            for c, port in list(pending.items()):
+                unit = systemd.instance(site["name"], c, port)
+                state, restarts = unit_state(host, unit)
+                if restarts or state in ("failed", "inactive", "deactivating"):
+                    raise SiteopsError(f"{unit} exited while starting (state {state})")
+                code = http_status(host, domain, port, record["health"][c])
+                if 200 <= code < 400:
+                    host.say(f"{'':13}{c} answered {code} on port {port}")
+                    del pending[c]
+            if pending:
+                if clock() > deadline:
+                    c = next(iter(pending))
+                    raise SiteopsError(f"{c} did not pass its health check GET "
+                                       f"{record['health'][c]} on port {pending[c]} "
+                                       f"within {timeout}s")
+                sleep(POLL)
+
+
+def stop(host: Host, units: list[str]) -> None:
+    if units:
+        host.run(["systemctl", "stop", *units])
+
+
+def drain(host: Host, ports: list[int], clock=time.monotonic, sleep=time.sleep) -> None:
+    """Wait until nothing is connected to ports any more, at most DRAIN_SECONDS."""
+    deadline = clock() + DRAIN_SECONDS
+    while network.connections_to(host, ports) and clock() < deadline:
+        sleep(POLL)
+
+
+def switch(host: Host, site: dict, rid: str, record: dict,
+           on_live: Callable[[dict], None]) -> dict:
+    """Make release rid the live one with no dropped request; return the updated
+    registry entry. on_live(site) adds its own changes to the registry update
+    that records the switch."""
+    name = site["name"]
+    logs = layout.logs(host, name)
+    ports = registry.spare_ports(site)
+    old_units = systemd.live_instances(site)
+    old_ports = list((registry.live_ports(site) or {}).values())
+    sizes = log_sizes(host, site)
+    new_units: list[str] = []
+    current = host.paths.site(name) / "current"
+    before = host.snapshot(current)
+    live = {"release": rid, "offset": registry.spare_offset(site)}
+    try:
+        new_units = start(host, site, rid, record, ports)
+        if not host.dry_run:
+            wait_healthy(host, site, record, ports)
+        nginx.ensure_site(host, dict(site, live=live), logs)
+        with host.step(f"current -> releases/{rid}"):
+            host.symlink(current, f"releases/{rid}")
+    except BaseException as exc:
+        with host.step("put the live release back"):
+            stop(host, new_units)
+            nginx.ensure_site(host, site, logs)
+            host.put_back(current, before)
+        detail = new_log_lines(sizes)
+        if isinstance(exc, SiteopsError) and detail:
+            raise SiteopsError(f"{exc}\n{detail}") from exc
+        raise
+
+    def commit(entry: dict) -> None:
+        entry["live"] = live
+        on_live(entry)
+
+    site = registry.update_site(host, name, f"switch {name} to {rid}", commit)
+    with host.step(f"{', '.join(new_units)} enabled at boot"):
+        host.run(["systemctl", "--no-reload", "enable", "--quiet", *new_units])
+        if old_units:
+            host.run(["systemctl", "--no-reload", "disable", "--quiet", *old_units])
+    if old_units:
+        with host.step(f"drain and stop {', '.join(old_units)}"):
+            if not host.dry_run:
+                drain(host, old_ports)
+            stop(host, old_units)
+    return site
+
+
+def running_instances(host: Host, name: str) -> list[str]:
+    """Every loaded instance of the site's component templates."""
+    out = host.query(["systemctl", "list-units", "--all", "--plain", "--no-legend",
+                      f"{name}-*@*.service"]).out
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def recover(host: Host, site: dict) -> None:
+    """Bring the site back to what the registry says after an interrupted deploy:
+    nginx on the live ports, the live instances up, every other instance stopped."""
+    name = site["name"]
+    nginx.ensure_site(host, site, layout.logs(host, name))
+    live = set(systemd.live_instances(site))
+    strays = [u for u in running_instances(host, name) if u not in live]
+    with host.step(f"no stray instances of {name}"):
+        for unit in strays:
+            state, _ = unit_state(host, unit)
+            if state != "inactive":
+                stop(host, [unit])
+            if state == "failed":
+                host.run(["systemctl", "reset-failed", unit])
+    for unit in sorted(live):
+        with host.step(f"{unit} running"):
+            systemd.ensure_started(host, unit)

@@ -1,0 +1,85 @@
+"""Releases of a site and their history, as kept in its registry entry.
+
+site["releases"] maps a release id (its UTC timestamp, which sorts in time
+order) to a record: commit, ref, repo, who, start/end, result and what the
+release runs (commands, health paths). site["history"] lists every deploy and
+rollback. These functions are pure: they decide, the commands act.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+BUILDING, OK, FAILED = "building", "ok", "failed"
+DEFAULT_KEEP = 5
+HISTORY_LIMIT = 200
+
+
+def new_id(site: dict, when: datetime.datetime | None = None) -> str:
+    """A fresh release id: the UTC time, with -2, -3... if that second is taken."""
+    when = when or datetime.datetime.now(datetime.timezone.utc)
+    base = when.strftime("%Y%m%dT%H%M%SZ")
+    taken = set(site.get("releases", {}))
+    rid, n = base, 1
+    while rid in taken:
+        n += 1
+        rid = f"{base}-{n}"
+    return rid
+
+
+def who() -> str:
+    return os.environ.get("SUDO_USER") or "root"
+
+
+def live_id(site: dict) -> str | None:
+    return (site.get("live") or {}).get("release")
+
+
+def ordered(site: dict) -> list[str]:
+    """Release ids, oldest first."""
+    return sorted(site.get("releases", {}), key=_sort_key)
+
+
+def _sort_key(rid: str) -> tuple[str, int]:
+    base, _, n = rid.partition("-")
+    return base, int(n or 1)
+
+
+def rollback_target(site: dict) -> str | None:
+    """Where a rollback without --to goes: the newest good release older than the
+    live one that has not itself been rolled back from. Two rollbacks in a row
+    thus go two releases back and never bounce forward to the one just left."""
+    live = live_id(site)
+    if live is None:
+        return None
+    records = site.get("releases", {})
+    older = [r for r in ordered(site) if _sort_key(r) < _sort_key(live)
+             and records[r]["result"] == OK and not records[r].get("rolled_back")]
+    return older[-1] if older else None
+
+
+def stale(site: dict) -> list[str]:
+    """Releases still marked building: their deploy died (the caller holds the site lock)."""
+    return [r for r in ordered(site) if site["releases"][r]["result"] == BUILDING]
+
+
+def to_prune(site: dict, keep: int) -> list[str]:
+    """Releases to delete, failed ones first: all failed, and good ones beyond the
+    newest `keep`; never the live release nor the rollback target."""
+    records = site.get("releases", {})
+    protected = {live_id(site), rollback_target(site)}
+    failed = [r for r in ordered(site) if records[r]["result"] == FAILED]
+    good = [r for r in ordered(site) if records[r]["result"] == OK]
+    old_good = good[:-keep] if keep < len(good) else []
+    return [r for r in failed + old_good if r not in protected]
+
+
+def record_event(site: dict, event: dict) -> None:
+    """Append to the site's history, keeping the last HISTORY_LIMIT events."""
+    site["history"] = (site.get("history", []) + [event])[-HISTORY_LIMIT:]
+
+
+def error_text(exc: BaseException) -> str:
+    """The first line of an error, for the registry's history."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
