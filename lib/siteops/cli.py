@@ -48,7 +48,8 @@ def main(prog: str, p: argparse.ArgumentParser, body: Callable[[Host, argparse.N
         if not args.dry_run and os.geteuid() != 0:
             raise SiteopsError("must be run as root (use sudo); --dry-run shows the plan without root")
         body(host, args)
-        host.say(host.summary())
+        if host.changed_steps or host.unchanged_steps:
+            host.say(host.summary())
         log_action(host, prog, argv, "ok")
         return 0
     except KeyboardInterrupt:

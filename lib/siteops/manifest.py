@@ -11,8 +11,9 @@
     health = "/healthz"         # GET here must answer 2xx or 3xx (default "/")
 
 The file is optional: without it the runtime is detected (package.json: node,
-requirements.txt: python, otherwise static) and the start commands are the
-site's (add-site --start). deploy --start overrides either.
+requirements.txt: python, otherwise command: no install step) and the start
+commands are the site's (add-site --start); deploy --start overrides either.
+"static" must be named: it serves static_dir with Python's http.server.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def detect_runtime(m: Manifest, files: set[str]) -> str:
         return "node"
     if "requirements.txt" in files:
         return "python"
-    return "command" if m.starts else "static"
+    return "command"
 
 
 def build_steps(m: Manifest, runtime: str, files: set[str], package_json: str | None,
@@ -121,10 +122,12 @@ def build_steps(m: Manifest, runtime: str, files: set[str], package_json: str | 
         steps.append(("install", m.install))
     elif runtime == "node":
         if have_pnpm:
+            # Builds need devDependencies even though .env says NODE_ENV=production.
             frozen = " --frozen-lockfile" if "pnpm-lock.yaml" in files else ""
-            steps.append(("install", f"pnpm install{frozen}"))
+            steps.append(("install", f"pnpm install{frozen} --prod=false"))
         else:
-            steps.append(("install", "npm ci" if "package-lock.json" in files else "npm install"))
+            npm = "npm ci" if "package-lock.json" in files else "npm install"
+            steps.append(("install", f"{npm} --include=dev --no-audit --no-fund"))
     elif runtime == "python":
         steps.append(("venv", "python3 -m venv .venv"))
         if "requirements.txt" in files:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import re
+import time
 from pathlib import Path
 
 from . import distro, registry, systemd
@@ -82,8 +83,34 @@ def converge(host: Host, files: dict[Path, str], links: dict[Path, str] = {},
         for path in remove:
             host.remove(path)
     if outcome["changed"]:
-        host.run(["systemctl", "reload-or-restart", "nginx"])
+        reload(host)
     return outcome["changed"]
+
+
+def serving_workers(host: Host) -> set[str]:
+    """PIDs of nginx workers that accept new connections (not shutting down)."""
+    master = (host.read(host.paths.p("/run/nginx.pid")) or "").strip()
+    if not master.isdigit():
+        return set()
+    out = host.query(["ps", "-o", "pid=,args=", "--ppid", master], ok=(0, 1)).out
+    return {line.split()[0] for line in out.splitlines()
+            if "worker process" in line and "shutting down" not in line}
+
+
+def reload(host: Host, timeout: float = 10) -> None:
+    """Reload nginx and return once only workers with the new configuration
+    accept connections: `nginx -s reload` just signals the master, and until
+    the old workers have begun shutting down they still take new requests."""
+    before = serving_workers(host)
+    host.run(["systemctl", "reload-or-restart", "nginx"])
+    if host.dry_run or not before:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = serving_workers(host)
+        if now and not (now & before):
+            return
+        time.sleep(0.05)
 
 
 def ensure_base(host: Host) -> None:

@@ -165,7 +165,7 @@ def sandbox_argv(host: Host, site: str, workdir: Path, command: str, unit: str) 
              if "=" in line and not line.startswith("#")]
     props += [f"User={site}", f"Group={site}", f"Slice={slice_name(site)}",
               f"WorkingDirectory={workdir}", f"ReadWritePaths={workdir} {cache}",
-              f"EnvironmentFile={root}/shared/.env", "UMask=0027"]
+              f"EnvironmentFile={root}/shared/.env"]
     env = {"HOME": cache, "XDG_CACHE_HOME": cache, "NODE_ENV": "production",
            "npm_config_cache": cache / "npm", "CI": "true",
            "PATH": ":".join(search_path(workdir))}

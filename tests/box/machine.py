@@ -128,11 +128,15 @@ http.server.ThreadingHTTPServer((os.environ["HOST"], int(os.environ["PORT"])), H
 """
 
 
-def install_release(box: "Box", site: str, files: dict[str, str], release="20260101T000000Z"):
-    """Put a release in place by hand (deploy's job later) and point current at it."""
-    root = f"/srv/sites/{site}"
-    box.sh(f"install -d -o {site} -g {site} {root}/releases/{release}")
+def commit(box: "Box", repo: str, files: dict[str, str | None], message: str) -> str:
+    """Write files (None deletes one) into a git repository in the box, creating
+    it on first use, commit them and return the new commit id."""
+    box.sh(f"test -d {repo}/.git || git init -q -b main {repo}")
     for name, text in files.items():
-        box.sh(f"cat > {root}/releases/{release}/{name} && chown {site}: {root}/releases/{release}/{name}",
-               input=text)
-    box.sh(f"ln -sfn releases/{release} {root}/current")
+        if text is None:
+            box.sh(f"git -C {repo} rm -q -- {name}")
+        else:
+            box.sh(f"mkdir -p $(dirname {repo}/{name}) && cat > {repo}/{name}", input=text)
+    box.sh(f"git -C {repo} add -A && git -C {repo} -c user.name=t -c user.email=t@t "
+           f"commit -q --allow-empty -m '{message}'")
+    return box.sh(f"git -C {repo} rev-parse HEAD").stdout.strip()

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from machine import NODE_APP, PYTHON_APP, install_release
+from machine import NODE_APP, PYTHON_APP, commit
 
 # Units whose `systemd-analyze security` exposure must stay at or below this.
 MAX_EXPOSURE = 1.5
@@ -28,7 +28,7 @@ def snapshot(box) -> str:
 @pytest.fixture(scope="module")
 def host(box):
     """A bootstrapped box with three sites: alpha (Node.js), beta (Python,
-    frontend and API) and gamma (no release yet)."""
+    frontend and API), both deployed from git, and gamma (never deployed)."""
     outputs = {"bootstrap": box.siteops("bootstrap").stdout}
     outputs["alpha"] = box.siteops(
         "add-site alpha --domain alpha.test --components frontend "
@@ -38,13 +38,11 @@ def host(box):
         "--start frontend='/usr/bin/env SITE=beta-frontend python3 app.py' "
         "--start api='/usr/bin/env SITE=beta-api python3 app.py'").stdout
     outputs["gamma"] = box.siteops("add-site gamma --domain gamma.test").stdout
-    install_release(box, "alpha", {"server.js": NODE_APP})
-    install_release(box, "beta", {"app.py": PYTHON_APP})
-    # With a release in place, add-site starts the units and proxies to them.
-    for site in ("alpha --domain alpha.test", "beta --domain beta.test --domain www.beta.test"):
-        box.siteops(f"add-site {site}")
-    box.sh("for p in 3100 3110 4010; do for i in $(seq 50); do "
-           "curl -fs -o /dev/null http://127.0.0.1:$p/ && break; sleep 0.1; done; done")
+    # The start commands are add-site's: the repositories have no siteops.toml.
+    commit(box, "/srv/repos/alpha", {"server.js": NODE_APP}, "alpha")
+    commit(box, "/srv/repos/beta", {"app.py": PYTHON_APP}, "beta")
+    for site in ("alpha", "beta"):
+        outputs[f"deploy {site}"] = box.siteops(f"deploy {site} --repo /srv/repos/{site}").stdout
     box.outputs = outputs
     return box
 
@@ -71,13 +69,14 @@ def test_bootstrap_and_add_site_report_their_changes(host):
 
 
 def test_every_unit_is_active(host):
-    units = ("nginx postgresql@15-main fail2ban ssh alpha-frontend alpha-redis "
-             "beta-frontend beta-api beta-redis gamma-redis")
+    units = ("nginx postgresql@15-main fail2ban ssh alpha-frontend@3100 alpha-redis "
+             "beta-frontend@3110 beta-api@4010 beta-redis gamma-redis")
     out = host.sh(f"systemctl is-active {units}", check=False).stdout.split()
     assert out == ["active"] * len(units.split()), out
-    assert host.sh("systemctl is-enabled alpha-frontend beta-api").stdout.split() == ["enabled"] * 2
-    # gamma has no release: its app unit exists but is not started.
-    assert host.sh("systemctl is-active gamma-frontend", check=False).stdout.strip() == "inactive"
+    assert host.sh("systemctl is-enabled alpha-frontend@3100 beta-api@4010").stdout.split() == ["enabled"] * 2
+    # gamma has no release: its component templates exist, no instance runs.
+    assert host.sh("systemctl is-active gamma-frontend@3120", check=False).stdout.strip() == "inactive"
+    assert host.sh("ls /etc/systemd/system/gamma-frontend@.service")
 
 
 def test_nginx_config_is_valid(host):
@@ -152,8 +151,8 @@ def test_redis_is_per_site_and_password_protected(host):
 
 
 def test_units_are_hardened(host):
-    units = host.sh("ls /etc/systemd/system | grep -E '^(alpha|beta|gamma)-.*\\.service$'").stdout.split()
-    assert len(units) == 8  # alpha 1 + beta 2 + gamma 2 components, 3 Redis
+    units = ("alpha-frontend@3100 beta-frontend@3110 beta-api@4010 gamma-frontend@3120 "
+             "gamma-api@4020 alpha-redis beta-redis gamma-redis").split()
     for unit in units:
         out = host.sh(f"systemd-analyze security {unit}").stdout
         score = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", out).group(1))
@@ -240,7 +239,7 @@ def test_registry_records_sites(host):
 
 def test_second_runs_change_nothing(host):
     before = snapshot(host)
-    started = host.sh("systemctl show -p ActiveEnterTimestamp nginx alpha-frontend beta-api").stdout
+    started = host.sh("systemctl show -p ActiveEnterTimestamp nginx alpha-frontend@3100 beta-api@4010").stdout
     again = [host.siteops("bootstrap").stdout,
              host.siteops("add-site alpha --domain alpha.test").stdout,
              host.siteops("add-site beta --domain beta.test --domain www.beta.test").stdout,
@@ -248,7 +247,7 @@ def test_second_runs_change_nothing(host):
     for out in again:
         assert out.strip().splitlines()[-1].startswith("nothing changed"), out
     assert snapshot(host) == before
-    assert host.sh("systemctl show -p ActiveEnterTimestamp nginx alpha-frontend beta-api").stdout == started
+    assert host.sh("systemctl show -p ActiveEnterTimestamp nginx alpha-frontend@3100 beta-api@4010").stdout == started
 
 
 def test_dry_run_changes_nothing(host):

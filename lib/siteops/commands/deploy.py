@@ -6,7 +6,7 @@ import argparse
 import os
 
 from .. import cli, git, instances, layout, manifest, registry, releases, systemd, validate
-from ..errors import SiteopsError, UsageError
+from ..errors import CommandError, SiteopsError, UsageError
 from ..system import Host
 
 DESCRIPTION = """\
@@ -201,13 +201,18 @@ def build(host: Host, site: dict, rid: str, commit: str, args: argparse.Namespac
                                  have(host, "pnpm"))
     for label, command in steps:
         host.say(f"==> {label}: {command}")
-        host.stream(systemd.sandbox_argv(host, name, rel, command, build_unit(name)))
+        try:
+            host.stream(systemd.sandbox_argv(host, name, rel, command, build_unit(name)))
+        except CommandError as exc:
+            raise SiteopsError(f"{label} failed (exit {exc.code}): {command}\n"
+                               f"--- its last lines:\n{exc.stderr}") from exc
     return {"runtime": runtime, "commands": commands, "health": health,
             "health_timeout": m.health_timeout}
 
 
 def run(host: Host, args: argparse.Namespace) -> None:
     name = args.name
+    registry.get_site(registry.load(host), name)  # no lock file for a site that is not there
     with registry.site_locked(host, name, f"deploy {name}"):
         site = registry.get_site(registry.load(host), name)
         repo = args.repo or site.get("repo")

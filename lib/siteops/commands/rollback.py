@@ -49,10 +49,12 @@ def listing(site: dict) -> list[str]:
         r = site["releases"][rid]
         mark = "*" if rid == live else ("<" if rid == target else " ")
         result = r["result"] + (" (left)" if r.get("rolled_back") else "")
+        if r.get("error"):
+            result += f": {r['error']}"
         lines.append(f"{mark} {rid:<20} {(r.get('commit') or '-')[:12]:<12} "
                      f"{r.get('finished') or r.get('started', ''):<20} {result:<12} "
                      f"{r.get('ref', '')} {r.get('subject', '')}".rstrip())
-    lines.append("* live   < where `rollback` without --to goes")
+    lines.append("* live   < where `rollback` without --to goes   (left): rolled back from")
     return lines
 
 
@@ -82,6 +84,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
         for line in listing(registry.get_site(registry.load(host), name)):
             host.say(line)
         return
+    registry.get_site(registry.load(host), name)
     with registry.site_locked(host, name, f"rollback {name}"):
         site = registry.get_site(registry.load(host), name)
         target = choose(site, args.to)
