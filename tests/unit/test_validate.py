@@ -55,3 +55,55 @@ def test_bad_start_commands(value):
 
 def test_start_command_parses():
     assert validate.start_command("api=python3 -m app --port=1") == ("api", "python3 -m app --port=1")
+
+
+BAD_URLS = ["--upload-pack=touch /tmp/x", "-oProxyCommand=x", "ext::sh -c touch% /tmp/x",
+            "fd::17", "https://exa mple.com/x.git", "ftp://example.com/x.git", "relative/path",
+            "git@host:-oProxyCommand=x", "/srv/repo\nx", "", "https://x/" + "a" * 1000,
+            "transport::https://example.com/x.git"]
+GOOD_URLS = ["https://github.com/acme/shop.git", "ssh://git@github.com/acme/shop.git",
+             "git@github.com:acme/shop.git", "file:///srv/repos/shop", "/srv/repos/shop"]
+BAD_REFS = ["-x", "--output=/tmp/x", "main..dev", "a b", "a~1", "a^", "a:b", "a?", "a*", "a[",
+            "a\\b", "@{-1}", "refs/heads/", "a.lock", "/main", ".hidden", "a//b", "", "x" * 201]
+GOOD_REFS = ["main", "v1.4.2", "feature/login", "HEAD", "0123abcd" * 5, "release-2026_11"]
+
+
+@pytest.mark.parametrize("value", BAD_URLS)
+def test_bad_repository_urls_are_refused(value):
+    with pytest.raises(UsageError, match="invalid repository"):
+        validate.repo_url(value)
+
+
+@pytest.mark.parametrize("value", GOOD_URLS)
+def test_good_repository_urls_pass(value):
+    assert validate.repo_url(value) == value
+
+
+@pytest.mark.parametrize("value", BAD_REFS)
+def test_bad_refs_are_refused(value):
+    with pytest.raises(UsageError, match="invalid ref"):
+        validate.git_ref(value)
+
+
+@pytest.mark.parametrize("value", GOOD_REFS)
+def test_good_refs_pass(value):
+    assert validate.git_ref(value) == value
+
+
+def test_release_ids_and_keep_counts():
+    assert validate.release_id("20261125T201500Z") == "20261125T201500Z"
+    assert validate.release_id("20261125T201500Z-2") == "20261125T201500Z-2"
+    for bad in ("latest", "../x", "20261125", "20261125T201500Z/.."):
+        with pytest.raises(UsageError):
+            validate.release_id(bad)
+    assert validate.keep_count("5") == 5
+    for bad in ("1", "0", "-3", "101", "five"):
+        with pytest.raises(UsageError):
+            validate.keep_count(bad)
+
+
+def test_start_commands_may_use_port_and_host_only():
+    assert validate.start_command("frontend=python3 -m http.server ${PORT}")[1].endswith("${PORT}")
+    for bad in ("frontend=node $PORT", "frontend=node ${HOME}", "frontend=x ${PORT"):
+        with pytest.raises(UsageError):
+            validate.start_command(bad)

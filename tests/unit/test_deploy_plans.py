@@ -1,0 +1,145 @@
+"""Command plans of the health-gated switch, deploy --dry-run and rollback,
+from a recording fake runner over a temporary root."""
+
+import json
+import os
+
+import pytest
+
+from siteops import instances, nginx, registry, system
+from siteops.commands import deploy, rollback
+
+from fakes import make_host, planned_commands
+
+R1, R2, R3 = "20261125T200000Z", "20261125T201000Z", "20261125T202000Z"
+RUNS = {"commands": {"frontend": "/usr/bin/env node server.js"},
+        "health": {"frontend": "/healthz"}, "health_timeout": 1}
+
+
+def healthy(curl="200", restarts=0):
+    return [(["ss", "-H", "-t", "-l", "-n"], 0, "LISTEN 0 511 127.0.0.1:3100 0.0.0.0:*\n"),
+            (["ss"], 0, ""),
+            (["systemctl", "show"], 0, f"ActiveState=active\nNRestarts={restarts}\n"),
+            (["curl"], 0, curl),
+            (["nginx", "-v"], 0, "", "nginx version: nginx/1.22.1"),
+            (["systemctl", "is-active"], 3, "")]
+
+
+@pytest.fixture
+def shop(root, monkeypatch):
+    """A registry with site shop live on R1 (port 3100) and R2 built, files owned by us."""
+    monkeypatch.setattr(system, "uid_of", lambda name: os.getuid())
+    monkeypatch.setattr(system, "gid_of", lambda name: os.getgid())
+    for rid in (R1, R2):
+        (root / f"srv/sites/shop/releases/{rid}").mkdir(parents=True)
+    (root / "srv/sites/shop/shared/logs").mkdir(parents=True)
+    (root / "etc/nginx/sites-enabled").mkdir(parents=True)  # as bootstrap leaves it
+    (root / "srv/sites/shop/current").symlink_to(f"releases/{R1}")
+    site = {"name": "shop", "slot": 0, "state": "ready", "domains": ["shop.test"],
+            "components": ["frontend"], "commands": {"frontend": "pnpm start"},
+            "ports": {"frontend": 3100, "redis": 5000}, "repo": "/srv/repos/shop",
+            "live": {"release": R1, "offset": 0},
+            "releases": {R1: dict(RUNS, result="ok"), R2: dict(RUNS, result="ok")}}
+    (root / "var/lib/siteops").mkdir(parents=True)
+    (root / "var/lib/siteops/registry.json").write_text(
+        json.dumps({"version": 1, "sites": {"shop": site}}))
+    return site
+
+
+def prepared_host(root, site, rules):
+    host, runner = make_host(root, rules, dry_run=False)
+    nginx.ensure_site(host, site, root / "srv/sites/shop/shared/logs")
+    host.actions.clear()
+    return host, runner
+
+
+def test_switch_starts_beside_checks_health_then_moves_nginx_and_current(root, shop):
+    host, runner = prepared_host(root, shop, healthy())
+    marks = []
+    site = instances.switch(host, shop, R2, shop["releases"][R2], marks.append)
+    assert planned_commands(host) == [
+        "systemctl daemon-reload",
+        "systemctl start shop-frontend@3101.service",
+        "systemctl reload-or-restart nginx",
+        "systemctl --no-reload enable --quiet shop-frontend@3101.service",
+        "systemctl --no-reload disable --quiet shop-frontend@3100.service",
+        "systemctl stop shop-frontend@3100.service",
+    ]
+    # Verified before use; health checked on the new port with the site's name.
+    assert ["systemd-analyze", "verify", "shop-frontend@3101.service"] in runner.calls
+    assert any(c[0] == "curl" and c[-1] == "http://127.0.0.1:3101/healthz" and "Host: shop.test" in c
+               for c in runner.calls)
+    dropin = (root / "etc/systemd/system/shop-frontend@3101.service.d/siteops-release.conf").read_text()
+    assert f"WorkingDirectory={root}/srv/sites/shop/releases/{R2}\n" in dropin
+    assert "ExecStart=\nExecStart=/usr/bin/env node server.js\n" in dropin
+    assert "127.0.0.1:3101" in (root / "etc/nginx/sites-available/shop.conf").read_text()
+    assert (root / "srv/sites/shop/current").readlink().as_posix() == f"releases/{R2}"
+    saved = registry.load(host)["sites"]["shop"]
+    assert saved["live"] == site["live"] == {"release": R2, "offset": 1} and len(marks) == 1
+
+
+@pytest.mark.parametrize("rules, message", [
+    (healthy(curl="500"), "did not pass its health check GET /healthz on port 3101 within 1s"),
+    (healthy(restarts=1), "shop-frontend@3101.service exited while starting"),
+])
+def test_a_failed_switch_stops_the_new_instance_and_touches_nothing_live(root, shop, rules, message):
+    host, runner = prepared_host(root, shop, rules)
+    conf = (root / "etc/nginx/sites-available/shop.conf").read_text()
+    with pytest.raises(system.SiteopsError, match=message):
+        instances.switch(host, shop, R2, shop["releases"][R2], lambda e: None)
+    assert planned_commands(host) == [
+        "systemctl daemon-reload",
+        "systemctl start shop-frontend@3101.service",
+        "systemctl stop shop-frontend@3101.service",
+    ]
+    assert (root / "etc/nginx/sites-available/shop.conf").read_text() == conf
+    assert (root / "srv/sites/shop/current").readlink().as_posix() == f"releases/{R1}"
+    assert registry.load(host)["sites"]["shop"]["live"] == {"release": R1, "offset": 0}
+
+
+def test_switch_refuses_a_spare_port_something_else_holds(root, shop):
+    rules = [(["ss", "-H", "-t", "-l", "-n"], 0, "LISTEN 0 5 127.0.0.1:3101 0.0.0.0:*\n")] + healthy()
+    host, runner = prepared_host(root, shop, rules)
+    with pytest.raises(system.SiteopsError, match="port 3101 of site shop is in use"):
+        instances.switch(host, shop, R2, shop["releases"][R2], lambda e: None)
+    assert planned_commands(host) == []
+
+
+def test_deploy_dry_run_prints_the_plan_and_changes_nothing(root, shop, capsys):
+    host, runner = make_host(root, healthy())
+    assert deploy.main(["shop", "--ref", "v2", "--dry-run"], host) == 0
+    out = host.out.getvalue()
+    assert "fetch /srv/repos/shop into" in out and "export v2 into" in out
+    assert "start shop-frontend@3101.service beside shop-frontend@3100.service" in out
+    assert "drain and stop shop-frontend@3100.service" in out
+    assert host.actions == [] and not (root / "var/lib/siteops/locks").exists()
+
+
+def test_deploy_needs_a_repository_and_a_ready_site(root, shop, capsys):
+    data = json.loads((root / "var/lib/siteops/registry.json").read_text())
+    del data["sites"]["shop"]["repo"]
+    (root / "var/lib/siteops/registry.json").write_text(json.dumps(data))
+    host, runner = make_host(root, healthy())
+    assert deploy.main(["shop", "--dry-run"], host) == 2
+    assert "has no repository yet: pass --repo URL" in capsys.readouterr().err
+    data["sites"]["shop"]["state"] = "provisioning"
+    (root / "var/lib/siteops/registry.json").write_text(json.dumps(data))
+    assert deploy.main(["shop", "--repo", "/srv/x", "--dry-run"], host) == 1
+    assert "is not ready" in capsys.readouterr().err
+
+
+def test_rollback_list_marks_live_and_target(root, shop):
+    shop["releases"][R3] = dict(RUNS, result="failed", error="build failed (exit 1)")
+    lines = rollback.listing(dict(shop, live={"release": R2, "offset": 1}))
+    assert lines[1].startswith(f"  {R3}") and "failed: build failed" in lines[1]
+    assert lines[2].startswith(f"* {R2}") and lines[3].startswith(f"< {R1}")
+
+
+@pytest.mark.parametrize("to, message", [
+    (R1, "already live"), ("20200101T000000Z", "no release 20200101T000000Z"),
+])
+def test_rollback_refuses_impossible_targets(shop, to, message):
+    with pytest.raises(system.SiteopsError, match=message):
+        rollback.choose(shop, to)
+    with pytest.raises(system.SiteopsError, match="no earlier good release"):
+        rollback.choose(shop, None)  # R1 is live and the oldest
