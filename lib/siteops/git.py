@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import SiteopsError
+from .errors import CommandError, SiteopsError
 from .system import Host
 
 
@@ -32,6 +32,17 @@ def _git(name: str, host: Host) -> list[str]:
 
 def fetch(host: Host, name: str, url: str) -> None:
     """Bring the site's mirror up to date with url (a full clone the first time)."""
+    try:
+        _fetch(host, name, url)
+    except CommandError as exc:
+        lines = [line.strip() for line in exc.stderr.splitlines() if line.strip()]
+        why = " ".join(lines[:2]) or f"git exited {exc.code}"
+        key = host.paths.deploy_key(name)
+        hint = "" if key.exists() else f" (a private repository needs a deploy key at {key})"
+        raise SiteopsError(f"cannot fetch {url}: {why}{hint}") from exc
+
+
+def _fetch(host: Host, name: str, url: str) -> None:
     mirror = host.paths.mirror(name)
     if not (mirror / "HEAD").exists():
         host.ensure_dir(mirror.parent, 0o700)

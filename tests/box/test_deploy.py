@@ -310,3 +310,28 @@ def test_dry_run_prints_the_plan_and_changes_nothing(host):
     out = deploy(host, "nodeapp --dry-run").stdout
     assert "fetch /srv/repos/nodeapp" in out and "health check" in out
     assert host.sh("md5sum /var/lib/siteops/registry.json; ls /srv/sites/nodeapp/releases").stdout == before
+
+
+def test_a_private_repository_is_fetched_with_the_sites_deploy_key(host):
+    # A git account over SSH that only the site's deploy key may log in to.
+    commit(host, PY_REPO, {"NOTE": "private\n"}, "private")
+    host.sh("useradd -m -s /bin/sh gitsrv && install -d -m 700 -o gitsrv -g gitsrv /home/gitsrv/.ssh"
+            f" && cp -r {PY_REPO}/.git /home/gitsrv/pyapp.git"
+            " && git --git-dir=/home/gitsrv/pyapp.git config core.bare true"
+            " && chown -R gitsrv: /home/gitsrv/pyapp.git"
+            " && install -d -m 700 /etc/siteops/deploy-keys"
+            " && ssh-keygen -q -t ed25519 -N '' -C pyapp-deploy -f /etc/siteops/deploy-keys/pyapp"
+            " && install -m 600 -o gitsrv -g gitsrv /etc/siteops/deploy-keys/pyapp.pub"
+            " /home/gitsrv/.ssh/authorized_keys")
+    url = "gitsrv@127.0.0.1:/home/gitsrv/pyapp.git"
+    deploy(host, f"pyapp --repo {url}")
+    site = registry(host)["sites"]["pyapp"]
+    assert site["repo"] == url
+    head = host.sh(f"git -C {PY_REPO} rev-parse HEAD").stdout.strip()
+    assert site["releases"][site["live"]["release"]]["commit"] == head
+    # Without the key (root's own key is not authorized there) the fetch fails.
+    host.sh("mv /etc/siteops/deploy-keys/pyapp /root/pyapp.key")
+    res = deploy(host, "pyapp", check=False)
+    host.sh("mv /root/pyapp.key /etc/siteops/deploy-keys/pyapp")
+    assert res.returncode == 1 and "Permission denied (publickey" in res.stderr, res.stderr
+    assert curl(host, "pyapp.test").startswith("pyapp frontend ")
