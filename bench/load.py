@@ -6,7 +6,7 @@ Sends --rate requests per second to http://127.0.0.1/ with a Host header from
 address (127.0.0.2, .3, ...: nginx's per-client rate limit then applies per
 worker, as it would to real visitors). Runs until --stop-file exists or
 --duration passes, then writes every sample to --out as JSON:
-[[seconds since start, latency seconds, status (0: no response), body head,
+[[unix time sent, latency seconds, status (0: no response), body head,
 retried on a new connection after the server closed an idle keep-alive one], ...]
 
 Used by the deploy box tests (zero failed requests during a switch) and by
@@ -38,7 +38,7 @@ def worker(index: int, args, t0: float, counter, samples: list, lock: threading.
             return
         if due > now:
             time.sleep(due - now)
-        start = time.monotonic()
+        start, wall = time.monotonic(), time.time()
         status, head, retried = 0, "", False
         for attempt in (1, 2):
             reused = conn is not None
@@ -64,7 +64,7 @@ def worker(index: int, args, t0: float, counter, samples: list, lock: threading.
                 if not (reused and attempt == 1 and isinstance(exc, RETRYABLE)):
                     break
                 retried = True
-        samples.append((round(start - t0, 4), round(time.monotonic() - start, 5), status, head,
+        samples.append((round(wall, 4), round(time.monotonic() - start, 5), status, head,
                         retried))
 
 

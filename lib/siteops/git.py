@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import CommandError, SiteopsError
 from .system import Host
+from .users import as_user
 
 
 def env(host: Host, name: str) -> dict[str, str]:
@@ -87,8 +88,7 @@ def export(host: Host, name: str, commit: str, dest: Path) -> None:
     tar = host.paths.state / "tmp" / f"{name}.tar"
     host.ensure_dir(tar.parent, 0o700)
     host.run([*_git(name, host), "archive", "--format=tar", "-o", tar, commit])
-    as_site = ["runuser", "-u", name, "--"]
-    host.run([*as_site, "mkdir", "-m", "0750", "--", dest])
+    host.run(as_user(name, "mkdir", "-m", "0750", "--", dest))
     data = b"" if host.dry_run else tar.read_bytes()
-    host.run([*as_site, "tar", "-x", "-f", "-", "-C", dest], input=data, note="the archive")
+    host.run(as_user(name, "tar", "-x", "-f", "-", "-C", dest), input=data, note="the archive")
     host.remove(tar)

@@ -74,3 +74,9 @@ def ensure_sudoers(host: Host, bin_dir: Path, full: bool) -> None:
     with host.step("sudo for deploy" + (" (full)" if full else f" ({', '.join(DEPLOY_COMMANDS)})")):
         with host.validated([path], ["visudo", "-c", "-q", "-f", path], "sudoers"):
             host.write(path, sudoers_text(bin_dir, full), 0o440)
+
+
+def as_user(name: str, *argv) -> list:
+    """argv to run as user name: inside a site's tree root never writes itself,
+    so a symlink the site planted there gains it nothing."""
+    return ["runuser", "-u", name, "--", *argv]

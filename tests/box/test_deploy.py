@@ -207,13 +207,13 @@ def test_rollback_goes_back_one_release_at_a_time(host):
     assert re.search(rf"^< {v2} ", listing, re.M)
 
     host.siteops("rollback nodeapp")
-    assert curl(host, "nodeapp.test").startswith(f"nodeapp v2 ") and live_release(host) == v2
+    assert curl(host, "nodeapp.test").startswith("nodeapp v2 ") and live_release(host) == v2
     host.siteops("rollback nodeapp")  # two in a row: two releases back, not back to v3
-    assert curl(host, "nodeapp.test").startswith(f"nodeapp v1 ") and live_release(host) == v1
+    assert curl(host, "nodeapp.test").startswith("nodeapp v1 ") and live_release(host) == v1
     res = host.siteops("rollback nodeapp", check=False)
     assert res.returncode == 1 and "no earlier good release" in res.stderr
     host.siteops(f"rollback nodeapp --to {v3}")
-    assert curl(host, "nodeapp.test").startswith(f"nodeapp v3 ") and live_release(host) == v3
+    assert curl(host, "nodeapp.test").startswith("nodeapp v3 ") and live_release(host) == v3
     events = [(e["action"], e["release"]) for e in registry(host)["sites"]["nodeapp"]["history"]]
     assert events[-3:] == [("rollback", v2), ("rollback", v1), ("rollback", v3)]
     res = host.siteops("rollback nodeapp --to 20200101T000000Z", check=False)

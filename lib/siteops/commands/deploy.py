@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from .. import cli, git, instances, layout, manifest, registry, releases, systemd, validate
+from .. import (cli, git, instances, layout, manifest, registry, releases, systemd, users,
+                validate)
 from ..errors import CommandError, SiteopsError, UsageError
 from ..system import Host
 
@@ -162,15 +163,10 @@ def stop_build(host: Host, name: str) -> None:
         host.run(["systemctl", "stop", build_unit(name)])
 
 
-def as_site(name: str, *argv) -> list:
-    """argv run as the site user: inside the site's tree, root never writes."""
-    return ["runuser", "-u", name, "--", *argv]
-
-
 def remove_release(host: Host, name: str, rid: str) -> None:
     path = instances.release_dir(host, name, rid)
     if path.exists() or path.is_symlink():
-        host.run(as_site(name, "rm", "-rf", "--one-file-system", "--", path))
+        host.run(users.as_user(name, "rm", "-rf", "--one-file-system", "--", path))
 
 
 def link_shared(host: Host, name: str, rel) -> None:
@@ -178,8 +174,8 @@ def link_shared(host: Host, name: str, rel) -> None:
         for item in (".env", "uploads", "logs"):
             link = rel / item
             if link.exists() or link.is_symlink():
-                host.run(as_site(name, "rm", "-rf", "--one-file-system", "--", link))
-            host.run(as_site(name, "ln", "-s", f"../../shared/{item}", link))
+                host.run(users.as_user(name, "rm", "-rf", "--one-file-system", "--", link))
+            host.run(users.as_user(name, "ln", "-s", f"../../shared/{item}", link))
 
 
 def build(host: Host, site: dict, rid: str, commit: str, args: argparse.Namespace) -> dict:
