@@ -88,8 +88,9 @@ def main() -> None:
         t.start()
     for t in threads:
         t.join()
-    with open(args.out, "w") as fh:
+    with open(args.out + ".tmp", "w") as fh:  # renamed whole: readers wait for it
         json.dump(sorted(samples), fh)
+    os.replace(args.out + ".tmp", args.out)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import layout, network, nginx, registry, systemd
+from . import layout, network, nginx, registry, releases, systemd, users
 from .errors import SiteopsError
 from .system import Host
 
@@ -196,10 +196,40 @@ def running_instances(host: Host, name: str) -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
-def recover(host: Host, site: dict) -> None:
-    """Bring the site back to what the registry says after an interrupted deploy:
-    nginx on the live ports, the live instances up, every other instance stopped."""
+def build_unit(name: str) -> str:
+    return f"siteops-build-{name}.service"
+
+
+def stop_build(host: Host, name: str) -> None:
+    """Stop a build a killed deploy left running (systemd-run outlives its caller)."""
+    if systemd.is_active(host, build_unit(name)):
+        host.run(["systemctl", "stop", build_unit(name)])
+
+
+def remove_release(host: Host, name: str, rid: str) -> None:
+    """Delete a release directory, as the site user (it is the site's tree)."""
+    path = release_dir(host, name, rid)
+    if path.exists() or path.is_symlink():
+        host.run(users.as_user(name, "rm", "-rf", "--one-file-system", "--", path))
+
+
+def recover(host: Host, site: dict) -> dict:
+    """Bring the site back to what the registry says after a killed deploy (run
+    under the site lock): releases still 'building' are marked failed and
+    removed with their build; nginx points at the live ports, the live
+    instances run, every other instance is stopped. Returns the updated entry."""
     name = site["name"]
+    stale = releases.stale(site)
+    if stale:
+        def mark(entry):
+            for rid in stale:
+                entry["releases"][rid].update(result=releases.FAILED, error="interrupted",
+                                              finished=registry.now())
+        site = registry.update_site(host, name, f"{name}: clean up an interrupted deploy", mark)
+        for rid in stale:
+            with host.step(f"remove interrupted release {rid}"):
+                stop_build(host, name)
+                remove_release(host, name, rid)
     nginx.ensure_site(host, site, layout.logs(host, name))
     live = set(systemd.live_instances(site))
     strays = [u for u in running_instances(host, name) if u not in live]
@@ -213,3 +243,4 @@ def recover(host: Host, site: dict) -> None:
     for unit in sorted(live):
         with host.step(f"{unit} running"):
             systemd.ensure_started(host, unit)
+    return site

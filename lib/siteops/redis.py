@@ -41,11 +41,16 @@ def ensure_shared(host: Host) -> None:
             host.run(["systemctl", "disable", "--now", "redis-server"])
 
 
+def site_conf(host: Host, site: dict, password: str) -> str:
+    name = site["name"]
+    return render("redis/site.conf", name=name, port=site["ports"]["redis"], password=password,
+                  dir=host.paths.site(name) / "shared" / "redis",
+                  maxmemory=site.get("redis_maxmemory", DEFAULT_MAXMEMORY))
+
+
 def ensure_site_conf(host: Host, site: dict, password: str) -> bool:
     """Write the site's redis.conf (root:site 0640: it holds the password)."""
     name = site["name"]
     host.ensure_dir(host.paths.redis_conf(name).parent, 0o755)
-    text = render("redis/site.conf", name=name, port=site["ports"]["redis"], password=password,
-                  dir=host.paths.site(name) / "shared" / "redis",
-                  maxmemory=site.get("redis_maxmemory", DEFAULT_MAXMEMORY))
-    return host.write(host.paths.redis_conf(name), text, 0o640, "root", name)
+    return host.write(host.paths.redis_conf(name), site_conf(host, site, password),
+                      0o640, "root", name)

@@ -134,41 +134,6 @@ def plan_lines(host: Host, site: dict, args: argparse.Namespace, repo: str) -> l
     return lines
 
 
-def clean_stale(host: Host, site: dict) -> dict:
-    """Releases a killed deploy left 'building': mark failed, delete; bring the
-    site back to its registry state."""
-    name = site["name"]
-    stale = releases.stale(site)
-    if stale:
-        def mark(entry):
-            for rid in stale:
-                entry["releases"][rid].update(result=releases.FAILED, error="interrupted",
-                                              finished=registry.now())
-        site = registry.update_site(host, name, f"deploy {name}: clean up", mark)
-        for rid in stale:
-            with host.step(f"remove interrupted release {rid}"):
-                stop_build(host, name)
-                remove_release(host, name, rid)
-    instances.recover(host, site)
-    return site
-
-
-def build_unit(name: str) -> str:
-    return f"siteops-build-{name}.service"
-
-
-def stop_build(host: Host, name: str) -> None:
-    """Stop a build a killed deploy left running (systemd-run outlives its caller)."""
-    if systemd.is_active(host, build_unit(name)):
-        host.run(["systemctl", "stop", build_unit(name)])
-
-
-def remove_release(host: Host, name: str, rid: str) -> None:
-    path = instances.release_dir(host, name, rid)
-    if path.exists() or path.is_symlink():
-        host.run(users.as_user(name, "rm", "-rf", "--one-file-system", "--", path))
-
-
 def link_shared(host: Host, name: str, rel) -> None:
     with host.step("link shared/.env, uploads, logs into the release"):
         for item in (".env", "uploads", "logs"):
@@ -198,7 +163,7 @@ def build(host: Host, site: dict, rid: str, commit: str, args: argparse.Namespac
     for label, command in steps:
         host.say(f"==> {label}: {command}")
         try:
-            host.stream(systemd.sandbox_argv(host, name, rel, command, build_unit(name)))
+            host.stream(systemd.sandbox_argv(host, name, rel, command, instances.build_unit(name)))
         except CommandError as exc:
             raise SiteopsError(f"{label} failed (exit {exc.code}): {command}\n"
                                f"--- its last lines:\n{exc.stderr}") from exc
@@ -219,7 +184,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
             for i, line in enumerate(plan_lines(host, site, args, repo), 1):
                 host.say(f"{i:>2}. {line}")
             return
-        site = clean_stale(host, site)
+        site = instances.recover(host, site)
         rid = releases.new_id(site)
         record = {"ref": args.ref, "repo": repo, "user": releases.who(), "started": registry.now(),
                   "result": releases.BUILDING}
@@ -242,8 +207,8 @@ def run(host: Host, args: argparse.Namespace) -> None:
                     entry["keep"] = args.keep
                 releases.record_event(entry, {"action": "deploy", "release": rid,
                                               "from": previous, "commit": commit, "ref": args.ref,
-                                              "user": record["user"], "at": registry.now(),
-                                              "result": "ok"})
+                                              "user": record["user"], "started": record["started"],
+                                              "at": registry.now(), "result": "ok"})
             site = instances.switch(host, site, rid, record, went_live)
         except BaseException as exc:
             fail(host, name, rid, record, exc)
@@ -261,12 +226,12 @@ def fail(host: Host, name: str, rid: str, record: dict, exc: BaseException) -> N
                                       finished=registry.now())
         releases.record_event(entry, {"action": "deploy", "release": rid,
                                       "commit": record.get("commit"), "ref": record["ref"],
-                                      "user": record["user"], "at": registry.now(),
-                                      "result": "failed", "error": error})
+                                      "user": record["user"], "started": record["started"],
+                                      "at": registry.now(), "result": "failed", "error": error})
     registry.update_site(host, name, f"deploy {name}: failed", mark)
     with host.step(f"remove failed release {rid}"):
-        stop_build(host, name)
-        remove_release(host, name, rid)
+        instances.stop_build(host, name)
+        instances.remove_release(host, name, rid)
 
 
 def prune(host: Host, site: dict) -> None:
@@ -276,7 +241,7 @@ def prune(host: Host, site: dict) -> None:
         return
     with host.step(f"prune {len(doomed)} release(s): {', '.join(doomed)}"):
         for rid in doomed:
-            remove_release(host, name, rid)
+            instances.remove_release(host, name, rid)
     registry.update_site(host, name, f"deploy {name}: prune",
                          lambda e: [e["releases"].pop(r, None) for r in doomed])
 

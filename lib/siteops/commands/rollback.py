@@ -7,7 +7,6 @@ import argparse
 from .. import cli, instances, registry, releases, validate
 from ..errors import SiteopsError, UsageError
 from ..system import Host
-from .deploy import clean_stale
 
 DESCRIPTION = """\
 Switch site NAME back to an earlier release that is still on disk, with the
@@ -97,7 +96,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
                      + ", ".join(map(str, registry.spare_ports(site).values()))
                      + ", check its health, switch nginx and current, stop " + live)
             return
-        site = clean_stale(host, site)
+        site = instances.recover(host, site)
         record = site["releases"][target]
 
         def went_live(entry):

@@ -1,0 +1,326 @@
+"""audit's checks: pure functions from facts (facts.gather) to findings.
+
+Every finding has an id, a severity (ok, warning, critical), the host or
+site it concerns, what is wrong and how to fix it; `fix` names what
+`audit --fix` may repair by itself (None: a human must act)."""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import grp
+import pwd
+from dataclasses import asdict, dataclass
+
+from . import layout, registry, releases, systemd
+from .system import Host, redact
+
+OK, WARNING, CRITICAL = "ok", "warning", "critical"
+RANK = {OK: 0, WARNING: 1, CRITICAL: 2}
+PUBLIC_TCP = {22, 80, 443}
+PUBLIC_UDP = {68, 546}  # DHCP clients
+LOOPBACK = {"127.0.0.1", "::1", "127.0.0.53", "127.0.0.54"}
+MAX_EXPOSURE = 1.5
+TLS_WARN_DAYS, TLS_CRIT_DAYS = 21, 7
+DISK_WARN, DISK_CRIT = 80, 90
+PG_CONN_WARN, PG_CONN_CRIT = 80, 95
+
+
+@dataclass
+class Finding:
+    id: str
+    severity: str
+    subject: str
+    message: str
+    remedy: str = ""
+    fix: str | None = None
+    diff: str | None = None
+
+
+def exit_code(findings: list[Finding]) -> int:
+    """Nagios convention: 0 all ok, 1 a warning, 2 a critical finding."""
+    return max((RANK[f.severity] for f in findings), default=0)
+
+
+def as_json(f: Finding) -> dict:
+    return {k: v for k, v in asdict(f).items() if v is not None}
+
+
+def _f(id_, ok: bool, subject: str, good: str, bad: str, severity: str = CRITICAL,
+       remedy: str = "", fix: str | None = None, diff: str | None = None) -> Finding:
+    if ok:
+        return Finding(id_, OK, subject, good)
+    return Finding(id_, severity, subject, bad, remedy, fix, diff)
+
+
+# -- host ---------------------------------------------------------------------
+
+def host_checks(facts: dict) -> list[Finding]:
+    h = "host"
+    ufw = facts["ufw"]
+    extra = sorted(set(ufw["allowed"]) - {"22/tcp", "80/tcp", "443/tcp"})
+    out = [
+        _f("host.ufw", ufw["active"] and ufw["policy"] == "deny", h,
+           "UFW active, incoming denied by default",
+           f"UFW is {'active' if ufw['active'] else 'inactive'} with incoming policy "
+           f"{ufw['policy']}", remedy="sudo bootstrap (or: ufw --force enable)"),
+        _f("host.ufw.rules", not extra, h, "UFW allows only 22, 80 and 443",
+           f"UFW also allows {', '.join(extra)}", WARNING,
+           remedy="remove with `ufw delete allow RULE` unless you meant it"),
+    ]
+    f2b = facts["fail2ban"]
+    missing = [j for j in ("sshd", "nginx-limit-req") if j not in f2b]
+    out.append(_f("host.fail2ban", facts["units"]["fail2ban.service"]["active"] == "active"
+                  and not missing, h, "fail2ban runs the sshd and nginx-limit-req jails",
+                  "fail2ban is not running" if "Jail list" not in f2b
+                  else f"fail2ban lacks jail(s) {', '.join(missing)}",
+                  remedy="sudo bootstrap"))
+    auto = facts["upgrades"]
+    out.append(_f("host.upgrades", 'Unattended-Upgrade "1"' in auto
+                  and 'Update-Package-Lists "1"' in auto, h,
+                  "unattended-upgrades enabled daily", "unattended-upgrades is not enabled",
+                  WARNING, remedy="sudo bootstrap"))
+    sshd = facts["sshd"]
+    bad = [f"{k} {sshd.get(k, '?')}" for k, want in (
+        ("passwordauthentication", {"no"}), ("kbdinteractiveauthentication", {"no"}),
+        ("pubkeyauthentication", {"yes"}),
+        ("permitrootlogin", {"no", "prohibit-password", "without-password"}))
+        if sshd.get(k) not in want]
+    out.append(_f("host.sshd", not bad, h, "sshd is key-only",
+                  f"sshd allows more than keys: {', '.join(bad)}", remedy="sudo bootstrap"))
+    out.append(_f("host.nginx", facts["nginx_t"]["ok"], h, "nginx -t passes",
+                  f"nginx -t fails: {' '.join(facts['nginx_t']['detail'])}",
+                  remedy="fix the file nginx names, then `nginx -t`"))
+    out += listener_checks(facts)
+    out += postgres_checks(facts)
+    out.append(_f("host.certbot", facts["certbot_hook"] and
+                  facts["units"]["certbot.timer"]["active"] == "active", h,
+                  "certbot renewal timer active with the nginx reload hook",
+                  "certbot renewal is not fully in place (timer "
+                  f"{facts['units']['certbot.timer']['active']}, hook "
+                  f"{'present' if facts['certbot_hook'] else 'missing'})", WARNING,
+                  remedy="sudo bootstrap; systemctl enable --now certbot.timer"))
+    used = facts["disk"]["used_pct"]
+    out.append(_f("host.disk", used < DISK_WARN, h, f"disk {used}% used",
+                  f"disk {used}% used", CRITICAL if used >= DISK_CRIT else WARNING,
+                  remedy="free space: old releases (deploy --keep), logs, backups"))
+    return out
+
+
+def listener_checks(facts: dict) -> list[Finding]:
+    public = [l for l in facts["listeners"] if l["addr"] not in LOOPBACK
+              and not (l["proto"] == "tcp" and l["port"] in PUBLIC_TCP)
+              and not (l["proto"] == "udp" and l["port"] in PUBLIC_UDP)]
+    out = [_f("host.listen.public", not public, "host",
+              "nothing but 22, 80 and 443 listens on a public address",
+              "listening on a public address: " + ", ".join(
+                  f"{l['proto']} {l['addr']}:{l['port']} ({', '.join(l['programs']) or '?'})"
+                  for l in public),
+              remedy="bind these services to 127.0.0.1 (UFW still blocks them)")]
+    for name, program, port in (("postgres", "postgres", None), ("redis", "redis-server", None)):
+        socks = [l for l in facts["listeners"] if program in l["programs"]]
+        wide = [f"{l['addr']}:{l['port']}" for l in socks if l["addr"] not in LOOPBACK]
+        out.append(_f(f"host.{name}.listen", not wide, "host",
+                      f"{name} listens on loopback only",
+                      f"{name} listens on {', '.join(wide)}", remedy="sudo bootstrap"))
+    return out
+
+
+def postgres_checks(facts: dict) -> list[Finding]:
+    pg = facts["postgres"]
+    if "error" in pg:
+        return [Finding("host.postgres", CRITICAL, "host",
+                        f"cannot query PostgreSQL: {pg['error']}",
+                        f"systemctl status {facts['postgres_unit']}")]
+    loopback = {"127.0.0.1/32", "::1/128", "127.0.0.1", "::1"}
+    catch_all = [r for r in pg["hba"] if r.get("error") or r["method"] == "trust"
+                 or (r["type"] != "local" and "all" in (r["database"] or [])
+                     and "all" in (r["user"] or []) and r["address"] not in loopback
+                     and "samehost" != r["address"])]
+    pct = round(100 * pg["connections"] / max(pg["max_connections"], 1))
+    return [
+        _f("host.postgres.hba", not catch_all, "host", "pg_hba.conf has no catch-all rule",
+           "pg_hba.conf lets in more than each role's own database from loopback: line(s) "
+           + ", ".join(str(r["line"]) for r in catch_all),
+           remedy="remove those lines (sudo bootstrap restores siteops's file)"),
+        _f("host.postgres.connections", pct < PG_CONN_WARN, "host",
+           f"PostgreSQL connections {pg['connections']}/{pg['max_connections']}",
+           f"PostgreSQL connections {pg['connections']}/{pg['max_connections']} ({pct}%)",
+           CRITICAL if pct >= PG_CONN_CRIT else WARNING,
+           remedy="find the site holding them: SELECT usename, count(*) FROM pg_stat_activity "
+                  "GROUP BY 1"),
+    ]
+
+
+# -- sites --------------------------------------------------------------------
+
+def site_checks(host: Host, site: dict, facts: dict) -> list[Finding]:
+    name = site["name"]
+    sf = facts["sites"][name]
+    out = [user_check(site, sf)]
+    out += tree_checks(host, site, sf)
+    out += drift_checks(site, sf)
+    out += unit_checks(site, facts)
+    out.append(listen_check(site, facts))
+    out += release_checks(site, sf)
+    out += tls_checks(site, sf, facts["time"])
+    out.append(database_check(site, facts))
+    du = facts["du"].get(str(host.paths.site(name)))
+    if du is not None:
+        out.append(Finding(f"site.{name}.disk", OK, name, f"uses {du / 2**20:.1f} MiB"))
+    return out
+
+
+def user_check(site: dict, sf: dict) -> Finding:
+    name, u = site["name"], sf["user"]
+    problems = []
+    if u is None:
+        problems.append("the Unix user is missing")
+    else:
+        if site.get("uid") is not None and u["uid"] != site["uid"]:
+            problems.append(f"UID {u['uid']} (registry: {site['uid']})")
+        if not u["shell"].endswith("nologin"):
+            problems.append(f"shell {u['shell']}")
+        if not u["home"].endswith(f"/sites/{name}"):
+            problems.append(f"home {u['home']}")
+    return _f(f"site.{name}.user", not problems, name, "Unix user matches the registry",
+              "Unix user: " + "; ".join(problems),
+              remedy=f"usermod -s /usr/sbin/nologin {name} (a changed UID needs a human)")
+
+
+def _ids(owner: str, group: str) -> tuple[int, int] | None:
+    try:
+        return pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid
+    except KeyError:
+        return None
+
+
+def tree_checks(host: Host, site: dict, sf: dict) -> list[Finding]:
+    name = site["name"]
+    wrong = []
+    for path, mode, owner, group in layout.tree(host, name):
+        st, ids = sf["tree"].get(str(path)), _ids(owner, group)
+        if st is None or not st["dir"]:
+            wrong.append(f"{path} missing")
+        elif ids and (st["mode"], st["uid"], st["gid"]) != (mode, *ids):
+            wrong.append(f"{path} {st['mode']:04o} (want {mode:04o} {owner}:{group})")
+    env, ids = sf["env"], _ids(name, name)
+    env_ok = env is not None and ids is not None and (env["mode"], env["uid"], env["gid"]) == (0o600, *ids)
+    return [
+        _f(f"site.{name}.tree", not wrong, name, "directory owners and modes as designed",
+           "; ".join(wrong), WARNING, remedy="audit --fix", fix="tree"),
+        _f(f"site.{name}.env", env_ok, name, ".env is 0600 and the site's own",
+           ".env is missing" if env is None else
+           f".env is {env['mode']:04o} uid {env['uid']} (want 0600 {name}:{name})",
+           remedy="audit --fix", fix="env"),
+    ]
+
+
+def drift_checks(site: dict, sf: dict) -> list[Finding]:
+    name = site["name"]
+    out = []
+    for path, want in sf["expected"].items():
+        have = sf["actual"].get(path)
+        diff = None
+        if have != want:
+            lines = difflib.unified_diff((have or "").splitlines(True), want.splitlines(True),
+                                         f"{path} (on disk)", f"{path} (rendered)")
+            diff = redact("".join(lines), sf["secrets"])
+        out.append(_f(f"site.{name}.file:{path}", have == want, name, f"{path} as rendered",
+                      f"{path} is missing" if have is None else f"{path} differs from the "
+                      "registry's rendering (hand-edited?)", WARNING,
+                      remedy="audit --fix re-renders it (nginx -t first)", fix="render",
+                      diff=diff))
+    return out
+
+
+def unit_checks(site: dict, facts: dict) -> list[Finding]:
+    out = []
+    for unit in systemd.live_units(site):
+        st = facts["units"].get(unit, {})
+        ok = st.get("active") == "active" and st.get("enabled") == "enabled"
+        out.append(_f(f"site.{site['name']}.unit:{unit}", ok, site["name"],
+                      f"{unit} enabled and active",
+                      f"{unit} is {st.get('active', '?')} and {st.get('enabled') or 'not enabled'}",
+                      remedy=f"audit --fix starts it; journalctl -u {unit}", fix="unit"))
+        score = facts["exposure"].get(unit)
+        if score is not None:
+            out.append(_f(f"site.{site['name']}.exposure:{unit}", score <= MAX_EXPOSURE,
+                          site["name"], f"{unit} exposure {score}",
+                          f"{unit} exposure {score} (over {MAX_EXPOSURE})", WARNING,
+                          remedy=f"systemd-analyze security {unit}; audit --fix restores "
+                                 "the generated unit", fix="render"))
+    return out
+
+
+def listen_check(site: dict, facts: dict) -> Finding:
+    """The site's processes (its units are NAME-*: site names have no '-')."""
+    name = site["name"]
+    own = set(registry.block_ports(site["slot"]))
+    bad = []
+    for l in facts["listeners"]:
+        if not any(u.startswith(f"{name}-") for u in l["units"]):
+            continue
+        if l["addr"] not in LOOPBACK:
+            bad.append(f"{l['addr']}:{l['port']}")
+        elif l["port"] not in own:
+            bad.append(f"port {l['port']} (not in its blocks)")
+    return _f(f"site.{name}.listen", not bad, name,
+              "its processes listen on 127.0.0.1 and its own ports only",
+              "its processes listen on " + ", ".join(sorted(set(bad))),
+              remedy="make the app bind HOST:PORT from its environment")
+
+
+def release_checks(site: dict, sf: dict) -> list[Finding]:
+    name, live = site["name"], releases.live_id(site)
+    if live is None:
+        return [Finding(f"site.{name}.current", OK, name, "not deployed yet")]
+    cur = sf["current"]
+    ok = cur is not None and cur.get("target_exists") and cur.get("link") == f"releases/{live}"
+    keep = site.get("keep", releases.DEFAULT_KEEP)
+    n = len(sf["releases"])
+    return [
+        _f(f"site.{name}.current", ok, name, f"current -> releases/{live}",
+           "current is missing" if cur is None else
+           f"current -> {cur.get('link')} ({'dangling' if not cur.get('target_exists') else 'not the live release ' + live})",
+           remedy="audit --fix points it at the live release", fix="current"),
+        _f(f"site.{name}.releases", n <= keep + 2, name, f"{n} release(s) on disk",
+           f"{n} releases on disk (keep is {keep})", WARNING,
+           remedy="the next deploy prunes them"),
+    ]
+
+
+def tls_checks(site: dict, sf: dict, now: str) -> list[Finding]:
+    name, tls = site["name"], sf["tls"]
+    if tls is None:
+        return []
+    try:
+        end = datetime.datetime.strptime(tls["not_after"], "%b %d %H:%M:%S %Y %Z")
+        days = (end - datetime.datetime.strptime(now, "%Y-%m-%dT%H:%M:%SZ")).days
+    except ValueError:
+        return [Finding(f"site.{name}.tls", CRITICAL, name, "cannot read the certificate's "
+                        "expiry date", "openssl x509 -noout -enddate -in fullchain.pem")]
+    served = tls.get("served_sha256")
+    return [
+        _f(f"site.{name}.tls.expiry", days >= TLS_WARN_DAYS, name,
+           f"certificate valid {days} more days", f"certificate expires in {days} days",
+           CRITICAL if days < TLS_CRIT_DAYS else WARNING,
+           remedy="certbot renew; check `systemctl status certbot.timer`"),
+        _f(f"site.{name}.tls.served", served == tls["disk_sha256"], name,
+           "nginx serves the certificate on disk",
+           f"nginx serves another certificate ({tls.get('served_error') or 'fingerprint differs'})",
+           remedy="nginx -t && systemctl reload nginx"),
+    ]
+
+
+def database_check(site: dict, facts: dict) -> Finding:
+    name = site["name"]
+    dbs = facts["postgres"].get("databases") or {}
+    db = site.get("database", name)
+    if db not in dbs:
+        return Finding(f"site.{name}.database", CRITICAL, name, f"database {db} is missing",
+                       f"add-site {name} ... again creates it (restore its data from a backup)")
+    return _f(f"site.{name}.database", not dbs[db], name,
+              f"database {db} exists, PUBLIC cannot connect",
+              f"PUBLIC can connect to database {db}",
+              remedy=f"REVOKE CONNECT ON DATABASE {db} FROM PUBLIC (add-site does it)")

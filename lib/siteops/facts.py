@@ -1,0 +1,227 @@
+"""Everything audit looks at, read once and in batches: one `ss`, one
+`nginx -t`, one `systemctl show` for all units, one `systemd-analyze
+security`, one psql query, one `du`; files, modes and owners are read
+directly. The result is plain JSON data, so checks are pure functions that
+unit tests feed with recorded facts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import re
+import socket
+import ssl
+from pathlib import Path
+
+from . import (distro, envfile, firewall, layout, logrotate, nginx, postgres, redis, registry,
+               systemd)
+from .errors import CommandError
+from .system import Host
+
+HBA_AND_DATABASES = """\
+SELECT json_build_object(
+  'hba', (SELECT coalesce(json_agg(json_build_object('line', line_number, 'type', type,
+          'database', database, 'user', user_name, 'address', address,
+          'method', auth_method, 'error', error)), '[]') FROM pg_hba_file_rules),
+  'connections', (SELECT count(*) FROM pg_stat_activity),
+  'max_connections', current_setting('max_connections')::int,
+  'databases', (SELECT json_object_agg(datname, has_database_privilege('public', oid, 'CONNECT'))
+                FROM pg_database WHERE NOT datistemplate));
+"""
+
+
+def host_units(pg_unit: str) -> list[str]:
+    return ["nginx.service", pg_unit, "fail2ban.service", "unattended-upgrades.service",
+            "certbot.timer"]
+
+
+def listeners(host: Host) -> list[dict]:
+    """Every listening TCP/UDP socket: protocol, address, port, and the systemd
+    unit of each process holding it (from /proc/PID/cgroup)."""
+    out = host.query(["ss", "-H", "-t", "-u", "-l", "-n", "-p"]).out
+    found = []
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        addr, _, port = fields[4].rpartition(":")
+        if not port.isdigit():
+            continue
+        pids = [int(p) for p in re.findall(r"pid=(\d+)", line)]
+        found.append({"proto": fields[0], "addr": addr.strip("[]").split("%")[0],
+                      "port": int(port), "units": sorted({unit_of(p) for p in pids} - {""}),
+                      "programs": sorted(set(re.findall(r'\(\("([^"]+)"', line)))})
+    return found
+
+
+def unit_of(pid: int) -> str:
+    """The systemd unit a process runs in (last part of its cgroup path)."""
+    try:
+        text = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return ""
+    path = text.strip().splitlines()[-1].rpartition(":")[2]
+    return path.rstrip("/").rpartition("/")[2]
+
+
+def unit_states(host: Host, units: list[str]) -> dict[str, dict]:
+    """ActiveState, UnitFileState and LoadState of many units in one call."""
+    out = host.query(["systemctl", "show", "-p", "Id,ActiveState,UnitFileState,LoadState",
+                      "--", *units], ok=range(256)).out
+    states, blocks = {}, out.strip().split("\n\n")
+    for unit, block in zip(units, blocks):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        states[unit] = {"active": props.get("ActiveState", "unknown"),
+                        "enabled": props.get("UnitFileState", ""),
+                        "loaded": props.get("LoadState", "")}
+    return states
+
+
+def exposure(host: Host, units: list[str]) -> dict[str, float]:
+    """`systemd-analyze security` exposure of each unit, from one call."""
+    if not units:
+        return {}
+    out = host.query(["systemd-analyze", "security", "--no-pager", "--", *units],
+                     ok=range(256)).out
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(r"Overall exposure level for (\S+): ([\d.]+)", out)}
+
+
+def postgres_facts(host: Host) -> dict:
+    try:
+        return json.loads(postgres.psql(host, HBA_AND_DATABASES) or "{}")
+    except (CommandError, json.JSONDecodeError) as exc:
+        return {"error": str(exc)}
+
+
+def stat(path: Path) -> dict | None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    out = {"mode": st.st_mode & 0o7777, "uid": st.st_uid, "gid": st.st_gid,
+           "dir": path.is_dir() and not path.is_symlink()}
+    if path.is_symlink():
+        out["link"] = os.readlink(path)
+        out["target_exists"] = path.exists()
+    return out
+
+
+def tls_facts(host: Host, site: dict) -> dict | None:
+    """The certificate on disk (expiry, fingerprint) and the one nginx serves."""
+    certs = nginx.cert_dir(host, site)
+    if certs is None:
+        return None
+    pem = (certs / "fullchain.pem").read_text()
+    first = pem[:pem.index("-----END CERTIFICATE-----") + 25]
+    facts = {"disk_sha256": hashlib.sha256(ssl.PEM_cert_to_DER_cert(first)).hexdigest()}
+    end = host.query(["openssl", "x509", "-noout", "-enddate"], input=first, ok=range(256)).out
+    facts["not_after"] = end.strip().partition("=")[2]
+    try:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", 443), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname=site["domains"][0]) as tls:
+                facts["served_sha256"] = hashlib.sha256(tls.getpeercert(True)).hexdigest()
+    except (OSError, ssl.SSLError) as exc:
+        facts["served_error"] = str(exc)
+    return facts
+
+
+def expected_files(host: Host, site: dict, nginx_version: tuple[int, ...],
+                   env_text: str | None) -> dict[str, str]:
+    """Every file siteops generates for a site, as the registry renders it today."""
+    name = site["name"]
+    files = {str(host.paths.unit(u)): text for u, text in systemd.render_units(host, site).items()}
+    files[str(host.paths.nginx_site(name))] = nginx.site_config(
+        site, nginx_version, nginx.cert_dir(host, site), layout.logs(host, name))
+    files[str(host.paths.logrotate(name))] = logrotate.config(host, site)
+    if env_text:
+        files[str(host.paths.redis_conf(name))] = redis.site_conf(
+            host, site, envfile.passwords(env_text)[1])
+    live = site.get("live")
+    if live:
+        record = site.get("releases", {}).get(live["release"], {})
+        rel = layout.releases(host, name) / live["release"]
+        ports = registry.live_ports(site)
+        for c, port in ports.items():
+            command = record.get("commands", {}).get(c)
+            if command:
+                try:
+                    command = systemd.resolve_command(rel, command)
+                except Exception:  # the release is gone: the `current` check reports it
+                    continue
+                files[str(systemd.dropin(host, name, c, port))] = systemd.render_dropin(
+                    name, live["release"], rel, command, ports)
+    return files
+
+
+def site_facts(host: Host, site: dict, nginx_version: tuple[int, ...]) -> dict:
+    name = site["name"]
+    root = host.paths.site(name)
+    env_path = layout.env_path(host, name)
+    env_text = host.read(env_path)
+    try:
+        pw = pwd.getpwnam(name)
+        user = {"uid": pw.pw_uid, "gid": pw.pw_gid, "shell": pw.pw_shell, "home": pw.pw_dir}
+    except KeyError:
+        user = None
+    expected = expected_files(host, site, nginx_version, env_text)
+    return {
+        "user": user,
+        "tree": {str(p): stat(p) for p, *_ in layout.tree(host, name)},
+        "env": stat(env_path),
+        "current": stat(root / "current"),
+        "releases": sorted(p.name for p in layout.releases(host, name).iterdir()
+                           if p.is_dir()) if layout.releases(host, name).is_dir() else [],
+        "expected": expected,
+        "actual": {path: host.read(Path(path)) for path in expected},
+        "secrets": [v for v in envfile.parse(env_text or "").values() if len(v) >= 16],
+        "tls": tls_facts(host, site),
+    }
+
+
+def disk_usage(host: Host, paths: list[Path]) -> dict[str, int]:
+    """Bytes used under each path, from one `du`."""
+    existing = [str(p) for p in paths if p.exists()]
+    if not existing:
+        return {}
+    out = host.query(["du", "-s", "-x", "-B1", "--", *existing], ok=range(256)).out
+    return {line.split("\t", 1)[1]: int(line.split("\t", 1)[0])
+            for line in out.splitlines() if "\t" in line}
+
+
+def gather(host: Host, sites: list[dict]) -> dict:
+    """All facts for the host checks and for each of sites."""
+    cluster = postgres.clusters(host)
+    pg_unit = cluster[0].unit if cluster else "postgresql.service"
+    units = host_units(pg_unit)
+    site_units = {s["name"]: systemd.live_units(s) for s in sites}
+    for names in site_units.values():
+        units += names
+    nginx_t = host.query(["nginx", "-t"], ok=range(256))
+    root_stat = os.statvfs(host.paths.p("/"))
+    version = distro.nginx_version(host)
+    return {
+        "time": registry.now(),
+        "ufw": dict(zip(("active", "policy", "allowed"), firewall.status(host))),
+        "fail2ban": host.query(["fail2ban-client", "status"], ok=range(256)).out,
+        "sshd": dict(line.split(" ", 1) for line in
+                     host.query(["sshd", "-T"], ok=range(256)).out.splitlines() if " " in line),
+        "nginx_t": {"ok": nginx_t.code == 0,
+                    "detail": (nginx_t.err or nginx_t.out).strip().splitlines()[-1:]},
+        "upgrades": host.read(host.paths.p("/etc/apt/apt.conf.d/20auto-upgrades")) or "",
+        "certbot_hook": host.paths.p(
+            "/etc/letsencrypt/renewal-hooks/deploy/siteops-reload-nginx").exists(),
+        "listeners": listeners(host),
+        "units": unit_states(host, units),
+        "exposure": exposure(host, [u for names in site_units.values() for u in names]),
+        "postgres": postgres_facts(host),
+        "postgres_unit": pg_unit,
+        "disk": {"used_pct": round(100 * (1 - root_stat.f_bavail / root_stat.f_blocks), 1)
+                 if root_stat.f_blocks else 0},
+        "du": disk_usage(host, [host.paths.site(s["name"]) for s in sites]),
+        "sites": {s["name"]: site_facts(host, s, version) for s in sites},
+    }
