@@ -37,9 +37,13 @@ def log_action(host: Host, prog: str, argv: Sequence[str], result: str) -> None:
         fh.write(json.dumps(entry) + "\n")
 
 
-def main(prog: str, p: argparse.ArgumentParser, body: Callable[[Host, argparse.Namespace], None],
-         argv: Sequence[str] | None = None, host: Host | None = None) -> int:
-    """Parse argv, run body against the host, and turn the outcome into an exit code."""
+def main(prog: str, p: argparse.ArgumentParser,
+         body: Callable[[Host, argparse.Namespace], int | None],
+         argv: Sequence[str] | None = None, host: Host | None = None,
+         error_code: int | None = None) -> int:
+    """Parse argv, run body against the host, and turn the outcome into an exit
+    code: body's own (None: 0), or the error's; error_code replaces every
+    error's code (audit: 3, "the check itself could not run")."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)  # exits 2 with usage on bad input
     host = host or Host(dry_run=args.dry_run)
@@ -47,11 +51,11 @@ def main(prog: str, p: argparse.ArgumentParser, body: Callable[[Host, argparse.N
     try:
         if not args.dry_run and os.geteuid() != 0:
             raise SiteopsError("must be run as root (use sudo); --dry-run shows the plan without root")
-        body(host, args)
+        code = body(host, args) or 0
         if host.changed_steps or host.unchanged_steps:
             host.say(host.summary())
         log_action(host, prog, argv, "ok")
-        return 0
+        return code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         log_action(host, prog, argv, "interrupted")
@@ -61,11 +65,11 @@ def main(prog: str, p: argparse.ArgumentParser, body: Callable[[Host, argparse.N
             traceback.print_exc()
         print(f"{prog}: error: {exc}", file=sys.stderr)
         log_action(host, prog, argv, f"error: {exc}")
-        return exc.exit_code
+        return error_code or exc.exit_code
     except Exception as exc:  # a bug: one line, the traceback only on request
         if args.debug:
             raise
         print(f"{prog}: unexpected error: {exc!r} (run with --debug for the traceback)",
               file=sys.stderr)
         log_action(host, prog, argv, f"unexpected error: {exc!r}")
-        return 1
+        return error_code or 1

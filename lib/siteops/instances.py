@@ -76,24 +76,33 @@ def new_log_lines(sizes: dict[Path, int], limit: int = 15) -> str:
     return "\n".join(parts)
 
 
-def start(host: Host, site: dict, rid: str, record: dict, ports: dict[str, int]) -> list[str]:
-    """Start release rid on ports beside the live instances; return the new units."""
+def ensure_dropins(host: Host, site: dict, rid: str, record: dict,
+                   ports: dict[str, int]) -> list[str]:
+    """Pin release rid and its commands on the instances of ports (drop-ins
+    checked with `systemd-analyze verify`, then daemon-reload); return the units."""
     name = site["name"]
     rel = release_dir(host, name, rid)
-    busy = sorted(set(ports.values()) & network.listening_ports(host))
-    if busy:
-        raise SiteopsError(f"port {busy[0]} of site {name} is in use by something else; "
-                           "free it (ss -ltnp) and deploy again")
     units = instance_units(site, ports)
     dropins = {systemd.dropin(host, name, c, p): systemd.render_dropin(
                    name, rid, rel, systemd.resolve_command(rel, record["commands"][c]), ports)
                for c, p in ports.items()}
-    with host.step(f"start release {rid} on port(s) {', '.join(map(str, ports.values()))}"):
-        with host.validated(list(dropins), ["systemd-analyze", "verify", *units],
-                            "instance drop-ins"):
-            for path, text in dropins.items():
-                host.write(path, text)
+    with host.validated(list(dropins), ["systemd-analyze", "verify", *units],
+                        "instance drop-ins") as outcome:
+        for path, text in dropins.items():
+            host.write(path, text)
+    if outcome["changed"]:
         host.run(["systemctl", "daemon-reload"])
+    return units
+
+
+def start(host: Host, site: dict, rid: str, record: dict, ports: dict[str, int]) -> list[str]:
+    """Start release rid on ports beside the live instances; return the new units."""
+    busy = sorted(set(ports.values()) & network.listening_ports(host))
+    if busy:
+        raise SiteopsError(f"port {busy[0]} of site {site['name']} is in use by something "
+                           "else; free it (ss -ltnp) and deploy again")
+    with host.step(f"start release {rid} on port(s) {', '.join(map(str, ports.values()))}"):
+        units = ensure_dropins(host, site, rid, record, ports)
         host.run(["systemctl", "start", *units])
     return units
 

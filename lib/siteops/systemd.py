@@ -174,3 +174,21 @@ def sandbox_argv(host: Host, site: str, workdir: Path, command: str, unit: str) 
     argv += [f"--property={p}" for p in props]
     argv += [f"--setenv={k}={v}" for k, v in env.items()]
     return argv + ["--", "/bin/sh", "-c", command]
+
+
+AUDIT_UNITS = ("siteops-audit.service", "siteops-audit.timer")
+
+
+def ensure_audit_timer(host: Host) -> None:
+    """The daily audit: a oneshot service and its timer, enabled."""
+    with host.step("daily audit timer"):
+        paths = {u: host.paths.unit(u) for u in AUDIT_UNITS}
+        with host.validated(list(paths.values()),
+                            ["systemd-analyze", "verify", *map(str, paths.values())],
+                            "audit timer") as outcome:
+            for unit, path in paths.items():
+                host.write(path, render(f"systemd/{unit}", bin=host.paths.install_dir / "bin"))
+        if outcome["changed"]:
+            host.run(["systemctl", "daemon-reload"])
+        if not (is_enabled(host, AUDIT_UNITS[1]) and is_active(host, AUDIT_UNITS[1])):
+            host.run(["systemctl", "enable", "--now", AUDIT_UNITS[1]])

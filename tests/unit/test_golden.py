@@ -44,6 +44,8 @@ def renders():
     yield "logrotate-siteops-shop", logrotate.config(HOST, SITE)
     yield "sudoers-limited", users.sudoers_text(Path("/opt/siteops/bin"), full=False)
     yield "sudoers-full", users.sudoers_text(Path("/opt/siteops/bin"), full=True)
+    for unit in systemd.AUDIT_UNITS:
+        yield f"systemd-{unit}", render(f"systemd/{unit}", bin="/opt/siteops/bin")
     for name in ("postgres/siteops.conf", "postgres/pg_hba.conf", "ssh/sshd_siteops.conf",
                  "certbot/reload-nginx", "apt/20auto-upgrades"):
         yield name.replace("/", "-"), render(name)

@@ -58,6 +58,8 @@ def test_bootstrap_plan_on_a_new_server(root):
         "systemctl restart fail2ban",
         "useradd --user-group --create-home --shell /bin/bash --comment siteops deploy deploy",
         "systemctl reload ssh.service",
+        "systemctl daemon-reload",
+        "systemctl enable --now siteops-audit.timer",
     ]
     notes = [a[2] for a in host.actions if a[0] == "run" and len(a) > 2]
     assert notes == ['REVOKE CONNECT, TEMPORARY ON DATABASE "postgres" FROM PUBLIC;',

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .. import (cli, distro, fail2ban, firewall, nginx, packages, postgres, redis, ssh, tls,
-                upgrades, users, validate)
+from .. import (cli, distro, fail2ban, firewall, nginx, packages, postgres, redis, ssh, systemd,
+                tls, upgrades, users, validate)
 from ..paths import REPO
 from ..system import Host
 
@@ -34,6 +34,8 @@ What it does:
              authorized key would be left to log in with
   updates    unattended-upgrades on; certbot renewal hook runs `nginx -t` and
              reloads nginx
+  audit      siteops-audit.timer runs `audit` daily (results appended to
+             /var/log/siteops/audit.jsonl)
 """
 
 EPILOG = "example:\n  sudo ./bin/bootstrap --deploy-key ~/.ssh/id_ed25519.pub"
@@ -111,6 +113,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
     ssh.ensure_key_only(host)
     upgrades.ensure(host)
     tls.ensure_renewal_hook(host)
+    systemd.ensure_audit_timer(host)
     if firewall_extra:
         host.say(f"note: UFW also allows {', '.join(firewall_extra)}; siteops left "
                  "those rules alone (`audit` reports them)")

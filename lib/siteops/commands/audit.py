@@ -1,0 +1,184 @@
+"""audit: prove every site (and the host under them) still matches the architecture."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+
+from .. import (checks, cli, envfile, facts, instances, layout, logrotate, nginx, redis,
+                registry, releases, systemd, validate)
+from ..errors import UsageError
+from ..system import Host
+
+DESCRIPTION = """\
+Check the host and every site (or the SITEs named) against the architecture
+and report each finding with an id, a severity, what is wrong and how to fix
+it. Safe for cron and timers: read-only without --fix, no colour, no prompts.
+
+Exit codes (Nagios): 0 all ok, 1 warnings, 2 critical, 3 the audit itself
+could not run. Every run (not --dry-run) appends one JSON line to
+/var/log/siteops/audit.jsonl; bootstrap installs a daily timer for it.
+
+Host: UFW, fail2ban jails, unattended-upgrades, effective sshd settings,
+nginx -t, PostgreSQL and Redis on loopback only, pg_hba without catch-all,
+certbot timer and reload hook, public listeners (only 22/80/443), disk,
+PostgreSQL connections.
+
+Each site: Unix user/UID/shell, owners and modes of its tree, .env 0600,
+generated files equal to what the registry renders (diff when not), units
+enabled and active, its processes on 127.0.0.1 and its own ports only,
+`current` on the live release, release count, TLS days left and the
+certificate nginx really serves, systemd-analyze exposure, database with
+PUBLIC's CONNECT revoked, disk used.
+
+--fix repairs what is safe: modes and owners, re-rendered files (nginx -t
+first), stopped units, a dangling `current`; it prints each change, then
+audits again. Everything else is left for a human.
+"""
+
+EPILOG = """\
+examples:
+  sudo audit                 everything, problems listed, one summary line
+  sudo audit shop --json     one JSON document (findings, counts, exit code)
+  sudo audit --fix
+"""
+
+UNKNOWN = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("audit", DESCRIPTION, EPILOG)
+    p.add_argument("sites", nargs="*", type=validate.site_name, metavar="SITE",
+                   help="sites to check (default: all); the host is always checked")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--fix", action="store_true", help="repair what is safe, then audit again")
+
+    def error(message: str) -> None:  # bad arguments are UNKNOWN to a monitor, not CRITICAL
+        p.print_usage(sys.stderr)
+        p.exit(UNKNOWN, f"audit: error: {message}\n")
+    p.error = error
+    return p
+
+
+def selected(data: dict, names: list[str]) -> list[dict]:
+    sites = [s for s in data["sites"].values() if s.get("state") == registry.READY]
+    unknown = sorted(set(names) - set(data["sites"]))
+    if unknown:
+        raise UsageError(f"no site {unknown[0]!r} in the registry")
+    return [s for s in sites if not names or s["name"] in names]
+
+
+def run_checks(host: Host, sites: list[dict]) -> list[checks.Finding]:
+    f = facts.gather(host, sites)
+    findings = checks.host_checks(f)
+    for site in sites:
+        findings += checks.site_checks(host, site, f)
+    return findings
+
+
+def repair(host: Host, site: dict, kinds: set[str]) -> None:
+    """Apply the safe repairs of kinds ('tree', 'env', 'render', 'unit', 'current')."""
+    name = site["name"]
+    if "tree" in kinds:
+        layout.ensure_tree(host, name)
+    env_path = layout.env_path(host, name)
+    env_text = host.read(env_path)
+    if "env" in kinds and env_text is not None:
+        with host.step(f"{env_path} 0600 {name}:{name}"):
+            host.write(env_path, env_text, 0o600, name, name)
+    if "render" in kinds:
+        with host.step(f"systemd units of {name}"):
+            systemd.ensure_units(host, site)
+            live = site.get("live")
+            record = site.get("releases", {}).get(live["release"], {}) if live else {}
+            if live and record.get("commands"):
+                instances.ensure_dropins(host, site, live["release"], record,
+                                         registry.live_ports(site))
+        if env_text is not None:
+            with host.step(f"redis config {name}"):
+                redis.ensure_site_conf(host, site, envfile.passwords(env_text)[1])
+        nginx.ensure_site(host, site, layout.logs(host, name))
+        logrotate.ensure_site(host, site)
+    if "unit" in kinds:
+        for unit in systemd.live_units(site):
+            with host.step(f"{unit} running"):
+                systemd.ensure_started(host, unit)
+    live_id = releases.live_id(site)
+    if "current" in kinds and live_id and (layout.releases(host, name) / live_id).is_dir():
+        with host.step(f"current -> releases/{live_id}"):
+            host.symlink(host.paths.site(name) / "current", f"releases/{live_id}")
+
+
+def counts(findings: list[checks.Finding]) -> dict[str, int]:
+    return {sev: sum(1 for f in findings if f.severity == sev)
+            for sev in (checks.OK, checks.WARNING, checks.CRITICAL)}
+
+
+def text_report(findings: list[checks.Finding], fixed: list[str]) -> list[str]:
+    lines = []
+    for f in sorted(findings, key=lambda f: (-checks.RANK[f.severity], f.id)):
+        if f.severity == checks.OK:
+            continue
+        lines.append(f"{f.severity.upper():<9}{f.id}: {f.message}")
+        if f.remedy:
+            lines.append(f"{'':9}fix: {f.remedy}")
+        if f.diff:
+            lines += [f"{'':9}{line}" for line in f.diff.rstrip("\n").splitlines()]
+    c = counts(findings)
+    status = ["OK", "WARNING", "CRITICAL"][checks.exit_code(findings)]
+    lines.append(f"audit {status}: {len(findings)} checks, {c['ok']} ok, {c['warning']} "
+                 f"warning(s), {c['critical']} critical"
+                 + (f"; fixed {len(fixed)}" if fixed else ""))
+    return lines
+
+
+def document(findings: list[checks.Finding], fixed: list[str], sites: list[dict]) -> dict:
+    code = checks.exit_code(findings)
+    return {"version": 1, "time": registry.now(), "host": socket.gethostname(),
+            "status": ["ok", "warning", "critical"][code], "exit_code": code,
+            "counts": counts(findings), "sites": [s["name"] for s in sites],
+            "fixed": fixed, "findings": [checks.as_json(f) for f in findings]}
+
+
+def append_log(host: Host, doc: dict) -> None:
+    """One line per run in audit.jsonl: status, counts and the problems (no diffs)."""
+    if host.dry_run or not host.paths.log_dir.is_dir():
+        return
+    line = dict(doc, findings=[{k: v for k, v in f.items() if k != "diff"}
+                               for f in doc["findings"] if f["severity"] != checks.OK])
+    fd = os.open(host.paths.log_dir / "audit.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    with os.fdopen(fd, "a") as fh:
+        fh.write(json.dumps(line, sort_keys=True) + "\n")
+
+
+def run(host: Host, args: argparse.Namespace) -> int:
+    if args.json:
+        host.out = sys.stderr  # progress of --fix must not mix with the document
+    sites = selected(registry.load(host), args.sites)
+    findings = run_checks(host, sites)
+    fixed: list[str] = []
+    if args.fix:
+        broken = [f for f in findings if f.severity != checks.OK and f.fix]
+        for site in sites:
+            kinds = {f.fix for f in broken if f.subject == site["name"]}
+            if kinds:
+                repair(host, site, kinds)
+        if broken and not host.dry_run:
+            findings = run_checks(host, sites)
+            still = {f.id for f in findings if f.severity != checks.OK}
+            fixed = sorted({f.id for f in broken} - still)
+    doc = document(findings, fixed, sites)
+    append_log(host, doc)
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        for line in text_report(findings, fixed):
+            host.say(line)
+    return doc["exit_code"]
+
+
+def main(argv: list[str] | None = None, host: Host | None = None) -> int:
+    return cli.main("audit", build_parser(), run, argv, host, error_code=UNKNOWN)
