@@ -56,6 +56,9 @@ def main(prog: str, p: argparse.ArgumentParser,
             host.say(host.summary())
         log_action(host, prog, argv, "ok")
         return code
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         log_action(host, prog, argv, "interrupted")

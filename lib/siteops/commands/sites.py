@@ -1,0 +1,186 @@
+"""sites: what the registry and the server say about each site."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+
+from .. import cli, facts, nginx, registry, releases, systemd, validate
+from ..system import Host
+
+DESCRIPTION = """\
+  sites list            one line per site: slot, ports, domains, components,
+                        state, live release, TLS expiry, disk used
+  sites show NAME       everything about one site, with its release history
+  sites doc             the "Active sites registry" section of the architecture
+                        document, as Markdown, generated from the registry and
+                        the live server so it can never drift from it
+
+list and show take --json. Read-only.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("sites", DESCRIPTION, "examples:\n  sudo sites list\n"
+                   "  sudo sites show shop --json\n  sudo sites doc > registry.md\n")
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, help_ in (("list", "one line per site"), ("show", "one site in detail")):
+        sp = sub.add_parser(action, help=help_)
+        if action == "show":
+            sp.add_argument("name", type=validate.site_name)
+        sp.add_argument("--json", action="store_true", help="print JSON")
+    sub.add_parser("doc", help="Markdown for the architecture document's registry section")
+    return p
+
+
+def tls_expiry(host: Host, site: dict) -> str | None:
+    certs = nginx.cert_dir(host, site)
+    if certs is None:
+        return None
+    out = host.query(["openssl", "x509", "-noout", "-enddate", "-in", certs / "fullchain.pem"],
+                     ok=range(256)).out.strip().partition("=")[2]
+    try:
+        return datetime.datetime.strptime(out, "%b %d %H:%M:%S %Y %Z").strftime("%Y-%m-%d")
+    except ValueError:
+        return None
+
+
+def summary(host: Host, site: dict, du: dict, states: dict) -> dict:
+    """The facts about a site that list, show and doc print."""
+    name = site["name"]
+    live = releases.live_id(site)
+    record = site.get("releases", {}).get(live, {}) if live else {}
+    return {
+        "name": name, "slot": site["slot"], "state": site.get("state"),
+        "domains": site["domains"], "components": site["components"],
+        "ports": site["ports"], "live_ports": registry.live_ports(site),
+        "uid": site.get("uid"), "database": site.get("database", name),
+        "repo": site.get("repo"), "live_release": live, "commit": record.get("commit"),
+        "deployed": record.get("finished"), "commands": record.get("commands") or site.get("commands"),
+        "tls_expires": tls_expiry(host, site),
+        "disk_bytes": du.get(str(host.paths.site(name))),
+        "units": {u: states.get(u, {}).get("active", "?") for u in systemd.live_units(site)},
+    }
+
+
+def gather(host: Host, sites: list[dict]) -> list[dict]:
+    du = facts.disk_usage(host, [host.paths.site(s["name"]) for s in sites])
+    units = [u for s in sites for u in systemd.live_units(s)]
+    states = facts.unit_states(host, units) if units else {}
+    return [summary(host, s, du, states) for s in sites]
+
+
+def mib(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
+
+
+def list_lines(rows: list[dict]) -> list[str]:
+    head = ("NAME", "SLOT", "PORTS", "DOMAINS", "COMPONENTS", "STATE", "LIVE", "TLS", "DISK")
+    table = [head] + [(
+        r["name"], str(r["slot"]),
+        ",".join(str((r["live_ports"] or r["ports"])[c]) for c in r["components"])
+        + f",{r['ports']['redis']}",
+        ",".join(r["domains"]), ",".join(r["components"]), r["state"] or "?",
+        r["live_release"] or "-", r["tls_expires"] or "-", mib(r["disk_bytes"]))
+        for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+
+
+def show_lines(r: dict, site: dict) -> list[str]:
+    lines = [f"{k + ':':<14}{v}" for k, v in (
+        ("site", r["name"]), ("state", r["state"]), ("slot", r["slot"]),
+        ("domains", " ".join(r["domains"])),
+        ("ports", " ".join(f"{k} {v}" for k, v in r["ports"].items())),
+        ("live ports", " ".join(f"{k} {v}" for k, v in (r["live_ports"] or {}).items()) or "-"),
+        ("user", f"{r['name']} (UID {r['uid']})"), ("database", r["database"]),
+        ("repository", r["repo"] or "-"),
+        ("live release", f"{r['live_release']} {(r['commit'] or '')[:12]}" if r["live_release"] else "-"),
+        ("units", " ".join(f"{u} {s}" for u, s in r["units"].items())),
+        ("TLS expires", r["tls_expires"] or "no certificate"), ("disk", mib(r["disk_bytes"])))]
+    history = site.get("history", [])[-10:]
+    if history:
+        lines.append("history:")
+        lines += [f"  {e.get('at', '')}  {e['action']:<8} {e['release']}  {e['result']}"
+                  f"  {e.get('user', '')}  {e.get('error', '')}".rstrip() for e in history]
+    return lines
+
+
+def doc_lines(host: Host, rows: list[dict], data: dict) -> list[str]:
+    """The reference's ACTIVE SITES REGISTRY section, generated."""
+    today = registry.now()[:10]
+    out = ["## ACTIVE SITES REGISTRY (generated)", "",
+           f"> Generated by `sites doc` on {today} from /var/lib/siteops/registry.json and the "
+           "live server. Do not edit: run it again.", ""]
+    for i, r in enumerate(rows, 1):
+        status = "ACTIVE" if r["live_release"] else "READY (not deployed)"
+        out += [f"### Site #{i}: {r['name']}", "", f"**Status:** {status}  ",
+                f"**Deployed:** {r['deployed'] or '-'}  ", f"**Release ID:** {r['live_release'] or '-'}", "",
+                "#### Domains", *[f"- {d}" for d in r["domains"]], "",
+                "#### Port allocation", "| Service | Port | Status |", "|---|---|---|"]
+        live = r["live_ports"] or {}
+        for c in r["components"]:
+            unit = systemd.instance(r["name"], c, live[c]) if c in live else None
+            out.append(f"| {c} | {live.get(c, r['ports'][c])} | "
+                       f"{r['units'].get(unit, 'not deployed') if unit else 'reserved'} |")
+        redis_unit = systemd.redis_unit(r["name"])
+        out += [f"| redis | {r['ports']['redis']} | {r['units'].get(redis_unit, '?')} |", "",
+                "#### System resources",
+                f"- **Unix user:** `{r['name']}` (UID {r['uid']})",
+                f"- **Home:** `{host.paths.site(r['name'])}`",
+                f"- **Database:** `{r['database']}` (role `{r['name']}`)",
+                "- **Services:** " + ", ".join(f"`{u}` ({s})" for u, s in r["units"].items()),
+                f"- **Nginx config:** `{host.paths.nginx_site(r['name'])}`",
+                f"- **Repository:** {r['repo'] or '-'} (commit `{(r['commit'] or '-')[:12]}`)",
+                "- **Start commands:** " + ", ".join(f"{c}: `{cmd}`" for c, cmd in
+                                                    (r["commands"] or {}).items()),
+                f"- **Disk used:** {mib(r['disk_bytes'])}", ""]
+    out += ["### Port allocation summary", "", "| Ports | Site |", "|---|---|"]
+    for r in rows:
+        base = r["slot"] * registry.BLOCK
+        out.append(f"| {registry.FRONTEND_BASE + base}-{registry.FRONTEND_BASE + base + 9}, "
+                   f"{registry.API_BASE + base}-{registry.API_BASE + base + 9}, "
+                   f"{registry.EXTRA_BASE + base}-{registry.EXTRA_BASE + base + 9} | {r['name']} |")
+    out += ["", "### Domain registry", "", "| Domain | Site | TLS expires |", "|---|---|---|"]
+    out += [f"| {d} | {r['name']} | {r['tls_expires'] or 'no certificate'} |"
+            for r in rows for d in r["domains"]]
+    out += ["", "### Database registry", "", "| Database | Owner | Status |", "|---|---|---|"]
+    out += [f"| `{r['database']}` | `{r['name']}` | PUBLIC revoked |" for r in rows]
+    pg = facts.postgres_facts(host)
+    usage = facts.disk_usage(host, [host.paths.sites])
+    out += ["", "### Shared resource usage", "", f"As of {today}:", "",
+            "| Resource | Usage |", "|---|---|",
+            f"| PostgreSQL connections | {pg.get('connections', '?')}/{pg.get('max_connections', '?')} |",
+            f"| Disk used by sites | {mib(usage.get(str(host.paths.sites)))} |",
+            "", "### TLS renewal", "",
+            "Automatic: certbot's systemd timer; the deploy hook "
+            "`/etc/letsencrypt/renewal-hooks/deploy/siteops-reload-nginx` runs `nginx -t` and "
+            "reloads nginx.", ""]
+    return out
+
+
+def run(host: Host, args: argparse.Namespace) -> None:
+    data = registry.load(host)
+    if args.action == "show":
+        site = registry.get_site(data, args.name)
+        row = gather(host, [site])[0]
+        if args.json:
+            print(json.dumps(dict(row, history=site.get("history", [])), indent=2))
+        else:
+            for line in show_lines(row, site):
+                host.say(line)
+        return
+    rows = gather(host, sorted(data["sites"].values(), key=lambda s: s["slot"]))
+    if args.action == "list" and args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    lines = list_lines(rows) if args.action == "list" else doc_lines(host, rows, data)
+    for line in lines:
+        host.say(line)
+
+
+def main(argv: list[str] | None = None, host: Host | None = None) -> int:
+    return cli.main("sites", build_parser(), run, argv, host)
