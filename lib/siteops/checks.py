@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import datetime
 import difflib
-import grp
-import pwd
 from dataclasses import asdict, dataclass
 
 from . import layout, registry, releases, systemd
@@ -188,23 +186,24 @@ def user_check(site: dict, sf: dict) -> Finding:
               remedy=f"usermod -s /usr/sbin/nologin {name} (a changed UID needs a human)")
 
 
-def _ids(owner: str, group: str) -> tuple[int, int] | None:
-    try:
-        return pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid
-    except KeyError:
+def _ids(sf: dict, owner: str, group: str) -> tuple[int, int] | None:
+    """UID and GID for a tree entry's owner and group (root or the site user)."""
+    u = sf["user"]
+    if u is None:
         return None
+    return (0 if owner == "root" else u["uid"]), (0 if group == "root" else u["gid"])
 
 
 def tree_checks(host: Host, site: dict, sf: dict) -> list[Finding]:
     name = site["name"]
     wrong = []
     for path, mode, owner, group in layout.tree(host, name):
-        st, ids = sf["tree"].get(str(path)), _ids(owner, group)
+        st, ids = sf["tree"].get(str(path)), _ids(sf, owner, group)
         if st is None or not st["dir"]:
             wrong.append(f"{path} missing")
         elif ids and (st["mode"], st["uid"], st["gid"]) != (mode, *ids):
             wrong.append(f"{path} {st['mode']:04o} (want {mode:04o} {owner}:{group})")
-    env, ids = sf["env"], _ids(name, name)
+    env, ids = sf["env"], _ids(sf, name, name)
     env_ok = env is not None and ids is not None and (env["mode"], env["uid"], env["gid"]) == (0o600, *ids)
     return [
         _f(f"site.{name}.tree", not wrong, name, "directory owners and modes as designed",

@@ -191,6 +191,11 @@ def disk_usage(host: Host, paths: list[Path]) -> dict[str, int]:
             for line in out.splitlines() if "\t" in line}
 
 
+def ufw_facts(host: Host) -> dict:
+    active, policy, allowed = firewall.status(host)
+    return {"active": active, "policy": policy, "allowed": sorted(allowed)}
+
+
 def gather(host: Host, sites: list[dict]) -> dict:
     """All facts for the host checks and for each of sites."""
     cluster = postgres.clusters(host)
@@ -204,7 +209,7 @@ def gather(host: Host, sites: list[dict]) -> dict:
     version = distro.nginx_version(host)
     return {
         "time": registry.now(),
-        "ufw": dict(zip(("active", "policy", "allowed"), firewall.status(host))),
+        "ufw": ufw_facts(host),
         "fail2ban": host.query(["fail2ban-client", "status"], ok=range(256)).out,
         "sshd": dict(line.split(" ", 1) for line in
                      host.query(["sshd", "-T"], ok=range(256)).out.splitlines() if " " in line),

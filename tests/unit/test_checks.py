@@ -1,0 +1,157 @@
+"""audit's checks over facts recorded from a real box (tests/unit/data/box-facts.json:
+two deployed sites, secrets replaced), each breakage applied to a copy."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from siteops import checks
+from siteops.commands import audit
+from siteops.paths import Paths
+from siteops.system import Host
+
+RECORDED = json.loads((Path(__file__).parent / "data/box-facts.json").read_text())
+HOST = Host(paths=Paths())
+NGINX_BETA = "/etc/nginx/sites-available/beta.conf"
+
+
+def findings(change=None, site_change=None):
+    data = copy.deepcopy(RECORDED)
+    facts, sites = data["facts"], data["registry"]["sites"]
+    if change:
+        change(facts)
+    if site_change:
+        site_change(sites)
+    out = checks.host_checks(facts)
+    for site in sites.values():
+        out += checks.site_checks(HOST, site, facts)
+    return out
+
+
+def problems(found):
+    return {f.id: f.severity for f in found if f.severity != checks.OK}
+
+
+def test_the_recorded_box_is_clean():
+    found = findings()
+    assert problems(found) == {} and checks.exit_code(found) == 0
+    assert len(found) == 55 and len({f.id for f in found}) == 55
+
+
+def listen(proto, addr, port, units, programs):
+    return {"proto": proto, "addr": addr, "port": port, "units": units, "programs": programs}
+
+
+BREAKAGES = [
+    (lambda f: f["ufw"].update(active=False), {"host.ufw": "critical"}),
+    (lambda f: f["ufw"]["allowed"].append("8080/tcp"), {"host.ufw.rules": "warning"}),
+    (lambda f: f.update(fail2ban=f["fail2ban"].replace("nginx-limit-req", "")), {"host.fail2ban": "critical"}),
+    (lambda f: f.update(upgrades=""), {"host.upgrades": "warning"}),
+    (lambda f: f["sshd"].update(passwordauthentication="yes"), {"host.sshd": "critical"}),
+    (lambda f: f["sshd"].update(permitrootlogin="yes"), {"host.sshd": "critical"}),
+    (lambda f: f.update(nginx_t={"ok": False, "detail": ["unknown directive"]}), {"host.nginx": "critical"}),
+    (lambda f: f["listeners"].append(listen("udp", "0.0.0.0", 5353, ["avahi.service"], ["avahi"])), {"host.listen.public": "critical"}),
+    (lambda f: f["listeners"].append(listen("tcp", "::1", 6379, ["x.service"], ["redis-server"])),
+     {}),
+    (lambda f: f["postgres"]["hba"].append({"line": 9, "type": "host", "database": ["all"],
+                                            "user": ["all"], "address": "0.0.0.0",
+                                            "method": "scram-sha-256", "error": None}), {"host.postgres.hba": "critical"}),
+    (lambda f: f["postgres"]["hba"].append({"line": 9, "type": "local", "database": ["all"],
+                                            "user": ["all"], "address": None,
+                                            "method": "trust", "error": None}), {"host.postgres.hba": "critical"}),
+    (lambda f: f["postgres"].update(connections=85, max_connections=100), {"host.postgres.connections": "warning"}),
+    (lambda f: f["postgres"].update(connections=97, max_connections=100), {"host.postgres.connections": "critical"}),
+    (lambda f: f.update(certbot_hook=False), {"host.certbot": "warning"}),
+    (lambda f: f["disk"].update(used_pct=85.0), {"host.disk": "warning"}),
+    (lambda f: f["disk"].update(used_pct=95.0), {"host.disk": "critical"}),
+    (lambda f: f["sites"]["alpha"]["env"].update(mode=0o644), {"site.alpha.env": "critical"}),
+    (lambda f: f["sites"]["beta"]["tree"]["/srv/sites/beta/shared/logs"].update(uid=1002), {"site.beta.tree": "warning"}),
+    (lambda f: f["sites"]["alpha"]["user"].update(shell="/bin/bash"), {"site.alpha.user": "critical"}),
+    (lambda f: f["units"]["beta-api@4010.service"].update(active="failed"), {"site.beta.unit:beta-api@4010.service": "critical"}),
+    (lambda f: f["units"]["alpha-redis.service"].update(enabled="not enabled"), {"site.alpha.unit:alpha-redis.service": "critical"}),
+    (lambda f: f["exposure"].update({"alpha-redis.service": 4.2}), {"site.alpha.exposure:alpha-redis.service": "warning"}),
+    (lambda f: f["listeners"].append(listen("tcp", "0.0.0.0", 3101, ["alpha-frontend@3100.service"],
+                                            ["node"])), {"site.alpha.listen": "critical", "host.listen.public": "critical"}),
+    (lambda f: f["listeners"].append(listen("tcp", "127.0.0.1", 3110, ["alpha-x.service"],
+                                            ["node"])), {"site.alpha.listen": "critical"}),
+    (lambda f: f["sites"]["alpha"]["current"].update(target_exists=False), {"site.alpha.current": "critical"}),
+    (lambda f: f["sites"]["beta"]["releases"].extend(f"2026010{i}T000000Z" for i in range(8)), {"site.beta.releases": "warning"}),
+    (lambda f: f["postgres"]["databases"].update(beta=True), {"site.beta.database": "critical"}),
+    (lambda f: f["postgres"]["databases"].pop("alpha"), {"site.alpha.database": "critical"}),
+    (lambda f: f["sites"]["beta"]["actual"].update({NGINX_BETA: None}), {f"site.beta.file:{NGINX_BETA}": "warning"}),
+]
+
+
+@pytest.mark.parametrize("change, expected", BREAKAGES)
+def test_each_breakage_has_its_finding_and_exit_code(change, expected):
+    found = findings(change)
+    assert problems(found) == expected
+    assert checks.exit_code(found) == max((checks.RANK[s] for s in expected.values()), default=0)
+    for f in found:
+        if f.id in expected:
+            assert f.message and f.remedy
+
+
+def test_fixable_findings_name_their_repair():
+    fixes = {f.id: f.fix for f in findings(lambda f: (
+        f["sites"]["alpha"]["env"].update(mode=0o644),
+        f["units"]["alpha-redis.service"].update(active="inactive"),
+        f["sites"]["alpha"]["current"].update(target_exists=False),
+        f["ufw"].update(active=False)))}
+    assert fixes["site.alpha.env"] == "env" and fixes["site.alpha.current"] == "current"
+    assert fixes["site.alpha.unit:alpha-redis.service"] == "unit" and fixes["host.ufw"] is None
+
+
+def test_drift_diff_is_unified_and_never_shows_secrets():
+    redis_conf = "/etc/siteops/redis/beta.conf"
+
+    def edit(f):
+        text = f["sites"]["beta"]["actual"][redis_conf]
+        f["sites"]["beta"]["actual"][redis_conf] = text.replace("maxmemory 64mb", "maxmemory 1gb") \
+            .replace("requirepass PASSWORD-of-beta", "requirepass REDIS_URL-of-beta")
+    f = next(f for f in findings(edit) if f.id == f"site.beta.file:{redis_conf}")
+    assert f.severity == "warning" and f.fix == "render"
+    assert "-maxmemory 1gb\n" in f.diff and "+maxmemory 64mb\n" in f.diff
+    assert "REDIS_URL-of-beta" not in f.diff and "-requirepass ********" in f.diff
+
+
+@pytest.mark.parametrize("days, severity", [(30, "ok"), (20, "warning"), (6, "critical")])
+def test_tls_expiry_thresholds(days, severity):
+    import datetime
+    now = datetime.datetime(2026, 11, 25, 12, 0, 0)
+    end = (now + datetime.timedelta(days=days, hours=1)).strftime("%b %d %H:%M:%S %Y GMT")
+
+    def cert(f):
+        f["time"] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        f["sites"]["beta"]["tls"] = {"not_after": end, "disk_sha256": "ab", "served_sha256": "ab"}
+    found = {f.id: f for f in findings(cert)}
+    assert found["site.beta.tls.expiry"].severity == severity
+    assert found["site.beta.tls.served"].severity == "ok"
+
+
+def test_a_served_certificate_that_differs_is_critical():
+    def cert(f):
+        f["sites"]["beta"]["tls"] = {"not_after": "Dec 31 00:00:00 2030 GMT", "disk_sha256": "ab",
+                                     "served_error": "handshake failed"}
+    found = {f.id: f for f in findings(cert)}
+    assert found["site.beta.tls.served"].severity == "critical"
+    assert "handshake failed" in found["site.beta.tls.served"].message
+
+
+def test_json_document_and_text_report():
+    found = findings(lambda f: (f["disk"].update(used_pct=85.0),
+                                f["sites"]["alpha"]["env"].update(mode=0o644)))
+    sites = list(RECORDED["registry"]["sites"].values())
+    doc = json.loads(json.dumps(audit.document(found, ["site.x"], sites)))
+    assert set(doc) == {"version", "time", "host", "status", "exit_code", "counts", "sites",
+                        "fixed", "findings"}
+    assert (doc["status"], doc["exit_code"], doc["counts"]) == (
+        "critical", 2, {"ok": 53, "warning": 1, "critical": 1})
+    first = next(f for f in doc["findings"] if f["id"] == "site.alpha.env")
+    assert set(first) >= {"id", "severity", "subject", "message", "remedy"}
+    lines = audit.text_report(found, [])
+    assert lines[0].startswith("CRITICAL site.alpha.env: .env is 0644")
+    assert lines[2].startswith("WARNING  host.disk: disk 85.0% used")
+    assert lines[-1] == "audit CRITICAL: 55 checks, 53 ok, 1 warning(s), 1 critical"
