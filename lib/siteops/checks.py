@@ -22,6 +22,7 @@ MAX_EXPOSURE = 1.5
 TLS_WARN_DAYS, TLS_CRIT_DAYS = 21, 7
 DISK_WARN, DISK_CRIT = 80, 90
 PG_CONN_WARN, PG_CONN_CRIT = 80, 95
+ISO = "%Y-%m-%dT%H:%M:%SZ"
 
 
 @dataclass
@@ -294,8 +295,8 @@ def tls_checks(site: dict, sf: dict, now: str) -> list[Finding]:
     if tls is None:
         return []
     try:
-        end = datetime.datetime.strptime(tls["not_after"], "%b %d %H:%M:%S %Y %Z")
-        days = (end - datetime.datetime.strptime(now, "%Y-%m-%dT%H:%M:%SZ")).days
+        end = datetime.datetime.strptime(tls["not_after"] or "", ISO)
+        days = (end - datetime.datetime.strptime(now, ISO)).days
     except ValueError:
         return [Finding(f"site.{name}.tls", CRITICAL, name, "cannot read the certificate's "
                         "expiry date", "openssl x509 -noout -enddate -in fullchain.pem")]

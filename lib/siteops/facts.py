@@ -16,8 +16,8 @@ import ssl
 from pathlib import Path
 
 from . import (distro, envfile, firewall, layout, logrotate, nginx, postgres, redis, registry,
-               systemd)
-from .errors import CommandError
+               systemd, tls)
+from .errors import CommandError, SiteopsError
 from .system import Host
 
 HBA_AND_DATABASES = """\
@@ -115,14 +115,13 @@ def tls_facts(host: Host, site: dict) -> dict | None:
     pem = (certs / "fullchain.pem").read_text()
     first = pem[:pem.index("-----END CERTIFICATE-----") + 25]
     facts = {"disk_sha256": hashlib.sha256(ssl.PEM_cert_to_DER_cert(first)).hexdigest()}
-    end = host.query(["openssl", "x509", "-noout", "-enddate"], input=first, ok=range(256)).out
-    facts["not_after"] = end.strip().partition("=")[2]
+    facts["not_after"] = tls.not_after(host, certs / "fullchain.pem")
     try:
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
         with socket.create_connection(("127.0.0.1", 443), timeout=5) as raw:
-            with ctx.wrap_socket(raw, server_hostname=site["domains"][0]) as tls:
-                facts["served_sha256"] = hashlib.sha256(tls.getpeercert(True)).hexdigest()
+            with ctx.wrap_socket(raw, server_hostname=site["domains"][0]) as conn:
+                facts["served_sha256"] = hashlib.sha256(conn.getpeercert(True)).hexdigest()
     except (OSError, ssl.SSLError) as exc:
         facts["served_error"] = str(exc)
     return facts
@@ -149,7 +148,7 @@ def expected_files(host: Host, site: dict, nginx_version: tuple[int, ...],
             if command:
                 try:
                     command = systemd.resolve_command(rel, command)
-                except Exception:  # the release is gone: the `current` check reports it
+                except SiteopsError:  # the release is gone: the `current` check reports it
                     continue
                 files[str(systemd.dropin(host, name, c, port))] = systemd.render_dropin(
                     name, live["release"], rel, command, ports)

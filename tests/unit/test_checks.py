@@ -121,7 +121,7 @@ def test_drift_diff_is_unified_and_never_shows_secrets():
 def test_tls_expiry_thresholds(days, severity):
     import datetime
     now = datetime.datetime(2026, 11, 25, 12, 0, 0)
-    end = (now + datetime.timedelta(days=days, hours=1)).strftime("%b %d %H:%M:%S %Y GMT")
+    end = (now + datetime.timedelta(days=days, hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def cert(f):
         f["time"] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -133,7 +133,7 @@ def test_tls_expiry_thresholds(days, severity):
 
 def test_a_served_certificate_that_differs_is_critical():
     def cert(f):
-        f["sites"]["beta"]["tls"] = {"not_after": "Dec 31 00:00:00 2030 GMT", "disk_sha256": "ab",
+        f["sites"]["beta"]["tls"] = {"not_after": "2030-12-31T00:00:00Z", "disk_sha256": "ab",
                                      "served_error": "handshake failed"}
     found = {f.id: f for f in findings(cert)}
     assert found["site.beta.tls.served"].severity == "critical"

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 
-from .. import cli, facts, nginx, registry, releases, systemd, validate
+from .. import cli, facts, nginx, registry, releases, systemd, tls, validate
 from ..system import Host
 
 DESCRIPTION = """\
@@ -36,14 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def tls_expiry(host: Host, site: dict) -> str | None:
     certs = nginx.cert_dir(host, site)
-    if certs is None:
-        return None
-    out = host.query(["openssl", "x509", "-noout", "-enddate", "-in", certs / "fullchain.pem"],
-                     ok=range(256)).out.strip().partition("=")[2]
-    try:
-        return datetime.datetime.strptime(out, "%b %d %H:%M:%S %Y %Z").strftime("%Y-%m-%d")
-    except ValueError:
-        return None
+    end = tls.not_after(host, certs / "fullchain.pem") if certs else None
+    return end[:10] if end else None
 
 
 def summary(host: Host, site: dict, du: dict, states: dict) -> dict:

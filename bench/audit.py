@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Benchmark: audit over many sites.
+
+Boots the box (tests/box), bootstraps it, adds --sites sites and deploys a
+small Node.js app to each, then times `audit` and `audit --json` over the
+first 10, 25 and all of them (median of --repeat runs each) and prints
+seconds in total and per site. Goal: under 10 s for 50 sites on a 2-core
+machine, growing linearly. Needs root. Run: sudo python3 bench/audit.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests/box"))
+
+from machine import SRC, Box, build_image, commit  # noqa: E402
+
+APP = {"server.js": 'require("http").createServer((q, r) => r.end("ok\\n"))'
+                    '.listen(Number(process.env.PORT), process.env.HOST);\n',
+       "siteops.toml": '[frontend]\nstart = "node server.js"\n'}
+
+
+def timed(box: Box, command: str, repeat: int) -> float:
+    runs = []
+    for _ in range(repeat):
+        start = time.monotonic()
+        res = box.sh(f"{SRC}/bin/{command} >/dev/null", check=False)
+        runs.append(time.monotonic() - start)
+        if res.returncode not in (0, 1):
+            raise SystemExit(f"{command} exited {res.returncode}: {res.stderr}")
+    return statistics.median(runs)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sites", type=int, default=50)
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args()
+    box = Box(build_image()).start()
+    try:
+        box.siteops("bootstrap")
+        commit(box, "/srv/repos/app", APP, "app")
+        start = time.monotonic()
+        names = [f"s{i:02d}" for i in range(args.sites)]
+        for name in names:
+            box.siteops(f"add-site {name} --domain {name}.test --components frontend")
+            box.siteops(f"deploy {name} --repo /srv/repos/app")
+        print(f"provisioned and deployed {args.sites} sites in {time.monotonic() - start:.0f} s")
+        print(f"{'sites':>6} {'audit s':>9} {'s/site':>8} {'--json s':>9} {'s/site':>8}")
+        for n in sorted({10, 25, args.sites} & set(range(1, args.sites + 1))):
+            subset = " ".join(names[:n])
+            text = timed(box, f"audit {subset}", args.repeat)
+            js = timed(box, f"audit --json {subset}", args.repeat)
+            print(f"{n:>6} {text:>9.2f} {text / n:>8.3f} {js:>9.2f} {js / n:>8.3f}")
+    finally:
+        box.stop()
+
+
+if __name__ == "__main__":
+    main()
