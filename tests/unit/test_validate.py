@@ -68,26 +68,20 @@ BAD_REFS = ["-x", "--output=/tmp/x", "main..dev", "a b", "a~1", "a^", "a:b", "a?
 GOOD_REFS = ["main", "v1.4.2", "feature/login", "HEAD", "0123abcd" * 5, "release-2026_11"]
 
 
-@pytest.mark.parametrize("value", BAD_URLS)
-def test_bad_repository_urls_are_refused(value):
-    with pytest.raises(UsageError, match="invalid repository"):
-        validate.repo_url(value)
+GIT_INPUT = [(validate.repo_url, v, "invalid repository") for v in BAD_URLS] + \
+            [(validate.git_ref, v, "invalid ref") for v in BAD_REFS]
 
 
-@pytest.mark.parametrize("value", GOOD_URLS)
-def test_good_repository_urls_pass(value):
-    assert validate.repo_url(value) == value
+@pytest.mark.parametrize("check, value, message", GIT_INPUT)
+def test_bad_git_input_is_refused(check, value, message):
+    with pytest.raises(UsageError, match=message):
+        check(value)
 
 
-@pytest.mark.parametrize("value", BAD_REFS)
-def test_bad_refs_are_refused(value):
-    with pytest.raises(UsageError, match="invalid ref"):
-        validate.git_ref(value)
-
-
-@pytest.mark.parametrize("value", GOOD_REFS)
-def test_good_refs_pass(value):
-    assert validate.git_ref(value) == value
+@pytest.mark.parametrize("check, value", [(validate.repo_url, v) for v in GOOD_URLS]
+                         + [(validate.git_ref, v) for v in GOOD_REFS])
+def test_good_git_input_passes(check, value):
+    assert check(value) == value
 
 
 def test_release_ids_and_keep_counts():
