@@ -26,6 +26,9 @@ from .errors import CommandError, SiteopsError
 from .paths import Paths
 
 REDACTED = "********"
+# Every command runs with the full system PATH: cron's (/usr/bin:/bin) has no
+# nginx, sshd or ufw, and the caller's PATH should not choose our programs.
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass
@@ -51,7 +54,7 @@ def run_command(argv: Sequence[str], input: str | bytes | None = None, timeout: 
     With stream, stdout and stderr are merged and each line is passed to it as it
     arrives (a build's progress); the result then holds the whole output."""
     argv = [str(a) for a in argv]
-    full_env = {**os.environ, "LC_ALL": "C", **(env or {})}
+    full_env = {**os.environ, "LC_ALL": "C", "PATH": PATH, **(env or {})}
     if stream is not None:
         return _run_streaming(argv, input, timeout, full_env, stream)
     binary = isinstance(input, bytes)  # e.g. an archive piped to tar

@@ -193,3 +193,10 @@ def test_sites_list_show_and_doc(host):
     assert doc.startswith("## ACTIVE SITES REGISTRY (generated)")
     assert "### Site #2: beta" in doc and "| api | 4010 | active |" in doc
     assert "| beta.test | beta | no certificate |" in doc
+
+
+def test_audit_works_unchanged_from_cron(host):
+    # cron's environment: PATH=/usr/bin:/bin, no HOME, no terminal.
+    res = host.sh(f"env -i PATH=/usr/bin:/bin SHELL=/bin/sh {SRC}/bin/audit </dev/null", check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.strip().splitlines()[-1].startswith("audit OK:") and "\x1b[" not in res.stdout

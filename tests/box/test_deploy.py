@@ -335,3 +335,28 @@ def test_a_private_repository_is_fetched_with_the_sites_deploy_key(host):
     host.sh("mv /root/pyapp.key /etc/siteops/deploy-keys/pyapp")
     assert res.returncode == 1 and "Permission denied (publickey" in res.stderr, res.stderr
     assert curl(host, "pyapp.test").startswith("pyapp frontend ")
+
+
+def test_a_static_site_serves_its_directory_and_nothing_else(host):
+    host.siteops("add-site web --domain web.test --components frontend")
+    commit(host, "/srv/repos/web", {"public/index.html": "<h1>web v1</h1>\n",
+                                    "notes.txt": "not for the public\n",
+                                    "siteops.toml": 'runtime = "static"\n'}, "web")
+    deploy(host, "web --repo /srv/repos/web")
+    assert curl(host, "web.test") == "<h1>web v1</h1>\n"
+    for path in ("/.env", "/notes.txt", "/../.env"):
+        code = host.sh(f"curl -s -o /dev/null -w '%{{http_code}}' -H 'Host: web.test' "
+                       f"--path-as-is http://127.0.0.1{path}").stdout
+        assert code in ("400", "404"), (path, code)
+
+
+def test_without_pnpm_node_apps_install_with_npm(host):
+    host.sh("mv /usr/local/bin/pnpm /usr/local/bin/pnpm.off")
+    try:
+        version(host, "v11")
+        out = deploy(host, "nodeapp").stdout
+    finally:
+        host.sh("mv /usr/local/bin/pnpm.off /usr/local/bin/pnpm")
+    assert "==> install: npm install --include=dev --no-audit --no-fund" in out
+    assert "==> build: npm run build" in out and "    building v11" in out
+    assert curl(host, "nodeapp.test").startswith("nodeapp v11 ")
