@@ -123,7 +123,8 @@ def wait_healthy(host: Host, site: dict, record: dict, ports: dict[str, int],
                 unit = systemd.instance(site["name"], c, port)
                 state, restarts = unit_state(host, unit)
                 if restarts or state in ("failed", "inactive", "deactivating"):
-                    raise SiteopsError(f"{unit} exited while starting (state {state})")
+                    raise SiteopsError(f"{unit} exited while starting" + (
+                        f" (restarted {restarts} time(s))" if restarts else f" ({state})"))
                 code = http_status(host, domain, port, record["health"][c])
                 if 200 <= code < 400:
                     host.say(f"{'':13}{c} answered {code} on port {port}")
