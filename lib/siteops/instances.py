@@ -199,6 +199,47 @@ def switch(host: Host, site: dict, rid: str, record: dict,
     return site
 
 
+def dropins_match(host: Host, site: dict) -> bool:
+    """True if the live instances' drop-ins are what the registry renders."""
+    live = site.get("live")
+    record = site.get("releases", {}).get(live["release"], {}) if live else {}
+    if not record.get("commands"):
+        return True
+    rel = release_dir(host, site["name"], live["release"])
+    ports = registry.live_ports(site)
+    try:
+        return all(host.read(systemd.dropin(host, site["name"], c, p)) == systemd.render_dropin(
+                       site["name"], live["release"], rel,
+                       systemd.resolve_command(rel, record["commands"][c]), ports)
+                   for c, p in ports.items())
+    except SiteopsError:  # the release is gone; audit's `current` check says so
+        return True
+
+
+def refresh(host: Host, site: dict, changed_units: list[str], force: bool = False) -> dict:
+    """Make the live release run under unit files that changed (or drop-ins that
+    drifted, with force): the same health-gated switch as a deploy, to the same
+    release on fresh instances, so no request is dropped. Returns the entry."""
+    name, live = site["name"], site.get("live")
+    templates = {systemd.app_unit(name, c) for c in site["components"]}
+    if not live or not (force or templates & set(changed_units)):
+        return site
+    record = site.get("releases", {}).get(live["release"], {})
+    if host.dry_run or not record.get("commands"):
+        with host.step(f"restart {', '.join(systemd.live_instances(site))}"):
+            for unit in systemd.live_instances(site):
+                host.run(["systemctl", "restart", unit])
+        return site
+    host.say(f"{'':13}unit files of {name} changed: moving release {live['release']} to fresh "
+             "instances")
+    event = {"action": "restart", "release": live["release"], "from": live["release"],
+             "user": releases.who(), "at": registry.now(), "result": "ok",
+             "reason": "unit files changed"}
+    with registry.site_locked(host, name, f"restart {name} on new unit files"):
+        return switch(host, site, live["release"], record,
+                      lambda entry: releases.record_event(entry, event))
+
+
 def running_instances(host: Host, name: str) -> list[str]:
     """Every loaded instance of the site's component templates."""
     out = host.query(["systemctl", "list-units", "--all", "--plain", "--no-legend",

@@ -85,7 +85,9 @@ def is_enabled(host: Host, unit: str) -> bool:
 
 
 def ensure_units(host: Host, site: dict) -> list[str]:
-    """Write a site's unit files (verified) and reload systemd; return changed units."""
+    """Write a site's unit files (verified) and reload systemd; return changed units.
+    A changed Redis unit is restarted here; live app instances are the caller's
+    (instances.refresh moves them to fresh instances without a dropped request)."""
     units = render_units(host, site)
     paths = {u: host.paths.unit(u) for u in units}
     services = [str(paths[u]) for u in units if u.endswith(".service")]
@@ -98,10 +100,8 @@ def ensure_units(host: Host, site: dict) -> list[str]:
     remove_legacy_units(host, site)
     if changed:
         host.run(["systemctl", "daemon-reload"])
-        for unit in live_units(site):
-            template = unit.split("@")[0] + "@.service" if "@" in unit else unit
-            if template in changed and is_active(host, unit):
-                host.run(["systemctl", "restart", unit])
+        if redis_unit(site["name"]) in changed and is_active(host, redis_unit(site["name"])):
+            host.run(["systemctl", "restart", redis_unit(site["name"])])
     return changed
 
 

@@ -360,3 +360,20 @@ def test_without_pnpm_node_apps_install_with_npm(host):
     assert "==> install: npm install --include=dev --no-audit --no-fund" in out
     assert "==> build: npm run build" in out and "    building v11" in out
     assert curl(host, "nodeapp.test").startswith("nodeapp v11 ")
+
+
+def test_changed_unit_files_move_the_live_release_without_dropping_a_request(host):
+    live, before = live_release(host), registry(host)["sites"]["nodeapp"]["live"]["offset"]
+    host.sh("sed -i 's/^RestartSec=2s/RestartSec=3s/' /etc/systemd/system/nodeapp-frontend@.service")
+    load = Load(host, "nodeapp.test")
+    out = host.siteops("add-site nodeapp --domain nodeapp.test").stdout
+    time.sleep(1)
+    samples = load.stop()
+    assert "moving release" in out
+    assert [s for s in samples if s[2] != 200] == [] and len(samples) > 50
+    site = registry(host)["sites"]["nodeapp"]
+    assert site["live"] == {"release": live, "offset": 1 - before}
+    assert site["history"][-1]["action"] == "restart"
+    assert "RestartSec=2s" in host.sh("systemctl cat nodeapp-frontend@.service").stdout
+    port = 3100 + site["live"]["offset"]
+    assert curl(host, "nodeapp.test").startswith(f"nodeapp v11 {port} {live} ")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .. import (cli, distro, envfile, fail2ban, layout, logrotate, network, nginx, postgres,
-                redis, registry, systemd, users, validate)
+from .. import (cli, distro, envfile, fail2ban, instances, layout, logrotate, network, nginx,
+                postgres, redis, registry, systemd, users, validate)
 from ..errors import SiteopsError, UsageError
 from ..system import Host
 
@@ -27,7 +27,8 @@ What it creates:
   redis       NAME-redis.service, the site's own password-protected instance
   systemd     templates NAME-frontend@.service / NAME-api@.service (the
               instance is the port) in siteops-NAME.slice, hardened; deploy
-              starts them
+              starts them; when they change, the live release moves to fresh
+              instances without dropping a request
   nginx       sites-available/NAME.conf (+ enabled link): rate limits (API
               10 r/s burst 20, general 30 r/s burst 50, status 429), ACME
               path exempt, TLS when a certificate exists; a placeholder page
@@ -98,8 +99,9 @@ def plan_entry(host: Host, data: dict, args: argparse.Namespace) -> dict:
     return site
 
 
-def provision(host: Host, site: dict, db_port: int) -> None:
-    """Converge every resource of the site, in dependency order."""
+def provision(host: Host, site: dict, db_port: int) -> list[str]:
+    """Converge every resource of the site, in dependency order; return the
+    units whose files changed."""
     name = site["name"]
     with host.step(f"user {name}"):
         users.ensure_site_user(host, name, host.paths.site(name))
@@ -111,9 +113,12 @@ def provision(host: Host, site: dict, db_port: int) -> None:
     db_password, redis_password = envfile.passwords(env_text)
     postgres.ensure_site_database(host, name, db_password)
     with host.step(f"redis config {name}"):
-        redis.ensure_site_conf(host, site, redis_password)
+        redis_changed = redis.ensure_site_conf(host, site, redis_password)
     with host.step(f"systemd units of {name}"):
-        systemd.ensure_units(host, site)
+        changed = systemd.ensure_units(host, site)
+        if redis_changed and systemd.redis_unit(name) not in changed \
+                and systemd.is_active(host, systemd.redis_unit(name)):
+            host.run(["systemctl", "restart", systemd.redis_unit(name)])
     with host.step(f"{systemd.redis_unit(name)} running"):
         systemd.ensure_started(host, systemd.redis_unit(name))
     for unit in systemd.live_instances(site):  # once deployed, keep the live release up
@@ -124,6 +129,7 @@ def provision(host: Host, site: dict, db_port: int) -> None:
     if f"nginx site {name}" in host.changed_steps:
         with host.step("fail2ban watches the site's nginx error log"):
             fail2ban.reload(host)
+    return changed
 
 
 def run(host: Host, args: argparse.Namespace) -> None:
@@ -138,13 +144,14 @@ def run(host: Host, args: argparse.Namespace) -> None:
         host.say(f"site {args.name}: slot {site['slot']}, ports "
                  + ", ".join(f"{k} {v}" for k, v in site["ports"].items()))
         db_port = postgres.clusters(host)[0].port
-        provision(host, site, db_port)
+        changed = provision(host, site, db_port)
         if not host.dry_run:
             site["uid"] = users.lookup(host, args.name).uid
         if site.get("state") != registry.READY:
             site["state"] = registry.READY
             site["updated"] = registry.now()
         registry.save(host, data)
+    instances.refresh(host, site, changed)  # after the registry lock: it takes it itself
 
 
 def main(argv: list[str] | None = None, host: Host | None = None) -> int:

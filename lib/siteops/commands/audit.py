@@ -91,17 +91,15 @@ def repair(host: Host, site: dict, kinds: set[str]) -> None:
             host.write(env_path, env_text, 0o600, name, name)
     if "render" in kinds:
         with host.step(f"systemd units of {name}"):
-            systemd.ensure_units(host, site)
-            live = site.get("live")
-            record = site.get("releases", {}).get(live["release"], {}) if live else {}
-            if live and record.get("commands"):
-                instances.ensure_dropins(host, site, live["release"], record,
-                                         registry.live_ports(site))
+            changed = systemd.ensure_units(host, site)
         if env_text is not None:
             with host.step(f"redis config {name}"):
-                redis.ensure_site_conf(host, site, envfile.passwords(env_text)[1])
+                if redis.ensure_site_conf(host, site, envfile.passwords(env_text)[1]) \
+                        and systemd.is_active(host, systemd.redis_unit(name)):
+                    host.run(["systemctl", "restart", systemd.redis_unit(name)])
         nginx.ensure_site(host, site, layout.logs(host, name))
         logrotate.ensure_site(host, site)
+        site = instances.refresh(host, site, changed, force=not instances.dropins_match(host, site))
     if "unit" in kinds:
         for unit in systemd.live_units(site):
             with host.step(f"{unit} running"):
@@ -167,6 +165,7 @@ def run(host: Host, args: argparse.Namespace) -> int:
             if kinds:
                 repair(host, site, kinds)
         if broken and not host.dry_run:
+            sites = selected(registry.load(host), args.sites)  # a repair may move instances
             findings = run_checks(host, sites)
             still = {f.id for f in findings if f.severity != checks.OK}
             fixed = sorted({f.id for f in broken} - still)
