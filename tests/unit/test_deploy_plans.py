@@ -143,3 +143,15 @@ def test_rollback_refuses_impossible_targets(shop, to, message):
         rollback.choose(shop, to)
     with pytest.raises(system.SiteopsError, match="no earlier good release"):
         rollback.choose(shop, None)  # R1 is live and the oldest
+
+
+def test_refresh_switches_only_when_a_component_template_changed(root, shop):
+    host, runner = prepared_host(root, shop, healthy())
+    assert instances.refresh(host, shop, ["shop-redis.service", "siteops-shop.slice"]) is shop
+    assert planned_commands(host) == []
+    site = instances.refresh(host, shop, ["shop-frontend@.service"])
+    assert site["live"] == {"release": R1, "offset": 1}  # same release, fresh instance
+    assert planned_commands(host)[:2] == ["systemctl daemon-reload",
+                                          "systemctl start shop-frontend@3101.service"]
+    assert registry.load(host)["sites"]["shop"]["history"][-1]["action"] == "restart"
+    assert (root / "srv/sites/shop/current").readlink().as_posix() == f"releases/{R1}"
