@@ -44,7 +44,7 @@ def test_list_shows_live_ports_and_disk(root):
 def test_doc_is_the_reference_registry_section(root):
     write_registry(root)
     host, runner = make_host(root, rules(root))
-    assert sites.main(["--dry-run", "doc"], host) == 0
+    assert sites.main(["doc", "--dry-run"], host) == 0
     doc = host.out.getvalue()
     assert doc.startswith("## ACTIVE SITES REGISTRY (generated)\n")
     for heading in ("### Site #1: alpha", "### Site #2: beta", "### Port allocation summary",

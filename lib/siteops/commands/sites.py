@@ -23,13 +23,20 @@ list and show take --json. Read-only.
 def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("sites", DESCRIPTION, "examples:\n  sudo sites list\n"
                    "  sudo sites show shop --json\n  sudo sites doc > registry.md\n")
+    # The common flags also after the action (`sites doc --dry-run`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
+                        help="read-only anyway; lets a non-root user try (as far as it can read)")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show a traceback on unexpected errors")
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, help_ in (("list", "one line per site"), ("show", "one site in detail")):
-        sp = sub.add_parser(action, help=help_)
+        sp = sub.add_parser(action, help=help_, parents=[common])
         if action == "show":
             sp.add_argument("name", type=validate.site_name)
         sp.add_argument("--json", action="store_true", help="print JSON")
-    sub.add_parser("doc", help="Markdown for the architecture document's registry section")
+    sub.add_parser("doc", help="Markdown for the architecture document's registry section",
+                   parents=[common])
     return p
 
 
