@@ -151,6 +151,10 @@ def build(host: Host, site: dict, rid: str, commit: str, args: argparse.Namespac
     files = git.top_level(host, name, commit)
     runtime = manifest.detect_runtime(m, files)
     check_runtime(host, runtime)
+    extra = sorted((set(m.starts) | set(m.health)) - set(site["components"]))
+    if extra:
+        host.say(f"note: {manifest.FILE} describes {', '.join(extra)}, which site {name} does "
+                 f"not have (add-site {name} --components ... adds it); ignored")
     commands = manifest.start_commands(m, runtime, site["components"], site.get("commands", {}),
                                        dict(args.start))
     health = {c: m.health.get(c, "/") for c in site["components"]}
