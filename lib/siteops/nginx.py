@@ -62,8 +62,11 @@ def cloudflare_list(host: Host) -> str:
 def base_files(host: Host, version: tuple[int, ...]) -> dict[Path, str]:
     """The shared files bootstrap owns, by path."""
     n = host.paths.nginx
+    # Debian 13's nginx.conf already says `server_tokens off;`; a second one is an error.
+    main_conf = host.read(n / "nginx.conf") or ""
+    tokens = "" if re.search(r"^\s*server_tokens\s", main_conf, re.M) else "server_tokens off;\n"
     return {
-        n / "conf.d" / "siteops.conf": render("nginx/siteops.conf"),
+        n / "conf.d" / "siteops.conf": render("nginx/siteops.conf", server_tokens=tokens),
         n / "snippets" / "siteops-proxy.conf": render("nginx/proxy.conf"),
         n / "snippets" / "siteops-tls.conf": render("nginx/tls.conf"),
         n / "snippets" / "siteops-realip.conf": realip_snippet(cloudflare_list(host)),

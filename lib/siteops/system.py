@@ -300,9 +300,10 @@ class Host:
         if res.code != 0:
             for path, snap in snaps.items():
                 self.put_back(path, snap)
-            detail = (res.err or res.out).strip().splitlines() or ["no output"]
+            lines = (res.err or res.out).strip().splitlines() or ["no output"]
+            cause = [l for l in lines if "emerg" in l or "error" in l.lower()] or lines[-1:]
             raise SiteopsError(f"{what}: `{shlex.join(check)}` failed, previous files restored: "
-                               f"{detail[-1]}")
+                               f"{cause[0]}")
 
     def snapshot(self, path: Path) -> tuple | None:
         """What path is now (file text and metadata, or symlink target), for put_back."""

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build (once) the cached Debian 12 root image that box tests boot with
+# Build (once) the cached Debian root image that box tests boot with
 # systemd-nspawn. The box has no network, so everything bootstrap would
 # install is put in here from the host; bootstrap then finds it present and
 # skips apt. Prints the image path. The build goes to a temporary directory
@@ -10,9 +10,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${SITEOPS_BOX_CACHE:-/var/cache/siteops-box}
 mirror=${SITEOPS_BOX_MIRROR:-http://deb.debian.org/debian}
+suite=${SITEOPS_BOX_SUITE:-bookworm}   # trixie: Debian 13
 packages=$(grep -v '^#' "$here/image-packages.txt" | xargs)
 key=$(cat "$0" "$here/image-packages.txt" | sha256sum | cut -c1-12)
-image="$cache/bookworm-$key"
+image="$cache/$suite-$key"
 
 if [ -d "$image" ]; then
     echo "$image"
@@ -28,7 +29,7 @@ trap cleanup EXIT
 echo "box image: debootstrap into $tmp" >&2
 debootstrap --variant=minbase \
     --include=systemd,systemd-sysv,dbus,iproute2,ca-certificates \
-    bookworm "$tmp" "$mirror" >&2
+    "$suite" "$tmp" "$mirror" >&2
 
 # Services must not start inside the chroot while packages install.
 printf '#!/bin/sh\nexit 101\n' > "$tmp/usr/sbin/policy-rc.d"

@@ -118,9 +118,9 @@ def test_a_site_process_listening_where_it_must_not_is_critical(host, command, p
 
 @pytest.mark.parametrize("break_it, repair, finding", [
     ("ufw disable", "ufw --force enable", "host.ufw"),
-    ("echo 'host all all 0.0.0.0/0 scram-sha-256' >> /etc/postgresql/15/main/pg_hba.conf "
-     "&& systemctl reload postgresql@15-main",
-     "sed -i '$d' /etc/postgresql/15/main/pg_hba.conf && systemctl reload postgresql@15-main",
+    ("echo 'host all all 0.0.0.0/0 scram-sha-256' >> /etc/postgresql/*/main/pg_hba.conf "
+     "&& systemctl reload 'postgresql@*-main'",
+     "sed -i '$d' /etc/postgresql/*/main/pg_hba.conf && systemctl reload 'postgresql@*-main'",
      "host.postgres.hba"),
 ])
 def test_host_breakage_is_critical_and_left_to_a_human(host, break_it, repair, finding):

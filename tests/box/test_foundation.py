@@ -69,7 +69,8 @@ def test_bootstrap_and_add_site_report_their_changes(host):
 
 
 def test_every_unit_is_active(host):
-    units = ("nginx postgresql@15-main fail2ban ssh alpha-frontend@3100 alpha-redis "
+    pg = host.sh("pg_lsclusters -h").stdout.split()[0]  # 15 on Debian 12, 17 on Debian 13
+    units = (f"nginx postgresql@{pg}-main fail2ban ssh alpha-frontend@3100 alpha-redis "
              "beta-frontend@3110 beta-api@4010 beta-redis gamma-redis")
     out = host.sh(f"systemctl is-active {units}", check=False).stdout.split()
     assert out == ["active"] * len(units.split()), out

@@ -21,6 +21,7 @@ API_ONLY = dict(SITE, name="api1", components=["api"], ports={"api": 4030, "redi
 LOGS = Path("/srv/sites/shop/shared/logs")
 CERTS = Path("/etc/letsencrypt/live/shop.example.com")
 HOST = Host(paths=Paths())
+NO_SERVER = Host(paths=Paths(Path(__file__).parent / "no-such-root"))  # reads find nothing
 LIVE = dict(SITE, live={"release": "20261125T201500Z", "offset": 1})
 API_ONLY_LIVE = dict(API_ONLY, live={"release": "20261125T201500Z", "offset": 0})
 
@@ -31,7 +32,7 @@ def renders():
     yield "nginx-site-live-tls-1.22.conf", nginx.site_config(LIVE, (1, 22, 1), CERTS, LOGS)
     yield "nginx-site-api-only-tls-1.26.conf", nginx.site_config(API_ONLY_LIVE, (1, 26, 3), CERTS, LOGS)
     for version in ((1, 22, 1), (1, 26, 3)):
-        for path, text in nginx.base_files(HOST, version).items():
+        for path, text in nginx.base_files(NO_SERVER, version).items():
             yield f"nginx-base-{'.'.join(map(str, version[:2]))}-{path.name}", text
     for unit, text in systemd.render_units(HOST, SITE).items():
         yield f"systemd-{unit}", text
