@@ -1,4 +1,4 @@
-"""Box tier: a real booted systemd machine with bootstrap run in it once."""
+"""Box tier: a real booted systemd machine (Debian 12 and 13) per test module."""
 
 import os
 
@@ -7,11 +7,15 @@ import pytest
 from machine import Box, build_image
 
 
-@pytest.fixture(scope="session")
-def image():
+# Every box test runs on each suite: Debian 12 (bookworm) and 13 (trixie).
+SUITES = os.environ.get("SITEOPS_BOX_SUITES", "bookworm trixie").split()
+
+
+@pytest.fixture(scope="session", params=SUITES)
+def image(request):
     if os.geteuid() != 0:
         pytest.fail("box tests need root (systemd-nspawn, mount)")
-    return build_image()
+    return build_image(request.param)
 
 
 @pytest.fixture(scope="module")

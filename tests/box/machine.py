@@ -1,5 +1,5 @@
 """A real booted systemd machine for box tests: systemd-nspawn over an overlay
-of the cached Debian 12 image, private network, the checkout bound read-only
+of a cached Debian 12 or 13 image, private network, the checkout bound read-only
 at /opt/siteops-src. Test code drives it only through `Box.sh`."""
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ SRC = "/opt/siteops-src"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def build_image() -> Path:
-    """Build the cached root image if missing and return its path."""
+def build_image(suite: str | None = None) -> Path:
+    """Build the cached root image of a Debian suite (default: bookworm, or
+    $SITEOPS_BOX_SUITE) if missing and return its path."""
+    env = dict(os.environ, **({"SITEOPS_BOX_SUITE": suite} if suite else {}))
     out = subprocess.run(["bash", str(REPO / "tests/box/build-image.sh")],
-                         check=True, capture_output=True, text=True)
+                         check=True, capture_output=True, text=True, env=env)
     return Path(out.stdout.strip().splitlines()[-1])
 
 

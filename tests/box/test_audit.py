@@ -1,4 +1,4 @@
-"""audit and sites on a real booted Debian 12 machine: two deployed sites
+"""audit and sites on real booted Debian 12 and 13 machines: two deployed sites
 audit clean, then each breakage is made by hand, found with the right id,
 severity and exit code, and repaired by --fix where that is safe."""
 

@@ -1,4 +1,4 @@
-"""deploy and rollback on a real booted Debian 12 machine: git repositories
+"""deploy and rollback on real booted Debian 12 and 13 machines: git repositories
 made in the box, real builds in the systemd sandbox, real health checks, nginx
 switches measured with a steady load of requests."""
 

@@ -1,4 +1,4 @@
-"""bootstrap and add-site on a real booted Debian 12 machine, checked with the
+"""bootstrap and add-site on real booted Debian 12 and 13 machines, checked with the
 real tools: systemctl, nginx -t, curl, runuser, psql, redis-cli, ufw,
 systemd-analyze."""
 
