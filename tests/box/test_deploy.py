@@ -377,3 +377,17 @@ def test_changed_unit_files_move_the_live_release_without_dropping_a_request(hos
     assert "RestartSec=2s" in host.sh("systemctl cat nodeapp-frontend@.service").stdout
     port = 3100 + site["live"]["offset"]
     assert curl(host, "nodeapp.test").startswith(f"nodeapp v11 {port} {live} ")
+
+
+def test_refs_can_be_a_tag_or_a_commit(host):
+    tagged = version(host, "v12")
+    host.sh(f"git -C {NODE_REPO} tag release-12 {tagged}")
+    version(host, "v13")  # the branch moves on; the tag and the commit do not
+    deploy(host, "nodeapp --ref release-12")
+    site = registry(host)["sites"]["nodeapp"]
+    assert site["releases"][site["live"]["release"]]["commit"] == tagged
+    assert curl(host, "nodeapp.test").startswith("nodeapp v12 ")
+    deploy(host, f"nodeapp --ref {tagged[:10]}")
+    assert curl(host, "nodeapp.test").startswith("nodeapp v12 ")
+    deploy(host, "nodeapp --ref main")
+    assert curl(host, "nodeapp.test").startswith("nodeapp v13 ")
