@@ -107,6 +107,11 @@ def repo_url(value: str) -> str:
         raise InvalidInput(
             f"invalid repository {value!r}: use https://, ssh://, file://, user@host:path "
             "or an absolute path (no options, helper transports or spaces)")
+    if value.startswith("https://") and "@" in value.split("/")[2]:
+        # Never echoed: it would reach the registry, the output and actions.jsonl.
+        raise InvalidInput("invalid repository: credentials in an https:// URL would be stored "
+                           "and shown; use an ssh:// URL with a deploy key in "
+                           "/etc/siteops/deploy-keys/NAME")
     return value
 
 

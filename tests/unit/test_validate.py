@@ -60,7 +60,8 @@ def test_start_command_parses():
 BAD_URLS = ["--upload-pack=touch /tmp/x", "-oProxyCommand=x", "ext::sh -c touch% /tmp/x",
             "fd::17", "https://exa mple.com/x.git", "ftp://example.com/x.git", "relative/path",
             "git@host:-oProxyCommand=x", "/srv/repo\nx", "", "https://x/" + "a" * 1000,
-            "transport::https://example.com/x.git"]
+            "transport::https://example.com/x.git", "https://user:ghp_secret@github.com/a/b.git",
+            "https://ghp_secret@github.com/a/b.git"]
 GOOD_URLS = ["https://github.com/acme/shop.git", "ssh://git@github.com/acme/shop.git",
              "git@github.com:acme/shop.git", "file:///srv/repos/shop", "/srv/repos/shop"]
 BAD_REFS = ["-x", "--output=/tmp/x", "main..dev", "a b", "a~1", "a^", "a:b", "a?", "a*", "a[",
@@ -74,8 +75,9 @@ GIT_INPUT = [(validate.repo_url, v, "invalid repository") for v in BAD_URLS] + \
 
 @pytest.mark.parametrize("check, value, message", GIT_INPUT)
 def test_bad_git_input_is_refused(check, value, message):
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(UsageError, match=message) as err:
         check(value)
+    assert "ghp_secret" not in str(err.value)  # a token is never repeated back
 
 
 @pytest.mark.parametrize("check, value", [(validate.repo_url, v) for v in GOOD_URLS]
