@@ -15,9 +15,9 @@ import socket
 import ssl
 from pathlib import Path
 
-from . import (distro, envfile, firewall, layout, logrotate, nginx, postgres, redis, registry,
-               systemd, tls)
-from .errors import CommandError, SiteopsError
+from . import (distro, envfile, firewall, instances, layout, logrotate, nginx, postgres, redis,
+               registry, systemd, tls)
+from .errors import CommandError
 from .system import Host
 
 HBA_AND_DATABASES = """\
@@ -138,20 +138,7 @@ def expected_files(host: Host, site: dict, nginx_version: tuple[int, ...],
     if env_text:
         files[str(host.paths.redis_conf(name))] = redis.site_conf(
             host, site, envfile.passwords(env_text)[1])
-    live = site.get("live")
-    if live:
-        record = site.get("releases", {}).get(live["release"], {})
-        rel = layout.releases(host, name) / live["release"]
-        ports = registry.live_ports(site)
-        for c, port in ports.items():
-            command = record.get("commands", {}).get(c)
-            if command:
-                try:
-                    command = systemd.resolve_command(rel, command)
-                except SiteopsError:  # the release is gone: the `current` check reports it
-                    continue
-                files[str(systemd.dropin(host, name, c, port))] = systemd.render_dropin(
-                    name, live["release"], rel, command, ports)
+    files.update({str(path): text for path, text in instances.live_dropins(host, site).items()})
     return files
 
 

@@ -76,19 +76,39 @@ def new_log_lines(sizes: dict[Path, int], limit: int = 15) -> str:
     return "\n".join(parts)
 
 
+def render_dropins(host: Host, site: dict, rid: str, record: dict,
+            ports: dict[str, int]) -> dict[Path, str]:
+    """The drop-ins that pin release rid and its commands on the instances of
+    ports, by path. SiteopsError if a command's program is not in the release."""
+    name = site["name"]
+    rel = release_dir(host, name, rid)
+    return {systemd.dropin(host, name, c, p): systemd.render_dropin(
+                name, rid, rel, systemd.resolve_command(rel, record["commands"][c]), ports)
+            for c, p in ports.items()}
+
+
+def live_dropins(host: Host, site: dict) -> dict[Path, str]:
+    """The live instances' drop-ins as the registry renders them (none before
+    the first deploy, or when the live release is gone from disk)."""
+    live = site.get("live")
+    record = site.get("releases", {}).get(live["release"], {}) if live else {}
+    if not record.get("commands"):
+        return {}
+    try:
+        return render_dropins(host, site, live["release"], record, registry.live_ports(site))
+    except SiteopsError:  # the release is gone; audit's `current` check says so
+        return {}
+
+
 def ensure_dropins(host: Host, site: dict, rid: str, record: dict,
                    ports: dict[str, int]) -> list[str]:
     """Pin release rid and its commands on the instances of ports (drop-ins
     checked with `systemd-analyze verify`, then daemon-reload); return the units."""
-    name = site["name"]
-    rel = release_dir(host, name, rid)
     units = instance_units(site, ports)
-    dropins = {systemd.dropin(host, name, c, p): systemd.render_dropin(
-                   name, rid, rel, systemd.resolve_command(rel, record["commands"][c]), ports)
-               for c, p in ports.items()}
-    with host.validated(list(dropins), ["systemd-analyze", "verify", *units],
+    files = render_dropins(host, site, rid, record, ports)
+    with host.validated(list(files), ["systemd-analyze", "verify", *units],
                         "instance drop-ins") as outcome:
-        for path, text in dropins.items():
+        for path, text in files.items():
             host.write(path, text)
     if outcome["changed"]:
         host.run(["systemctl", "daemon-reload"])
@@ -201,19 +221,7 @@ def switch(host: Host, site: dict, rid: str, record: dict,
 
 def dropins_match(host: Host, site: dict) -> bool:
     """True if the live instances' drop-ins are what the registry renders."""
-    live = site.get("live")
-    record = site.get("releases", {}).get(live["release"], {}) if live else {}
-    if not record.get("commands"):
-        return True
-    rel = release_dir(host, site["name"], live["release"])
-    ports = registry.live_ports(site)
-    try:
-        return all(host.read(systemd.dropin(host, site["name"], c, p)) == systemd.render_dropin(
-                       site["name"], live["release"], rel,
-                       systemd.resolve_command(rel, record["commands"][c]), ports)
-                   for c, p in ports.items())
-    except SiteopsError:  # the release is gone; audit's `current` check says so
-        return True
+    return all(host.read(path) == text for path, text in live_dropins(host, site).items())
 
 
 def refresh(host: Host, site: dict, changed_units: list[str], force: bool = False) -> dict:
