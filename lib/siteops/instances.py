@@ -238,13 +238,12 @@ def refresh(host: Host, site: dict, changed_units: list[str], force: bool = Fals
             for unit in systemd.live_instances(site):
                 host.run(["systemctl", "restart", unit])
         return site
-    host.say(f"{'':13}unit files of {name} changed: moving release {live['release']} to fresh "
-             "instances")
-    event = {"action": "restart", "release": live["release"], "from": live["release"],
-             "user": releases.who(), "at": registry.now(), "result": "ok",
-             "reason": "unit files changed"}
-    with registry.site_locked(host, name, f"restart {name} on new unit files"):
-        return switch(host, site, live["release"], record,
+    with registry.site_locked(host, name, f"restart {name} on new unit files") as site:
+        rid = site["live"]["release"]  # as it is now, under the lock
+        host.say(f"{'':13}unit files of {name} changed: moving release {rid} to fresh instances")
+        event = {"action": "restart", "release": rid, "from": rid, "user": releases.who(),
+                 "at": registry.now(), "result": "ok", "reason": "unit files changed"}
+        return switch(host, site, rid, site["releases"][rid],
                       lambda entry: releases.record_event(entry, event))
 
 

@@ -113,14 +113,17 @@ def locked(host: Host, purpose: str, wait: float = 30) -> Iterator[dict]:
 
 
 @contextlib.contextmanager
-def site_locked(host: Host, name: str, purpose: str) -> Iterator[None]:
-    """Hold site NAME's own lock for a whole deploy or rollback; fail at once if
-    another command holds it. Other sites are not affected."""
+def site_locked(host: Host, name: str, purpose: str) -> Iterator[dict]:
+    """Hold site NAME's own lock for a whole deploy, rollback or restart and
+    yield its registry entry as read under the lock. Fails at once if another
+    command holds it (other sites are not affected), and takes no lock, and
+    creates no lock file, for a site that is not in the registry."""
+    get_site(load(host), name)
     if host.dry_run:
-        yield
+        yield get_site(load(host), name)
         return
     with _flock(host.paths.state / "locks" / f"{name}.lock", purpose, 0, f"site {name}"):
-        yield
+        yield get_site(load(host), name)
 
 
 def get_site(data: dict, name: str) -> dict:

@@ -177,9 +177,7 @@ def build(host: Host, site: dict, rid: str, commit: str, args: argparse.Namespac
 
 def run(host: Host, args: argparse.Namespace) -> None:
     name = args.name
-    registry.get_site(registry.load(host), name)  # no lock file for a site that is not there
-    with registry.site_locked(host, name, f"deploy {name}"):
-        site = registry.get_site(registry.load(host), name)
+    with registry.site_locked(host, name, f"deploy {name}") as site:
         repo = args.repo or site.get("repo")
         if not repo:
             raise UsageError(f"site {name} has no repository yet: pass --repo URL")

@@ -83,9 +83,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
         for line in listing(registry.get_site(registry.load(host), name)):
             host.say(line)
         return
-    registry.get_site(registry.load(host), name)
-    with registry.site_locked(host, name, f"rollback {name}"):
-        site = registry.get_site(registry.load(host), name)
+    with registry.site_locked(host, name, f"rollback {name}") as site:
         target = choose(site, args.to)
         live = releases.live_id(site)
         if not instances.release_dir(host, name, target).is_dir():
