@@ -84,10 +84,11 @@ def is_enabled(host: Host, unit: str) -> bool:
     return host.query(["systemctl", "is-enabled", "--quiet", unit], ok=range(256)).code == 0
 
 
-def ensure_units(host: Host, site: dict) -> list[str]:
+def ensure_units(host: Host, site: dict, redis_config_changed: bool = False) -> list[str]:
     """Write a site's unit files (verified) and reload systemd; return changed units.
-    A changed Redis unit is restarted here; live app instances are the caller's
-    (instances.refresh moves them to fresh instances without a dropped request)."""
+    Redis is restarted here, once, if its unit or its config changed; live app
+    instances are the caller's (instances.refresh moves them to fresh instances
+    without a dropped request)."""
     units = render_units(host, site)
     paths = {u: host.paths.unit(u) for u in units}
     services = [str(paths[u]) for u in units if u.endswith(".service")]
@@ -100,8 +101,9 @@ def ensure_units(host: Host, site: dict) -> list[str]:
     remove_legacy_units(host, site)
     if changed:
         host.run(["systemctl", "daemon-reload"])
-        if redis_unit(site["name"]) in changed and is_active(host, redis_unit(site["name"])):
-            host.run(["systemctl", "restart", redis_unit(site["name"])])
+    redis = redis_unit(site["name"])
+    if (redis in changed or redis_config_changed) and is_active(host, redis):
+        host.run(["systemctl", "restart", redis])
     return changed
 
 

@@ -115,10 +115,7 @@ def provision(host: Host, site: dict, db_port: int) -> list[str]:
     with host.step(f"redis config {name}"):
         redis_changed = redis.ensure_site_conf(host, site, redis_password)
     with host.step(f"systemd units of {name}"):
-        changed = systemd.ensure_units(host, site)
-        if redis_changed and systemd.redis_unit(name) not in changed \
-                and systemd.is_active(host, systemd.redis_unit(name)):
-            host.run(["systemctl", "restart", systemd.redis_unit(name)])
+        changed = systemd.ensure_units(host, site, redis_config_changed=redis_changed)
     with host.step(f"{systemd.redis_unit(name)} running"):
         systemd.ensure_started(host, systemd.redis_unit(name))
     for unit in systemd.live_instances(site):  # once deployed, keep the live release up

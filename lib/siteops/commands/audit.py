@@ -90,13 +90,12 @@ def repair(host: Host, site: dict, kinds: set[str]) -> None:
         with host.step(f"{env_path} 0600 {name}:{name}"):
             host.write(env_path, env_text, 0o600, name, name)
     if "render" in kinds:
-        with host.step(f"systemd units of {name}"):
-            changed = systemd.ensure_units(host, site)
+        redis_changed = False
         if env_text is not None:
             with host.step(f"redis config {name}"):
-                if redis.ensure_site_conf(host, site, envfile.passwords(env_text)[1]) \
-                        and systemd.is_active(host, systemd.redis_unit(name)):
-                    host.run(["systemctl", "restart", systemd.redis_unit(name)])
+                redis_changed = redis.ensure_site_conf(host, site, envfile.passwords(env_text)[1])
+        with host.step(f"systemd units of {name}"):
+            changed = systemd.ensure_units(host, site, redis_config_changed=redis_changed)
         nginx.ensure_site(host, site, layout.logs(host, name))
         logrotate.ensure_site(host, site)
         site = instances.refresh(host, site, changed, force=not instances.dropins_match(host, site))
