@@ -15,8 +15,8 @@ import socket
 import ssl
 from pathlib import Path
 
-from . import (distro, envfile, firewall, instances, layout, logrotate, nginx, postgres, redis,
-               registry, systemd, tls)
+from . import (distro, envfile, firewall, instances, layout, logrotate, network, nginx,
+               postgres, redis, registry, systemd, tls)
 from .errors import CommandError
 from .system import Host
 
@@ -35,35 +35,6 @@ SELECT json_build_object(
 def host_units(pg_unit: str) -> list[str]:
     return ["nginx.service", pg_unit, "fail2ban.service", "unattended-upgrades.service",
             "certbot.timer"]
-
-
-def listeners(host: Host) -> list[dict]:
-    """Every listening TCP/UDP socket: protocol, address, port, and the systemd
-    unit of each process holding it (from /proc/PID/cgroup)."""
-    out = host.query(["ss", "-H", "-t", "-u", "-l", "-n", "-p"]).out
-    found = []
-    for line in out.splitlines():
-        fields = line.split()
-        if len(fields) < 5:
-            continue
-        addr, _, port = fields[4].rpartition(":")
-        if not port.isdigit():
-            continue
-        pids = [int(p) for p in re.findall(r"pid=(\d+)", line)]
-        found.append({"proto": fields[0], "addr": addr.strip("[]").split("%")[0],
-                      "port": int(port), "units": sorted({unit_of(p) for p in pids} - {""}),
-                      "programs": sorted(set(re.findall(r'\(\("([^"]+)"', line)))})
-    return found
-
-
-def unit_of(pid: int) -> str:
-    """The systemd unit a process runs in (last part of its cgroup path)."""
-    try:
-        text = Path(f"/proc/{pid}/cgroup").read_text()
-    except OSError:
-        return ""
-    path = text.strip().splitlines()[-1].rpartition(":")[2]
-    return path.rstrip("/").rpartition("/")[2]
 
 
 def unit_states(host: Host, units: list[str]) -> dict[str, dict]:
@@ -204,7 +175,7 @@ def gather(host: Host, sites: list[dict]) -> dict:
         "upgrades": host.read(host.paths.p("/etc/apt/apt.conf.d/20auto-upgrades")) or "",
         "certbot_hook": host.paths.p(
             "/etc/letsencrypt/renewal-hooks/deploy/siteops-reload-nginx").exists(),
-        "listeners": listeners(host),
+        "listeners": network.listeners(host),
         "units": unit_states(host, units),
         "exposure": exposure(host, [u for names in site_units.values() for u in names]),
         "postgres": postgres_facts(host),
