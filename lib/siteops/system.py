@@ -29,6 +29,7 @@ REDACTED = "********"
 # Every command runs with the full system PATH: cron's (/usr/bin:/bin) has no
 # nginx, sshd or ufw, and the caller's PATH should not choose our programs.
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+STREAM_TAIL = 25  # lines of a failed build shown again in its error
 
 
 @dataclass
@@ -191,31 +192,25 @@ class Host:
         return result
 
     def run(self, argv: Sequence[str], *, input: str | bytes | None = None, timeout: float = 900,
-            secrets: Sequence[str] = (), env: dict | None = None, note: str = "") -> Result:
+            secrets: Sequence[str] = (), env: dict | None = None, note: str = "",
+            stream: bool = False) -> Result:
         """Run a command that changes the server; in a dry run only record it.
-        note (never a secret) says what its standard input does."""
+        note (never a secret) says what its standard input does. With stream (a
+        build), its output is printed indented as it comes and a failure carries
+        its last STREAM_TAIL lines."""
         argv = [str(a) for a in argv]
         self.actions.append(("run", argv, note) if note else ("run", argv))
         if self.dry_run:
             return Result(argv, 0)
-        result = self.runner(argv, input=input, timeout=timeout, env=env)
+        printer = {"stream": lambda line: self.say("    " + line)} if stream else {}
+        result = self.runner(argv, input=input, timeout=timeout, env=env, **printer)
         if result.code != 0:
-            raise CommandError(argv, result.code, redact(result.err or result.out, secrets))
-        return result
-
-    def stream(self, argv: Sequence[str], *, timeout: float = 3600, env: dict | None = None,
-               tail: int = 25) -> Result:
-        """Run a long command that changes the server (a build), printing its
-        output as it comes, indented; on failure the error carries its last lines."""
-        argv = [str(a) for a in argv]
-        self.actions.append(("run", argv))
-        if self.dry_run:
-            return Result(argv, 0)
-        result = self.runner(argv, timeout=timeout, env=env,
-                             stream=lambda line: self.say("    " + line))
-        if result.code != 0:
-            last = (result.out or result.err).rstrip("\n").splitlines()[-tail:]
-            raise CommandError(argv, result.code, "\n".join(last))
+            if stream:
+                detail = "\n".join((result.out or result.err).rstrip("\n")
+                                   .splitlines()[-STREAM_TAIL:])
+            else:
+                detail = result.err or result.out
+            raise CommandError(argv, result.code, redact(detail, secrets))
         return result
 
     # -- files -------------------------------------------------------------

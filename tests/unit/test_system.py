@@ -144,3 +144,12 @@ def test_cloudflare_list_is_validated():
     assert date == "2025-06-01" and "173.245.48.0/20" in ranges and "2400:cb00::/32" in ranges
     with pytest.raises(SiteopsError, match="bad range"):
         nginx.parse_ranges("10.0.0.0/8\nnot-an-ip\n")
+
+
+def test_a_streamed_command_prints_as_it_goes_and_fails_with_its_last_lines(root):
+    out = "".join(f"line {i}\n" for i in range(40))
+    host, runner = make_host(root, [(["build"], 2, out)], dry_run=False)
+    with pytest.raises(CommandError) as err:
+        host.run(["build", "--all"], stream=True)
+    assert host.out.getvalue().splitlines()[:2] == ["    line 0", "    line 1"]
+    assert err.value.stderr.splitlines() == [f"line {i}" for i in range(15, 40)]
