@@ -241,10 +241,10 @@ def refresh(host: Host, site: dict, changed_units: list[str], force: bool = Fals
     with registry.site_locked(host, name, f"restart {name} on new unit files") as site:
         rid = site["live"]["release"]  # as it is now, under the lock
         host.say(f"{'':13}unit files of {name} changed: moving release {rid} to fresh instances")
-        event = {"action": "restart", "release": rid, "from": rid, "user": releases.who(),
-                 "at": registry.now(), "result": "ok", "reason": "unit files changed"}
         return switch(host, site, rid, site["releases"][rid],
-                      lambda entry: releases.record_event(entry, event))
+                      lambda entry: releases.record_event(entry, "restart", rid, "ok",
+                                                          reason="unit files changed",
+                                                          **{"from": rid}))
 
 
 def running_instances(host: Host, name: str) -> list[str]:

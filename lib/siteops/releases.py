@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime
 import os
 
+from .registry import now
+
 BUILDING, OK, FAILED = "building", "ok", "failed"
 DEFAULT_KEEP = 5
 HISTORY_LIMIT = 200
@@ -75,8 +77,11 @@ def to_prune(site: dict, keep: int) -> list[str]:
     return [r for r in failed + old_good if r not in protected]
 
 
-def record_event(site: dict, event: dict) -> None:
-    """Append to the site's history, keeping the last HISTORY_LIMIT events."""
+def record_event(site: dict, action: str, release: str, result: str, **fields) -> None:
+    """Append an event, stamped with the time and who ran it, to the site's
+    history, keeping the last HISTORY_LIMIT events."""
+    event = {"action": action, "release": release, "result": result, "user": who(),
+             "at": now(), **fields}
     site["history"] = (site.get("history", []) + [event])[-HISTORY_LIMIT:]
 
 

@@ -208,10 +208,8 @@ def run(host: Host, args: argparse.Namespace) -> None:
                 entry["repo"] = repo
                 if args.keep:
                     entry["keep"] = args.keep
-                releases.record_event(entry, {"action": "deploy", "release": rid,
-                                              "from": previous, "commit": commit, "ref": args.ref,
-                                              "user": record["user"], "started": record["started"],
-                                              "at": registry.now(), "result": "ok"})
+                releases.record_event(entry, "deploy", rid, "ok", started=record["started"],
+                                      commit=commit, ref=args.ref, **{"from": previous})
             site = instances.switch(host, site, rid, record, went_live)
         except BaseException as exc:
             fail(host, name, rid, record, exc)
@@ -227,10 +225,8 @@ def fail(host: Host, name: str, rid: str, record: dict, exc: BaseException) -> N
     def mark(entry):
         entry["releases"][rid] = dict(record, result=releases.FAILED, error=error,
                                       finished=registry.now())
-        releases.record_event(entry, {"action": "deploy", "release": rid,
-                                      "commit": record.get("commit"), "ref": record["ref"],
-                                      "user": record["user"], "started": record["started"],
-                                      "at": registry.now(), "result": "failed", "error": error})
+        releases.record_event(entry, "deploy", rid, "failed", started=record["started"],
+                              commit=record.get("commit"), ref=record["ref"], error=error)
     registry.update_site(host, name, f"deploy {name}: failed", mark)
     with host.step(f"remove failed release {rid}"):
         instances.stop_build(host, name)

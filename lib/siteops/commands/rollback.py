@@ -100,18 +100,16 @@ def run(host: Host, args: argparse.Namespace) -> None:
         def went_live(entry):
             entry["releases"][live]["rolled_back"] = True
             entry["releases"][target].pop("rolled_back", None)
-            releases.record_event(entry, {"action": "rollback", "release": target, "from": live,
-                                          "commit": record.get("commit"),
-                                          "user": releases.who(), "at": registry.now(),
-                                          "result": "ok"})
+            releases.record_event(entry, "rollback", target, "ok", commit=record.get("commit"),
+                                  **{"from": live})
         try:
             instances.switch(host, site, target, record, went_live)
         except BaseException as exc:
-            event = {"action": "rollback", "release": target, "from": live,
-                     "user": releases.who(), "at": registry.now(), "result": "failed",
-                     "error": releases.error_text(exc)}
+            error = releases.error_text(exc)
             registry.update_site(host, name, f"rollback {name}: failed",
-                                 lambda entry: releases.record_event(entry, event))
+                                 lambda entry: releases.record_event(
+                                     entry, "rollback", target, "failed", error=error,
+                                     **{"from": live}))
             raise
         host.say(f"release {target} is live again")
 
