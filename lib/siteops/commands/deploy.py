@@ -128,9 +128,9 @@ def plan_lines(host: Host, site: dict, args: argparse.Namespace, repo: str) -> l
         lines.append("drain and stop " + ", ".join(systemd.instance(name, c, p)
                                                   for c, p in live.items()))
     keep = args.keep or site.get("keep", releases.DEFAULT_KEEP)
+    doomed = releases.to_prune(site, keep)
     lines.append(f"prune to {keep} good releases"
-                 + (f" (now {', '.join(releases.to_prune(site, keep))} would go)"
-                    if releases.to_prune(site, keep) else ""))
+                 + (f" (now {', '.join(doomed)} would go)" if doomed else ""))
     return lines
 
 

@@ -109,7 +109,7 @@ def show_lines(r: dict, site: dict) -> list[str]:
     return lines
 
 
-def doc_lines(host: Host, rows: list[dict], data: dict) -> list[str]:
+def doc_lines(host: Host, rows: list[dict]) -> list[str]:
     """The reference's ACTIVE SITES REGISTRY section, generated."""
     today = registry.now()[:10]
     out = ["## ACTIVE SITES REGISTRY (generated)", "",
@@ -177,7 +177,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
     if args.action == "list" and args.json:
         print(json.dumps(rows, indent=2))
         return
-    lines = list_lines(rows) if args.action == "list" else doc_lines(host, rows, data)
+    lines = list_lines(rows) if args.action == "list" else doc_lines(host, rows)
     for line in lines:
         host.say(line)
 
