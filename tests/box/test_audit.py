@@ -2,6 +2,7 @@
 audit clean, then each breakage is made by hand, found with the right id,
 severity and exit code, and repaired by --fix where that is safe."""
 
+import datetime
 import json
 
 import pytest
@@ -77,25 +78,32 @@ def test_a_fresh_box_with_two_sites_audits_clean(host):
 ])
 def test_a_safe_breakage_is_found_and_fixed(host, break_it, finding, severity):
     host.sh(break_it)
-    code, doc = audit(host)
-    assert problems(doc) == {finding: severity}
-    assert code == {"warning": 1, "critical": 2}[severity]
-    f = next(f for f in doc["findings"] if f["id"] == finding)
-    assert f["subject"] in ("alpha", "beta") and f["message"] and f["remedy"]
-    code, doc = audit(host, "--fix")
-    assert (code, problems(doc), doc["fixed"]) == (0, {}, [finding])
+    try:
+        code, doc = audit(host)
+        assert problems(doc) == {finding: severity}
+        assert code == {"warning": 1, "critical": 2}[severity]
+        f = next(f for f in doc["findings"] if f["id"] == finding)
+        assert f["subject"] in ("alpha", "beta") and f["message"] and f["remedy"]
+        code, doc = audit(host, "--fix")
+        assert (code, problems(doc), doc["fixed"]) == (0, {}, [finding])
+    finally:
+        audit(host, "--fix")  # a failed assertion must not leave the breakage to later tests
     assert audit(host)[0] == 0
 
 
 def test_drift_shows_a_diff_without_secrets(host):
     host.sh("sed -i 's/^maxmemory .*/maxmemory 1gb/' /etc/siteops/redis/alpha.conf")
-    code, doc = audit(host)
-    f = next(f for f in doc["findings"] if f["id"] == "site.alpha.file:/etc/siteops/redis/alpha.conf")
-    assert code == 1 and "-maxmemory 1gb" in f["diff"] and "+maxmemory 64mb" in f["diff"]
-    password = host.sh("grep ^REDIS_URL /srv/sites/alpha/shared/.env").stdout.split(":")[2].split("@")[0]
-    text = host.sh(f"{SRC}/bin/audit", check=False).stdout
-    assert password not in json.dumps(doc) and password not in text and "maxmemory 1gb" in text
-    assert audit(host, "--fix")[0] == 0
+    try:
+        code, doc = audit(host)
+        f = next(f for f in doc["findings"]
+                 if f["id"] == "site.alpha.file:/etc/siteops/redis/alpha.conf")
+        assert code == 1 and "-maxmemory 1gb" in f["diff"] and "+maxmemory 64mb" in f["diff"]
+        password = host.sh("grep ^REDIS_URL /srv/sites/alpha/shared/.env").stdout.split(":")[2].split("@")[0]
+        text = host.sh(f"{SRC}/bin/audit", check=False).stdout
+        assert password not in json.dumps(doc) and password not in text and "maxmemory 1gb" in text
+    finally:
+        audit(host, "--fix")
+    assert audit(host)[0] == 0
 
 
 @pytest.mark.parametrize("command, port, extra", [
@@ -133,25 +141,38 @@ def test_host_breakage_is_critical_and_left_to_a_human(host, break_it, repair, f
     assert audit(host)[0] == 0
 
 
+def expected_days(box, pem: str, doc: dict) -> int:
+    """Whole days from the audit's own clock reading to the certificate's notAfter."""
+    end = box.sh(f"openssl x509 -noout -enddate -in {pem}").stdout.strip().partition("=")[2]
+    end_t = datetime.datetime.strptime(end, "%b %d %H:%M:%S %Y %Z")
+    return (end_t - datetime.datetime.strptime(doc["time"], "%Y-%m-%dT%H:%M:%SZ")).days
+
+
 def test_certificates_near_expiry_and_not_served(host):
     live = "/etc/letsencrypt/live/beta.test"
-    host.sh(f"mkdir -p {live} && openssl req -x509 -newkey rsa:2048 -nodes -days 5 "
-            f"-subj /CN=beta.test -keyout {live}/privkey.pem -out {live}/fullchain.pem 2>/dev/null")
-    host.siteops("add-site beta --domain beta.test")  # nginx now serves HTTPS with it
-    code, doc = audit(host)
-    assert code == 2 and problems(doc) == {"site.beta.tls.expiry": "critical"}
-    assert "expires in 4 days" in next(f["message"] for f in doc["findings"]
-                                       if f["id"] == "site.beta.tls.expiry")
-    host.sh(f"openssl req -x509 -newkey rsa:2048 -nodes -days 15 -subj /CN=beta.test "
-            f"-keyout {live}/privkey.pem -out {live}/fullchain.pem 2>/dev/null")
-    code, doc = audit(host)  # renewed on disk, nginx not reloaded: still serves the old one
-    assert code == 2 and problems(doc) == {"site.beta.tls.expiry": "warning",
-                                           "site.beta.tls.served": "critical"}
-    host.sh("systemctl reload nginx && sleep 0.5")
-    code, doc = audit(host)
-    assert code == 1 and problems(doc) == {"site.beta.tls.expiry": "warning"}
-    host.sh(f"rm -r {live}")
-    host.siteops("add-site beta --domain beta.test")
+    try:
+        host.sh(f"mkdir -p {live} && openssl req -x509 -newkey rsa:2048 -nodes -days 5 "
+                f"-subj /CN=beta.test -keyout {live}/privkey.pem -out {live}/fullchain.pem 2>/dev/null")
+        host.siteops("add-site beta --domain beta.test")  # nginx now serves HTTPS with it
+        code, doc = audit(host)
+        assert code == 2 and problems(doc) == {"site.beta.tls.expiry": "critical"}
+        # 4 days and some hours, or exactly 5 when the audit ran in the second the
+        # certificate was made (both are whole seconds): derived, not assumed.
+        days = expected_days(host, f"{live}/fullchain.pem", doc)
+        assert days in (4, 5)
+        assert f"expires in {days} days" in next(f["message"] for f in doc["findings"]
+                                                 if f["id"] == "site.beta.tls.expiry")
+        host.sh(f"openssl req -x509 -newkey rsa:2048 -nodes -days 15 -subj /CN=beta.test "
+                f"-keyout {live}/privkey.pem -out {live}/fullchain.pem 2>/dev/null")
+        code, doc = audit(host)  # renewed on disk, nginx not reloaded: still serves the old one
+        assert code == 2 and problems(doc) == {"site.beta.tls.expiry": "warning",
+                                               "site.beta.tls.served": "critical"}
+        host.sh("systemctl reload nginx && sleep 0.5")
+        code, doc = audit(host)
+        assert code == 1 and problems(doc) == {"site.beta.tls.expiry": "warning"}
+    finally:
+        host.sh(f"rm -rf {live}")
+        host.siteops("add-site beta --domain beta.test")
     assert audit(host)[0] == 0
 
 

@@ -331,8 +331,10 @@ def test_a_private_repository_is_fetched_with_the_sites_deploy_key(host):
     assert site["releases"][site["live"]["release"]]["commit"] == head
     # Without the key (root's own key is not authorized there) the fetch fails.
     host.sh("mv /etc/siteops/deploy-keys/pyapp /root/pyapp.key")
-    res = deploy(host, "pyapp", check=False)
-    host.sh("mv /root/pyapp.key /etc/siteops/deploy-keys/pyapp")
+    try:
+        res = deploy(host, "pyapp", check=False)
+    finally:
+        host.sh("mv /root/pyapp.key /etc/siteops/deploy-keys/pyapp")
     assert res.returncode == 1 and "Permission denied (publickey" in res.stderr, res.stderr
     assert curl(host, "pyapp.test").startswith("pyapp frontend ")
 

@@ -276,13 +276,15 @@ def test_bad_input_is_refused_before_any_change(host):
 def test_broken_nginx_is_restored_and_rerun_completes(host):
     # Something outside siteops breaks nginx: add-site must not reload into it.
     host.sh("echo 'this is not nginx syntax' > /etc/nginx/sites-enabled/zz-broken.conf")
-    res = host.siteops("add-site delta --domain delta.test", check=False)
-    assert res.returncode == 1 and "nginx -t" in res.stderr
-    assert host.sh("test -e /etc/nginx/sites-available/delta.conf", check=False).returncode == 1
-    assert curl(host, "beta.test") == "beta-frontend python 3110 /\n"  # still served
-    data = json.loads(host.sh("cat /var/lib/siteops/registry.json").stdout)
-    assert data["sites"]["delta"]["state"] == "provisioning"
-    host.sh("rm /etc/nginx/sites-enabled/zz-broken.conf")
+    try:
+        res = host.siteops("add-site delta --domain delta.test", check=False)
+        assert res.returncode == 1 and "nginx -t" in res.stderr
+        assert host.sh("test -e /etc/nginx/sites-available/delta.conf", check=False).returncode == 1
+        assert curl(host, "beta.test") == "beta-frontend python 3110 /\n"  # still served
+        data = json.loads(host.sh("cat /var/lib/siteops/registry.json").stdout)
+        assert data["sites"]["delta"]["state"] == "provisioning"
+    finally:
+        host.sh("rm -f /etc/nginx/sites-enabled/zz-broken.conf")
     host.siteops("add-site delta --domain delta.test")
     data = json.loads(host.sh("cat /var/lib/siteops/registry.json").stdout)
     assert data["sites"]["delta"]["state"] == "ready"

@@ -144,7 +144,7 @@ def test_json_document_and_text_report():
     found = findings(lambda f: (f["disk"].update(used_pct=85.0),
                                 f["sites"]["alpha"]["env"].update(mode=0o644)))
     sites = list(RECORDED["registry"]["sites"].values())
-    doc = json.loads(json.dumps(audit.document(found, ["site.x"], sites)))
+    doc = json.loads(json.dumps(audit.document(found, ["site.x"], sites, "2026-11-26T09:00:00Z")))
     assert set(doc) == {"version", "time", "host", "status", "exit_code", "counts", "sites",
                         "fixed", "findings"}
     assert (doc["status"], doc["exit_code"], doc["counts"]) == (

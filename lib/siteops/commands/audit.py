@@ -71,12 +71,13 @@ def selected(data: dict, names: list[str]) -> list[dict]:
     return [s for s in sites if not names or s["name"] in names]
 
 
-def run_checks(host: Host, sites: list[dict]) -> list[checks.Finding]:
+def run_checks(host: Host, sites: list[dict]) -> tuple[list[checks.Finding], str]:
+    """The findings, and the time their facts were read (what day counts are from)."""
     f = facts.gather(host, sites)
     findings = checks.host_checks(f)
     for site in sites:
         findings += checks.site_checks(host, site, f)
-    return findings
+    return findings, f["time"]
 
 
 def repair(host: Host, site: dict, kinds: set[str]) -> None:
@@ -132,9 +133,10 @@ def text_report(findings: list[checks.Finding], fixed: list[str]) -> list[str]:
     return lines
 
 
-def document(findings: list[checks.Finding], fixed: list[str], sites: list[dict]) -> dict:
+def document(findings: list[checks.Finding], fixed: list[str], sites: list[dict],
+             time: str) -> dict:
     code = checks.exit_code(findings)
-    return {"version": 1, "time": registry.now(), "host": socket.gethostname(),
+    return {"version": 1, "time": time, "host": socket.gethostname(),
             "status": ["ok", "warning", "critical"][code], "exit_code": code,
             "counts": counts(findings), "sites": [s["name"] for s in sites],
             "fixed": fixed, "findings": [checks.as_json(f) for f in findings]}
@@ -155,7 +157,7 @@ def run(host: Host, args: argparse.Namespace) -> int:
     if args.json:
         host.out = sys.stderr  # progress of --fix must not mix with the document
     sites = selected(registry.load(host), args.sites)
-    findings = run_checks(host, sites)
+    findings, time = run_checks(host, sites)
     fixed: list[str] = []
     if args.fix:
         broken = [f for f in findings if f.severity != checks.OK and f.fix]
@@ -165,10 +167,10 @@ def run(host: Host, args: argparse.Namespace) -> int:
                 repair(host, site, kinds)
         if broken and not host.dry_run:
             sites = selected(registry.load(host), args.sites)  # a repair may move instances
-            findings = run_checks(host, sites)
+            findings, time = run_checks(host, sites)
             still = {f.id for f in findings if f.severity != checks.OK}
             fixed = sorted({f.id for f in broken} - still)
-    doc = document(findings, fixed, sites)
+    doc = document(findings, fixed, sites, time)
     append_log(host, doc)
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
