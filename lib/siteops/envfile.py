@@ -57,6 +57,22 @@ def merge(current: str | None, site: dict, db_port: int) -> str:
     return text + "".join(missing)
 
 
+def secrets_of(text: str) -> list[str]:
+    """Every secret an .env text holds: long values, and passwords inside URLs."""
+    found = []
+    for value in parse(text).values():
+        if len(value) >= 16:
+            found.append(value)
+        if "://" in value:
+            try:
+                password = urlsplit(value).password
+            except ValueError:
+                password = None
+            if password:
+                found.append(password)
+    return found
+
+
 def passwords(text: str) -> tuple[str, str]:
     """The database and Redis passwords held in an .env text."""
     values = parse(text)

@@ -133,7 +133,7 @@ def site_facts(host: Host, site: dict, nginx_version: tuple[int, ...]) -> dict:
                            if p.is_dir()) if layout.releases(host, name).is_dir() else [],
         "expected": expected,
         "actual": {path: host.read(Path(path)) for path in expected},
-        "secrets": [v for v in envfile.parse(env_text or "").values() if len(v) >= 16],
+        "secrets": envfile.secrets_of(env_text or ""),
         "tls": tls_facts(host, site),
     }
 

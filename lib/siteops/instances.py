@@ -23,7 +23,7 @@ from typing import Callable
 
 from . import layout, network, nginx, registry, releases, systemd, users
 from .errors import SiteopsError
-from .system import Host
+from .system import Host, clean
 
 DRAIN_SECONDS = 30
 POLL = 0.25
@@ -68,7 +68,7 @@ def new_log_lines(sizes: dict[Path, int], limit: int = 15) -> str:
         try:
             with open(path, "rb") as fh:
                 fh.seek(size)
-                lines = fh.read().decode(errors="replace").splitlines()[-limit:]
+                lines = clean(fh.read().decode(errors="replace")).splitlines()[-limit:]
         except FileNotFoundError:
             continue
         if lines:

@@ -1,9 +1,11 @@
 """A site's directory tree under /srv/sites/<name>.
 
-shared/ and shared/logs/ belong to root (group: the site) because root-run
-writers open files there: nginx's logs and systemd's `append:` app logs. A
-site user who owned those directories could swap a log file for a symlink to
-/etc/shadow and have root append to it."""
+The site root, shared/ and shared/logs/ belong to root (group: the site)
+because root-run writers open files there: `current`, `.env`, nginx's logs and
+systemd's `append:` app logs. A site user who owned any of those directories
+(or an ancestor of them) could rename it away and put a symlink to /etc in its
+place for root's next pass to follow. What the site user owns (releases/,
+uploads/, redis/, cache/) is never an ancestor of a path root writes."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ def tree(host: Host, name: str) -> list[tuple[Path, int, str, str]]:
     root = host.paths.site(name)
     shared = root / "shared"
     return [
-        (root, 0o750, name, name),
+        (root, 0o750, "root", name),
         (root / "releases", 0o755, name, name),
         (shared, 0o750, "root", name),
         (shared / "logs", 0o750, "root", name),

@@ -30,6 +30,8 @@ FILE = "siteops.toml"
 RUNTIMES = ("node", "python", "static", "command")
 TOP_KEYS = {"runtime", "install", "build", "health_timeout", "static_dir", *COMPONENTS}
 COMPONENT_KEYS = {"start", "health"}
+# It reaches the unit's ExecStart: nothing systemd or a shell would interpret.
+STATIC_DIR = re.compile(r"(?![-/])[A-Za-z0-9._/-]{1,200}")
 HEALTH_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/?%-]*")
 
 
@@ -81,8 +83,10 @@ def parse(text: str | None) -> Manifest:
         m.health_timeout = t
     if "static_dir" in data:
         d = _text("static_dir", data["static_dir"])
-        if d.startswith("/") or ".." in d.split("/"):
-            raise ManifestError(f"{FILE}: static_dir must be a path inside the repository")
+        if not STATIC_DIR.fullmatch(d) or ".." in d.split("/"):
+            raise ManifestError(f"{FILE}: static_dir must be a relative path inside the "
+                                "repository: letters, digits, '.', '_', '-' and '/', not "
+                                "starting with '-' or '/', no '..'")
         m.static_dir = d
     for component in COMPONENTS:
         table = data.get(component)

@@ -13,16 +13,18 @@ import contextlib
 import grp
 import os
 import pwd
+import re
 import shlex
+import stat
 import subprocess
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TextIO
 
 from .errors import CommandError, SiteopsError
+from . import safefs
 from .paths import Paths
 
 REDACTED = "********"
@@ -40,11 +42,34 @@ class Result:
     err: str = ""
 
 
-def redact(text: str, secrets: Sequence[str]) -> str:
-    """Return text with every secret replaced by a mask."""
-    for secret in secrets:
+# C0 and C1 control characters (terminal escapes, carriage returns), keeping
+# tabs and newlines: whatever a repository, a build or an app wrote is data.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean(text: str) -> str:
+    """text without control characters, safe to print on an operator's terminal."""
+    return _CONTROL.sub("", text)
+
+
+# Secrets recognised by their shape, whether or not they are known: a
+# password in a URL, Redis's requirepass/masterauth, KEY=VALUE settings whose
+# key names a secret (a hand-edited config may hold a password .env does not).
+_SECRET_SHAPES = [
+    (re.compile(r"(://[^:/@\s]*:)[^@\s]+@"), rf"\g<1>{REDACTED}@"),
+    (re.compile(r"(?im)^([-+ ]?\s*(?:requirepass|masterauth)\s+)\S+"), rf"\g<1>{REDACTED}"),
+    (re.compile(r"(?im)^([-+ ]?\s*(?:export\s+)?[A-Z0-9_]*(?:SECRET|PASSWORD|PASSWD|TOKEN|"
+                r"API_KEY|PRIVATE_KEY)[A-Z0-9_]*\s*=\s*)\S.*$"), rf"\g<1>{REDACTED}"),
+]
+
+
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    """Return text with every known secret, and anything shaped like one, masked."""
+    for secret in sorted(secrets, key=len, reverse=True):
         if secret:
             text = text.replace(secret, REDACTED)
+    for pattern, mask in _SECRET_SHAPES:
+        text = pattern.sub(mask, text)
     return text
 
 
@@ -103,32 +128,8 @@ Runner = Callable[..., Result]
 
 
 def atomic_write(path: Path, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
-    """Replace path with data: temp file in the same directory, mode and owner
-    set before the rename, fsync of file and directory; no partial file is ever
-    visible and the temp file is removed on error."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        os.fchown(fd, uid, gid)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory entry change (rename, symlink) to disk."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Replace path with data atomically, mode and owner set first (safefs.write)."""
+    safefs.write(path, data, mode, uid, gid)
 
 
 def uid_of(user: str) -> int:
@@ -202,12 +203,12 @@ class Host:
         self.actions.append(("run", argv, note) if note else ("run", argv))
         if self.dry_run:
             return Result(argv, 0)
-        printer = {"stream": lambda line: self.say("    " + line)} if stream else {}
+        printer = {"stream": lambda line: self.say("    " + clean(line))} if stream else {}
         result = self.runner(argv, input=input, timeout=timeout, env=env, **printer)
         if result.code != 0:
             if stream:
-                detail = "\n".join((result.out or result.err).rstrip("\n")
-                                   .splitlines()[-STREAM_TAIL:])
+                detail = clean("\n".join((result.out or result.err).rstrip("\n")
+                                         .splitlines()[-STREAM_TAIL:]))
             else:
                 detail = result.err or result.out
             raise CommandError(argv, result.code, redact(detail, secrets))
@@ -216,14 +217,12 @@ class Host:
     # -- files -------------------------------------------------------------
 
     def read(self, path: Path) -> str | None:
-        """Return a file's text, or None when it does not exist."""
-        try:
-            return path.read_text()
-        except FileNotFoundError:
-            return None
+        """Return a file's text, or None when it does not exist (safefs: no
+        planted link or hard link is followed)."""
+        data = safefs.read(path)
+        return None if data is None else data.decode()
 
-    def _meta_differs(self, path: Path, mode: int, owner: str, group: str) -> bool:
-        st = path.lstat()
+    def _meta_differs(self, st: os.stat_result, mode: int, owner: str, group: str) -> bool:
         try:
             return (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (mode, uid_of(owner), gid_of(group))
         except KeyError:  # owner not created yet (only possible in a dry run)
@@ -233,61 +232,61 @@ class Host:
               group: str = "root") -> bool:
         """Make path hold text with mode and owner, atomically; True if it changed."""
         self.written[str(path)] = text
-        current = self.read(path) if path.is_file() else None
-        if current == text and not self._meta_differs(path, mode, owner, group):
+        st = safefs.lstat(path)
+        if st is not None and stat.S_ISREG(st.st_mode) and self.read(path) == text \
+                and not self._meta_differs(st, mode, owner, group):
             return False
         self.actions.append(("write", str(path), f"{mode:04o}", owner, group))
         if not self.dry_run:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, text.encode(), mode, uid_of(owner), gid_of(group))
+            safefs.write(path, text.encode(), mode, uid_of(owner), gid_of(group))
         return True
 
     def ensure_dir(self, path: Path, mode: int = 0o755, owner: str = "root",
                    group: str = "root") -> bool:
         """Make path a directory with mode and owner; True if anything changed."""
-        if path.is_dir() and not path.is_symlink():
-            if not self._meta_differs(path, mode, owner, group):
+        st = safefs.lstat(path)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            if not self._meta_differs(st, mode, owner, group):
                 return False
             self.actions.append(("chmod", str(path), f"{mode:04o}", owner, group))
         else:
             self.actions.append(("mkdir", str(path), f"{mode:04o}", owner, group))
         if not self.dry_run:
-            path.mkdir(parents=True, exist_ok=True)
-            os.chown(path, uid_of(owner), gid_of(group))
-            os.chmod(path, mode)
+            safefs.ensure_dir(path, mode, uid_of(owner), gid_of(group))
         return True
 
     def symlink(self, link: Path, target: str) -> bool:
         """Point link at target, swapped in with rename(2); True if it changed."""
-        if link.is_symlink() and os.readlink(link) == target:
+        if safefs.readlink(link) == target:
             return False
         self.actions.append(("symlink", str(link), target))
         if not self.dry_run:
-            tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            os.symlink(target, tmp)
-            os.replace(tmp, link)
-            fsync_dir(link.parent)
+            safefs.symlink(link, target)
         return True
 
     def remove(self, path: Path) -> bool:
         """Remove a file or symlink if present; True if it existed."""
-        if not (path.exists() or path.is_symlink()):
+        if safefs.lstat(path) is None:
             return False
         self.actions.append(("remove", str(path)))
         if not self.dry_run:
-            path.unlink()
+            safefs.remove(path)
         return True
 
     @contextlib.contextmanager
     def validated(self, paths: Sequence[Path], check: Sequence[str], what: str) -> Iterator[dict]:
-        """Change paths inside the block, then run check; if it fails put every
-        path back as it was and raise. Yields a dict whose "changed" is set."""
+        """Change paths inside the block, then run check; if it fails, or the
+        block itself raises (an error, Ctrl-C), put every path back as it was
+        and raise. Yields a dict whose "changed" is set."""
         snaps = {path: self.snapshot(path) for path in paths}
         before = len(self.actions)
         outcome = {"changed": False}
-        yield outcome
+        try:
+            yield outcome
+        except BaseException:
+            for path, snap in snaps.items():
+                self.put_back(path, snap)
+            raise
         outcome["changed"] = len(self.actions) > before
         if not outcome["changed"] or self.dry_run:
             return
@@ -302,13 +301,12 @@ class Host:
 
     def snapshot(self, path: Path) -> tuple | None:
         """What path is now (file text and metadata, or symlink target), for put_back."""
-        if path.is_symlink():
-            return ("link", os.readlink(path))
-        try:
-            st = path.stat()
-            return ("file", path.read_text(), st.st_mode & 0o7777, st.st_uid, st.st_gid)
-        except FileNotFoundError:
+        st = safefs.lstat(path)
+        if st is None:
             return None
+        if stat.S_ISLNK(st.st_mode):
+            return ("link", safefs.readlink(path))
+        return ("file", self.read(path), st.st_mode & 0o7777, st.st_uid, st.st_gid)
 
     def put_back(self, path: Path, snap: tuple | None) -> None:
         """Return path to a snapshot after a failed validation (no-op in a dry run)."""
@@ -316,12 +314,12 @@ class Host:
             return
         if snap is None:
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                safefs.remove(path)
         elif snap[0] == "link":
             self.symlink(path, snap[1])
         else:
             _, text, mode, uid, gid = snap
-            atomic_write(path, text.encode(), mode, uid, gid)
+            safefs.write(path, text.encode(), mode, uid, gid)
 
 
 def describe(action: tuple) -> str:

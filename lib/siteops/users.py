@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,17 @@ def lookup(host: Host, name: str) -> Account | None:
         return None
     f = res.out.strip().split(":")
     return Account(f[0], int(f[2]), int(f[3]), f[4], f[5], f[6])
+
+
+def group_exists(host: Host, name: str) -> bool:
+    return host.query(["getent", "group", name], ok=(0, 2)).code == 0
+
+
+def sudo_caller() -> str | None:
+    """The user who ran this command through sudo, or None when root ran it
+    (sudo sets SUDO_USER and SUDO_UID itself; a caller cannot choose them)."""
+    uid, user = os.environ.get("SUDO_UID"), os.environ.get("SUDO_USER")
+    return user if uid and uid != "0" and user else None
 
 
 def site_comment(name: str) -> str:

@@ -15,12 +15,19 @@ from .errors import UsageError
 # ambiguous and `-` nests systemd slices.
 SITE_NAME = re.compile(r"[a-z][a-z0-9_]{1,31}")
 
+# System accounts, and groups that are (or on some hosts become) privileged:
+# a site named docker would own the group that docker's socket trusts. add-site
+# also refuses any name that is already a user or a group on the server.
 RESERVED_NAMES = frozenset("""
     root daemon bin sys sync games man lp mail news uucp proxy www-data backup
-    list irc gnats nobody systemd admin administrator deploy siteops postgres
-    redis nginx www html default template0 template1 public sshd ubuntu debian
-    debian-exim messagebus syslog uuidd tcpdump ssl-cert sudo adm staff users
-    _apt polkitd fail2ban letsencrypt certbot
+    list irc gnats nobody nogroup systemd admin administrator deploy siteops
+    postgres redis nginx www html default template0 template1 public sshd ssh
+    ubuntu debian debian-exim messagebus syslog uuidd tcpdump ssl-cert sudo adm
+    staff users _apt polkitd fail2ban letsencrypt certbot
+    wheel shadow disk kmem tty dialout cdrom floppy tape audio video plugdev
+    netdev input render sgx kvm lxd lxc libvirt libvirt_qemu docker podman
+    containerd incus sambashare lpadmin operator src utmp voice fax crontab
+    mlocate plocate _ssh sasl systemd_journal journal
 """.split())
 
 COMPONENTS = ("frontend", "api")
@@ -67,17 +74,29 @@ def components(value: str) -> list[str]:
     return names
 
 
+# ExecStart= prefixes: '+' and '!' run with full privileges, '-' ignores
+# failure, '@' and ':' and '|' change argv[0], expansion or the shell.
+EXEC_PREFIXES = ("+", "!", "-", "@", ":", "|")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def start_command(value: str) -> tuple[str, str]:
     """Parse COMPONENT=COMMAND for a unit's ExecStart."""
     component, sep, command = value.partition("=")
     if not sep or component not in COMPONENTS or not command.strip():
         raise InvalidInput(f"invalid --start {value!r}: expected COMPONENT=COMMAND, "
                            f"COMPONENT one of {', '.join(COMPONENTS)}")
+    command = command.strip()
     bare = command.replace("${PORT}", "").replace("${HOST}", "")
-    if any(c in command for c in "\n\r\0") or "%" in command or "$" in bare:
-        raise InvalidInput(f"invalid --start {value!r}: newlines, '%' and '$' are not allowed "
-                           "(systemd would expand them); only ${PORT} and ${HOST} are")
-    return component, command.strip()
+    if _CONTROL.search(command) or "%" in command or "$" in bare:
+        raise InvalidInput(f"invalid --start {value!r}: control characters, '%' and '$' are "
+                           "not allowed (systemd would expand them); only ${PORT} and ${HOST} are")
+    if command[0] in EXEC_PREFIXES or command.endswith("\\") or ";" in command.split():
+        raise InvalidInput(f"invalid --start {value!r}: it may not start with one of "
+                           f"{' '.join(EXEC_PREFIXES)} (systemd would run it with other "
+                           "privileges or ignore its failure), end with '\\' or contain "
+                           "a lone ';'")
+    return component, command
 
 
 def readable_file(value: str) -> Path:

@@ -115,7 +115,7 @@ def test_site_cannot_read_another_sites_env(host):
     assert res.returncode != 0 and "Permission denied" in res.stderr
     stat = host.sh("stat -c '%a %U %G' /srv/sites/alpha/shared/.env /srv/sites/alpha "
                    "/srv/sites/alpha/shared/logs").stdout.split("\n")
-    assert stat[:3] == ["600 alpha alpha", "750 alpha alpha", "750 root alpha"]
+    assert stat[:3] == ["600 alpha alpha", "750 root alpha", "750 root alpha"]
 
 
 def test_database_roles_reach_only_their_own_database(host):

@@ -13,6 +13,7 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk operator@laptop\n"
 
 NEW_SERVER = [
     (["getent", "passwd"], 2, ""),
+    (["getent", "group"], 2, ""),
     (["dpkg-query"], 1, "".join(f"{p} installed\n" for p in PACKAGES if p != "fail2ban")
      + "fail2ban not-installed\n"),
     (["sh", "-c", "command -v pnpm"], 1, ""),

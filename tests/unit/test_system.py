@@ -153,3 +153,23 @@ def test_a_streamed_command_prints_as_it_goes_and_fails_with_its_last_lines(root
         host.run(["build", "--all"], stream=True)
     assert host.out.getvalue().splitlines()[:2] == ["    line 0", "    line 1"]
     assert err.value.stderr.splitlines() == [f"line {i}" for i in range(15, 40)]
+
+
+def test_redaction_masks_known_secrets_and_anything_shaped_like_one():
+    diff = ("-requirepass hand-set-password\n+requirepass " + "k" * 43 + "\n maxmemory 64mb\n"
+            "DATABASE_URL=postgresql://shop:pw-not-in-env@localhost:5432/shop\n"
+            "API_TOKEN=abc\nNODE_ENV=production\nsecret in prose: " + "k" * 43 + "\n")
+    out = system.redact(diff, ["k" * 43])
+    for secret in ("hand-set-password", "k" * 43, "pw-not-in-env", "abc"):
+        assert secret not in out
+    assert "maxmemory 64mb" in out and "NODE_ENV=production" in out
+    assert "+requirepass ********" in out and "postgresql://shop:********@localhost" in out
+
+
+def test_secrets_of_an_env_file_include_passwords_inside_urls():
+    text = "REDIS_URL=redis://default:" + "p" * 43 + "@127.0.0.1:5000/0\nNODE_ENV=production\n"
+    assert "p" * 43 in envfile.secrets_of(text)
+
+
+def test_control_characters_from_builds_and_apps_are_stripped():
+    assert system.clean("ok\x1b[31m red\r\x07\x9b\tx\n") == "ok[31m red\tx\n"

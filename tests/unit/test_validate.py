@@ -4,7 +4,8 @@ from siteops import validate
 from siteops.errors import UsageError
 
 BAD_NAMES = ["", "a", "Shop", "1shop", "shop-2", "shop.x", "x" * 33, "root", "postgres",
-             "deploy", "www-data", "pg_shop", "template1", "shop name", "shop;rm"]
+             "deploy", "www-data", "pg_shop", "template1", "shop name", "shop;rm",
+             "docker", "shadow", "sudo", "adm", "wheel", "lxd", "disk", "kvm", "libvirt"]
 GOOD_NAMES = ["shop", "s2", "my_site", "x" * 32]
 BAD_DOMAINS = ["x", "localhost", "-a.example.com", "a-.example.com", "a..example.com",
                "exa mple.com", "*.example.com", "1.2.3.4", "a" * 64 + ".com",
@@ -47,7 +48,12 @@ def test_components_keep_order():
 
 
 @pytest.mark.parametrize("value", ["node server.js", "web=node x", "frontend=",
-                                   "frontend=node $HOME/x", "frontend=a\nb", "api=echo 100%"])
+                                   "frontend=node $HOME/x", "frontend=a\nb", "api=echo 100%",
+                                   # systemd ExecStart= prefixes: privileges, ignored failure
+                                   "frontend=+/bin/sh -c id", "frontend=!node x", "frontend=-node x",
+                                   "frontend=@node x", "frontend=:node x", "frontend=|node x",
+                                   "frontend=node x \\", "frontend=node x ; rm y",
+                                   "frontend=node \x1b[2Jx", "frontend=node\tx"])
 def test_bad_start_commands(value):
     with pytest.raises(UsageError):
         validate.start_command(value)

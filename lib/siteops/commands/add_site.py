@@ -82,6 +82,9 @@ def plan_entry(host: Host, data: dict, args: argparse.Namespace) -> dict:
     if site is None:
         if users.lookup(host, name) is not None:
             raise UsageError(f"a Unix user {name!r} already exists; choose another site name")
+        if users.group_exists(host, name):
+            raise UsageError(f"a Unix group {name!r} already exists (a site's user would join "
+                             "it); choose another site name")
         slot = registry.allocate_slot(data, network.listening_ports(host))
         site = {"name": name, "slot": slot, "user": name, "database": name,
                 "created": registry.now(), "state": registry.PROVISIONING,
