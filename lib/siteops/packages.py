@@ -8,7 +8,7 @@ from .system import Host
 PACKAGES = (
     "nginx", "postgresql", "redis-server", "ufw", "fail2ban", "python3-systemd",
     "certbot", "logrotate", "unattended-upgrades", "nodejs", "npm", "python3",
-    "python3-venv", "git", "openssh-server", "sudo", "curl", "acl",
+    "python3-venv", "git", "openssh-server", "sudo", "curl", "acl", "nftables",
 )
 PNPM = "pnpm@9"
 

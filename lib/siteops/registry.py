@@ -23,6 +23,7 @@ from .system import Host, atomic_write
 SCHEMA_VERSION = 1
 MAX_SLOTS = 90  # frontend ports 3100..3999
 FRONTEND_BASE, API_BASE, EXTRA_BASE, BLOCK = 3100, 4000, 5000, 10
+BLOCK_BASES = (FRONTEND_BASE, API_BASE, EXTRA_BASE)
 
 # Site states: a crash between "provisioning" and "ready" leaves the first.
 PROVISIONING, READY = "provisioning", "ready"

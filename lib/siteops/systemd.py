@@ -61,18 +61,39 @@ def live_units(site: dict) -> list[str]:
     return live_instances(site) + [redis_unit(site["name"])]
 
 
+# Per-site limits on its slice (every process of the site, builds included),
+# sized for a small VPS running a handful of sites; `limits NAME` changes them.
+DEFAULT_LIMITS = {"memory_max": "1G", "tasks_max": 512, "cpu_weight": 100, "io_weight": 100}
+
+
+def limits(site: dict) -> dict:
+    """The site's slice limits: its own settings over the defaults."""
+    return {**DEFAULT_LIMITS, **site.get("limits", {})}
+
+
+def socket_bind(site: dict) -> list[str]:
+    """SocketBind rules: a site's units may bind only its own three port blocks
+    (enforced where systemd has BPF: Debian 13, Ubuntu 24.04; nftables covers
+    Debian 12, see nftables.py)."""
+    first = [base + registry.BLOCK * site["slot"] for base in registry.BLOCK_BASES]
+    return [f"SocketBindAllow=tcp:{p}-{p + registry.BLOCK - 1}" for p in first] + \
+        ["SocketBindDeny=any"]
+
+
 def render_units(host: Host, site: dict) -> dict[str, str]:
     """The slice and unit files of a site, by unit name."""
     name, root = site["name"], host.paths.site(site["name"])
     hardening = render("systemd/hardening.conf")
-    units = {slice_name(name): render("systemd/site.slice", name=name)}
+    binds = "\n".join(socket_bind(site))
+    lim = limits(site)
+    units = {slice_name(name): render("systemd/site.slice", name=name, **lim)}
     for c in site["components"]:
         units[app_unit(name, c)] = render(
             "systemd/app.service", name=name, component=c, root=root, port=site["ports"][c],
-            command=site["commands"][c], hardening=hardening)
+            command=site["commands"][c], hardening=hardening, socket_bind=binds)
     units[redis_unit(name)] = render(
         "systemd/redis.service", name=name, root=root, port=site["ports"]["redis"],
-        conf=host.paths.redis_conf(name), hardening=hardening)
+        conf=host.paths.redis_conf(name), hardening=hardening, socket_bind=binds)
     return units
 
 
@@ -158,13 +179,16 @@ def render_dropin(site: str, release_id: str, release: Path, command: str,
                   search_path=":".join(search_path(release)), command=command, ports_env=env)
 
 
-def sandbox_argv(host: Host, site: str, workdir: Path, command: str, unit: str) -> list[str]:
+def sandbox_argv(host: Host, entry: dict, workdir: Path, command: str, unit: str) -> list[str]:
     """systemd-run argv that runs a shell command in workdir as the site user with
-    the services' hardening; only workdir and the site's build cache are writable."""
+    the services' hardening, in the site's slice (its limits), binding only its
+    ports; only workdir and the site's build cache are writable."""
+    site = entry["name"]
     root = host.paths.site(site)
     cache = root / "shared" / "cache"
     props = [line.strip() for line in render("systemd/hardening.conf").splitlines()
              if "=" in line and not line.startswith("#")]
+    props += socket_bind(entry)
     props += [f"User={site}", f"Group={site}", f"Slice={slice_name(site)}",
               f"WorkingDirectory={workdir}", f"ReadWritePaths={workdir} {cache}",
               f"EnvironmentFile={root}/shared/.env"]

@@ -109,6 +109,14 @@ def readable_file(value: str) -> Path:
     return path
 
 
+def absolute_dir(value: str) -> str:
+    """Return value, normalised, if it is an absolute path of plain characters."""
+    if (not value.startswith("/") or _CONTROL.search(value) or len(value) > 500
+            or ".." in value.split("/") or value.strip("/") == ""):
+        raise InvalidInput(f"invalid directory {value!r}: expected an absolute path below /")
+    return "/" + "/".join(p for p in value.split("/") if p and p != ".")
+
+
 # Git input reaches `git` as an argument (always after `--` or as a revision,
 # never first), but is checked here too: no options, no helper transports
 # (`ext::sh -c ...`), no control characters.

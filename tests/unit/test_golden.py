@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from siteops import logrotate, nginx, systemd, users
+from siteops import logrotate, nftables, nginx, systemd, users
 from siteops.paths import TEMPLATES, Paths
 from siteops.system import Host
 from siteops.templates import render
@@ -47,6 +47,13 @@ def renders():
     yield "sudoers-full", users.sudoers_text(Path("/opt/siteops/bin"), full=True)
     for unit in systemd.AUDIT_UNITS:
         yield f"systemd-{unit}", render(f"systemd/{unit}", bin="/opt/siteops/bin")
+    yield f"systemd-{nftables.UNIT}", render(f"systemd/{nftables.UNIT}",
+                                             conf="/etc/siteops/nftables.conf")
+    yield "nftables-siteops.nft", nftables.render_conf(
+        [dict(SITE, uid=1003), dict(API_ONLY, slot=3, uid=1004), dict(SITE, name="new", slot=4)],
+        33)
+    yield "systemd-siteops-big.slice", systemd.render_units(HOST, dict(
+        SITE, name="big", limits={"memory_max": "4G", "cpu_weight": 400}))["siteops-big.slice"]
     for name in ("postgres/siteops.conf", "postgres/pg_hba.conf", "ssh/sshd_siteops.conf",
                  "certbot/reload-nginx", "apt/20auto-upgrades"):
         yield name.replace("/", "-"), render(name)

@@ -21,6 +21,7 @@ NEW_SERVER = [
     (["pg_lsclusters"], 0, "15 main 5432 online postgres /var/lib/postgresql/15/main x\n"),
     (["runuser"], 0, "default", "", "datacl"),
     (["ufw", "status"], 0, "Status: inactive\n"),
+    (["nft", "list"], 1, "", "Error: No such file or directory"),
     (["systemctl", "is-enabled", "--quiet", "redis-server"], 0, ""),
     (["systemctl", "is-active", "--quiet", "ssh.service"], 0, ""),
     (["systemctl"], 3, ""),
@@ -55,6 +56,9 @@ def test_bootstrap_plan_on_a_new_server(root):
         "ufw allow 80/tcp",
         "ufw allow 443/tcp",
         "ufw --force enable",
+        "systemctl daemon-reload",
+        "systemctl enable --quiet siteops-nftables.service",
+        f"nft -f {root}/etc/siteops/nftables.conf",
         "systemctl enable fail2ban",
         "systemctl restart fail2ban",
         "useradd --user-group --create-home --shell /bin/bash --comment siteops deploy deploy",
@@ -68,7 +72,7 @@ def test_bootstrap_plan_on_a_new_server(root):
     # Nothing was written, and no command that changes anything was executed.
     assert not (root / "etc/nginx").exists() and not (root / "home").exists()
     assert all(c[0] in ("getent", "dpkg-query", "sh", "nginx", "pg_lsclusters", "runuser",
-                        "ufw", "systemctl") for c in runner.calls)
+                        "ufw", "systemctl", "nft") for c in runner.calls)
     assert all(c[:2] in (["ufw", "status"], ["systemctl", "is-enabled"], ["systemctl", "is-active"])
                or c[0] not in ("ufw", "systemctl") for c in runner.calls)
     written = host.written
@@ -112,6 +116,7 @@ def test_add_site_plan_for_a_new_site(root):
     assert planned_commands(host) == [
         "useradd --user-group --no-create-home --home-dir "
         f"{root}/srv/sites/shop --shell /usr/sbin/nologin --comment siteops site shop shop",
+        f"nft -f {root}/etc/siteops/nftables.conf",
         f"{PSQL} postgres",
         f"{PSQL} postgres",
         "systemctl daemon-reload",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import (cli, distro, envfile, fail2ban, instances, layout, logrotate, network, nginx,
+from .. import (cli, distro, envfile, fail2ban, instances, layout, logrotate, network, nftables, nginx,
                 postgres, redis, registry, systemd, users, validate)
 from ..errors import SiteopsError, UsageError
 from ..system import Host
@@ -19,7 +19,8 @@ What it creates:
   user        NAME, nologin, home /srv/sites/NAME, its own group and UID
   directories /srv/sites/NAME/{releases,shared/{logs,uploads,redis,backups}}
   ports       slot k of the registry: frontend 3100+10k, API 4000+10k,
-              Redis 5000+10k, all on 127.0.0.1
+              Redis 5000+10k, all on 127.0.0.1; nftables lets only NAME
+              answer from them and only NAME, nginx and root connect to them
   .env        shared/.env (0600): DATABASE_URL, REDIS_URL, NODE_ENV and
               generated secrets; values already there are never changed (PORT,
               FRONTEND_PORT and API_PORT are set by each instance's unit)
@@ -102,12 +103,17 @@ def plan_entry(host: Host, data: dict, args: argparse.Namespace) -> dict:
     return site
 
 
-def provision(host: Host, site: dict, db_port: int) -> list[str]:
+def provision(host: Host, site: dict, db_port: int, sites: list[dict]) -> list[str]:
     """Converge every resource of the site, in dependency order; return the
-    units whose files changed."""
+    units whose files changed. sites: every registry entry, this one included."""
     name = site["name"]
     with host.step(f"user {name}"):
         users.ensure_site_user(host, name, host.paths.site(name))
+    account = users.lookup(host, name)
+    if account is not None:  # None only in a dry run of a new site
+        site["uid"] = account.uid
+    with host.step("loopback port ownership (nftables)"):
+        nftables.ensure(host, sites)
     layout.ensure_tree(host, name)
     env_path = layout.env_path(host, name)
     with host.step(f"{env_path} (secrets kept)"):
@@ -144,9 +150,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
         host.say(f"site {args.name}: slot {site['slot']}, ports "
                  + ", ".join(f"{k} {v}" for k, v in site["ports"].items()))
         db_port = postgres.clusters(host)[0].port
-        changed = provision(host, site, db_port)
-        if not host.dry_run:
-            site["uid"] = users.lookup(host, args.name).uid
+        changed = provision(host, site, db_port, list(data["sites"].values()))
         if site.get("state") != registry.READY:
             site["state"] = registry.READY
             site["updated"] = registry.now()

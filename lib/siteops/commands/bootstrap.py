@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import (cli, distro, fail2ban, firewall, nginx, packages, postgres, redis, ssh, systemd,
+from .. import (cli, distro, fail2ban, firewall, git, nftables, nginx, packages, postgres, redis, registry, ssh, systemd,
                 tls, upgrades, users, validate)
 from ..paths import REPO
 from ..system import Host
@@ -27,7 +27,8 @@ What it does:
   redis      the shared instance bound to loopback and stopped: every site gets
              its own instance (add-site)
   firewall   UFW denies incoming except 22, 80, 443; fail2ban jails for sshd
-             (journal) and nginx rate limits
+             (journal) and nginx rate limits; nftables rules that let only a
+             site's own user answer from, and connect to, its ports on loopback
   users      a `deploy` user whose sudo is limited to deploy, rollback, audit
              and sites (full sudo only with --deploy-full-sudo)
   ssh        key-only login, checked with `sshd -t`; refuses to run if no
@@ -52,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give deploy passwordless sudo for everything, as the reference does")
     p.add_argument("--allow-ssh-lockout", action="store_true",
                    help="turn off SSH passwords even if no authorized key exists")
+    p.add_argument("--repo-dir", action="append", default=[], type=validate.absolute_dir,
+                   metavar="DIR",
+                   help="allow the deploy user (through sudo) to deploy local repositories "
+                        "under DIR; repeat for more; kept in /etc/siteops/repo-dirs. The "
+                        "repository is read with the deploy user's own permissions")
     p.add_argument("--cloudflare-ips", type=validate.readable_file, metavar="FILE",
                    help="replace the shipped Cloudflare ranges with this list (one CIDR a "
                         "line; e.g. https://www.cloudflare.com/ips-v4 and ips-v6 joined)")
@@ -81,6 +87,20 @@ def ensure_suite(host: Host) -> None:
                     host.write(dest, src.read_text(), mode)
 
 
+def ensure_repo_dirs(host: Host, dirs: list[str]) -> None:
+    """Add dirs to the local repository directories sudo callers may deploy from."""
+    path = host.paths.etc / "repo-dirs"
+    current = host.read(path)
+    have = git.repo_dirs(host)
+    new = [d for d in dirs if d not in have]
+    with host.step(f"local repository directories for deploy ({path})"):
+        if new or current is None:
+            head = current if current is not None else (
+                "# Managed by siteops bootstrap --repo-dir: directories under which the deploy\n"
+                "# user (through sudo) may deploy a local git repository. One per line.\n")
+            host.write(path, head + "".join(f"{d}\n" for d in new))
+
+
 def refresh_cloudflare(host: Host, text: str) -> None:
     """Keep an operator-supplied (already validated) Cloudflare list in /etc/siteops."""
     with host.step("Cloudflare ranges"):
@@ -106,10 +126,14 @@ def run(host: Host, args: argparse.Namespace) -> None:
     postgres.ensure_config(host, cluster)
     redis.ensure_shared(host)
     firewall_extra = firewall.ensure(host)
+    with host.step("loopback port ownership (nftables)"):
+        nftables.ensure_boot_unit(host)
+        nftables.ensure(host, list(registry.load(host)["sites"].values()))
     fail2ban.ensure(host)
     users.ensure_deploy_user(host)
     ssh.ensure_deploy_keys(host, deploy_home, args.deploy_key)
     users.ensure_sudoers(host, host.paths.install_dir / "bin", args.deploy_full_sudo)
+    ensure_repo_dirs(host, args.repo_dir)
     ssh.ensure_key_only(host)
     upgrades.ensure(host)
     tls.ensure_renewal_hook(host)

@@ -167,7 +167,7 @@ def build(host: Host, site: dict, rid: str, commit: str, args: argparse.Namespac
     for label, command in steps:
         host.say(f"==> {label}: {command}")
         try:
-            host.run(systemd.sandbox_argv(host, name, rel, command, instances.build_unit(name)),
+            host.run(systemd.sandbox_argv(host, site, rel, command, instances.build_unit(name)),
                      timeout=3600, stream=True)
         except CommandError as exc:
             raise SiteopsError(f"{label} failed (exit {exc.code}): {command}\n"

@@ -1,0 +1,79 @@
+"""Kernel-enforced port ownership on loopback: one nftables table, inet
+siteops, rendered from the registry (see templates/nftables/siteops.nft).
+
+Debian 12's systemd ignores SocketBindAllow=/SocketBindDeny= (no BPF), so
+these owner-matched rules are what stops one site's process from answering on
+another site's port, on every distribution; where systemd has BPF the units'
+SocketBind rules also refuse the bind() itself. The file is checked with
+`nft -c -f` before `nft -f` loads it in one transaction; siteops-nftables.service
+loads it at boot before the network and the sites start."""
+
+from __future__ import annotations
+
+from . import registry, systemd, users
+from .system import Host
+from .templates import render
+
+UNIT = "siteops-nftables.service"
+TABLE = ("inet", "siteops")
+
+
+def conf(host: Host):
+    return host.paths.etc / "nftables.conf"
+
+
+def port_sets(slot: int) -> str:
+    """The nft set of a slot's three blocks: { 3100-3109, 4000-4009, 5000-5009 }."""
+    return "{ " + ", ".join(f"{base + registry.BLOCK * slot}-{base + registry.BLOCK * slot + 9}"
+                            for base in registry.BLOCK_BASES) + " }"
+
+
+def site_rules(name: str, slot: int, uid: int, nginx_uid: int) -> str:
+    ports = port_sets(slot)
+    return (f"\t\ttcp sport {ports} meta skuid != {uid} drop "
+            f"comment \"siteops site {name}: only {name} answers from its ports\"\n"
+            f"\t\ttcp dport {ports} meta skuid != {{ 0, {nginx_uid}, {uid} }} "
+            f"reject with tcp reset comment \"siteops site {name}: only {name}, nginx and "
+            f"root connect to its ports\"\n")
+
+
+def render_conf(sites: list[dict], nginx_uid: int) -> str:
+    """The ruleset for every site whose user exists (its uid is recorded)."""
+    rules = "".join(site_rules(s["name"], s["slot"], s["uid"], nginx_uid)
+                    for s in sorted(sites, key=lambda s: s["slot"]) if "uid" in s)
+    return render("nftables/siteops.nft", rules=rules, nginx_uid=nginx_uid)
+
+
+def nginx_uid(host: Host) -> int:
+    """The uid nginx's workers run as (www-data on Debian and Ubuntu)."""
+    account = users.lookup(host, "www-data")
+    return account.uid if account else 33
+
+
+def ensure(host: Host, sites: list[dict]) -> bool:
+    """Write the ruleset for sites (checked with `nft -c`) and load it if it
+    changed or is not loaded; True if anything changed."""
+    path = conf(host)
+    with host.validated([path], ["nft", "-c", "-f", path], "nftables rules") as outcome:
+        host.write(path, render_conf(sites, nginx_uid(host)), 0o600)
+    if outcome["changed"] or not loaded(host):
+        host.run(["nft", "-f", path])
+        return True
+    return outcome["changed"]
+
+
+def loaded(host: Host) -> str | None:
+    """The loaded table as `nft list` prints it, or None if it is not loaded."""
+    res = host.query(["nft", "list", "table", *TABLE], ok=range(256))
+    return res.out if res.code == 0 else None
+
+
+def ensure_boot_unit(host: Host) -> None:
+    """siteops-nftables.service: verified, enabled, so the rules load at boot."""
+    path = host.paths.unit(UNIT)
+    with host.validated([path], ["systemd-analyze", "verify", path], "nftables unit") as outcome:
+        host.write(path, render(f"systemd/{UNIT}", conf=conf(host)))
+    if outcome["changed"]:
+        host.run(["systemctl", "daemon-reload"])
+    if not systemd.is_enabled(host, UNIT):
+        host.run(["systemctl", "enable", "--quiet", UNIT])
