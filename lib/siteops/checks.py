@@ -91,6 +91,7 @@ def host_checks(facts: dict) -> list[Finding]:
                   f"nginx -t fails: {' '.join(facts['nginx_t']['detail'])}",
                   remedy="fix the file nginx names, then `nginx -t`"))
     out += listener_checks(facts)
+    out.append(nftables_check(facts))
     out += postgres_checks(facts)
     out.append(_f("host.certbot", facts["certbot_hook"] and
                   facts["units"]["certbot.timer"]["active"] == "active", h,
@@ -161,6 +162,7 @@ def site_checks(host: Host, site: dict, facts: dict) -> list[Finding]:
     out += drift_checks(site, sf)
     out += unit_checks(site, facts)
     out.append(listen_check(site, facts))
+    out.append(ports_check(site, facts))
     out += release_checks(site, sf)
     out += tls_checks(site, sf, facts["time"])
     out.append(database_check(site, facts))
@@ -253,13 +255,44 @@ def unit_checks(site: dict, facts: dict) -> list[Finding]:
     return out
 
 
+def nftables_check(facts: dict) -> Finding:
+    """The loopback port-ownership rules are loaded, with rules for every site."""
+    loaded = facts["nftables"]
+    missing = [n for n in facts["sites"] if f'"siteops site {n}:' not in (loaded or "")]
+    return _f("host.nftables", loaded is not None and not missing, "host",
+              "loopback port-ownership rules loaded for every site",
+              "the nftables table inet siteops is not loaded" if loaded is None
+              else f"the loaded port-ownership rules lack site(s) {', '.join(missing)}",
+              remedy="audit --fix (or: systemctl restart siteops-nftables)", fix="nftables")
+
+
+def own_unit(name: str, unit: str) -> bool:
+    """True if unit is one of site name's (NAME-*: site names have no '-'), or its build."""
+    return unit.startswith(f"{name}-") or unit == f"siteops-build-{name}.service"
+
+
+def ports_check(site: dict, facts: dict) -> Finding:
+    """Nothing but the site's own units listens on its ports."""
+    name = site["name"]
+    own = set(registry.block_ports(site["slot"]))
+    foreign = sorted({f"{l['port']} held by {'/'.join(l['units']) or 'a process outside any unit'}"
+                      f" ({'/'.join(l['programs']) or '?'})"
+                      for l in facts["listeners"] if l["port"] in own
+                      and not (l["units"] and all(own_unit(name, u) for u in l["units"]))})
+    return _f(f"site.{name}.ports", not foreign, name,
+              "only its own units listen on its ports",
+              "another process listens on its ports: " + ", ".join(foreign),
+              remedy="stop that unit or process (`ss -ltnp`); nginx sends the site's "
+                     "visitors to whatever holds its ports")
+
+
 def listen_check(site: dict, facts: dict) -> Finding:
     """The site's processes (its units are NAME-*: site names have no '-')."""
     name = site["name"]
     own = set(registry.block_ports(site["slot"]))
     bad = []
     for l in facts["listeners"]:
-        if not any(u.startswith(f"{name}-") for u in l["units"]):
+        if not any(own_unit(name, u) for u in l["units"]):
             continue
         if l["addr"] not in LOOPBACK:
             bad.append(f"{l['addr']}:{l['port']}")

@@ -16,7 +16,7 @@ import ssl
 from pathlib import Path
 
 from . import (distro, envfile, firewall, instances, layout, logrotate, network, nginx,
-               postgres, redis, registry, systemd, tls)
+               nftables, postgres, redis, registry, systemd, tls)
 from .errors import CommandError
 from .system import Host
 
@@ -176,6 +176,7 @@ def gather(host: Host, sites: list[dict]) -> dict:
         "certbot_hook": host.paths.p(
             "/etc/letsencrypt/renewal-hooks/deploy/siteops-reload-nginx").exists(),
         "listeners": network.listeners(host),
+        "nftables": nftables.loaded(host),
         "units": unit_states(host, units),
         "exposure": exposure(host, [u for names in site_units.values() for u in names]),
         "postgres": postgres_facts(host),

@@ -119,8 +119,9 @@ def start(host: Host, site: dict, rid: str, record: dict, ports: dict[str, int])
     """Start release rid on ports beside the live instances; return the new units."""
     busy = sorted(set(ports.values()) & network.listening_ports(host))
     if busy:
-        raise SiteopsError(f"port {busy[0]} of site {site['name']} is in use by something "
-                           "else; free it (ss -ltnp) and deploy again")
+        raise SiteopsError(f"port {busy[0]} of site {site['name']} is in use by "
+                           f"{network.describe_holders(network.holders(host, busy[0]))}; "
+                           "free it (ss -ltnp) and deploy again")
     with host.step(f"start release {rid} on port(s) {', '.join(map(str, ports.values()))}"):
         units = ensure_dropins(host, site, rid, record, ports)
         host.run(["systemctl", "start", *units])
@@ -147,6 +148,7 @@ def wait_healthy(host: Host, site: dict, record: dict, ports: dict[str, int],
                         f" (restarted {restarts} time(s))" if restarts else f" ({state})"))
                 code = http_status(host, domain, port, record["health"][c])
                 if 200 <= code < 400:
+                    check_owner(host, unit, port)
                     host.say(f"{'':13}{c} answered {code} on port {port}")
                     del pending[c]
             if pending:
@@ -156,6 +158,15 @@ def wait_healthy(host: Host, site: dict, record: dict, ports: dict[str, int],
                                        f"{record['health'][c]} on port {pending[c]} "
                                        f"within {timeout}s")
                 sleep(POLL)
+
+
+def check_owner(host: Host, unit: str, port: int) -> None:
+    """Refuse a port whose listener is not unit: whatever answered the health
+    check is not the release (a process of another site that took the port)."""
+    found = network.holders(host, port)
+    if not found or any(l["units"] != [unit] for l in found):
+        raise SiteopsError(f"port {port} answered, but its listener is "
+                           f"{network.describe_holders(found)}, not {unit}: not switching")
 
 
 def stop(host: Host, units: list[str]) -> None:

@@ -58,3 +58,14 @@ def unit_of(pid: int) -> str:
         return ""
     path = text.strip().splitlines()[-1].rpartition(":")[2]
     return path.rstrip("/").rpartition("/")[2]
+
+
+def holders(host: Host, port: int) -> list[dict]:
+    """The listeners on TCP port (any address), each with its units and programs."""
+    return [l for l in listeners(host) if l["port"] == port and l["proto"] == "tcp"]
+
+
+def describe_holders(found: list[dict]) -> str:
+    """'blog-rogue.service (python3)' for each holder, for an error message."""
+    return ", ".join(f"{'/'.join(l['units']) or 'no unit'} ({'/'.join(l['programs']) or '?'})"
+                     for l in found) or "nothing"

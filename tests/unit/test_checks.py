@@ -37,7 +37,7 @@ def problems(found):
 def test_the_recorded_box_is_clean():
     found = findings()
     assert problems(found) == {} and checks.exit_code(found) == 0
-    assert len(found) == 55 and len({f.id for f in found}) == 55
+    assert len(found) == 58 and len({f.id for f in found}) == 58
 
 
 def listen(proto, addr, port, units, programs):
@@ -75,7 +75,17 @@ BREAKAGES = [
     (lambda f: f["listeners"].append(listen("tcp", "0.0.0.0", 3101, ["alpha-frontend@3100.service"],
                                             ["node"])), {"site.alpha.listen": "critical", "host.listen.public": "critical"}),
     (lambda f: f["listeners"].append(listen("tcp", "127.0.0.1", 3110, ["alpha-x.service"],
-                                            ["node"])), {"site.alpha.listen": "critical"}),
+                                            ["node"])), {"site.alpha.listen": "critical",
+                                                         "site.beta.ports": "critical"}),
+    # Another site's process (or one outside any unit) on a site's port, named.
+    (lambda f: f["listeners"].append(listen("tcp", "127.0.0.1", 3101, ["beta-rogue.service"],
+                                            ["python3"])), {"site.alpha.ports": "critical",
+                                                            "site.beta.listen": "critical"}),
+    (lambda f: f["listeners"].append(listen("tcp", "127.0.0.1", 5019, [], ["nc"])),
+     {"site.beta.ports": "critical"}),
+    (lambda f: f.update(nftables=None), {"host.nftables": "critical"}),
+    (lambda f: f.update(nftables=f["nftables"].replace("siteops site beta:", "x")),
+     {"host.nftables": "critical"}),
     (lambda f: f["sites"]["alpha"]["current"].update(target_exists=False), {"site.alpha.current": "critical"}),
     (lambda f: f["sites"]["beta"]["releases"].extend(f"2026010{i}T000000Z" for i in range(8)), {"site.beta.releases": "warning"}),
     (lambda f: f["postgres"]["databases"].update(beta=True), {"site.beta.database": "critical"}),
@@ -148,10 +158,10 @@ def test_json_document_and_text_report():
     assert set(doc) == {"version", "time", "host", "status", "exit_code", "counts", "sites",
                         "fixed", "findings"}
     assert (doc["status"], doc["exit_code"], doc["counts"]) == (
-        "critical", 2, {"ok": 53, "warning": 1, "critical": 1})
+        "critical", 2, {"ok": 56, "warning": 1, "critical": 1})
     first = next(f for f in doc["findings"] if f["id"] == "site.alpha.env")
     assert set(first) >= {"id", "severity", "subject", "message", "remedy"}
     lines = audit.text_report(found, [])
     assert lines[0].startswith("CRITICAL site.alpha.env: .env is 0644")
     assert lines[2].startswith("WARNING  host.disk: disk 85.0% used")
-    assert lines[-1] == "audit CRITICAL: 55 checks, 53 ok, 1 warning(s), 1 critical"
+    assert lines[-1] == "audit CRITICAL: 58 checks, 56 ok, 1 warning(s), 1 critical"

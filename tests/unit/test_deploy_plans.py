@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from siteops import instances, nginx, registry, system
+from siteops import instances, network, nginx, registry, system
 from siteops.commands import deploy, rollback
 
 from fakes import make_host, planned_commands
@@ -16,8 +16,15 @@ RUNS = {"commands": {"frontend": "/usr/bin/env node server.js"},
         "health": {"frontend": "/healthz"}, "health_timeout": 1}
 
 
-def healthy(curl="200", restarts=0):
+def held_by(port, pid):
+    """`ss -p` output: a listener on port held by process pid."""
+    return (["ss", "-H", "-t", "-u", "-l", "-n", "-p"], 0,
+            f'tcp LISTEN 0 511 127.0.0.1:{port} 0.0.0.0:* users:(("app",pid={pid},fd=3))\n')
+
+
+def healthy(curl="200", restarts=0, listener_pid=3101):
     return [(["ss", "-H", "-t", "-l", "-n"], 0, "LISTEN 0 511 127.0.0.1:3100 0.0.0.0:*\n"),
+            held_by(3101, listener_pid),
             (["ss"], 0, ""),
             (["systemctl", "show"], 0, f"ActiveState=active\nNRestarts={restarts}\n"),
             (["curl"], 0, curl),
@@ -27,7 +34,10 @@ def healthy(curl="200", restarts=0):
 
 @pytest.fixture
 def shop(root, monkeypatch):
-    """A registry with site shop live on R1 (port 3100) and R2 built, files owned by us."""
+    """A registry with site shop live on R1 (port 3100) and R2 built, files owned by us.
+    Process 3101 runs in shop-frontend@3101.service, 666 in blog-rogue.service."""
+    units = {3101: "shop-frontend@3101.service", 666: "blog-rogue.service"}
+    monkeypatch.setattr(network, "unit_of", lambda pid: units.get(pid, ""))
     monkeypatch.setattr(system, "uid_of", lambda name: os.getuid())
     monkeypatch.setattr(system, "gid_of", lambda name: os.getgid())
     for rid in (R1, R2):
@@ -81,6 +91,9 @@ def test_switch_starts_beside_checks_health_then_moves_nginx_and_current(root, s
 @pytest.mark.parametrize("rules, message", [
     (healthy(curl="500"), "did not pass its health check GET /healthz on port 3101 within 1s"),
     (healthy(restarts=1), "shop-frontend@3101.service exited while starting"),
+    # Another site's process took the port: whatever answered is not the release.
+    (healthy(listener_pid=666), r"port 3101 answered, but its listener is blog-rogue.service "
+                                r"\(app\), not shop-frontend@3101.service: not switching"),
 ])
 def test_a_failed_switch_stops_the_new_instance_and_touches_nothing_live(root, shop, rules, message):
     host, runner = prepared_host(root, shop, rules)
@@ -98,9 +111,11 @@ def test_a_failed_switch_stops_the_new_instance_and_touches_nothing_live(root, s
 
 
 def test_switch_refuses_a_spare_port_something_else_holds(root, shop):
-    rules = [(["ss", "-H", "-t", "-l", "-n"], 0, "LISTEN 0 5 127.0.0.1:3101 0.0.0.0:*\n")] + healthy()
+    rules = [(["ss", "-H", "-t", "-l", "-n"], 0, "LISTEN 0 5 127.0.0.1:3101 0.0.0.0:*\n"),
+             held_by(3101, 666)] + healthy()
     host, runner = prepared_host(root, shop, rules)
-    with pytest.raises(system.SiteopsError, match="port 3101 of site shop is in use"):
+    with pytest.raises(system.SiteopsError, match=r"port 3101 of site shop is in use by "
+                                                  r"blog-rogue.service \(app\)"):
         instances.switch(host, shop, R2, shop["releases"][R2], lambda e: None)
     assert planned_commands(host) == []
 

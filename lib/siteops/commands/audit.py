@@ -8,7 +8,7 @@ import os
 import socket
 import sys
 
-from .. import (checks, cli, envfile, facts, instances, layout, logrotate, nginx, redis,
+from .. import (checks, cli, envfile, facts, instances, layout, logrotate, nftables, nginx, redis,
                 registry, releases, systemd, validate)
 from ..errors import UsageError
 from ..system import Host
@@ -161,6 +161,9 @@ def run(host: Host, args: argparse.Namespace) -> int:
     fixed: list[str] = []
     if args.fix:
         broken = [f for f in findings if f.severity != checks.OK and f.fix]
+        if any(f.fix == "nftables" for f in broken):
+            with host.step("loopback port-ownership rules (nftables)"):
+                nftables.ensure(host, list(registry.load(host)["sites"].values()))
         for site in sites:
             kinds = {f.fix for f in broken if f.subject == site["name"]}
             if kinds:
