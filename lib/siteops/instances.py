@@ -188,14 +188,15 @@ def switch(host: Host, site: dict, rid: str, record: dict,
     that records the switch."""
     name = site["name"]
     logs = layout.logs(host, name)
-    ports = registry.spare_ports(site)
+    busy = network.listening_ports(host)
+    ports = registry.spare_ports(site, busy)
     old_units = systemd.live_instances(site)
     old_ports = list((registry.live_ports(site) or {}).values())
     sizes = log_sizes(host, site)
     new_units: list[str] = []
     current = host.paths.site(name) / "current"
     before = host.snapshot(current)
-    live = {"release": rid, "offset": registry.spare_offset(site)}
+    live = {"release": rid, "offset": registry.spare_offset(site, busy)}
     try:
         new_units = start(host, site, rid, record, ports)
         if not host.dry_run:

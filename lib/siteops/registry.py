@@ -147,22 +147,33 @@ def update_site(host: Host, name: str, purpose: str, change) -> dict:
 
 def live_ports(site: dict) -> dict[str, int] | None:
     """Ports the live instance of each component listens on, or None before the
-    first deploy. Each component has two instances, on its block's first two
-    ports; site["live"]["offset"] says which one serves."""
+    first deploy. A component's instances run on ports of its block of ten;
+    site["live"]["offset"] says which one serves."""
     live = site.get("live")
     if not live:
         return None
     return {c: site["ports"][c] + live["offset"] for c in site["components"]}
 
 
-def spare_offset(site: dict) -> int:
-    """Which of the two ports the next release starts on: the one not live."""
-    return 1 - site["live"]["offset"] if site.get("live") else 0
+def spare_offset(site: dict, busy: set[int] | frozenset = frozenset()) -> int:
+    """Where the next release starts: the first port of each block when nothing
+    is live, else the one beside the live port (3101 when 3100 serves, and
+    back); if something else holds those (busy), the next free offset of the
+    block, so a port held by another process cannot block a deploy."""
+    live = site["live"]["offset"] if site.get("live") else None
+    preferred = 0 if live is None else 1 - live if live in (0, 1) else 0
+    for offset in sorted(range(BLOCK), key=lambda o: (o != preferred, o)):
+        if offset != live and not any(site["ports"][c] + offset in busy
+                                      for c in site["components"]):
+            return offset
+    raise SiteopsError(f"site {site['name']}: every port of its blocks is in use; "
+                       "free one (ss -ltnp) and try again")
 
 
-def spare_ports(site: dict) -> dict[str, int]:
-    """Ports for the next release's instances."""
-    return {c: site["ports"][c] + spare_offset(site) for c in site["components"]}
+def spare_ports(site: dict, busy: set[int] | frozenset = frozenset()) -> dict[str, int]:
+    """Ports for the next release's instances (see spare_offset)."""
+    offset = spare_offset(site, busy)
+    return {c: site["ports"][c] + offset for c in site["components"]}
 
 
 def block_ports(slot: int) -> list[int]:

@@ -36,7 +36,8 @@ def healthy(curl="200", restarts=0, listener_pid=3101):
 def shop(root, monkeypatch):
     """A registry with site shop live on R1 (port 3100) and R2 built, files owned by us.
     Process 3101 runs in shop-frontend@3101.service, 666 in blog-rogue.service."""
-    units = {3101: "shop-frontend@3101.service", 666: "blog-rogue.service"}
+    units = {3101: "shop-frontend@3101.service", 3102: "shop-frontend@3102.service",
+             666: "blog-rogue.service"}
     monkeypatch.setattr(network, "unit_of", lambda pid: units.get(pid, ""))
     monkeypatch.setattr(system, "uid_of", lambda name: os.getuid())
     monkeypatch.setattr(system, "gid_of", lambda name: os.getgid())
@@ -110,13 +111,26 @@ def test_a_failed_switch_stops_the_new_instance_and_touches_nothing_live(root, s
     assert registry.load(host)["sites"]["shop"]["live"] == {"release": R1, "offset": 0}
 
 
-def test_switch_refuses_a_spare_port_something_else_holds(root, shop):
-    rules = [(["ss", "-H", "-t", "-l", "-n"], 0, "LISTEN 0 5 127.0.0.1:3101 0.0.0.0:*\n"),
-             held_by(3101, 666)] + healthy()
+def test_a_spare_port_something_else_holds_is_skipped(root, shop):
+    # Another site's process sits on 3101: the release starts on 3102 instead.
+    rules = [(["ss", "-H", "-t", "-l", "-n"], 0, "LISTEN 0 5 127.0.0.1:3100 0.0.0.0:*\n"
+                                                 "LISTEN 0 5 127.0.0.1:3101 0.0.0.0:*\n"),
+             held_by(3102, 3102)] + healthy()
     host, runner = prepared_host(root, shop, rules)
+    site = instances.switch(host, shop, R2, shop["releases"][R2], lambda e: None)
+    assert planned_commands(host)[:2] == ["systemctl daemon-reload",
+                                          "systemctl start shop-frontend@3102.service"]
+    assert site["live"] == {"release": R2, "offset": 2}
+    assert "127.0.0.1:3102" in (root / "etc/nginx/sites-available/shop.conf").read_text()
+
+
+def test_a_port_taken_between_the_choice_and_the_start_is_refused_naming_its_holder(root, shop):
+    host, runner = prepared_host(root, shop, [held_by(3101, 666)] + healthy())
+    ports = {"frontend": 3101}
+    runner.rules.insert(0, (["ss", "-H", "-t", "-l", "-n"], 0, "LISTEN 0 5 127.0.0.1:3101 0.0.0.0:*\n"))
     with pytest.raises(system.SiteopsError, match=r"port 3101 of site shop is in use by "
                                                   r"blog-rogue.service \(app\)"):
-        instances.switch(host, shop, R2, shop["releases"][R2], lambda e: None)
+        instances.start(host, shop, R2, shop["releases"][R2], ports)
     assert planned_commands(host) == []
 
 
