@@ -108,7 +108,8 @@ def test_drift_shows_a_diff_without_secrets(host):
 
 @pytest.mark.parametrize("command, port, extra", [
     ("python3 -m http.server --bind 0.0.0.0 3105", "0.0.0.0:3105", "host.listen.public"),
-    ("python3 -m http.server --bind 127.0.0.1 3115", "port 3115 (not in its blocks)", None),
+    ("python3 -m http.server --bind 127.0.0.1 3115", "port 3115 (not in its blocks)",
+     "site.beta.ports"),  # beta's port: named in beta's findings too
 ])
 def test_a_site_process_listening_where_it_must_not_is_critical(host, command, port, extra):
     # A process of site alpha (its unit is alpha-*) on all addresses / on beta's port.
