@@ -71,6 +71,13 @@ def limits(site: dict) -> dict:
     return {**DEFAULT_LIMITS, **site.get("limits", {})}
 
 
+def limit_properties(site: dict) -> list[str]:
+    """The slice's limits as systemd properties (the slice file says the same)."""
+    lim = limits(site)
+    return [f"MemoryMax={lim['memory_max']}", f"TasksMax={lim['tasks_max']}",
+            f"CPUWeight={lim['cpu_weight']}", f"IOWeight={lim['io_weight']}"]
+
+
 def socket_bind(site: dict) -> list[str]:
     """SocketBind rules: a site's units may bind only its own three port blocks
     (enforced where systemd has BPF: Debian 13, Ubuntu 24.04; nftables covers
@@ -122,6 +129,10 @@ def ensure_units(host: Host, site: dict, redis_config_changed: bool = False) -> 
     remove_legacy_units(host, site)
     if changed:
         host.run(["systemctl", "daemon-reload"])
+    slice_ = slice_name(site["name"])
+    if slice_ in changed and is_active(host, slice_):
+        # daemon-reload does not re-apply a running slice's cgroup settings.
+        host.run(["systemctl", "set-property", "--runtime", slice_, *limit_properties(site)])
     redis = redis_unit(site["name"])
     if (redis in changed or redis_config_changed) and is_active(host, redis):
         host.run(["systemctl", "restart", redis])

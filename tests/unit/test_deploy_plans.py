@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from siteops import instances, network, nginx, registry, system
-from siteops.commands import deploy, rollback
+from siteops import instances, network, nginx, registry, system, systemd
+from siteops.commands import deploy, limits, rollback
 
 from fakes import make_host, planned_commands
 
@@ -184,3 +184,25 @@ def test_refresh_switches_only_when_a_component_template_changed(root, shop):
                                           "systemctl start shop-frontend@3101.service"]
     assert registry.load(host)["sites"]["shop"]["history"][-1]["action"] == "restart"
     assert (root / "srv/sites/shop/current").readlink().as_posix() == f"releases/{R1}"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="limits changes need root")
+def test_limits_rewrite_the_slice_and_apply_to_the_running_site(root, shop):
+    rules = [(["systemctl", "is-active", "--quiet", "siteops-shop.slice"], 0, ""),
+             (["systemctl", "is-active"], 3, "")]
+    host, runner = make_host(root, rules, dry_run=False)
+    systemd.ensure_units(host, shop)  # as add-site left them
+    host.actions.clear()
+    assert limits.main(["shop", "--memory-max", "512M", "--tasks-max", "128"], host) == 0
+    assert planned_commands(host) == [
+        "systemctl daemon-reload",
+        "systemctl set-property --runtime siteops-shop.slice MemoryMax=512M TasksMax=128 "
+        "CPUWeight=100 IOWeight=100",
+    ]
+    text = (root / "etc/systemd/system/siteops-shop.slice").read_text()
+    assert "MemoryMax=512M\n" in text and "TasksMax=128\n" in text
+    assert registry.load(host)["sites"]["shop"]["limits"] == {"memory_max": "512M",
+                                                              "tasks_max": 128}
+    with pytest.raises(SystemExit) as bad:
+        limits.main(["shop", "--memory-max", "1T"], host)
+    assert bad.value.code == 2
