@@ -26,7 +26,50 @@ def build_image(suite: str | None = None) -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-class Box:
+class Machine:
+    """What the box and the VM share: the suite's commands and checked results."""
+
+    kind = "machine"
+
+    def sh(self, script: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+        raise NotImplementedError
+
+    def checked(self, res: subprocess.CompletedProcess, script: str,
+                check: bool) -> subprocess.CompletedProcess:
+        """res, or an AssertionError with its output when check and it failed."""
+        if check and res.returncode != 0:
+            raise AssertionError(f"{self.kind} command failed ({res.returncode}): {script}\n"
+                                 f"--- stdout\n{res.stdout}\n--- stderr\n{res.stderr}")
+        return res
+
+    def siteops(self, command: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run one of the suite's commands from the checkout in the machine."""
+        return self.sh(f"{SRC}/bin/{command}", check=check)
+
+    def two_sites(self, scripts: dict[str, str]) -> None:
+        """Sites shop and blog (slots 0 and 1), each with PYTHON_APP deployed from
+        /srv/repos/NAME; scripts are written to /srv/NAME.py for any user to run."""
+        for site in ("shop", "blog"):
+            self.siteops(f"add-site {site} --domain {site}.test --components frontend "
+                         f"--start frontend='/usr/bin/env SITE={site} python3 app.py'")
+            commit(self, f"/srv/repos/{site}", {"app.py": PYTHON_APP}, site)
+            self.siteops(f"deploy {site} --repo /srv/repos/{site}")
+        for name, text in scripts.items():
+            self.sh(f"cat > /srv/{name}.py && chmod 644 /srv/{name}.py", input=text)
+
+    def run_as_site(self, site: str, slot: int, unit: str, command: str) -> None:
+        """Start command as the site's user in the site's slice, bound by the
+        SocketBind rules of the site's units (its three blocks of ten ports),
+        as a hostile process of that site would be."""
+        binds = " ".join(f"-p SocketBindAllow=tcp:{p + 10 * slot}-{p + 10 * slot + 9}"
+                         for p in (3100, 4000, 5000))
+        self.sh(f"systemd-run --quiet --unit={unit} -p User={site} -p Group={site} "
+                f"-p Slice=siteops-{site}.slice {binds} -p SocketBindDeny=any {command}")
+
+
+class Box(Machine):
+    kind = "box"
+
     def __init__(self, image: Path):
         self.image = image
         self.work = Path(tempfile.mkdtemp(prefix="siteops-box-"))
@@ -84,14 +127,7 @@ class Box:
         argv = ["nsenter", "-t", str(self.leader), "-a", "env", "-i", f"PATH={PATH}",
                 "LANG=C.UTF-8", "HOME=/root", "TERM=dumb", "bash", "-c", script]
         res = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
-        if check and res.returncode != 0:
-            raise AssertionError(f"box command failed ({res.returncode}): {script}\n"
-                                 f"--- stdout\n{res.stdout}\n--- stderr\n{res.stderr}")
-        return res
-
-    def siteops(self, command: str, check: bool = True) -> subprocess.CompletedProcess:
-        """Run one of the suite's commands from the bound checkout."""
-        return self.sh(f"{SRC}/bin/{command}", check=check)
+        return self.checked(res, script, check)
 
     def stop(self) -> None:
         """Power the machine off, unmount and delete the overlay."""

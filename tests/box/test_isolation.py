@@ -58,13 +58,7 @@ def host(box):
     box.sh("mkdir -p /srv/repos-deploy && chown deploy: /srv/repos-deploy || true")
     box.siteops("bootstrap --repo-dir /srv/repos-deploy")
     box.sh("chown deploy: /srv/repos-deploy")
-    for site in ("shop", "blog"):
-        box.siteops(f"add-site {site} --domain {site}.test --components frontend "
-                    f"--start frontend='/usr/bin/env SITE={site} python3 app.py'")
-        commit(box, f"/srv/repos/{site}", {"app.py": PYTHON_APP}, site)
-        box.siteops(f"deploy {site} --repo /srv/repos/{site}")
-    box.sh("cat > /srv/hostile.py && chmod 644 /srv/hostile.py", input=HOSTILE)
-    box.sh("cat > /srv/connect.py && chmod 644 /srv/connect.py", input=CONNECT)
+    box.two_sites({"hostile": HOSTILE, "connect": CONNECT})
     return box
 
 
@@ -83,12 +77,8 @@ def curl(box, site: str, timeout: int = 5) -> str:
 
 
 def as_blog(box, unit: str, command: str) -> None:
-    """Start command as site blog, in blog's slice, bound by the SocketBind rules
-    of blog's units (its own three port blocks)."""
-    first = [base + 10 * registry(box)["blog"]["slot"] for base in (3100, 4000, 5000)]
-    binds = " ".join(f"-p SocketBindAllow=tcp:{p}-{p + 9}" for p in first)
-    box.sh(f"systemd-run --quiet --unit={unit} -p User=blog -p Group=blog "
-           f"-p Slice=siteops-blog.slice {binds} -p SocketBindDeny=any {command}")
+    """Start command as a process of site blog: its user, slice and SocketBind rules."""
+    box.run_as_site("blog", registry(box)["blog"]["slot"], unit, command)
 
 
 def test_blog_cannot_capture_shops_traffic_when_shops_instance_restarts(host):

@@ -15,8 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import SRC, Machine  # tests/box, on sys.path (conftest)
+
 REPO = Path(__file__).resolve().parents[2]
-SRC = "/opt/siteops-src"
 
 
 def build_image() -> Path:
@@ -31,7 +32,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class VM:
+class VM(Machine):
+    kind = "vm"
+
     def __init__(self, image: Path, memory_mb: int = 2048):
         self.image = image
         self.memory_mb = memory_mb
@@ -100,13 +103,7 @@ class VM:
         res = subprocess.CompletedProcess(res.args, res.returncode,
                                           res.stdout.decode(errors="replace"),
                                           res.stderr.decode(errors="replace"))
-        if check and res.returncode != 0:
-            raise AssertionError(f"vm command failed ({res.returncode}): {script}\n"
-                                 f"--- stdout\n{res.stdout}\n--- stderr\n{res.stderr}")
-        return res
-
-    def siteops(self, command: str, check: bool = True) -> subprocess.CompletedProcess:
-        return self.sh(f"{SRC}/bin/{command}", check=check)
+        return self.checked(res, script, check)
 
     def stop(self) -> None:
         """Power the VM off (or kill qemu) and delete its scratch files."""

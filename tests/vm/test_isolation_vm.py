@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from machine import PYTHON_APP, commit
-from qemu import SRC
+from machine import SRC
 
 HOG = """\
 import time
@@ -55,24 +54,14 @@ for port in map(int, sys.argv[1:]):
 @pytest.fixture(scope="module")
 def host(vm):
     vm.siteops("bootstrap")
-    for site in ("shop", "blog"):
-        vm.siteops(f"add-site {site} --domain {site}.test --components frontend "
-                   f"--start frontend='/usr/bin/env SITE={site} python3 app.py'")
-        commit(vm, f"/srv/repos/{site}", {"app.py": PYTHON_APP}, site)
-        vm.siteops(f"deploy {site} --repo /srv/repos/{site}")
-    for name, text in (("hog", HOG), ("forkbomb", FORK_BOMB), ("bind", BIND)):
-        vm.sh(f"cat > /srv/{name}.py && chmod 644 /srv/{name}.py", input=text)
+    vm.two_sites({"hog": HOG, "forkbomb": FORK_BOMB, "bind": BIND})
     vm.siteops("limits blog --memory-max 192M --tasks-max 64")
     return vm
 
 
 def as_blog(vm, unit: str, script: str, args: str = "") -> None:
-    """Run a script as site blog in blog's slice, bound by the SocketBind rules of
-    blog's units (slot 1: ports 3110-3119, 4010-4019, 5010-5019)."""
-    binds = " ".join(f"-p SocketBindAllow=tcp:{p}-{p + 9}" for p in (3110, 4010, 5010))
-    vm.sh(f"systemd-run --quiet --unit={unit} -p User=blog -p Group=blog "
-          f"-p Slice=siteops-blog.slice {binds} -p SocketBindDeny=any "
-          f"/usr/bin/python3 /srv/{script}.py {args}")
+    """Run /srv/SCRIPT.py as a process of site blog (slot 1)."""
+    vm.run_as_site("blog", 1, unit, f"/usr/bin/python3 /srv/{script}.py {args}")
 
 
 def wait_done(vm, unit: str, timeout: int = 120) -> str:
