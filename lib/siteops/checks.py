@@ -11,6 +11,7 @@ import difflib
 from dataclasses import asdict, dataclass
 
 from . import layout, registry, releases, systemd
+from .model import Site
 from .system import Host, redact
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
@@ -154,8 +155,8 @@ def postgres_checks(facts: dict) -> list[Finding]:
 
 # -- sites --------------------------------------------------------------------
 
-def site_checks(host: Host, site: dict, facts: dict) -> list[Finding]:
-    name = site["name"]
+def site_checks(host: Host, site: Site, facts: dict) -> list[Finding]:
+    name = site.name
     sf = facts["sites"][name]
     out = [user_check(site, sf)]
     out += tree_checks(host, site, sf)
@@ -172,14 +173,14 @@ def site_checks(host: Host, site: dict, facts: dict) -> list[Finding]:
     return out
 
 
-def user_check(site: dict, sf: dict) -> Finding:
-    name, u = site["name"], sf["user"]
+def user_check(site: Site, sf: dict) -> Finding:
+    name, u = site.name, sf["user"]
     problems = []
     if u is None:
         problems.append("the Unix user is missing")
     else:
-        if site.get("uid") is not None and u["uid"] != site["uid"]:
-            problems.append(f"UID {u['uid']} (registry: {site['uid']})")
+        if site.uid is not None and u["uid"] != site.uid:
+            problems.append(f"UID {u['uid']} (registry: {site.uid})")
         if not u["shell"].endswith("nologin"):
             problems.append(f"shell {u['shell']}")
         if not u["home"].endswith(f"/sites/{name}"):
@@ -197,8 +198,8 @@ def _ids(sf: dict, owner: str, group: str) -> tuple[int, int] | None:
     return (0 if owner == "root" else u["uid"]), (0 if group == "root" else u["gid"])
 
 
-def tree_checks(host: Host, site: dict, sf: dict) -> list[Finding]:
-    name = site["name"]
+def tree_checks(host: Host, site: Site, sf: dict) -> list[Finding]:
+    name = site.name
     wrong = []
     for path, mode, owner, group in layout.tree(host, name):
         st, ids = sf["tree"].get(str(path)), _ids(sf, owner, group)
@@ -218,8 +219,8 @@ def tree_checks(host: Host, site: dict, sf: dict) -> list[Finding]:
     ]
 
 
-def drift_checks(site: dict, sf: dict) -> list[Finding]:
-    name = site["name"]
+def drift_checks(site: Site, sf: dict) -> list[Finding]:
+    name = site.name
     out = []
     for path, want in sf["expected"].items():
         have = sf["actual"].get(path)
@@ -236,19 +237,19 @@ def drift_checks(site: dict, sf: dict) -> list[Finding]:
     return out
 
 
-def unit_checks(site: dict, facts: dict) -> list[Finding]:
+def unit_checks(site: Site, facts: dict) -> list[Finding]:
     out = []
     for unit in systemd.live_units(site):
         st = facts["units"].get(unit, {})
         ok = st.get("active") == "active" and st.get("enabled") == "enabled"
-        out.append(_f(f"site.{site['name']}.unit:{unit}", ok, site["name"],
+        out.append(_f(f"site.{site.name}.unit:{unit}", ok, site.name,
                       f"{unit} enabled and active",
                       f"{unit} is {st.get('active', '?')} and {st.get('enabled') or 'not enabled'}",
                       remedy=f"audit --fix starts it; journalctl -u {unit}", fix="unit"))
         score = facts["exposure"].get(unit)
         if score is not None:
-            out.append(_f(f"site.{site['name']}.exposure:{unit}", score <= MAX_EXPOSURE,
-                          site["name"], f"{unit} exposure {score}",
+            out.append(_f(f"site.{site.name}.exposure:{unit}", score <= MAX_EXPOSURE,
+                          site.name, f"{unit} exposure {score}",
                           f"{unit} exposure {score} (over {MAX_EXPOSURE})", WARNING,
                           remedy=f"systemd-analyze security {unit}; audit --fix restores "
                                  "the generated unit", fix="render"))
@@ -271,10 +272,10 @@ def own_unit(name: str, unit: str) -> bool:
     return unit.startswith(f"{name}-") or unit == f"siteops-build-{name}.service"
 
 
-def ports_check(site: dict, facts: dict) -> Finding:
+def ports_check(site: Site, facts: dict) -> Finding:
     """Nothing but the site's own units listens on its ports."""
-    name = site["name"]
-    own = set(registry.block_ports(site["slot"]))
+    name = site.name
+    own = set(registry.block_ports(site.slot))
     foreign = sorted({f"{l['port']} held by {'/'.join(l['units']) or 'a process outside any unit'}"
                       f" ({'/'.join(l['programs']) or '?'})"
                       for l in facts["listeners"] if l["port"] in own
@@ -286,10 +287,10 @@ def ports_check(site: dict, facts: dict) -> Finding:
                      "visitors to whatever holds its ports")
 
 
-def listen_check(site: dict, facts: dict) -> Finding:
+def listen_check(site: Site, facts: dict) -> Finding:
     """The site's processes (its units are NAME-*: site names have no '-')."""
-    name = site["name"]
-    own = set(registry.block_ports(site["slot"]))
+    name = site.name
+    own = set(registry.block_ports(site.slot))
     bad = []
     for l in facts["listeners"]:
         if not any(own_unit(name, u) for u in l["units"]):
@@ -304,13 +305,13 @@ def listen_check(site: dict, facts: dict) -> Finding:
               remedy="make the app bind HOST:PORT from its environment")
 
 
-def release_checks(site: dict, sf: dict) -> list[Finding]:
-    name, live = site["name"], releases.live_id(site)
+def release_checks(site: Site, sf: dict) -> list[Finding]:
+    name, live = site.name, releases.live_id(site)
     if live is None:
         return [Finding(f"site.{name}.current", OK, name, "not deployed yet")]
     cur = sf["current"]
     ok = cur is not None and cur.get("target_exists") and cur.get("link") == f"releases/{live}"
-    keep = site.get("keep", releases.DEFAULT_KEEP)
+    keep = site.keep
     n = len(sf["releases"])
     return [
         _f(f"site.{name}.current", ok, name, f"current -> releases/{live}",
@@ -323,8 +324,8 @@ def release_checks(site: dict, sf: dict) -> list[Finding]:
     ]
 
 
-def tls_checks(site: dict, sf: dict, now: str) -> list[Finding]:
-    name, tls = site["name"], sf["tls"]
+def tls_checks(site: Site, sf: dict, now: str) -> list[Finding]:
+    name, tls = site.name, sf["tls"]
     if tls is None:
         return []
     try:
@@ -346,10 +347,10 @@ def tls_checks(site: dict, sf: dict, now: str) -> list[Finding]:
     ]
 
 
-def database_check(site: dict, facts: dict) -> Finding:
-    name = site["name"]
+def database_check(site: Site, facts: dict) -> Finding:
+    name = site.name
     dbs = facts["postgres"].get("databases") or {}
-    db = site.get("database", name)
+    db = site.database
     if db not in dbs:
         return Finding(f"site.{name}.database", CRITICAL, name, f"database {db} is missing",
                        f"add-site {name} ... again creates it (restore its data from a backup)")

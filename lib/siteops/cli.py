@@ -10,8 +10,8 @@ import sys
 import traceback
 from typing import Callable, Sequence
 
+from . import journal
 from .errors import SiteopsError
-from .registry import now
 from .system import Host
 
 
@@ -30,11 +30,9 @@ def log_action(host: Host, prog: str, argv: Sequence[str], result: str) -> None:
     """Append one JSON line about this run to /var/log/siteops/actions.jsonl."""
     if host.dry_run or not host.paths.log_dir.is_dir():
         return
-    entry = {"time": now(), "command": prog, "argv": list(argv), "result": result,
-             "user": os.environ.get("SUDO_USER") or "root", "changed": host.changed_steps}
-    fd = os.open(host.paths.log_dir / "actions.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-    with os.fdopen(fd, "a") as fh:
-        fh.write(json.dumps(entry) + "\n")
+    journal.append(host.paths.log_dir / "actions.jsonl",
+                   {"time": journal.now(), "command": prog, "argv": list(argv),
+                    "result": result, "user": journal.who(), "changed": host.changed_steps})
 
 
 def main(prog: str, p: argparse.ArgumentParser,

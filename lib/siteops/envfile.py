@@ -6,6 +6,8 @@ from __future__ import annotations
 import secrets
 from urllib.parse import urlsplit
 
+from .model import Site
+
 ENV_HEADER = ("# Managed by siteops add-site: existing values are never changed.\n"
               "# Add your own settings below; restart the site's services to apply.\n")
 
@@ -26,9 +28,9 @@ def secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-def wanted(site: dict, db_port: int) -> dict[str, callable]:
+def wanted(site: Site, db_port: int) -> dict[str, callable]:
     """The keys a site's .env must have, each with a function making its first value."""
-    name, ports = site["name"], site["ports"]
+    name, ports = site.name, site.ports
     keys = {
         "NODE_ENV": lambda: "production",
         "DATABASE_URL": lambda: f"postgresql://{name}:{secret()}@localhost:{db_port}/{name}",
@@ -44,7 +46,7 @@ def wanted(site: dict, db_port: int) -> dict[str, callable]:
 MOVED_TO_UNIT = ("FRONTEND_PORT", "API_PORT", "PORT")
 
 
-def merge(current: str | None, site: dict, db_port: int) -> str:
+def merge(current: str | None, site: Site, db_port: int) -> str:
     """The .env text: current lines kept as they are, missing keys appended,
     port settings (now the unit's) dropped."""
     text = current if current is not None else ENV_HEADER

@@ -2,7 +2,33 @@
 `nginx -t`, one `systemctl show` for all units, one `systemd-analyze
 security`, one psql query, one `du`; files, modes and owners are read
 directly. The result is plain JSON data, so checks are pure functions that
-unit tests feed with recorded facts."""
+unit tests feed with recorded facts (tests/unit/data/box-facts.json).
+
+Shape of gather()'s result:
+
+    time          when the facts were read (2026-11-25T20:15:00Z)
+    ufw           {active, policy, allowed: ["22/tcp", ...]}
+    fail2ban      `fail2ban-client status` text
+    sshd          `sshd -T` as {setting: value}
+    nginx_t       {ok, detail: [last line]}
+    upgrades      20auto-upgrades text
+    certbot_hook  the renewal hook exists
+    listeners     [{proto, addr, port, units: [unit], programs: [name]}]
+    nftables      `nft list table inet siteops` text, or null if not loaded
+    units         {unit: {active, enabled}} (one systemctl show)
+    exposure      {unit: systemd-analyze security score}
+    postgres      {hba: [rule], connections, max_connections, databases: {db: PUBLIC can connect}}
+    postgres_unit the cluster's unit
+    disk          {used_pct}
+    du            {site root: bytes}
+    sites         {name: {user: {uid, gid, shell, home} | null,
+                          tree: {path: STAT}, env: STAT | null,
+                          current: STAT + {link, target_exists} | null, releases: [id],
+                          expected: {path: rendered text}, actual: {path: text | null},
+                          secrets: [str], tls: {not_after, disk_sha256, served_sha256,
+                          served_error} | null}}
+    STAT          {dir, mode, uid, gid} (lstat: a link is not followed)
+"""
 
 from __future__ import annotations
 
@@ -18,6 +44,7 @@ from pathlib import Path
 from . import (distro, envfile, firewall, instances, layout, logrotate, network, nginx,
                nftables, postgres, redis, registry, systemd, tls)
 from .errors import CommandError
+from .model import Site
 from .system import Host
 
 HBA_AND_DATABASES = """\
@@ -78,7 +105,7 @@ def stat(path: Path) -> dict | None:
     return out
 
 
-def tls_facts(host: Host, site: dict) -> dict | None:
+def tls_facts(host: Host, site: Site) -> dict | None:
     """The certificate on disk (expiry, fingerprint) and the one nginx serves."""
     certs = nginx.cert_dir(host, site)
     if certs is None:
@@ -91,17 +118,17 @@ def tls_facts(host: Host, site: dict) -> dict | None:
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
         with socket.create_connection(("127.0.0.1", 443), timeout=5) as raw:
-            with ctx.wrap_socket(raw, server_hostname=site["domains"][0]) as conn:
+            with ctx.wrap_socket(raw, server_hostname=site.domains[0]) as conn:
                 facts["served_sha256"] = hashlib.sha256(conn.getpeercert(True)).hexdigest()
     except (OSError, ssl.SSLError) as exc:
         facts["served_error"] = str(exc)
     return facts
 
 
-def expected_files(host: Host, site: dict, nginx_version: tuple[int, ...],
+def expected_files(host: Host, site: Site, nginx_version: tuple[int, ...],
                    env_text: str | None) -> dict[str, str]:
     """Every file siteops generates for a site, as the registry renders it today."""
-    name = site["name"]
+    name = site.name
     files = {str(host.paths.unit(u)): text for u, text in systemd.render_units(host, site).items()}
     files[str(host.paths.nginx_site(name))] = nginx.site_config(
         site, nginx_version, nginx.cert_dir(host, site), layout.logs(host, name))
@@ -113,8 +140,8 @@ def expected_files(host: Host, site: dict, nginx_version: tuple[int, ...],
     return files
 
 
-def site_facts(host: Host, site: dict, nginx_version: tuple[int, ...]) -> dict:
-    name = site["name"]
+def site_facts(host: Host, site: Site, nginx_version: tuple[int, ...]) -> dict:
+    name = site.name
     root = host.paths.site(name)
     env_path = layout.env_path(host, name)
     env_text = host.read(env_path)
@@ -153,12 +180,12 @@ def ufw_facts(host: Host) -> dict:
     return {"active": active, "policy": policy, "allowed": sorted(allowed)}
 
 
-def gather(host: Host, sites: list[dict]) -> dict:
+def gather(host: Host, sites: list[Site]) -> dict:
     """All facts for the host checks and for each of sites."""
     cluster = postgres.clusters(host)
     pg_unit = cluster[0].unit if cluster else "postgresql.service"
     units = host_units(pg_unit)
-    site_units = {s["name"]: systemd.live_units(s) for s in sites}
+    site_units = {s.name: systemd.live_units(s) for s in sites}
     for names in site_units.values():
         units += names
     nginx_t = host.query(["nginx", "-t"], ok=range(256))
@@ -183,6 +210,6 @@ def gather(host: Host, sites: list[dict]) -> dict:
         "postgres_unit": pg_unit,
         "disk": {"used_pct": round(100 * (1 - root_stat.f_bavail / root_stat.f_blocks), 1)
                  if root_stat.f_blocks else 0},
-        "du": disk_usage(host, [host.paths.site(s["name"]) for s in sites]),
-        "sites": {s["name"]: site_facts(host, s, version) for s in sites},
+        "du": disk_usage(host, [host.paths.site(s.name) for s in sites]),
+        "sites": {s.name: site_facts(host, s, version) for s in sites},
     }

@@ -23,6 +23,8 @@ from typing import Callable
 
 from . import layout, network, nginx, registry, releases, systemd, users
 from .errors import SiteopsError
+from .journal import now
+from .model import Live, Release, Site
 from .system import Host, clean
 
 DRAIN_SECONDS = 30
@@ -33,8 +35,8 @@ def release_dir(host: Host, name: str, rid: str) -> Path:
     return layout.releases(host, name) / rid
 
 
-def instance_units(site: dict, ports: dict[str, int]) -> list[str]:
-    return [systemd.instance(site["name"], c, p) for c, p in ports.items()]
+def instance_units(site: Site, ports: dict[str, int]) -> list[str]:
+    return [systemd.instance(site.name, c, p) for c, p in ports.items()]
 
 
 def unit_state(host: Host, unit: str) -> tuple[str, int]:
@@ -51,11 +53,11 @@ def http_status(host: Host, domain: str, port: int, path: str) -> int:
     return int(res.out.strip() or 0) if res.out.strip().isdigit() else 0
 
 
-def log_sizes(host: Host, site: dict) -> dict[Path, int]:
+def log_sizes(host: Host, site: Site) -> dict[Path, int]:
     """Current sizes of the site's app logs, to show only what a new instance wrote."""
-    logs = layout.logs(host, site["name"])
+    logs = layout.logs(host, site.name)
     sizes = {}
-    for c in site["components"]:
+    for c in site.components:
         for f in (logs / f"{c}.log", logs / f"{c}-error.log"):
             sizes[f] = f.stat().st_size if f.exists() else 0
     return sizes
@@ -76,31 +78,30 @@ def new_log_lines(sizes: dict[Path, int], limit: int = 15) -> str:
     return "\n".join(parts)
 
 
-def render_dropins(host: Host, site: dict, rid: str, record: dict,
+def render_dropins(host: Host, site: Site, rid: str, record: Release,
             ports: dict[str, int]) -> dict[Path, str]:
     """The drop-ins that pin release rid and its commands on the instances of
     ports, by path. SiteopsError if a command's program is not in the release."""
-    name = site["name"]
+    name = site.name
     rel = release_dir(host, name, rid)
     return {systemd.dropin(host, name, c, p): systemd.render_dropin(
-                name, rid, rel, systemd.resolve_command(rel, record["commands"][c]), ports)
+                name, rid, rel, systemd.resolve_command(rel, record.commands[c]), ports)
             for c, p in ports.items()}
 
 
-def live_dropins(host: Host, site: dict) -> dict[Path, str]:
+def live_dropins(host: Host, site: Site) -> dict[Path, str]:
     """The live instances' drop-ins as the registry renders them (none before
     the first deploy, or when the live release is gone from disk)."""
-    live = site.get("live")
-    record = site.get("releases", {}).get(live["release"], {}) if live else {}
-    if not record.get("commands"):
+    record = site.releases.get(site.live.release) if site.live else None
+    if record is None or not record.commands:
         return {}
     try:
-        return render_dropins(host, site, live["release"], record, registry.live_ports(site))
+        return render_dropins(host, site, site.live.release, record, registry.live_ports(site))
     except SiteopsError:  # the release is gone; audit's `current` check says so
         return {}
 
 
-def ensure_dropins(host: Host, site: dict, rid: str, record: dict,
+def ensure_dropins(host: Host, site: Site, rid: str, record: Release,
                    ports: dict[str, int]) -> list[str]:
     """Pin release rid and its commands on the instances of ports (drop-ins
     checked with `systemd-analyze verify`, then daemon-reload); return the units."""
@@ -115,11 +116,11 @@ def ensure_dropins(host: Host, site: dict, rid: str, record: dict,
     return units
 
 
-def start(host: Host, site: dict, rid: str, record: dict, ports: dict[str, int]) -> list[str]:
+def start(host: Host, site: Site, rid: str, record: Release, ports: dict[str, int]) -> list[str]:
     """Start release rid on ports beside the live instances; return the new units."""
     busy = sorted(set(ports.values()) & network.listening_ports(host))
     if busy:
-        raise SiteopsError(f"port {busy[0]} of site {site['name']} is in use by "
+        raise SiteopsError(f"port {busy[0]} of site {site.name} is in use by "
                            f"{network.describe_holders(network.holders(host, busy[0]))}; "
                            "free it (ss -ltnp) and deploy again")
     with host.step(f"start release {rid} on port(s) {', '.join(map(str, ports.values()))}"):
@@ -128,25 +129,25 @@ def start(host: Host, site: dict, rid: str, record: dict, ports: dict[str, int])
     return units
 
 
-def wait_healthy(host: Host, site: dict, record: dict, ports: dict[str, int],
+def wait_healthy(host: Host, site: Site, record: Release, ports: dict[str, int],
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
     """Return once every new instance passes its health check; raise if one
     exits or the timeout passes."""
-    timeout = record.get("health_timeout", 60)
+    timeout = record.health_timeout
     deadline = clock() + timeout
     pending = dict(ports)
-    domain = site["domains"][0]
-    paths = ", ".join(f"{c} {record['health'][c]}" for c in ports)
+    domain = site.domains[0]
+    paths = ", ".join(f"{c} {record.health[c]}" for c in ports)
     with host.step(f"health check of {paths}"):
         while pending:
             for c, port in list(pending.items()):
-                unit = systemd.instance(site["name"], c, port)
+                unit = systemd.instance(site.name, c, port)
                 state, restarts = unit_state(host, unit)
                 if restarts or state in ("failed", "inactive", "deactivating"):
                     raise SiteopsError(f"{unit} exited while starting" + (
                         f" (restarted {restarts} time(s))" if restarts else f" ({state})"))
-                code = http_status(host, domain, port, record["health"][c])
+                code = http_status(host, domain, port, record.health[c])
                 if 200 <= code < 400:
                     check_owner(host, unit, port)
                     host.say(f"{'':13}{c} answered {code} on port {port}")
@@ -155,7 +156,7 @@ def wait_healthy(host: Host, site: dict, record: dict, ports: dict[str, int],
                 if clock() > deadline:
                     c = next(iter(pending))
                     raise SiteopsError(f"{c} did not pass its health check GET "
-                                       f"{record['health'][c]} on port {pending[c]} "
+                                       f"{record.health[c]} on port {pending[c]} "
                                        f"within {timeout}s")
                 sleep(POLL)
 
@@ -181,12 +182,12 @@ def drain(host: Host, ports: list[int], clock=time.monotonic, sleep=time.sleep) 
         sleep(POLL)
 
 
-def switch(host: Host, site: dict, rid: str, record: dict,
-           on_live: Callable[[dict], None]) -> dict:
+def switch(host: Host, site: Site, rid: str, record: Release,
+           on_live: Callable[[Site], None]) -> Site:
     """Make release rid the live one with no dropped request; return the updated
     registry entry. on_live(site) adds its own changes to the registry update
     that records the switch."""
-    name = site["name"]
+    name = site.name
     logs = layout.logs(host, name)
     busy = network.listening_ports(host)
     ports = registry.spare_ports(site, busy)
@@ -196,12 +197,12 @@ def switch(host: Host, site: dict, rid: str, record: dict,
     new_units: list[str] = []
     current = host.paths.site(name) / "current"
     before = host.snapshot(current)
-    live = {"release": rid, "offset": registry.spare_offset(site, busy)}
+    live = Live(rid, registry.spare_offset(site, busy))
     try:
         new_units = start(host, site, rid, record, ports)
         if not host.dry_run:
             wait_healthy(host, site, record, ports)
-        nginx.ensure_site(host, dict(site, live=live), logs)
+        nginx.ensure_site(host, site.copy(live=live), logs)
         with host.step(f"current -> releases/{rid}"):
             host.symlink(current, f"releases/{rid}")
     except BaseException as exc:
@@ -214,8 +215,8 @@ def switch(host: Host, site: dict, rid: str, record: dict,
             raise SiteopsError(f"{exc}\n{detail}") from exc
         raise
 
-    def commit(entry: dict) -> None:
-        entry["live"] = live
+    def commit(entry: Site) -> None:
+        entry.live = live
         on_live(entry)
 
     site = registry.update_site(host, name, f"switch {name} to {rid}", commit)
@@ -231,29 +232,29 @@ def switch(host: Host, site: dict, rid: str, record: dict,
     return site
 
 
-def dropins_match(host: Host, site: dict) -> bool:
+def dropins_match(host: Host, site: Site) -> bool:
     """True if the live instances' drop-ins are what the registry renders."""
     return all(host.read(path) == text for path, text in live_dropins(host, site).items())
 
 
-def refresh(host: Host, site: dict, changed_units: list[str], force: bool = False) -> dict:
+def refresh(host: Host, site: Site, changed_units: list[str], force: bool = False) -> Site:
     """Make the live release run under unit files that changed (or drop-ins that
     drifted, with force): the same health-gated switch as a deploy, to the same
     release on fresh instances, so no request is dropped. Returns the entry."""
-    name, live = site["name"], site.get("live")
-    templates = {systemd.app_unit(name, c) for c in site["components"]}
+    name, live = site.name, site.live
+    templates = {systemd.app_unit(name, c) for c in site.components}
     if not live or not (force or templates & set(changed_units)):
         return site
-    record = site.get("releases", {}).get(live["release"], {})
-    if host.dry_run or not record.get("commands"):
+    record = site.releases.get(live.release)
+    if host.dry_run or record is None or not record.commands:
         with host.step(f"restart {', '.join(systemd.live_instances(site))}"):
             for unit in systemd.live_instances(site):
                 host.run(["systemctl", "restart", unit])
         return site
     with registry.site_locked(host, name, f"restart {name} on new unit files") as site:
-        rid = site["live"]["release"]  # as it is now, under the lock
+        rid = site.live.release  # as it is now, under the lock
         host.say(f"{'':13}unit files of {name} changed: moving release {rid} to fresh instances")
-        return switch(host, site, rid, site["releases"][rid],
+        return switch(host, site, rid, site.releases[rid],
                       lambda entry: releases.record_event(entry, "restart", rid, "ok",
                                                           reason="unit files changed",
                                                           **{"from": rid}))
@@ -283,18 +284,18 @@ def remove_release(host: Host, name: str, rid: str) -> None:
         host.run(users.as_user(name, "rm", "-rf", "--one-file-system", "--", path))
 
 
-def recover(host: Host, site: dict) -> dict:
+def recover(host: Host, site: Site) -> Site:
     """Bring the site back to what the registry says after a killed deploy (run
     under the site lock): releases still 'building' are marked failed and
     removed with their build; nginx points at the live ports, the live
     instances run, every other instance is stopped. Returns the updated entry."""
-    name = site["name"]
+    name = site.name
     stale = releases.stale(site)
     if stale:
         def mark(entry):
             for rid in stale:
-                entry["releases"][rid].update(result=releases.FAILED, error="interrupted",
-                                              finished=registry.now())
+                rel = entry.releases[rid]
+                rel.result, rel.error, rel.finished = releases.FAILED, "interrupted", now()
         site = registry.update_site(host, name, f"{name}: clean up an interrupted deploy", mark)
         for rid in stale:
             with host.step(f"remove interrupted release {rid}"):

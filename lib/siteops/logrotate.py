@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
+from .model import Site
 from .system import Host
 from .templates import render
 
 
-def config(host: Host, site: dict) -> str:
+def config(host: Host, site: Site) -> str:
     """The site's logrotate file: nginx logs are reopened (no line lost); app logs
     are copied then truncated, since their writer cannot be told to reopen."""
-    logs = host.paths.site(site["name"]) / "shared" / "logs"
-    app = [f"{c}{suffix}.log" for c in site["components"] for suffix in ("", "-error")]
+    logs = host.paths.site(site.name) / "shared" / "logs"
+    app = [f"{c}{suffix}.log" for c in site.components for suffix in ("", "-error")]
     app.append("redis.log")
-    return render("logrotate/site", name=site["name"],
+    return render("logrotate/site", name=site.name,
                   nginx_logs=f"{logs}/nginx-access.log {logs}/nginx-error.log",
                   app_logs=" ".join(f"{logs}/{f}" for f in app))
 
 
-def ensure_site(host: Host, site: dict) -> None:
+def ensure_site(host: Host, site: Site) -> None:
     """Write the site's logrotate file, checked with `logrotate --debug`."""
-    path = host.paths.logrotate(site["name"])
-    with host.step(f"logrotate {site['name']}"):
+    path = host.paths.logrotate(site.name)
+    with host.step(f"logrotate {site.name}"):
         with host.validated([path], ["logrotate", "--debug", path], "logrotate"):
             host.write(path, config(host, site))

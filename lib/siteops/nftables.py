@@ -11,6 +11,7 @@ loads it at boot before the network and the sites start."""
 from __future__ import annotations
 
 from . import registry, systemd, users
+from .model import Site
 from .system import Host
 from .templates import render
 
@@ -37,10 +38,10 @@ def site_rules(name: str, slot: int, uid: int, nginx_uid: int) -> str:
             f"root connect to its ports\"\n")
 
 
-def render_conf(sites: list[dict], nginx_uid: int) -> str:
+def render_conf(sites: list[Site], nginx_uid: int) -> str:
     """The ruleset for every site whose user exists (its uid is recorded)."""
-    rules = "".join(site_rules(s["name"], s["slot"], s["uid"], nginx_uid)
-                    for s in sorted(sites, key=lambda s: s["slot"]) if "uid" in s)
+    rules = "".join(site_rules(s.name, s.slot, s.uid, nginx_uid)
+                    for s in sorted(sites, key=lambda s: s.slot) if s.uid is not None)
     return render("nftables/siteops.nft", rules=rules, nginx_uid=nginx_uid)
 
 
@@ -50,7 +51,7 @@ def nginx_uid(host: Host) -> int:
     return account.uid if account else 33
 
 
-def ensure(host: Host, sites: list[dict]) -> bool:
+def ensure(host: Host, sites: list[Site]) -> bool:
     """Write the ruleset for sites (checked with `nft -c`) and load it if it
     changed or is not loaded; True if anything changed."""
     path = conf(host)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import distro, registry, systemd
 from .errors import SiteopsError
+from .model import Site
 from .paths import TEMPLATES
 from .system import Host
 from .templates import render
@@ -130,17 +131,17 @@ def ensure_base(host: Host) -> None:
             host.run(["systemctl", "enable", "--now", "nginx"])
 
 
-def cert_dir(host: Host, site: dict) -> Path | None:
+def cert_dir(host: Host, site: Site) -> Path | None:
     """The Let's Encrypt directory of the site's first domain, if a cert is there."""
-    d = host.paths.p("/etc/letsencrypt/live") / site["domains"][0]
+    d = host.paths.p("/etc/letsencrypt/live") / site.domains[0]
     return d if (d / "fullchain.pem").exists() else None
 
 
-def site_config(site: dict, version: tuple[int, ...], certs: Path | None, logs: Path) -> str:
+def site_config(site: Site, version: tuple[int, ...], certs: Path | None, logs: Path) -> str:
     """Render a site's nginx file from its registry entry and live facts: the
     upstreams are the live instances' ports, a placeholder before the first deploy."""
-    name, ports = site["name"], registry.live_ports(site)
-    components = site["components"]
+    name, ports = site.name, registry.live_ports(site)
+    components = site.components
     upstreams = "".join(render("nginx/upstream.conf", name=name, component=c, port=ports[c])
                         for c in components) if ports else ""
     if ports:
@@ -155,7 +156,7 @@ def site_config(site: dict, version: tuple[int, ...], certs: Path | None, logs: 
     else:
         locations = render("nginx/location-placeholder.conf", name=name,
                            placeholder_dir=f"{PLACEHOLDERS}/{name}")
-    common = dict(name=name, domains=" ".join(site["domains"]), logs=logs, acme_root=ACME_ROOT)
+    common = dict(name=name, domains=" ".join(site.domains), logs=logs, acme_root=ACME_ROOT)
     https = ""
     if certs:
         https = render("nginx/https-server.conf", listen_https=listen_https(version),
@@ -165,10 +166,10 @@ def site_config(site: dict, version: tuple[int, ...], certs: Path | None, logs: 
                   https_server=https, **common)
 
 
-def ensure_site(host: Host, site: dict, logs: Path) -> None:
+def ensure_site(host: Host, site: Site, logs: Path) -> None:
     """Write and enable the site's nginx file, then reload; on a failed check
     nothing changes."""
-    name = site["name"]
+    name = site.name
     text = site_config(site, distro.nginx_version(host), cert_dir(host, site), logs)
     with host.step(f"nginx site {name}"):
         page = host.paths.p(PLACEHOLDERS) / name / "index.html"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from . import systemd
+from .model import Site
 from .system import Host
 from .templates import render
 
@@ -41,16 +42,16 @@ def ensure_shared(host: Host) -> None:
             host.run(["systemctl", "disable", "--now", "redis-server"])
 
 
-def site_conf(host: Host, site: dict, password: str) -> str:
-    name = site["name"]
-    return render("redis/site.conf", name=name, port=site["ports"]["redis"], password=password,
+def site_conf(host: Host, site: Site, password: str) -> str:
+    name = site.name
+    return render("redis/site.conf", name=name, port=site.ports["redis"], password=password,
                   dir=host.paths.site(name) / "shared" / "redis",
-                  maxmemory=site.get("redis_maxmemory", DEFAULT_MAXMEMORY))
+                  maxmemory=site.redis_maxmemory or DEFAULT_MAXMEMORY)
 
 
-def ensure_site_conf(host: Host, site: dict, password: str) -> bool:
+def ensure_site_conf(host: Host, site: Site, password: str) -> bool:
     """Write the site's redis.conf (root:site 0640: it holds the password)."""
-    name = site["name"]
+    name = site.name
     host.ensure_dir(host.paths.redis_conf(name).parent, 0o755)
     return host.write(host.paths.redis_conf(name), site_conf(host, site, password),
                       0o640, "root", name)

@@ -9,41 +9,39 @@ cannot be read or parsed stops the command and is never overwritten.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import errno
 import fcntl
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Iterator
 
+from . import model
 from .errors import SiteopsError, UsageError
+from .journal import now, who
+from .model import PROVISIONING, READY, Site  # noqa: F401 (re-exported)
 from .system import Host, atomic_write
 
-SCHEMA_VERSION = 1
 MAX_SLOTS = 90  # frontend ports 3100..3999
 FRONTEND_BASE, API_BASE, EXTRA_BASE, BLOCK = 3100, 4000, 5000, 10
 BLOCK_BASES = (FRONTEND_BASE, API_BASE, EXTRA_BASE)
 
-# Site states: a crash between "provisioning" and "ready" leaves the first.
-PROVISIONING, READY = "provisioning", "ready"
+
+@dataclass
+class Registry:
+    """Every site, by name (the registry file, as types)."""
+    sites: dict[str, Site] = field(default_factory=dict)
 
 
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def empty() -> dict:
-    return {"version": SCHEMA_VERSION, "sites": {}}
-
-
-def load(host: Host) -> dict:
-    """Read and check the registry; a missing one is empty, a bad one is an error."""
+def load(host: Host) -> Registry:
+    """Read and check the registry (an older schema is upgraded in memory); a
+    missing one is empty, a bad one is an error."""
     path = host.paths.registry
     try:
         text = path.read_text()
     except FileNotFoundError:
-        return empty()
+        return Registry()
     except OSError as exc:
         raise SiteopsError(f"cannot read registry {path}: {exc.strerror}") from exc
     try:
@@ -53,18 +51,27 @@ def load(host: Host) -> dict:
                            f"repair it or restore {path.name}.bak") from exc
     if not isinstance(data, dict) or not isinstance(data.get("sites"), dict):
         raise SiteopsError(f"registry {path} is corrupt (no 'sites' object); nothing was changed")
-    if data.get("version") != SCHEMA_VERSION:
+    data = model.upgrade(data)
+    if data.get("version") != model.SCHEMA_VERSION:
         raise SiteopsError(f"registry {path} has schema version {data.get('version')!r}; "
-                           f"this siteops reads version {SCHEMA_VERSION}")
-    return data
+                           f"this siteops reads version {model.SCHEMA_VERSION}")
+    try:
+        return Registry({name: model.site_from_json(s) for name, s in data["sites"].items()})
+    except (TypeError, KeyError, ValueError) as exc:
+        raise SiteopsError(f"registry {path} is corrupt ({exc}); nothing was changed") from exc
 
 
-def save(host: Host, data: dict) -> None:
+def to_json(data: Registry) -> dict:
+    return {"version": model.SCHEMA_VERSION,
+            "sites": {name: model.site_to_json(s) for name, s in data.sites.items()}}
+
+
+def save(host: Host, data: Registry) -> None:
     """Write the registry atomically (0600 root), keeping the previous copy as .bak."""
     if host.dry_run:
         return
     path = host.paths.registry
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    text = json.dumps(to_json(data), indent=2, sort_keys=True) + "\n"
     previous = host.read(path)
     if previous == text:
         return
@@ -94,15 +101,14 @@ def _flock(path, purpose: str, wait: float, what: str) -> Iterator[None]:
                                        f"({holder or 'unknown'}); try again when it ends")
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
-        user = os.environ.get("SUDO_USER") or "root"
-        os.pwrite(fd, f"pid {os.getpid()}, {user}, since {now()}: {purpose}\n".encode(), 0)
+        os.pwrite(fd, f"pid {os.getpid()}, {who()}, since {now()}: {purpose}\n".encode(), 0)
         yield
     finally:
         os.close(fd)
 
 
 @contextlib.contextmanager
-def locked(host: Host, purpose: str, wait: float = 30) -> Iterator[dict]:
+def locked(host: Host, purpose: str, wait: float = 30) -> Iterator[Registry]:
     """Hold the registry lock and yield the loaded registry.
 
     A dry run takes no lock and creates nothing; it only reads."""
@@ -114,7 +120,7 @@ def locked(host: Host, purpose: str, wait: float = 30) -> Iterator[dict]:
 
 
 @contextlib.contextmanager
-def site_locked(host: Host, name: str, purpose: str) -> Iterator[dict]:
+def site_locked(host: Host, name: str, purpose: str) -> Iterator[Site]:
     """Hold site NAME's own lock for a whole deploy, rollback or restart and
     yield its registry entry as read under the lock. Fails at once if another
     command holds it (other sites are not affected), and takes no lock, and
@@ -127,53 +133,52 @@ def site_locked(host: Host, name: str, purpose: str) -> Iterator[dict]:
         yield get_site(load(host), name)
 
 
-def get_site(data: dict, name: str) -> dict:
-    site = data["sites"].get(name)
+def get_site(data: Registry, name: str) -> Site:
+    site = data.sites.get(name)
     if site is None:
         raise UsageError(f"no site {name!r} in the registry (add it with add-site)")
     return site
 
 
-def update_site(host: Host, name: str, purpose: str, change) -> dict:
+def update_site(host: Host, name: str, purpose: str, change) -> Site:
     """Apply change(site) to the registry's entry for NAME under the registry lock
-    and save; return the updated entry. Used for short updates during long jobs."""
+    and save; return the updated entry. Used for short updates during long jobs.
+    In a dry run the change is made to a copy and nothing is saved."""
     with locked(host, purpose) as data:
         site = get_site(data, name)
         change(site)
-        site["updated"] = now()
+        site.updated = now()
         save(host, data)
         return site
 
 
-def live_ports(site: dict) -> dict[str, int] | None:
+def live_ports(site: Site) -> dict[str, int] | None:
     """Ports the live instance of each component listens on, or None before the
     first deploy. A component's instances run on ports of its block of ten;
-    site["live"]["offset"] says which one serves."""
-    live = site.get("live")
-    if not live:
+    site.live.offset says which one serves."""
+    if not site.live:
         return None
-    return {c: site["ports"][c] + live["offset"] for c in site["components"]}
+    return {c: site.ports[c] + site.live.offset for c in site.components}
 
 
-def spare_offset(site: dict, busy: set[int] | frozenset = frozenset()) -> int:
+def spare_offset(site: Site, busy: set[int] | frozenset = frozenset()) -> int:
     """Where the next release starts: the first port of each block when nothing
     is live, else the one beside the live port (3101 when 3100 serves, and
     back); if something else holds those (busy), the next free offset of the
     block, so a port held by another process cannot block a deploy."""
-    live = site["live"]["offset"] if site.get("live") else None
+    live = site.live.offset if site.live else None
     preferred = 0 if live is None else 1 - live if live in (0, 1) else 0
     for offset in sorted(range(BLOCK), key=lambda o: (o != preferred, o)):
-        if offset != live and not any(site["ports"][c] + offset in busy
-                                      for c in site["components"]):
+        if offset != live and not any(site.ports[c] + offset in busy for c in site.components):
             return offset
-    raise SiteopsError(f"site {site['name']}: every port of its blocks is in use; "
+    raise SiteopsError(f"site {site.name}: every port of its blocks is in use; "
                        "free one (ss -ltnp) and try again")
 
 
-def spare_ports(site: dict, busy: set[int] | frozenset = frozenset()) -> dict[str, int]:
+def spare_ports(site: Site, busy: set[int] | frozenset = frozenset()) -> dict[str, int]:
     """Ports for the next release's instances (see spare_offset)."""
     offset = spare_offset(site, busy)
-    return {c: site["ports"][c] + offset for c in site["components"]}
+    return {c: site.ports[c] + offset for c in site.components}
 
 
 def block_ports(slot: int) -> list[int]:
@@ -190,9 +195,9 @@ def ports_for(slot: int, components: list[str]) -> dict[str, int]:
     return ports
 
 
-def allocate_slot(data: dict, listening: set[int]) -> int:
+def allocate_slot(data: Registry, listening: set[int]) -> int:
     """Lowest slot that no site owns and whose ports nothing listens on."""
-    taken = {site["slot"] for site in data["sites"].values()}
+    taken = {site.slot for site in data.sites.values()}
     for slot in range(MAX_SLOTS):
         if slot not in taken and not listening.intersection(block_ports(slot)):
             return slot

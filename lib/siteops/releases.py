@@ -1,28 +1,26 @@
 """Releases of a site and their history, as kept in its registry entry.
 
-site["releases"] maps a release id (its UTC timestamp, which sorts in time
-order) to a record: commit, ref, repo, who, start/end, result and what the
-release runs (commands, health paths). site["history"] lists every deploy and
+site.releases maps a release id (its UTC timestamp, which sorts in time
+order) to a Release: commit, ref, repo, who, start/end, result and what the
+release runs (commands, health paths). site.history lists every deploy and
 rollback. These functions are pure: they decide, the commands act.
 """
 
 from __future__ import annotations
 
 import datetime
-import os
 
-from .registry import now
+from .journal import now, who
+from .model import BUILDING, DEFAULT_KEEP, FAILED, OK, Site  # noqa: F401 (re-exported)
 
-BUILDING, OK, FAILED = "building", "ok", "failed"
-DEFAULT_KEEP = 5
 HISTORY_LIMIT = 200
 
 
-def new_id(site: dict, when: datetime.datetime | None = None) -> str:
+def new_id(site: Site, when: datetime.datetime | None = None) -> str:
     """A fresh release id: the UTC time, with -2, -3... if that second is taken."""
     when = when or datetime.datetime.now(datetime.timezone.utc)
     base = when.strftime("%Y%m%dT%H%M%SZ")
-    taken = set(site.get("releases", {}))
+    taken = set(site.releases)
     rid, n = base, 1
     while rid in taken:
         n += 1
@@ -30,17 +28,13 @@ def new_id(site: dict, when: datetime.datetime | None = None) -> str:
     return rid
 
 
-def who() -> str:
-    return os.environ.get("SUDO_USER") or "root"
+def live_id(site: Site) -> str | None:
+    return site.live.release if site.live else None
 
 
-def live_id(site: dict) -> str | None:
-    return (site.get("live") or {}).get("release")
-
-
-def ordered(site: dict) -> list[str]:
+def ordered(site: Site) -> list[str]:
     """Release ids, oldest first."""
-    return sorted(site.get("releases", {}), key=_sort_key)
+    return sorted(site.releases, key=_sort_key)
 
 
 def _sort_key(rid: str) -> tuple[str, int]:
@@ -48,41 +42,41 @@ def _sort_key(rid: str) -> tuple[str, int]:
     return base, int(n or 1)
 
 
-def rollback_target(site: dict) -> str | None:
+def rollback_target(site: Site) -> str | None:
     """Where a rollback without --to goes: the newest good release older than the
     live one that has not itself been rolled back from. Two rollbacks in a row
     thus go two releases back and never bounce forward to the one just left."""
     live = live_id(site)
     if live is None:
         return None
-    records = site.get("releases", {})
+    records = site.releases
     older = [r for r in ordered(site) if _sort_key(r) < _sort_key(live)
-             and records[r]["result"] == OK and not records[r].get("rolled_back")]
+             and records[r].result == OK and not records[r].rolled_back]
     return older[-1] if older else None
 
 
-def stale(site: dict) -> list[str]:
+def stale(site: Site) -> list[str]:
     """Releases still marked building: their deploy died (the caller holds the site lock)."""
-    return [r for r in ordered(site) if site["releases"][r]["result"] == BUILDING]
+    return [r for r in ordered(site) if site.releases[r].result == BUILDING]
 
 
-def to_prune(site: dict, keep: int) -> list[str]:
+def to_prune(site: Site, keep: int) -> list[str]:
     """Releases to delete, failed ones first: all failed, and good ones beyond the
     newest `keep`; never the live release nor the rollback target."""
-    records = site.get("releases", {})
+    records = site.releases
     protected = {live_id(site), rollback_target(site)}
-    failed = [r for r in ordered(site) if records[r]["result"] == FAILED]
-    good = [r for r in ordered(site) if records[r]["result"] == OK]
+    failed = [r for r in ordered(site) if records[r].result == FAILED]
+    good = [r for r in ordered(site) if records[r].result == OK]
     old_good = good[:-keep] if keep < len(good) else []
     return [r for r in failed + old_good if r not in protected]
 
 
-def record_event(site: dict, action: str, release: str, result: str, **fields) -> None:
+def record_event(site: Site, action: str, release: str, result: str, **fields) -> None:
     """Append an event, stamped with the time and who ran it, to the site's
     history, keeping the last HISTORY_LIMIT events."""
     event = {"action": action, "release": release, "result": result, "user": who(),
              "at": now(), **fields}
-    site["history"] = (site.get("history", []) + [event])[-HISTORY_LIMIT:]
+    site.history = (site.history + [event])[-HISTORY_LIMIT:]
 
 
 def error_text(exc: BaseException) -> str:

@@ -20,10 +20,9 @@ from pathlib import Path
 
 from . import registry
 from .errors import SiteopsError
+from .model import DEFAULT_COMMANDS, Site  # noqa: F401 (DEFAULT_COMMANDS re-exported)
 from .system import Host
 from .templates import render
-
-DEFAULT_COMMANDS = {"frontend": "pnpm start", "api": "pnpm run start:api"}
 
 
 def slice_name(site: str) -> str:
@@ -50,15 +49,15 @@ def redis_unit(site: str) -> str:
     return f"{site}-redis.service"
 
 
-def live_instances(site: dict) -> list[str]:
+def live_instances(site: Site) -> list[str]:
     """The instances serving the site now (none before its first deploy)."""
     ports = registry.live_ports(site) or {}
-    return [instance(site["name"], c, p) for c, p in ports.items()]
+    return [instance(site.name, c, p) for c, p in ports.items()]
 
 
-def live_units(site: dict) -> list[str]:
+def live_units(site: Site) -> list[str]:
     """The running service units of a site: its live instances, then its Redis."""
-    return live_instances(site) + [redis_unit(site["name"])]
+    return live_instances(site) + [redis_unit(site.name)]
 
 
 # Per-site limits on its slice (every process of the site, builds included),
@@ -66,40 +65,40 @@ def live_units(site: dict) -> list[str]:
 DEFAULT_LIMITS = {"memory_max": "1G", "tasks_max": 512, "cpu_weight": 100, "io_weight": 100}
 
 
-def limits(site: dict) -> dict:
+def limits(site: Site) -> dict:
     """The site's slice limits: its own settings over the defaults."""
-    return {**DEFAULT_LIMITS, **site.get("limits", {})}
+    return {**DEFAULT_LIMITS, **site.limits}
 
 
-def limit_properties(site: dict) -> list[str]:
+def limit_properties(site: Site) -> list[str]:
     """The slice's limits as systemd properties (the slice file says the same)."""
     lim = limits(site)
     return [f"MemoryMax={lim['memory_max']}", f"TasksMax={lim['tasks_max']}",
             f"CPUWeight={lim['cpu_weight']}", f"IOWeight={lim['io_weight']}"]
 
 
-def socket_bind(site: dict) -> list[str]:
+def socket_bind(site: Site) -> list[str]:
     """SocketBind rules: a site's units may bind only its own three port blocks
     (enforced where systemd has BPF: Debian 13, Ubuntu 24.04; nftables covers
     Debian 12, see nftables.py)."""
-    first = [base + registry.BLOCK * site["slot"] for base in registry.BLOCK_BASES]
+    first = [base + registry.BLOCK * site.slot for base in registry.BLOCK_BASES]
     return [f"SocketBindAllow=tcp:{p}-{p + registry.BLOCK - 1}" for p in first] + \
         ["SocketBindDeny=any"]
 
 
-def render_units(host: Host, site: dict) -> dict[str, str]:
+def render_units(host: Host, site: Site) -> dict[str, str]:
     """The slice and unit files of a site, by unit name."""
-    name, root = site["name"], host.paths.site(site["name"])
+    name, root = site.name, host.paths.site(site.name)
     hardening = render("systemd/hardening.conf")
     binds = "\n".join(socket_bind(site))
     lim = limits(site)
     units = {slice_name(name): render("systemd/site.slice", name=name, **lim)}
-    for c in site["components"]:
+    for c in site.components:
         units[app_unit(name, c)] = render(
-            "systemd/app.service", name=name, component=c, root=root, port=site["ports"][c],
-            command=site["commands"][c], hardening=hardening, socket_bind=binds)
+            "systemd/app.service", name=name, component=c, root=root, port=site.ports[c],
+            command=site.commands[c], hardening=hardening, socket_bind=binds)
     units[redis_unit(name)] = render(
-        "systemd/redis.service", name=name, root=root, port=site["ports"]["redis"],
+        "systemd/redis.service", name=name, root=root, port=site.ports["redis"],
         conf=host.paths.redis_conf(name), hardening=hardening, socket_bind=binds)
     return units
 
@@ -112,7 +111,7 @@ def is_enabled(host: Host, unit: str) -> bool:
     return host.query(["systemctl", "is-enabled", "--quiet", unit], ok=range(256)).code == 0
 
 
-def ensure_units(host: Host, site: dict, redis_config_changed: bool = False) -> list[str]:
+def ensure_units(host: Host, site: Site, redis_config_changed: bool = False) -> list[str]:
     """Write a site's unit files (verified) and reload systemd; return changed units.
     Redis is restarted here, once, if its unit or its config changed; live app
     instances are the caller's (instances.refresh moves them to fresh instances
@@ -129,20 +128,20 @@ def ensure_units(host: Host, site: dict, redis_config_changed: bool = False) -> 
     remove_legacy_units(host, site)
     if changed:
         host.run(["systemctl", "daemon-reload"])
-    slice_ = slice_name(site["name"])
+    slice_ = slice_name(site.name)
     if slice_ in changed and is_active(host, slice_):
         # daemon-reload does not re-apply a running slice's cgroup settings.
         host.run(["systemctl", "set-property", "--runtime", slice_, *limit_properties(site)])
-    redis = redis_unit(site["name"])
+    redis = redis_unit(site.name)
     if (redis in changed or redis_config_changed) and is_active(host, redis):
         host.run(["systemctl", "restart", redis])
     return changed
 
 
-def remove_legacy_units(host: Host, site: dict) -> None:
+def remove_legacy_units(host: Host, site: Site) -> None:
     """Stop and delete NAME-COMPONENT.service units of the pre-template layout."""
-    for c in site["components"]:
-        unit = legacy_unit(site["name"], c)
+    for c in site.components:
+        unit = legacy_unit(site.name, c)
         if host.paths.unit(unit).exists():
             host.run(["systemctl", "disable", "--now", unit])
             host.remove(host.paths.unit(unit))
@@ -190,11 +189,11 @@ def render_dropin(site: str, release_id: str, release: Path, command: str,
                   search_path=":".join(search_path(release)), command=command, ports_env=env)
 
 
-def sandbox_argv(host: Host, entry: dict, workdir: Path, command: str, unit: str) -> list[str]:
+def sandbox_argv(host: Host, entry: Site, workdir: Path, command: str, unit: str) -> list[str]:
     """systemd-run argv that runs a shell command in workdir as the site user with
     the services' hardening, in the site's slice (its limits), binding only its
     ports; only workdir and the site's build cache are writable."""
-    site = entry["name"]
+    site = entry.name
     root = host.paths.site(site)
     cache = root / "shared" / "cache"
     props = [line.strip() for line in render("systemd/hardening.conf").splitlines()

@@ -230,7 +230,7 @@ def test_tls_server_appears_with_a_certificate(host):
 def test_registry_records_sites(host):
     assert host.sh("stat -c '%a %U' /var/lib/siteops/registry.json").stdout.strip() == "600 root"
     data = json.loads(host.sh("cat /var/lib/siteops/registry.json").stdout)
-    assert data["version"] == 1
+    assert data["version"] == 2
     alpha, beta = data["sites"]["alpha"], data["sites"]["beta"]
     assert (alpha["slot"], alpha["state"], alpha["ports"]) == (0, "ready", {"frontend": 3100, "redis": 5000})
     assert beta["domains"] == ["beta.test", "www.beta.test"]

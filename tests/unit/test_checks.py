@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from siteops import checks
+from siteops import checks, model
 from siteops.commands import audit
 from siteops.paths import Paths
 from siteops.system import Host
@@ -26,7 +26,7 @@ def findings(change=None, site_change=None):
         site_change(sites)
     out = checks.host_checks(facts)
     for site in sites.values():
-        out += checks.site_checks(HOST, site, facts)
+        out += checks.site_checks(HOST, model.site_from_json(site), facts)
     return out
 
 
@@ -153,7 +153,7 @@ def test_a_served_certificate_that_differs_is_critical():
 def test_json_document_and_text_report():
     found = findings(lambda f: (f["disk"].update(used_pct=85.0),
                                 f["sites"]["alpha"]["env"].update(mode=0o644)))
-    sites = list(RECORDED["registry"]["sites"].values())
+    sites = [model.site_from_json(s) for s in RECORDED["registry"]["sites"].values()]
     doc = json.loads(json.dumps(audit.document(found, ["site.x"], sites, "2026-11-26T09:00:00Z")))
     assert set(doc) == {"version", "time", "host", "status", "exit_code", "counts", "sites",
                         "fixed", "findings"}

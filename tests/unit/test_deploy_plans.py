@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from siteops import instances, network, nginx, registry, system, systemd
+from siteops import instances, model, network, nginx, registry, system, systemd
 from siteops.commands import deploy, limits, rollback
 
 from fakes import make_host, planned_commands
@@ -53,8 +53,8 @@ def shop(root, monkeypatch):
             "releases": {R1: dict(RUNS, result="ok"), R2: dict(RUNS, result="ok")}}
     (root / "var/lib/siteops").mkdir(parents=True)
     (root / "var/lib/siteops/registry.json").write_text(
-        json.dumps({"version": 1, "sites": {"shop": site}}))
-    return site
+        json.dumps({"version": 1, "sites": {"shop": site}}))  # an older file: upgraded on load
+    return model.site_from_json(site)
 
 
 def prepared_host(root, site, rules):
@@ -67,7 +67,7 @@ def prepared_host(root, site, rules):
 def test_switch_starts_beside_checks_health_then_moves_nginx_and_current(root, shop):
     host, runner = prepared_host(root, shop, healthy())
     marks = []
-    site = instances.switch(host, shop, R2, shop["releases"][R2], marks.append)
+    site = instances.switch(host, shop, R2, shop.releases[R2], marks.append)
     assert planned_commands(host) == [
         "systemctl daemon-reload",
         "systemctl start shop-frontend@3101.service",
@@ -85,8 +85,8 @@ def test_switch_starts_beside_checks_health_then_moves_nginx_and_current(root, s
     assert "ExecStart=\nExecStart=/usr/bin/env node server.js\n" in dropin
     assert "127.0.0.1:3101" in (root / "etc/nginx/sites-available/shop.conf").read_text()
     assert (root / "srv/sites/shop/current").readlink().as_posix() == f"releases/{R2}"
-    saved = registry.load(host)["sites"]["shop"]
-    assert saved["live"] == site["live"] == {"release": R2, "offset": 1} and len(marks) == 1
+    saved = registry.load(host).sites["shop"]
+    assert saved.live == site.live == model.Live(R2, 1) and len(marks) == 1
 
 
 @pytest.mark.parametrize("rules, message", [
@@ -100,7 +100,7 @@ def test_a_failed_switch_stops_the_new_instance_and_touches_nothing_live(root, s
     host, runner = prepared_host(root, shop, rules)
     conf = (root / "etc/nginx/sites-available/shop.conf").read_text()
     with pytest.raises(system.SiteopsError, match=message):
-        instances.switch(host, shop, R2, shop["releases"][R2], lambda e: None)
+        instances.switch(host, shop, R2, shop.releases[R2], lambda e: None)
     assert planned_commands(host) == [
         "systemctl daemon-reload",
         "systemctl start shop-frontend@3101.service",
@@ -108,7 +108,7 @@ def test_a_failed_switch_stops_the_new_instance_and_touches_nothing_live(root, s
     ]
     assert (root / "etc/nginx/sites-available/shop.conf").read_text() == conf
     assert (root / "srv/sites/shop/current").readlink().as_posix() == f"releases/{R1}"
-    assert registry.load(host)["sites"]["shop"]["live"] == {"release": R1, "offset": 0}
+    assert registry.load(host).sites["shop"].live == model.Live(R1, 0)
 
 
 def test_a_spare_port_something_else_holds_is_skipped(root, shop):
@@ -117,10 +117,10 @@ def test_a_spare_port_something_else_holds_is_skipped(root, shop):
                                                  "LISTEN 0 5 127.0.0.1:3101 0.0.0.0:*\n"),
              held_by(3102, 3102)] + healthy()
     host, runner = prepared_host(root, shop, rules)
-    site = instances.switch(host, shop, R2, shop["releases"][R2], lambda e: None)
+    site = instances.switch(host, shop, R2, shop.releases[R2], lambda e: None)
     assert planned_commands(host)[:2] == ["systemctl daemon-reload",
                                           "systemctl start shop-frontend@3102.service"]
-    assert site["live"] == {"release": R2, "offset": 2}
+    assert site.live == model.Live(R2, 2)
     assert "127.0.0.1:3102" in (root / "etc/nginx/sites-available/shop.conf").read_text()
 
 
@@ -130,7 +130,7 @@ def test_a_port_taken_between_the_choice_and_the_start_is_refused_naming_its_hol
     runner.rules.insert(0, (["ss", "-H", "-t", "-l", "-n"], 0, "LISTEN 0 5 127.0.0.1:3101 0.0.0.0:*\n"))
     with pytest.raises(system.SiteopsError, match=r"port 3101 of site shop is in use by "
                                                   r"blog-rogue.service \(app\)"):
-        instances.start(host, shop, R2, shop["releases"][R2], ports)
+        instances.start(host, shop, R2, shop.releases[R2], ports)
     assert planned_commands(host) == []
 
 
@@ -158,8 +158,9 @@ def test_deploy_needs_a_repository_and_a_ready_site(root, shop, capsys):
 
 
 def test_rollback_list_marks_live_and_target(root, shop):
-    shop["releases"][R3] = dict(RUNS, result="failed", error="build failed (exit 1)")
-    lines = rollback.listing(dict(shop, live={"release": R2, "offset": 1}))
+    shop.releases[R3] = model.release_from_json(dict(RUNS, result="failed",
+                                                     error="build failed (exit 1)"))
+    lines = rollback.listing(shop.copy(live=model.Live(R2, 1)))
     assert lines[1].startswith(f"  {R3}") and "failed: build failed" in lines[1]
     assert lines[2].startswith(f"* {R2}") and lines[3].startswith(f"< {R1}")
 
@@ -179,10 +180,10 @@ def test_refresh_switches_only_when_a_component_template_changed(root, shop):
     assert instances.refresh(host, shop, ["shop-redis.service", "siteops-shop.slice"]) is shop
     assert planned_commands(host) == []
     site = instances.refresh(host, shop, ["shop-frontend@.service"])
-    assert site["live"] == {"release": R1, "offset": 1}  # same release, fresh instance
+    assert site.live == model.Live(R1, 1)  # same release, fresh instance
     assert planned_commands(host)[:2] == ["systemctl daemon-reload",
                                           "systemctl start shop-frontend@3101.service"]
-    assert registry.load(host)["sites"]["shop"]["history"][-1]["action"] == "restart"
+    assert registry.load(host).sites["shop"].history[-1]["action"] == "restart"
     assert (root / "srv/sites/shop/current").readlink().as_posix() == f"releases/{R1}"
 
 
@@ -201,7 +202,7 @@ def test_limits_rewrite_the_slice_and_apply_to_the_running_site(root, shop):
     ]
     text = (root / "etc/systemd/system/siteops-shop.slice").read_text()
     assert "MemoryMax=512M\n" in text and "TasksMax=128\n" in text
-    assert registry.load(host)["sites"]["shop"]["limits"] == {"memory_max": "512M",
+    assert registry.load(host).sites["shop"].limits == {"memory_max": "512M",
                                                               "tasks_max": 128}
     with pytest.raises(SystemExit) as bad:
         limits.main(["shop", "--memory-max", "1T"], host)

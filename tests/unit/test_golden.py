@@ -7,23 +7,24 @@ from pathlib import Path
 import pytest
 
 from siteops import logrotate, nftables, nginx, systemd, users
+from siteops.model import Live, Site
 from siteops.paths import TEMPLATES, Paths
 from siteops.system import Host
 from siteops.templates import render
 
 GOLDEN = Path(__file__).parent / "golden"
-SITE = {"name": "shop", "slot": 2, "domains": ["shop.example.com", "www.shop.example.com"],
-        "components": ["frontend", "api"],
-        "ports": {"frontend": 3120, "api": 4020, "redis": 5020},
-        "commands": {"frontend": "pnpm start", "api": "node dist/api.js"}}
-API_ONLY = dict(SITE, name="api1", components=["api"], ports={"api": 4030, "redis": 5030},
-                commands={"api": "pnpm run start:api"})
+SITE = Site(name="shop", slot=2, domains=["shop.example.com", "www.shop.example.com"],
+            components=["frontend", "api"],
+            ports={"frontend": 3120, "api": 4020, "redis": 5020},
+            commands={"frontend": "pnpm start", "api": "node dist/api.js"})
+API_ONLY = SITE.copy(name="api1", components=["api"], ports={"api": 4030, "redis": 5030},
+                     commands={"api": "pnpm run start:api"})
 LOGS = Path("/srv/sites/shop/shared/logs")
 CERTS = Path("/etc/letsencrypt/live/shop.example.com")
 HOST = Host(paths=Paths())
 NO_SERVER = Host(paths=Paths(Path(__file__).parent / "no-such-root"))  # reads find nothing
-LIVE = dict(SITE, live={"release": "20261125T201500Z", "offset": 1})
-API_ONLY_LIVE = dict(API_ONLY, live={"release": "20261125T201500Z", "offset": 0})
+LIVE = SITE.copy(live=Live("20261125T201500Z", 1))
+API_ONLY_LIVE = API_ONLY.copy(live=Live("20261125T201500Z", 0))
 
 
 def renders():
@@ -50,10 +51,10 @@ def renders():
     yield f"systemd-{nftables.UNIT}", render(f"systemd/{nftables.UNIT}",
                                              conf="/etc/siteops/nftables.conf")
     yield "nftables-siteops.nft", nftables.render_conf(
-        [dict(SITE, uid=1003), dict(API_ONLY, slot=3, uid=1004), dict(SITE, name="new", slot=4)],
+        [SITE.copy(uid=1003), API_ONLY.copy(slot=3, uid=1004), SITE.copy(name="new", slot=4)],
         33)
-    yield "systemd-siteops-big.slice", systemd.render_units(HOST, dict(
-        SITE, name="big", limits={"memory_max": "4G", "cpu_weight": 400}))["siteops-big.slice"]
+    yield "systemd-siteops-big.slice", systemd.render_units(HOST, SITE.copy(
+        name="big", limits={"memory_max": "4G", "cpu_weight": 400}))["siteops-big.slice"]
     for name in ("postgres/siteops.conf", "postgres/pg_hba.conf", "ssh/sshd_siteops.conf",
                  "certbot/reload-nginx", "apt/20auto-upgrades"):
         yield name.replace("/", "-"), render(name)

@@ -6,6 +6,7 @@ import stat
 import pytest
 
 from siteops import registry
+from siteops.model import Site
 from siteops.errors import SiteopsError
 
 from fakes import make_host
@@ -13,7 +14,7 @@ from fakes import make_host
 
 def test_missing_registry_is_empty(root):
     host, _ = make_host(root)
-    assert registry.load(host) == {"version": 1, "sites": {}}
+    assert registry.load(host) == registry.Registry()
 
 
 @pytest.mark.parametrize("text,message", [("{not json", "corrupt"), ('{"version": 1}', "corrupt"),
@@ -32,11 +33,11 @@ def test_bad_registry_stops_and_is_kept(root, text, message):
 def test_save_is_root_only_and_keeps_a_backup(root):
     host, _ = make_host(root, dry_run=False)
     with registry.locked(host, "test") as data:
-        data["sites"]["a"] = {"name": "a", "slot": 0}
+        data.sites["a"] = Site(name="a", slot=0)
         registry.save(host, data)
     with registry.locked(host, "test") as data:
-        assert data["sites"]["a"]["slot"] == 0
-        data["sites"]["b"] = {"name": "b", "slot": 1}
+        assert data.sites["a"].slot == 0
+        data.sites["b"] = Site(name="b", slot=1)
         registry.save(host, data)
     path = host.paths.registry
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -64,18 +65,18 @@ def test_lock_held_elsewhere_is_reported(root):
             with registry.locked(host, "test", wait=0.3):
                 pass
     with registry.locked(host, "test", wait=0.3) as data:  # released with the file
-        assert data["sites"] == {}
+        assert data.sites == {}
 
 
 def test_slots_skip_taken_and_listening_ports():
-    data = {"sites": {"a": {"slot": 0}, "c": {"slot": 2}}}
+    data = registry.Registry({"a": Site("a", 0), "c": Site("c", 2)})
     assert registry.allocate_slot(data, set()) == 1
     assert registry.allocate_slot(data, {4015}) == 3   # slot 1's API block is in use
     assert registry.allocate_slot(data, {5019, 3139}) == 4
 
 
 def test_slots_run_out():
-    data = {"sites": {str(k): {"slot": k} for k in range(registry.MAX_SLOTS)}}
+    data = registry.Registry({f"s{k}": Site(f"s{k}", k) for k in range(registry.MAX_SLOTS)})
     with pytest.raises(SiteopsError, match="no free port block"):
         registry.allocate_slot(data, set())
 
@@ -84,3 +85,26 @@ def test_ports_follow_the_slot():
     assert registry.ports_for(3, ["frontend", "api"]) == {"frontend": 3130, "api": 4030, "redis": 5030}
     assert registry.ports_for(0, ["api"]) == {"api": 4000, "redis": 5000}
     assert len(set(registry.block_ports(7))) == 30
+
+
+def test_a_schema_1_file_is_upgraded_with_its_defaults_and_unknown_keys_kept(root):
+    host, _ = make_host(root, dry_run=False)
+    host.paths.state.mkdir(parents=True)
+    v1 = {"version": 1, "sites": {"shop": {
+        "name": "shop", "slot": 0, "state": "ready", "domains": ["shop.test"],
+        "components": ["frontend"], "commands": {"frontend": "node s.js"},
+        "ports": {"frontend": 3100, "redis": 5000}, "uid": 1001, "future_key": [1, 2],
+        "live": {"release": "20261125T200000Z", "offset": 1},
+        "releases": {"20261125T200000Z": {"result": "ok", "commit": "abc", "note": "x"}}}}}
+    host.paths.registry.write_text(json.dumps(v1))
+    shop = registry.load(host).sites["shop"]
+    assert (shop.database, shop.user, shop.keep, shop.limits, shop.repo) == ("shop", "shop", 5, {}, None)
+    assert shop.live.release == "20261125T200000Z" and shop.live.offset == 1
+    assert shop.releases["20261125T200000Z"].health_timeout == 60
+    with registry.locked(host, "upgrade") as data:
+        registry.save(host, data)
+    saved = json.loads(host.paths.registry.read_text())
+    assert saved["version"] == 2 and saved["sites"]["shop"]["future_key"] == [1, 2]
+    assert saved["sites"]["shop"]["keep"] == 5
+    assert saved["sites"]["shop"]["releases"]["20261125T200000Z"]["note"] == "x"
+    assert registry.load(host) == data  # the round trip loses nothing

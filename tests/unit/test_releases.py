@@ -3,14 +3,14 @@
 import datetime
 
 from siteops import releases
+from siteops.model import Live, Release, Site
 
 OK, FAILED = releases.OK, releases.FAILED
 
 
-def site_with(results: dict, live: str | None, left=()) -> dict:
-    recs = {rid: {"result": r, **({"rolled_back": True} if rid in left else {})}
-            for rid, r in results.items()}
-    return {"releases": recs, **({"live": {"release": live, "offset": 0}} if live else {})}
+def site_with(results: dict, live: str | None, left=()) -> Site:
+    recs = {rid: Release(result=r, rolled_back=rid in left) for rid, r in results.items()}
+    return Site(name="shop", slot=0, releases=recs, live=Live(live) if live else None)
 
 
 def ids(n: int) -> list[str]:
@@ -19,11 +19,11 @@ def ids(n: int) -> list[str]:
 
 def test_new_ids_are_utc_timestamps_made_unique():
     when = datetime.datetime(2026, 11, 25, 20, 15, 0, tzinfo=datetime.timezone.utc)
-    site = {"releases": {"20261125T201500Z": {}, "20261125T201500Z-2": {}}}
-    assert releases.new_id({}, when) == "20261125T201500Z"
+    site = site_with({"20261125T201500Z": OK, "20261125T201500Z-2": OK}, None)
+    assert releases.new_id(site_with({}, None), when) == "20261125T201500Z"
     assert releases.new_id(site, when) == "20261125T201500Z-3"
-    assert releases.ordered(dict(site, releases={**site["releases"], "20261125T201500Z-10": {}}))[-1] \
-        == "20261125T201500Z-10"
+    site.releases["20261125T201500Z-10"] = Release()
+    assert releases.ordered(site)[-1] == "20261125T201500Z-10"
 
 
 def test_rollback_walks_back_over_failed_and_left_releases():

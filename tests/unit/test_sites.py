@@ -4,6 +4,7 @@ live facts they read (du, systemctl, psql) answered by the fake runner."""
 import json
 from pathlib import Path
 
+from siteops import model
 from siteops.commands import sites
 
 from fakes import make_host
@@ -30,7 +31,8 @@ def rules(root):
 def test_list_shows_live_ports_and_disk(root):
     write_registry(root)
     host, runner = make_host(root, rules(root))
-    rows = sites.gather(host, sorted(RECORDED["registry"]["sites"].values(), key=lambda s: s["slot"]))
+    recorded = [model.site_from_json(s) for s in RECORDED["registry"]["sites"].values()]
+    rows = sites.gather(host, sorted(recorded, key=lambda s: s.slot))
     lines = sites.list_lines(rows)
     assert lines[0].split() == ["NAME", "SLOT", "PORTS", "DOMAINS", "COMPONENTS", "STATE", "LIVE",
                                 "TLS", "DISK"]

@@ -7,6 +7,7 @@ import pytest
 
 from siteops import envfile, firewall, nginx, postgres, redis, system
 from siteops.errors import CommandError, SiteopsError
+from siteops.model import Site
 
 from fakes import make_host
 
@@ -85,7 +86,7 @@ def test_real_runner_uses_no_shell_and_c_locale():
 
 
 def test_env_merge_keeps_values_and_operator_lines():
-    site = {"name": "shop", "components": ["frontend"], "ports": {"frontend": 3100, "redis": 5000}}
+    site = Site("shop", 0, components=["frontend"], ports={"frontend": 3100, "redis": 5000})
     first = envfile.merge(None, site, 5432)
     edited = first.replace("NODE_ENV=production", "NODE_ENV=staging") + "STRIPE_KEY=sk_live_x\n"
     again = envfile.merge(edited, site, 5432)
@@ -96,7 +97,7 @@ def test_env_merge_keeps_values_and_operator_lines():
 
 
 def test_env_merge_drops_port_settings_the_units_now_own():
-    site = {"name": "shop", "components": ["frontend"], "ports": {"frontend": 3100, "redis": 5000}}
+    site = Site("shop", 0, components=["frontend"], ports={"frontend": 3100, "redis": 5000})
     old = envfile.merge(None, site, 5432) + "FRONTEND_PORT=3100\nAPI_PORT=4000\nMY_PORT=1\n"
     new = envfile.merge(old, site, 5432)
     assert "FRONTEND_PORT" not in new and "API_PORT" not in new and "MY_PORT=1\n" in new

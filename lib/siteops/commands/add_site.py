@@ -7,6 +7,8 @@ import argparse
 from .. import (cli, distro, envfile, fail2ban, instances, layout, logrotate, network, nftables, nginx,
                 postgres, redis, registry, systemd, users, validate)
 from ..errors import SiteopsError, UsageError
+from ..journal import now
+from ..model import READY, Site
 from ..system import Host
 
 DESCRIPTION = """\
@@ -71,15 +73,16 @@ def check_bootstrapped(host: Host) -> None:
         raise SiteopsError("this server has not been bootstrapped: run `sudo ./bin/bootstrap` first")
 
 
-def plan_entry(host: Host, data: dict, args: argparse.Namespace) -> dict:
-    """The registry entry the site should have: the existing one updated, or a new one."""
+def plan_entry(host: Host, data: registry.Registry, args: argparse.Namespace) -> Site:
+    """The registry entry the site should have: the existing one updated (a copy),
+    or a new one."""
     name = args.name
-    for other in data["sites"].values():
-        if other["name"] != name:
-            taken = sorted(set(args.domains) & set(other["domains"]))
+    for other in data.sites.values():
+        if other.name != name:
+            taken = sorted(set(args.domains) & set(other.domains))
             if taken:
-                raise UsageError(f"domain {taken[0]} already belongs to site {other['name']}")
-    site = data["sites"].get(name)
+                raise UsageError(f"domain {taken[0]} already belongs to site {other.name}")
+    site = data.sites.get(name)
     if site is None:
         if users.lookup(host, name) is not None:
             raise UsageError(f"a Unix user {name!r} already exists; choose another site name")
@@ -87,31 +90,29 @@ def plan_entry(host: Host, data: dict, args: argparse.Namespace) -> dict:
             raise UsageError(f"a Unix group {name!r} already exists (a site's user would join "
                              "it); choose another site name")
         slot = registry.allocate_slot(data, network.listening_ports(host))
-        site = {"name": name, "slot": slot, "user": name, "database": name,
-                "created": registry.now(), "state": registry.PROVISIONING,
-                "components": ["frontend", "api"], "commands": dict(systemd.DEFAULT_COMMANDS)}
-    site = dict(site, domains=args.domains)
+        site = Site(name=name, slot=slot, created=now())
+    site = site.copy(domains=args.domains)
     if args.components:
-        site["components"] = args.components
-    site["commands"] = {c: site.get("commands", {}).get(c, systemd.DEFAULT_COMMANDS[c])
-                        for c in site["components"]}
+        site.components = args.components
+    site.commands = {c: site.commands.get(c, systemd.DEFAULT_COMMANDS[c])
+                     for c in site.components}
     for component, command in args.start:
-        if component not in site["components"]:
+        if component not in site.components:
             raise UsageError(f"--start {component}=...: the site has no {component} component")
-        site["commands"][component] = command
-    site["ports"] = registry.ports_for(site["slot"], site["components"])
+        site.commands[component] = command
+    site.ports = registry.ports_for(site.slot, site.components)
     return site
 
 
-def provision(host: Host, site: dict, db_port: int, sites: list[dict]) -> list[str]:
+def provision(host: Host, site: Site, db_port: int, sites: list[Site]) -> list[str]:
     """Converge every resource of the site, in dependency order; return the
     units whose files changed. sites: every registry entry, this one included."""
-    name = site["name"]
+    name = site.name
     with host.step(f"user {name}"):
         users.ensure_site_user(host, name, host.paths.site(name))
     account = users.lookup(host, name)
     if account is not None:  # None only in a dry run of a new site
-        site["uid"] = account.uid
+        site.uid = account.uid
     with host.step("loopback port ownership (nftables)"):
         nftables.ensure(host, sites)
     layout.ensure_tree(host, name)
@@ -143,17 +144,17 @@ def run(host: Host, args: argparse.Namespace) -> None:
     check_bootstrapped(host)
     with registry.locked(host, f"add-site {args.name}") as data:
         site = plan_entry(host, data, args)
-        if site != data["sites"].get(args.name):
-            site["updated"] = registry.now()
-        data["sites"][args.name] = site
+        if site != data.sites.get(args.name):
+            site.updated = now()
+        data.sites[args.name] = site
         registry.save(host, data)  # a crash from here on leaves state "provisioning"
-        host.say(f"site {args.name}: slot {site['slot']}, ports "
-                 + ", ".join(f"{k} {v}" for k, v in site["ports"].items()))
+        host.say(f"site {args.name}: slot {site.slot}, ports "
+                 + ", ".join(f"{k} {v}" for k, v in site.ports.items()))
         db_port = postgres.clusters(host)[0].port
-        changed = provision(host, site, db_port, list(data["sites"].values()))
-        if site.get("state") != registry.READY:
-            site["state"] = registry.READY
-            site["updated"] = registry.now()
+        changed = provision(host, site, db_port, list(data.sites.values()))
+        if site.state != READY:
+            site.state = READY
+            site.updated = now()
         registry.save(host, data)
     instances.refresh(host, site, changed)  # after the registry lock: it takes it itself
 

@@ -8,9 +8,10 @@ import os
 import socket
 import sys
 
-from .. import (checks, cli, envfile, facts, instances, layout, logrotate, nftables, nginx, redis,
+from .. import (checks, cli, journal, envfile, facts, instances, layout, logrotate, nftables, nginx, redis,
                 registry, releases, systemd, validate)
 from ..errors import UsageError
+from ..model import Site
 from ..system import Host
 
 DESCRIPTION = """\
@@ -63,15 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def selected(data: dict, names: list[str]) -> list[dict]:
-    sites = [s for s in data["sites"].values() if s.get("state") == registry.READY]
-    unknown = sorted(set(names) - set(data["sites"]))
+def selected(data: registry.Registry, names: list[str]) -> list[Site]:
+    sites = [s for s in data.sites.values() if s.state == registry.READY]
+    unknown = sorted(set(names) - set(data.sites))
     if unknown:
         raise UsageError(f"no site {unknown[0]!r} in the registry")
-    return [s for s in sites if not names or s["name"] in names]
+    return [s for s in sites if not names or s.name in names]
 
 
-def run_checks(host: Host, sites: list[dict]) -> tuple[list[checks.Finding], str]:
+def run_checks(host: Host, sites: list[Site]) -> tuple[list[checks.Finding], str]:
     """The findings, and the time their facts were read (what day counts are from)."""
     f = facts.gather(host, sites)
     findings = checks.host_checks(f)
@@ -80,9 +81,9 @@ def run_checks(host: Host, sites: list[dict]) -> tuple[list[checks.Finding], str
     return findings, f["time"]
 
 
-def repair(host: Host, site: dict, kinds: set[str]) -> None:
+def repair(host: Host, site: Site, kinds: set[str]) -> None:
     """Apply the safe repairs of kinds ('tree', 'env', 'render', 'unit', 'current')."""
-    name = site["name"]
+    name = site.name
     if "tree" in kinds:
         layout.ensure_tree(host, name)
     env_path = layout.env_path(host, name)
@@ -133,12 +134,12 @@ def text_report(findings: list[checks.Finding], fixed: list[str]) -> list[str]:
     return lines
 
 
-def document(findings: list[checks.Finding], fixed: list[str], sites: list[dict],
+def document(findings: list[checks.Finding], fixed: list[str], sites: list[Site],
              time: str) -> dict:
     code = checks.exit_code(findings)
     return {"version": 1, "time": time, "host": socket.gethostname(),
             "status": ["ok", "warning", "critical"][code], "exit_code": code,
-            "counts": counts(findings), "sites": [s["name"] for s in sites],
+            "counts": counts(findings), "sites": [s.name for s in sites],
             "fixed": fixed, "findings": [checks.as_json(f) for f in findings]}
 
 
@@ -148,9 +149,7 @@ def append_log(host: Host, doc: dict) -> None:
         return
     line = dict(doc, findings=[{k: v for k, v in f.items() if k != "diff"}
                                for f in doc["findings"] if f["severity"] != checks.OK])
-    fd = os.open(host.paths.log_dir / "audit.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-    with os.fdopen(fd, "a") as fh:
-        fh.write(json.dumps(line, sort_keys=True) + "\n")
+    journal.append(host.paths.log_dir / "audit.jsonl", line)
 
 
 def run(host: Host, args: argparse.Namespace) -> int:
@@ -163,9 +162,9 @@ def run(host: Host, args: argparse.Namespace) -> int:
         broken = [f for f in findings if f.severity != checks.OK and f.fix]
         if any(f.fix == "nftables" for f in broken):
             with host.step("loopback port-ownership rules (nftables)"):
-                nftables.ensure(host, list(registry.load(host)["sites"].values()))
+                nftables.ensure(host, list(registry.load(host).sites.values()))
         for site in sites:
-            kinds = {f.fix for f in broken if f.subject == site["name"]}
+            kinds = {f.fix for f in broken if f.subject == site.name}
             if kinds:
                 repair(host, site, kinds)
         if broken and not host.dry_run:

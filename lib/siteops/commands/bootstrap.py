@@ -128,7 +128,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
     firewall_extra = firewall.ensure(host)
     with host.step("loopback port ownership (nftables)"):
         nftables.ensure_boot_unit(host)
-        nftables.ensure(host, list(registry.load(host)["sites"].values()))
+        nftables.ensure(host, list(registry.load(host).sites.values()))
     fail2ban.ensure(host)
     users.ensure_deploy_user(host)
     ssh.ensure_deploy_keys(host, deploy_home, args.deploy_key)

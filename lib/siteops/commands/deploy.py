@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import os
 
 from .. import (cli, git, instances, layout, manifest, registry, releases, systemd, users,
                 validate)
 from ..errors import CommandError, SiteopsError, UsageError
+from ..journal import now, who
+from ..model import Release, Site
 from ..system import Host
 
 DESCRIPTION = """\
@@ -81,14 +85,14 @@ def health_overrides(values: list[str], components: list[str]) -> dict[str, str]
     return out
 
 
-def preflight(host: Host, site: dict, min_free_mb: int) -> None:
-    if site.get("state") != registry.READY:
-        raise SiteopsError(f"site {site['name']} is not ready (state {site.get('state')!r}): "
-                           f"run add-site {site['name']} ... again to finish it")
-    st = os.statvfs(host.paths.site(site["name"]))
+def preflight(host: Host, site: Site, min_free_mb: int) -> None:
+    if site.state != registry.READY:
+        raise SiteopsError(f"site {site.name} is not ready (state {site.state!r}): "
+                           f"run add-site {site.name} ... again to finish it")
+    st = os.statvfs(host.paths.site(site.name))
     free_mb = st.f_bavail * st.f_frsize // 2**20
     if free_mb < min_free_mb:
-        raise SiteopsError(f"only {free_mb} MB free on {host.paths.site(site['name'])}; "
+        raise SiteopsError(f"only {free_mb} MB free on {host.paths.site(site.name)}; "
                            f"need {min_free_mb} MB (--min-free-mb)")
 
 
@@ -106,9 +110,9 @@ def check_runtime(host: Host, runtime: str) -> None:
                            "installed: run bootstrap")
 
 
-def plan_lines(host: Host, site: dict, args: argparse.Namespace, repo: str) -> list[str]:
+def plan_lines(host: Host, site: Site, args: argparse.Namespace, repo: str) -> list[str]:
     """What a deploy would do, for --dry-run."""
-    name = site["name"]
+    name = site.name
     ports = registry.spare_ports(site)
     live = registry.live_ports(site)
     lines = [
@@ -127,7 +131,7 @@ def plan_lines(host: Host, site: dict, args: argparse.Namespace, repo: str) -> l
     if live:
         lines.append("drain and stop " + ", ".join(systemd.instance(name, c, p)
                                                   for c, p in live.items()))
-    keep = args.keep or site.get("keep", releases.DEFAULT_KEEP)
+    keep = args.keep or site.keep
     doomed = releases.to_prune(site, keep)
     lines.append(f"prune to {keep} good releases"
                  + (f" (now {', '.join(doomed)} would go)" if doomed else ""))
@@ -143,22 +147,23 @@ def link_shared(host: Host, name: str, rel) -> None:
             host.run(users.as_user(name, "ln", "-s", f"../../shared/{item}", link))
 
 
-def build(host: Host, site: dict, rid: str, commit: str, args: argparse.Namespace) -> dict:
-    """Fetch, export, link and build release rid; return what it runs."""
-    name = site["name"]
+def build(host: Host, site: Site, rid: str, record: Release, args: argparse.Namespace) -> None:
+    """Export, link and build release rid of record.commit; record what it runs."""
+    commit = record.commit
+    name = site.name
     rel = instances.release_dir(host, name, rid)
     m = manifest.parse(git.show(host, name, commit, manifest.FILE))
     files = git.top_level(host, name, commit)
     runtime = manifest.detect_runtime(m, files)
     check_runtime(host, runtime)
-    extra = sorted((set(m.starts) | set(m.health)) - set(site["components"]))
+    extra = sorted((set(m.starts) | set(m.health)) - set(site.components))
     if extra:
         host.say(f"note: {manifest.FILE} describes {', '.join(extra)}, which site {name} does "
                  f"not have (add-site {name} --components ... adds it); ignored")
-    commands = manifest.start_commands(m, runtime, site["components"], site.get("commands", {}),
+    commands = manifest.start_commands(m, runtime, site.components, site.commands,
                                        dict(args.start))
-    health = {c: m.health.get(c, "/") for c in site["components"]}
-    health.update(health_overrides(args.health, site["components"]))
+    health = {c: m.health.get(c, "/") for c in site.components}
+    health.update(health_overrides(args.health, site.components))
     with host.step(f"export {commit[:12]} into releases/{rid}"):
         git.export(host, name, commit, rel)
     link_shared(host, name, rel)
@@ -172,14 +177,14 @@ def build(host: Host, site: dict, rid: str, commit: str, args: argparse.Namespac
         except CommandError as exc:
             raise SiteopsError(f"{label} failed (exit {exc.code}): {command}\n"
                                f"--- its last lines:\n{exc.stderr}") from exc
-    return {"runtime": runtime, "commands": commands, "health": health,
-            "health_timeout": m.health_timeout}
+    record.runtime, record.commands, record.health = runtime, commands, health
+    record.health_timeout = m.health_timeout
 
 
 def run(host: Host, args: argparse.Namespace) -> None:
     name = args.name
     with registry.site_locked(host, name, f"deploy {name}") as site:
-        repo = args.repo or site.get("repo")
+        repo = args.repo or site.repo
         if not repo:
             raise UsageError(f"site {name} has no repository yet: pass --repo URL")
         preflight(host, site, args.min_free_mb)
@@ -189,26 +194,26 @@ def run(host: Host, args: argparse.Namespace) -> None:
             return
         site = instances.recover(host, site)
         rid = releases.new_id(site)
-        record = {"ref": args.ref, "repo": repo, "user": releases.who(), "started": registry.now(),
-                  "result": releases.BUILDING}
+        record = Release(ref=args.ref, repo=repo, user=who(), started=now())
         site = registry.update_site(host, name, f"deploy {name}",
-                                    lambda e: e.setdefault("releases", {}).update({rid: record}))
+                                    lambda e: e.releases.update({rid: copy.deepcopy(record)}))
         host.say(f"deploy {name}: release {rid}")
         try:
             with host.step(f"fetch {repo}"):
                 git.fetch(host, name, repo)
             commit = git.resolve(host, name, args.ref)
-            record.update(commit=commit, subject=git.subject(host, name, commit))
-            host.say(f"{'':13}{args.ref} is {commit[:12]} {record['subject']}")
-            record.update(build(host, site, rid, commit, args))
+            record.commit, record.subject = commit, git.subject(host, name, commit)
+            host.say(f"{'':13}{args.ref} is {commit[:12]} {record.subject}")
+            build(host, site, rid, record, args)
             previous = releases.live_id(site)
 
-            def went_live(entry):
-                entry["releases"][rid] = dict(record, result=releases.OK, finished=registry.now())
-                entry["repo"] = repo
+            def went_live(entry: Site) -> None:
+                entry.releases[rid] = dataclasses.replace(record, result=releases.OK,
+                                                          finished=now())
+                entry.repo = repo
                 if args.keep:
-                    entry["keep"] = args.keep
-                releases.record_event(entry, "deploy", rid, "ok", started=record["started"],
+                    entry.keep = args.keep
+                releases.record_event(entry, "deploy", rid, "ok", started=record.started,
                                       commit=commit, ref=args.ref, **{"from": previous})
             site = instances.switch(host, site, rid, record, went_live)
         except BaseException as exc:
@@ -218,31 +223,31 @@ def run(host: Host, args: argparse.Namespace) -> None:
         prune(host, site)
 
 
-def fail(host: Host, name: str, rid: str, record: dict, exc: BaseException) -> None:
+def fail(host: Host, name: str, rid: str, record: Release, exc: BaseException) -> None:
     """Mark release rid failed, remove its files and instances' traces, log it."""
     error = releases.error_text(exc)
 
-    def mark(entry):
-        entry["releases"][rid] = dict(record, result=releases.FAILED, error=error,
-                                      finished=registry.now())
-        releases.record_event(entry, "deploy", rid, "failed", started=record["started"],
-                              commit=record.get("commit"), ref=record["ref"], error=error)
+    def mark(entry: Site) -> None:
+        entry.releases[rid] = dataclasses.replace(record, result=releases.FAILED, error=error,
+                                                  finished=now())
+        releases.record_event(entry, "deploy", rid, "failed", started=record.started,
+                              commit=record.commit, ref=record.ref, error=error)
     registry.update_site(host, name, f"deploy {name}: failed", mark)
     with host.step(f"remove failed release {rid}"):
         instances.stop_build(host, name)
         instances.remove_release(host, name, rid)
 
 
-def prune(host: Host, site: dict) -> None:
-    name = site["name"]
-    doomed = releases.to_prune(site, site.get("keep", releases.DEFAULT_KEEP))
+def prune(host: Host, site: Site) -> None:
+    name = site.name
+    doomed = releases.to_prune(site, site.keep)
     if not doomed:
         return
     with host.step(f"prune {len(doomed)} release(s): {', '.join(doomed)}"):
         for rid in doomed:
             instances.remove_release(host, name, rid)
     registry.update_site(host, name, f"deploy {name}: prune",
-                         lambda e: [e["releases"].pop(r, None) for r in doomed])
+                         lambda e: [e.releases.pop(r, None) for r in doomed])
 
 
 def main(argv: list[str] | None = None, host: Host | None = None) -> int:

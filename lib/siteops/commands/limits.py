@@ -6,6 +6,7 @@ import argparse
 import re
 
 from .. import cli, instances, registry, systemd, validate
+from ..model import Site
 from ..system import Host
 
 DESCRIPTION = f"""\
@@ -66,10 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
 USAGE_PROPS = ("MemoryCurrent", "MemoryMax", "TasksCurrent", "TasksMax", "CPUWeight", "IOWeight")
 
 
-def show(host: Host, site: dict) -> None:
+def show(host: Host, site: Site) -> None:
     """The limits the registry holds and what the running slice reports."""
     out = host.query(["systemctl", "show", *[f"-p{p}" for p in USAGE_PROPS],
-                      systemd.slice_name(site["name"])], ok=range(256)).out
+                      systemd.slice_name(site.name)], ok=range(256)).out
     now = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     for key, value in systemd.limits(site).items():
         host.say(f"{key:<12}{value}")
@@ -83,10 +84,9 @@ def run(host: Host, args: argparse.Namespace) -> None:
     if not wanted:
         show(host, registry.get_site(registry.load(host), args.name))
         return
-    with registry.site_locked(host, args.name, f"limits {args.name}") as site:
+    with registry.site_locked(host, args.name, f"limits {args.name}"):
         site = registry.update_site(host, args.name, f"limits {args.name}",
-                                    lambda e: e.setdefault("limits", {}).update(wanted)) \
-            if not host.dry_run else dict(site, limits={**site.get("limits", {}), **wanted})
+                                    lambda e: e.limits.update(wanted))  # a dry run saves nothing
         with host.step(f"limits of {args.name}: " + ", ".join(f"{k} {v}" for k, v in wanted.items())):
             changed = systemd.ensure_units(host, site)
     instances.refresh(host, site, changed)  # only if an older siteops left other unit files

@@ -6,6 +6,7 @@ import argparse
 
 from .. import cli, instances, registry, releases, validate
 from ..errors import SiteopsError, UsageError
+from ..model import Site
 from ..system import Host
 
 DESCRIPTION = """\
@@ -40,38 +41,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def listing(site: dict) -> list[str]:
+def listing(site: Site) -> list[str]:
     """One line per release, newest first; live and rollback target marked."""
     live, target = releases.live_id(site), releases.rollback_target(site)
     lines = [f"{'':2}{'RELEASE':<20} {'COMMIT':<12} {'FINISHED':<20} {'RESULT':<12} REF"]
     for rid in reversed(releases.ordered(site)):
-        r = site["releases"][rid]
+        r = site.releases[rid]
         mark = "*" if rid == live else ("<" if rid == target else " ")
-        result = r["result"] + (" (left)" if r.get("rolled_back") else "")
-        if r.get("error"):
-            result += f": {r['error']}"
-        lines.append(f"{mark} {rid:<20} {(r.get('commit') or '-')[:12]:<12} "
-                     f"{r.get('finished') or r.get('started', ''):<20} {result:<12} "
-                     f"{r.get('ref', '')} {r.get('subject', '')}".rstrip())
+        result = r.result + (" (left)" if r.rolled_back else "")
+        if r.error:
+            result += f": {r.error}"
+        lines.append(f"{mark} {rid:<20} {(r.commit or '-')[:12]:<12} "
+                     f"{r.finished or r.started or '':<20} {result:<12} "
+                     f"{r.ref} {r.subject or ''}".rstrip())
     lines.append("* live   < where `rollback` without --to goes   (left): rolled back from")
     return lines
 
 
-def choose(site: dict, to: str | None) -> str:
+def choose(site: Site, to: str | None) -> str:
     live = releases.live_id(site)
     if live is None:
-        raise SiteopsError(f"site {site['name']} has never been deployed; nothing to roll back")
+        raise SiteopsError(f"site {site.name} has never been deployed; nothing to roll back")
     if to is None:
         target = releases.rollback_target(site)
         if target is None:
-            raise SiteopsError(f"site {site['name']} has no earlier good release on disk "
+            raise SiteopsError(f"site {site.name} has no earlier good release on disk "
                                "(see rollback --list)")
         return target
-    record = site.get("releases", {}).get(to)
+    record = site.releases.get(to)
     if record is None:
-        raise UsageError(f"site {site['name']} has no release {to} (see rollback --list)")
-    if record["result"] != releases.OK:
-        raise UsageError(f"release {to} {record['result']}; only good releases can go live")
+        raise UsageError(f"site {site.name} has no release {to} (see rollback --list)")
+    if record.result != releases.OK:
+        raise UsageError(f"release {to} {record.result}; only good releases can go live")
     if to == live:
         raise UsageError(f"release {to} is already live")
     return to
@@ -95,12 +96,12 @@ def run(host: Host, args: argparse.Namespace) -> None:
                      + ", check its health, switch nginx and current, stop " + live)
             return
         site = instances.recover(host, site)
-        record = site["releases"][target]
+        record = site.releases[target]
 
-        def went_live(entry):
-            entry["releases"][live]["rolled_back"] = True
-            entry["releases"][target].pop("rolled_back", None)
-            releases.record_event(entry, "rollback", target, "ok", commit=record.get("commit"),
+        def went_live(entry: Site) -> None:
+            entry.releases[live].rolled_back = True
+            entry.releases[target].rolled_back = False
+            releases.record_event(entry, "rollback", target, "ok", commit=record.commit,
                                   **{"from": live})
         try:
             instances.switch(host, site, target, record, went_live)

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from .. import cli, facts, nginx, registry, releases, systemd, tls, validate
+from ..model import Site
 from ..system import Host
 
 DESCRIPTION = """\
@@ -40,32 +41,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def tls_expiry(host: Host, site: dict) -> str | None:
+def tls_expiry(host: Host, site: Site) -> str | None:
     certs = nginx.cert_dir(host, site)
     end = tls.not_after(host, certs / "fullchain.pem") if certs else None
     return end[:10] if end else None
 
 
-def summary(host: Host, site: dict, du: dict, states: dict) -> dict:
+def summary(host: Host, site: Site, du: dict, states: dict) -> dict:
     """The facts about a site that list, show and doc print."""
-    name = site["name"]
+    name = site.name
     live = releases.live_id(site)
-    record = site.get("releases", {}).get(live, {}) if live else {}
+    record = site.releases.get(live) if live else None
     return {
-        "name": name, "slot": site["slot"], "state": site.get("state"),
-        "domains": site["domains"], "components": site["components"],
-        "ports": site["ports"], "live_ports": registry.live_ports(site),
-        "uid": site.get("uid"), "database": site.get("database", name),
-        "repo": site.get("repo"), "live_release": live, "commit": record.get("commit"),
-        "deployed": record.get("finished"), "commands": record.get("commands") or site.get("commands"),
+        "name": name, "slot": site.slot, "state": site.state,
+        "domains": site.domains, "components": site.components,
+        "ports": site.ports, "live_ports": registry.live_ports(site),
+        "uid": site.uid, "database": site.database,
+        "repo": site.repo, "live_release": live, "commit": record and record.commit,
+        "deployed": record and record.finished,
+        "commands": (record and record.commands) or site.commands,
         "tls_expires": tls_expiry(host, site),
         "disk_bytes": du.get(str(host.paths.site(name))),
         "units": {u: states.get(u, {}).get("active", "?") for u in systemd.live_units(site)},
     }
 
 
-def gather(host: Host, sites: list[dict]) -> list[dict]:
-    du = facts.disk_usage(host, [host.paths.site(s["name"]) for s in sites])
+def gather(host: Host, sites: list[Site]) -> list[dict]:
+    du = facts.disk_usage(host, [host.paths.site(s.name) for s in sites])
     units = [u for s in sites for u in systemd.live_units(s)]
     states = facts.unit_states(host, units) if units else {}
     return [summary(host, s, du, states) for s in sites]
@@ -90,7 +92,7 @@ def list_lines(rows: list[dict]) -> list[str]:
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
 
 
-def show_lines(r: dict, site: dict) -> list[str]:
+def show_lines(r: dict, site: Site) -> list[str]:
     lines = [f"{k + ':':<14}{v}" for k, v in (
         ("site", r["name"]), ("state", r["state"]), ("slot", r["slot"]),
         ("domains", " ".join(r["domains"])),
@@ -101,7 +103,7 @@ def show_lines(r: dict, site: dict) -> list[str]:
         ("live release", f"{r['live_release']} {(r['commit'] or '')[:12]}" if r["live_release"] else "-"),
         ("units", " ".join(f"{u} {s}" for u, s in r["units"].items())),
         ("TLS expires", r["tls_expires"] or "no certificate"), ("disk", mib(r["disk_bytes"])))]
-    history = site.get("history", [])[-10:]
+    history = site.history[-10:]
     if history:
         lines.append("history:")
         lines += [f"  {e.get('at', '')}  {e['action']:<8} {e['release']}  {e['result']}"
@@ -168,12 +170,12 @@ def run(host: Host, args: argparse.Namespace) -> None:
         site = registry.get_site(data, args.name)
         row = gather(host, [site])[0]
         if args.json:
-            print(json.dumps(dict(row, history=site.get("history", [])), indent=2))
+            print(json.dumps(dict(row, history=site.history), indent=2))
         else:
             for line in show_lines(row, site):
                 host.say(line)
         return
-    rows = gather(host, sorted(data["sites"].values(), key=lambda s: s["slot"]))
+    rows = gather(host, sorted(data.sites.values(), key=lambda s: s.slot))
     if args.action == "list" and args.json:
         print(json.dumps(rows, indent=2))
         return

@@ -1,0 +1,29 @@
+"""The suite's journal: when (UTC, to the second), who (the sudo caller or
+root), and the JSON-lines logs in /var/log/siteops it appends to."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+
+from .users import sudo_caller
+
+
+def now() -> str:
+    """The time now, as 2026-11-25T20:15:00Z."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def who() -> str:
+    """Who runs this command: the user who called sudo, or root."""
+    return sudo_caller() or "root"
+
+
+def append(path: Path, entry: dict) -> None:
+    """Append one JSON line to a log (0640, created if missing, never through a link)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o640)
+    with os.fdopen(fd, "a") as fh:
+        fh.write(json.dumps(entry, sort_keys=True) + "\n")
