@@ -4,7 +4,6 @@ exit codes (0 ok, 1 failure, 2 bad input, 130 interrupted) and the action log.""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import traceback

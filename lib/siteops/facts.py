@@ -131,7 +131,7 @@ def expected_files(host: Host, site: Site, nginx_version: tuple[int, ...],
     name = site.name
     files = {str(host.paths.unit(u)): text for u, text in systemd.render_units(host, site).items()}
     files[str(host.paths.nginx_site(name))] = nginx.site_config(
-        site, nginx_version, nginx.cert_dir(host, site), layout.logs(host, name))
+        site, nginx_version, nginx.cert_dir(host, site), host.paths.of(name).logs)
     files[str(host.paths.logrotate(name))] = logrotate.config(host, site)
     if env_text:
         files[str(host.paths.redis_conf(name))] = redis.site_conf(
@@ -142,8 +142,7 @@ def expected_files(host: Host, site: Site, nginx_version: tuple[int, ...],
 
 def site_facts(host: Host, site: Site, nginx_version: tuple[int, ...]) -> dict:
     name = site.name
-    root = host.paths.site(name)
-    env_path = layout.env_path(host, name)
+    env_path = host.paths.of(name).env
     env_text = host.read(env_path)
     try:
         pw = pwd.getpwnam(name)
@@ -155,9 +154,9 @@ def site_facts(host: Host, site: Site, nginx_version: tuple[int, ...]) -> dict:
         "user": user,
         "tree": {str(p): stat(p) for p, *_ in layout.tree(host, name)},
         "env": stat(env_path),
-        "current": stat(root / "current"),
-        "releases": sorted(p.name for p in layout.releases(host, name).iterdir()
-                           if p.is_dir()) if layout.releases(host, name).is_dir() else [],
+        "current": stat(host.paths.of(name).current),
+        "releases": sorted(p.name for p in host.paths.of(name).releases.iterdir()
+                           if p.is_dir()) if host.paths.of(name).releases.is_dir() else [],
         "expected": expected,
         "actual": {path: host.read(Path(path)) for path in expected},
         "secrets": envfile.secrets_of(env_text or ""),

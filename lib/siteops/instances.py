@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import layout, network, nginx, registry, releases, systemd, users
+from . import model, network, nginx, registry, releases, systemd, users
 from .errors import SiteopsError
 from .journal import now
 from .model import Live, Release, Site
@@ -29,10 +29,6 @@ from .system import Host, clean
 
 DRAIN_SECONDS = 30
 POLL = 0.25
-
-
-def release_dir(host: Host, name: str, rid: str) -> Path:
-    return layout.releases(host, name) / rid
 
 
 def instance_units(site: Site, ports: dict[str, int]) -> list[str]:
@@ -55,7 +51,7 @@ def http_status(host: Host, domain: str, port: int, path: str) -> int:
 
 def log_sizes(host: Host, site: Site) -> dict[Path, int]:
     """Current sizes of the site's app logs, to show only what a new instance wrote."""
-    logs = layout.logs(host, site.name)
+    logs = host.paths.of(site.name).logs
     sizes = {}
     for c in site.components:
         for f in (logs / f"{c}.log", logs / f"{c}-error.log"):
@@ -83,8 +79,8 @@ def render_dropins(host: Host, site: Site, rid: str, record: Release,
     """The drop-ins that pin release rid and its commands on the instances of
     ports, by path. SiteopsError if a command's program is not in the release."""
     name = site.name
-    rel = release_dir(host, name, rid)
-    return {systemd.dropin(host, name, c, p): systemd.render_dropin(
+    rel = host.paths.of(name).release(rid)
+    return {host.paths.dropin(systemd.instance(name, c, p)): systemd.render_dropin(
                 name, rid, rel, systemd.resolve_command(rel, record.commands[c]), ports)
             for c, p in ports.items()}
 
@@ -188,14 +184,14 @@ def switch(host: Host, site: Site, rid: str, record: Release,
     registry entry. on_live(site) adds its own changes to the registry update
     that records the switch."""
     name = site.name
-    logs = layout.logs(host, name)
+    logs = host.paths.of(name).logs
     busy = network.listening_ports(host)
     ports = registry.spare_ports(site, busy)
     old_units = systemd.live_instances(site)
     old_ports = list((registry.live_ports(site) or {}).values())
     sizes = log_sizes(host, site)
     new_units: list[str] = []
-    current = host.paths.site(name) / "current"
+    current = host.paths.of(name).current
     before = host.snapshot(current)
     live = Live(rid, registry.spare_offset(site, busy))
     try:
@@ -279,7 +275,7 @@ def stop_build(host: Host, name: str) -> None:
 
 def remove_release(host: Host, name: str, rid: str) -> None:
     """Delete a release directory, as the site user (it is the site's tree)."""
-    path = release_dir(host, name, rid)
+    path = host.paths.of(name).release(rid)
     if path.exists() or path.is_symlink():
         host.run(users.as_user(name, "rm", "-rf", "--one-file-system", "--", path))
 
@@ -295,13 +291,13 @@ def recover(host: Host, site: Site) -> Site:
         def mark(entry):
             for rid in stale:
                 rel = entry.releases[rid]
-                rel.result, rel.error, rel.finished = releases.FAILED, "interrupted", now()
+                rel.result, rel.error, rel.finished = model.FAILED, "interrupted", now()
         site = registry.update_site(host, name, f"{name}: clean up an interrupted deploy", mark)
         for rid in stale:
             with host.step(f"remove interrupted release {rid}"):
                 stop_build(host, name)
                 remove_release(host, name, rid)
-    nginx.ensure_site(host, site, layout.logs(host, name))
+    nginx.ensure_site(host, site, host.paths.of(name).logs)
     live = set(systemd.live_instances(site))
     strays = [u for u in running_instances(host, name) if u not in live]
     with host.step(f"no stray instances of {name}"):

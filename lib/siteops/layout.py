@@ -16,30 +16,17 @@ from .system import Host
 
 def tree(host: Host, name: str) -> list[tuple[Path, int, str, str]]:
     """(path, mode, owner, group) of every directory of the site, parents first."""
-    root = host.paths.site(name)
-    shared = root / "shared"
+    p = host.paths.of(name)
     return [
-        (root, 0o750, "root", name),
-        (root / "releases", 0o755, name, name),
-        (shared, 0o750, "root", name),
-        (shared / "logs", 0o750, "root", name),
-        (shared / "uploads", 0o750, name, name),
-        (shared / "redis", 0o700, name, name),
-        (shared / "backups", 0o750, "root", name),
-        (shared / "cache", 0o700, name, name),  # package caches for builds
+        (p.root, 0o750, "root", name),
+        (p.releases, 0o755, name, name),
+        (p.shared, 0o750, "root", name),
+        (p.logs, 0o750, "root", name),
+        (p.uploads, 0o750, name, name),
+        (p.redis, 0o700, name, name),
+        (p.backups, 0o750, "root", name),
+        (p.cache, 0o700, name, name),  # package caches for builds
     ]
-
-
-def env_path(host: Host, name: str) -> Path:
-    return host.paths.site(name) / "shared" / ".env"
-
-
-def logs(host: Host, name: str) -> Path:
-    return host.paths.site(name) / "shared" / "logs"
-
-
-def releases(host: Host, name: str) -> Path:
-    return host.paths.site(name) / "releases"
 
 
 def ensure_tree(host: Host, name: str) -> None:

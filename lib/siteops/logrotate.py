@@ -10,7 +10,7 @@ from .templates import render
 def config(host: Host, site: Site) -> str:
     """The site's logrotate file: nginx logs are reopened (no line lost); app logs
     are copied then truncated, since their writer cannot be told to reopen."""
-    logs = host.paths.site(site.name) / "shared" / "logs"
+    logs = host.paths.of(site.name).logs
     app = [f"{c}{suffix}.log" for c in site.components for suffix in ("", "-error")]
     app.append("redis.log")
     return render("logrotate/site", name=site.name,

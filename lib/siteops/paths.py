@@ -6,6 +6,7 @@ Tests point the suite at a temporary tree by building Paths(root=tmp).
 from dataclasses import dataclass
 from pathlib import Path
 
+
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "templates"
 
@@ -59,6 +60,10 @@ class Paths:
     def site(self, name: str) -> Path:
         return self.sites / name
 
+    def of(self, name: str) -> "SitePaths":
+        """Every path of site name's tree (see layout.py for owners and modes)."""
+        return SitePaths(self.site(name))
+
     # nginx.
     @property
     def nginx(self) -> Path:
@@ -74,8 +79,57 @@ class Paths:
     def unit(self, unit: str) -> Path:
         return self.p("/etc/systemd/system") / unit
 
+    def dropin(self, unit: str) -> Path:
+        """The drop-in that pins an instance's release and command."""
+        return self.unit(unit + ".d") / "siteops-release.conf"
+
     def logrotate(self, name: str) -> Path:
         return self.p("/etc/logrotate.d") / f"siteops-{name}"
 
     def redis_conf(self, name: str) -> Path:
         return self.etc / "redis" / f"{name}.conf"
+
+
+@dataclass(frozen=True)
+class SitePaths:
+    """A site's tree under /srv/sites/NAME."""
+    root: Path
+
+    @property
+    def releases(self) -> Path:
+        return self.root / "releases"
+
+    def release(self, rid: str) -> Path:
+        return self.releases / rid
+
+    @property
+    def current(self) -> Path:
+        return self.root / "current"
+
+    @property
+    def shared(self) -> Path:
+        return self.root / "shared"
+
+    @property
+    def env(self) -> Path:
+        return self.shared / ".env"
+
+    @property
+    def logs(self) -> Path:
+        return self.shared / "logs"
+
+    @property
+    def uploads(self) -> Path:
+        return self.shared / "uploads"
+
+    @property
+    def redis(self) -> Path:
+        return self.shared / "redis"
+
+    @property
+    def cache(self) -> Path:
+        return self.shared / "cache"
+
+    @property
+    def backups(self) -> Path:
+        return self.shared / "backups"

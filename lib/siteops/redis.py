@@ -45,7 +45,7 @@ def ensure_shared(host: Host) -> None:
 def site_conf(host: Host, site: Site, password: str) -> str:
     name = site.name
     return render("redis/site.conf", name=name, port=site.ports["redis"], password=password,
-                  dir=host.paths.site(name) / "shared" / "redis",
+                  dir=host.paths.of(name).redis,
                   maxmemory=site.redis_maxmemory or DEFAULT_MAXMEMORY)
 
 

@@ -20,7 +20,7 @@ from typing import Iterator
 from . import model
 from .errors import SiteopsError, UsageError
 from .journal import now, who
-from .model import PROVISIONING, READY, Site  # noqa: F401 (re-exported)
+from .model import Site
 from .system import Host, atomic_write
 
 MAX_SLOTS = 90  # frontend ports 3100..3999

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 
 from .journal import now, who
-from .model import BUILDING, DEFAULT_KEEP, FAILED, OK, Site  # noqa: F401 (re-exported)
+from .model import BUILDING, FAILED, OK, Site
 
 HISTORY_LIMIT = 200
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import registry
 from .errors import SiteopsError
-from .model import DEFAULT_COMMANDS, Site  # noqa: F401 (DEFAULT_COMMANDS re-exported)
+from .model import Site
 from .system import Host
 from .templates import render
 
@@ -153,10 +153,6 @@ def ensure_started(host: Host, unit: str) -> None:
         host.run(["systemctl", "enable", "--now", unit])
 
 
-def dropin(host: Host, site: str, component: str, port: int) -> Path:
-    return host.paths.unit(instance(site, component, port) + ".d") / "siteops-release.conf"
-
-
 def search_path(release: Path) -> list[str]:
     """Where a start command's program is looked up: the release's own tools first."""
     return [str(release / ".venv/bin"), str(release / "node_modules/.bin"),
@@ -195,7 +191,7 @@ def sandbox_argv(host: Host, entry: Site, workdir: Path, command: str, unit: str
     ports; only workdir and the site's build cache are writable."""
     site = entry.name
     root = host.paths.site(site)
-    cache = root / "shared" / "cache"
+    cache = host.paths.of(site).cache
     props = [line.strip() for line in render("systemd/hardening.conf").splitlines()
              if "=" in line and not line.startswith("#")]
     props += socket_bind(entry)

@@ -5,7 +5,6 @@ its sudo rule. Resource limits need a kernel of their own: tests/vm."""
 
 import json
 import re
-import time
 
 import pytest
 
@@ -104,7 +103,7 @@ def test_blog_cannot_capture_shops_traffic_when_shops_instance_restarts(host):
         # shop's instance may have given up restarting while blog held its port.
         host.sh(f"systemctl reset-failed shop-frontend@{port}; systemctl start shop-frontend@{port}",
                 check=False)
-    host.sh(f"for i in $(seq 50); do curl -sf -m 2 -H 'Host: shop.test' http://127.0.0.1/ && exit 0; "
+    host.sh("for i in $(seq 50); do curl -sf -m 2 -H 'Host: shop.test' http://127.0.0.1/ && exit 0; "
             "sleep 0.2; done; exit 1")
     assert curl(host, "shop").startswith("shop python ")
 

@@ -2,10 +2,10 @@
 
 import datetime
 
-from siteops import releases
+from siteops import model, releases
 from siteops.model import Live, Release, Site
 
-OK, FAILED = releases.OK, releases.FAILED
+OK, FAILED = model.OK, model.FAILED
 
 
 def site_with(results: dict, live: str | None, left=()) -> Site:
@@ -61,5 +61,5 @@ def test_prune_never_takes_the_live_release_or_the_rollback_target():
 
 def test_stale_releases_are_the_ones_still_building():
     r = ids(3)
-    site = site_with({r[0]: OK, r[1]: releases.BUILDING, r[2]: OK}, live=r[2])
+    site = site_with({r[0]: OK, r[1]: model.BUILDING, r[2]: OK}, live=r[2])
     assert releases.stale(site) == [r[1]]

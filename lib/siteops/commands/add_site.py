@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from .. import (cli, distro, envfile, fail2ban, instances, layout, logrotate, network, nftables, nginx,
-                postgres, redis, registry, systemd, users, validate)
+from .. import (cli, distro, envfile, fail2ban, instances, layout, logrotate, model, network,
+                nftables, nginx, postgres, redis, registry, systemd, users,
+                validate)
 from ..errors import SiteopsError, UsageError
 from ..journal import now
 from ..model import READY, Site
@@ -63,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", action="append", type=validate.start_command, default=[],
                    metavar="COMPONENT=COMMAND",
                    help="command a component's unit runs in current/ (default: "
-                        f"frontend={systemd.DEFAULT_COMMANDS['frontend']!r}, "
-                        f"api={systemd.DEFAULT_COMMANDS['api']!r})")
+                        f"frontend={model.DEFAULT_COMMANDS['frontend']!r}, "
+                        f"api={model.DEFAULT_COMMANDS['api']!r})")
     return p
 
 
@@ -94,7 +95,7 @@ def plan_entry(host: Host, data: registry.Registry, args: argparse.Namespace) ->
     site = site.copy(domains=args.domains)
     if args.components:
         site.components = args.components
-    site.commands = {c: site.commands.get(c, systemd.DEFAULT_COMMANDS[c])
+    site.commands = {c: site.commands.get(c, model.DEFAULT_COMMANDS[c])
                      for c in site.components}
     for component, command in args.start:
         if component not in site.components:
@@ -116,7 +117,7 @@ def provision(host: Host, site: Site, db_port: int, sites: list[Site]) -> list[s
     with host.step("loopback port ownership (nftables)"):
         nftables.ensure(host, sites)
     layout.ensure_tree(host, name)
-    env_path = layout.env_path(host, name)
+    env_path = host.paths.of(name).env
     with host.step(f"{env_path} (secrets kept)"):
         env_text = envfile.merge(host.read(env_path), site, db_port)
         host.write(env_path, env_text, 0o600, name, name)
@@ -131,7 +132,7 @@ def provision(host: Host, site: Site, db_port: int, sites: list[Site]) -> list[s
     for unit in systemd.live_instances(site):  # once deployed, keep the live release up
         with host.step(f"{unit} running"):
             systemd.ensure_started(host, unit)
-    nginx.ensure_site(host, site, layout.logs(host, name))
+    nginx.ensure_site(host, site, host.paths.of(name).logs)
     logrotate.ensure_site(host, site)
     if f"nginx site {name}" in host.changed_steps:
         with host.step("fail2ban watches the site's nginx error log"):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import sys
 
-from .. import (checks, cli, journal, envfile, facts, instances, layout, logrotate, nftables, nginx, redis,
-                registry, releases, systemd, validate)
+from .. import (checks, cli, envfile, facts, instances, journal, layout, logrotate, model,
+                nftables, nginx, redis, registry, releases, systemd, validate)
 from ..errors import UsageError
 from ..model import Site
 from ..system import Host
@@ -65,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def selected(data: registry.Registry, names: list[str]) -> list[Site]:
-    sites = [s for s in data.sites.values() if s.state == registry.READY]
+    sites = [s for s in data.sites.values() if s.state == model.READY]
     unknown = sorted(set(names) - set(data.sites))
     if unknown:
         raise UsageError(f"no site {unknown[0]!r} in the registry")
@@ -86,7 +85,7 @@ def repair(host: Host, site: Site, kinds: set[str]) -> None:
     name = site.name
     if "tree" in kinds:
         layout.ensure_tree(host, name)
-    env_path = layout.env_path(host, name)
+    env_path = host.paths.of(name).env
     env_text = host.read(env_path)
     if "env" in kinds and env_text is not None:
         with host.step(f"{env_path} 0600 {name}:{name}"):
@@ -98,7 +97,7 @@ def repair(host: Host, site: Site, kinds: set[str]) -> None:
                 redis_changed = redis.ensure_site_conf(host, site, envfile.passwords(env_text)[1])
         with host.step(f"systemd units of {name}"):
             changed = systemd.ensure_units(host, site, redis_config_changed=redis_changed)
-        nginx.ensure_site(host, site, layout.logs(host, name))
+        nginx.ensure_site(host, site, host.paths.of(name).logs)
         logrotate.ensure_site(host, site)
         site = instances.refresh(host, site, changed, force=not instances.dropins_match(host, site))
     if "unit" in kinds:
@@ -106,9 +105,9 @@ def repair(host: Host, site: Site, kinds: set[str]) -> None:
             with host.step(f"{unit} running"):
                 systemd.ensure_started(host, unit)
     live_id = releases.live_id(site)
-    if "current" in kinds and live_id and (layout.releases(host, name) / live_id).is_dir():
+    if "current" in kinds and live_id and host.paths.of(name).release(live_id).is_dir():
         with host.step(f"current -> releases/{live_id}"):
-            host.symlink(host.paths.site(name) / "current", f"releases/{live_id}")
+            host.symlink(host.paths.of(name).current, f"releases/{live_id}")
 
 
 def counts(findings: list[checks.Finding]) -> dict[str, int]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .. import (cli, distro, fail2ban, firewall, git, nftables, nginx, packages, postgres, redis, registry, ssh, systemd,
-                tls, upgrades, users, validate)
+from .. import (cli, distro, fail2ban, firewall, git, nftables, nginx, packages, postgres, redis,
+                registry, ssh, systemd, tls, upgrades, users, validate)
 from ..paths import REPO
 from ..system import Host
 

@@ -7,8 +7,7 @@ import copy
 import dataclasses
 import os
 
-from .. import (cli, git, instances, layout, manifest, registry, releases, systemd, users,
-                validate)
+from .. import cli, git, instances, manifest, model, registry, releases, systemd, users, validate
 from ..errors import CommandError, SiteopsError, UsageError
 from ..journal import now, who
 from ..model import Release, Site
@@ -68,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--health", action="append", default=[], metavar="COMPONENT=PATH",
                    help="override a component's health path")
     p.add_argument("--keep", type=validate.keep_count, default=None, metavar="N",
-                   help=f"good releases to keep (default {releases.DEFAULT_KEEP}; remembered)")
+                   help=f"good releases to keep (default {model.DEFAULT_KEEP}; remembered)")
     p.add_argument("--min-free-mb", type=int, default=MIN_FREE_MB, metavar="MB",
                    help=f"refuse to deploy with less free disk than this (default {MIN_FREE_MB})")
     return p
@@ -86,7 +85,7 @@ def health_overrides(values: list[str], components: list[str]) -> dict[str, str]
 
 
 def preflight(host: Host, site: Site, min_free_mb: int) -> None:
-    if site.state != registry.READY:
+    if site.state != model.READY:
         raise SiteopsError(f"site {site.name} is not ready (state {site.state!r}): "
                            f"run add-site {site.name} ... again to finish it")
     st = os.statvfs(host.paths.site(site.name))
@@ -118,7 +117,7 @@ def plan_lines(host: Host, site: Site, args: argparse.Namespace, repo: str) -> l
     lines = [
         f"lock site {name}",
         f"fetch {repo} into {host.paths.mirror(name)}",
-        f"export {args.ref} into {layout.releases(host, name)}/<UTC timestamp>",
+        f"export {args.ref} into {host.paths.of(name).releases}/<UTC timestamp>",
         "link shared/.env, shared/uploads, shared/logs into the release",
         f"install and build as {name} in a sandbox (per siteops.toml or the detected runtime)",
         "start " + ", ".join(systemd.instance(name, c, p) for c, p in ports.items())
@@ -151,7 +150,7 @@ def build(host: Host, site: Site, rid: str, record: Release, args: argparse.Name
     """Export, link and build release rid of record.commit; record what it runs."""
     commit = record.commit
     name = site.name
-    rel = instances.release_dir(host, name, rid)
+    rel = host.paths.of(name).release(rid)
     m = manifest.parse(git.show(host, name, commit, manifest.FILE))
     files = git.top_level(host, name, commit)
     runtime = manifest.detect_runtime(m, files)
@@ -208,7 +207,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
             previous = releases.live_id(site)
 
             def went_live(entry: Site) -> None:
-                entry.releases[rid] = dataclasses.replace(record, result=releases.OK,
+                entry.releases[rid] = dataclasses.replace(record, result=model.OK,
                                                           finished=now())
                 entry.repo = repo
                 if args.keep:
@@ -228,7 +227,7 @@ def fail(host: Host, name: str, rid: str, record: Release, exc: BaseException) -
     error = releases.error_text(exc)
 
     def mark(entry: Site) -> None:
-        entry.releases[rid] = dataclasses.replace(record, result=releases.FAILED, error=error,
+        entry.releases[rid] = dataclasses.replace(record, result=model.FAILED, error=error,
                                                   finished=now())
         releases.record_event(entry, "deploy", rid, "failed", started=record.started,
                               commit=record.commit, ref=record.ref, error=error)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import cli, instances, registry, releases, validate
+from .. import cli, instances, model, registry, releases, validate
 from ..errors import SiteopsError, UsageError
 from ..model import Site
 from ..system import Host
@@ -71,7 +71,7 @@ def choose(site: Site, to: str | None) -> str:
     record = site.releases.get(to)
     if record is None:
         raise UsageError(f"site {site.name} has no release {to} (see rollback --list)")
-    if record.result != releases.OK:
+    if record.result != model.OK:
         raise UsageError(f"release {to} {record.result}; only good releases can go live")
     if to == live:
         raise UsageError(f"release {to} is already live")
@@ -87,7 +87,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
     with registry.site_locked(host, name, f"rollback {name}") as site:
         target = choose(site, args.to)
         live = releases.live_id(site)
-        if not instances.release_dir(host, name, target).is_dir():
+        if not host.paths.of(name).release(target).is_dir():
             raise SiteopsError(f"release {target} is missing from disk")
         host.say(f"rollback {name}: {live} -> {target}")
         if host.dry_run:
