@@ -136,6 +136,9 @@ def wait_healthy(host: Host, site: Site, record: Release, ports: dict[str, int],
     domain = site.domains[0]
     paths = ", ".join(f"{c} {record.health[c]}" for c in ports)
     with host.step(f"health check of {paths}"):
+        if not host.waits(f"until {', '.join(f'{c} on port {p}' for c, p in ports.items())} "
+                          f"answer 2xx/3xx (at most {timeout}s)"):
+            return
         while pending:
             for c, port in list(pending.items()):
                 unit = systemd.instance(site.name, c, port)
@@ -173,6 +176,9 @@ def stop(host: Host, units: list[str]) -> None:
 
 def drain(host: Host, ports: list[int], clock=time.monotonic, sleep=time.sleep) -> None:
     """Wait until nothing is connected to ports any more, at most DRAIN_SECONDS."""
+    if not host.waits(f"until no connection is left on port(s) "
+                      f"{', '.join(map(str, ports))} (at most {DRAIN_SECONDS}s)"):
+        return
     deadline = clock() + DRAIN_SECONDS
     while network.connections_to(host, ports) and clock() < deadline:
         sleep(POLL)
@@ -196,8 +202,7 @@ def switch(host: Host, site: Site, rid: str, record: Release,
     live = Live(rid, registry.spare_offset(site, busy))
     try:
         new_units = start(host, site, rid, record, ports)
-        if not host.dry_run:
-            wait_healthy(host, site, record, ports)
+        wait_healthy(host, site, record, ports)
         nginx.ensure_site(host, site.copy(live=live), logs)
         with host.step(f"current -> releases/{rid}"):
             host.symlink(current, f"releases/{rid}")
@@ -222,8 +227,7 @@ def switch(host: Host, site: Site, rid: str, record: Release,
             host.run(["systemctl", "--no-reload", "disable", "--quiet", *old_units])
     if old_units:
         with host.step(f"drain and stop {', '.join(old_units)}"):
-            if not host.dry_run:
-                drain(host, old_ports)
+            drain(host, old_ports)
             stop(host, old_units)
     return site
 
@@ -242,7 +246,7 @@ def refresh(host: Host, site: Site, changed_units: list[str], force: bool = Fals
     if not live or not (force or templates & set(changed_units)):
         return site
     record = site.releases.get(live.release)
-    if host.dry_run or record is None or not record.commands:
+    if record is None or not record.commands:  # an entry from before deploys recorded them
         with host.step(f"restart {', '.join(systemd.live_instances(site))}"):
             for unit in systemd.live_instances(site):
                 host.run(["systemctl", "restart", unit])

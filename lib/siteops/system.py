@@ -127,6 +127,32 @@ def _run_streaming(argv: list[str], input: str | None, timeout: float, env: dict
 Runner = Callable[..., Result]
 
 
+@dataclass(frozen=True)
+class Action:
+    """One change a Host made, or in a dry run would make.
+
+    kind    run | write | mkdir | chmod | symlink | remove | wait
+    path    the file, directory or link (write, mkdir, chmod, symlink, remove)
+    argv    the command (run)
+    detail  mode and owner, a link's target, what a command's stdin holds, or
+            what a wait waits for (never a secret)
+    """
+    kind: str
+    detail: str = ""
+    path: str = ""
+    argv: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        """One line, as a dry run prints it."""
+        if self.kind == "run":
+            return "+ " + shlex.join(self.argv) + (f"  <<< {self.detail}" if self.detail else "")
+        if self.kind == "symlink":
+            return f"symlink {self.path} -> {self.detail}"
+        if self.kind == "wait":
+            return f"wait {self.detail}"
+        return f"{self.kind} {self.path}" + (f" ({self.detail})" if self.detail else "")
+
+
 def atomic_write(path: Path, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
     """Replace path with data atomically, mode and owner set first (safefs.write)."""
     safefs.write(path, data, mode, uid, gid)
@@ -148,7 +174,7 @@ class Host:
     dry_run: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
     paths: Paths = field(default_factory=Paths)
-    actions: list[tuple] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
     written: dict[str, str] = field(default_factory=dict)
     changed_steps: list[str] = field(default_factory=list)
     unchanged_steps: list[str] = field(default_factory=list)
@@ -169,7 +195,7 @@ class Host:
             verb = "would change" if self.dry_run else "changed"
             self.say(f"{verb:<13}{label}")
             for action in self.actions[before:]:
-                self.say(" " * 15 + describe(action))
+                self.say(" " * 15 + str(action))
         else:
             self.unchanged_steps.append(label)
             self.say(f"{'ok':<13}{label}")
@@ -181,6 +207,12 @@ class Host:
         if n == 0:
             return f"nothing changed ({len(self.unchanged_steps)} items ok)"
         return f"{n} item(s) changed, {len(self.unchanged_steps)} ok"
+
+    def waits(self, what: str) -> bool:
+        """Record a wait on the server (health polling, draining); True if the
+        caller should really wait, False in a dry run, where it is only shown."""
+        self.actions.append(Action("wait", what))
+        return not self.dry_run
 
     # -- commands ----------------------------------------------------------
 
@@ -200,7 +232,7 @@ class Host:
         build), its output is printed indented as it comes and a failure carries
         its last STREAM_TAIL lines."""
         argv = [str(a) for a in argv]
-        self.actions.append(("run", argv, note) if note else ("run", argv))
+        self.actions.append(Action("run", note, argv=tuple(argv)))
         if self.dry_run:
             return Result(argv, 0)
         printer = {"stream": lambda line: self.say("    " + clean(line))} if stream else {}
@@ -236,7 +268,7 @@ class Host:
         if st is not None and stat.S_ISREG(st.st_mode) and self.read(path) == text \
                 and not self._meta_differs(st, mode, owner, group):
             return False
-        self.actions.append(("write", str(path), f"{mode:04o}", owner, group))
+        self.actions.append(Action("write", f"{mode:04o} {owner}:{group}", str(path)))
         if not self.dry_run:
             safefs.write(path, text.encode(), mode, uid_of(owner), gid_of(group))
         return True
@@ -248,9 +280,9 @@ class Host:
         if st is not None and stat.S_ISDIR(st.st_mode):
             if not self._meta_differs(st, mode, owner, group):
                 return False
-            self.actions.append(("chmod", str(path), f"{mode:04o}", owner, group))
+            self.actions.append(Action("chmod", f"{mode:04o} {owner}:{group}", str(path)))
         else:
-            self.actions.append(("mkdir", str(path), f"{mode:04o}", owner, group))
+            self.actions.append(Action("mkdir", f"{mode:04o} {owner}:{group}", str(path)))
         if not self.dry_run:
             safefs.ensure_dir(path, mode, uid_of(owner), gid_of(group))
         return True
@@ -259,7 +291,7 @@ class Host:
         """Point link at target, swapped in with rename(2); True if it changed."""
         if safefs.readlink(link) == target:
             return False
-        self.actions.append(("symlink", str(link), target))
+        self.actions.append(Action("symlink", target, str(link)))
         if not self.dry_run:
             safefs.symlink(link, target)
         return True
@@ -268,7 +300,7 @@ class Host:
         """Remove a file or symlink if present; True if it existed."""
         if safefs.lstat(path) is None:
             return False
-        self.actions.append(("remove", str(path)))
+        self.actions.append(Action("remove", path=str(path)))
         if not self.dry_run:
             safefs.remove(path)
         return True
@@ -320,16 +352,3 @@ class Host:
         else:
             _, text, mode, uid, gid = snap
             safefs.write(path, text.encode(), mode, uid, gid)
-
-
-def describe(action: tuple) -> str:
-    """One line for a recorded action, as a dry run prints it."""
-    kind, *rest = action
-    if kind == "run":
-        return "+ " + shlex.join(rest[0]) + (f"  <<< {rest[1]}" if len(rest) > 1 else "")
-    if kind in ("write", "mkdir", "chmod"):
-        path, mode, owner, group = rest
-        return f"{kind} {path} ({mode} {owner}:{group})"
-    if kind == "symlink":
-        return f"symlink {rest[0]} -> {rest[1]}"
-    return f"{kind} {' '.join(rest)}"

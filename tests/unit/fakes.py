@@ -2,8 +2,10 @@
 over a temporary root."""
 
 import io
+import shlex
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "lib"))
 
@@ -13,29 +15,36 @@ from siteops.system import Host, Result  # noqa: E402
 DEBIAN_12 = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n'
 
 
+class Rule(NamedTuple):
+    """How the fake runner answers a command: the first rule whose prefix starts
+    the argv (and whose stdin, if given, is in the command's input) wins."""
+    prefix: list
+    code: int = 0
+    out: str = ""
+    err: str = ""
+    stdin: str | None = None
+
+
 class FakeRunner:
-    """Records every argv; answers from (argv prefix, code, stdout, stderr) rules,
-    first match wins, default success with no output."""
+    """Records every argv; answers from rules (Rule, or a tuple in Rule's
+    order), first match wins, default success with no output."""
 
     def __init__(self, rules=()):
-        self.rules = list(rules)
+        self.rules = [Rule(*r) for r in rules]
         self.calls = []
 
     def __call__(self, argv, input=None, timeout=None, env=None, stream=None):
         self.calls.append(list(argv))
         result = Result(list(argv), 0, "", "")
-        for prefix, code, out, *err in self.rules:
-            if list(argv[:len(prefix)]) == list(prefix) and (
-                    not err[1:] or err[1] in (input or "")):
-                result = Result(list(argv), code, out, err[0] if err else "")
+        for rule in self.rules:
+            if list(argv[:len(rule.prefix)]) == list(rule.prefix) and (
+                    rule.stdin is None or rule.stdin in (input or "")):
+                result = Result(list(argv), rule.code, rule.out, rule.err)
                 break
         if stream:
             for line in result.out.splitlines():
                 stream(line)
         return result
-
-
-
 
 
 def make_host(root, rules=(), dry_run=True):
@@ -45,5 +54,5 @@ def make_host(root, rules=(), dry_run=True):
 
 
 def planned_commands(host):
-    """The commands a host ran or would run, as shell-like strings."""
-    return [" ".join(a[1]) for a in host.actions if a[0] == "run"]
+    """The commands a host ran or would run, each as shlex.join quotes it."""
+    return [shlex.join(a.argv) for a in host.actions if a.kind == "run"]

@@ -9,7 +9,7 @@ import pytest
 from siteops import instances, model, network, nginx, registry, system, systemd
 from siteops.commands import deploy, limits, rollback
 
-from fakes import make_host, planned_commands
+from fakes import Rule, make_host, planned_commands
 
 R1, R2, R3 = "20261125T200000Z", "20261125T201000Z", "20261125T202000Z"
 RUNS = {"commands": {"frontend": "/usr/bin/env node server.js"},
@@ -127,7 +127,8 @@ def test_a_spare_port_something_else_holds_is_skipped(root, shop):
 def test_a_port_taken_between_the_choice_and_the_start_is_refused_naming_its_holder(root, shop):
     host, runner = prepared_host(root, shop, [held_by(3101, 666)] + healthy())
     ports = {"frontend": 3101}
-    runner.rules.insert(0, (["ss", "-H", "-t", "-l", "-n"], 0, "LISTEN 0 5 127.0.0.1:3101 0.0.0.0:*\n"))
+    runner.rules.insert(0, Rule(["ss", "-H", "-t", "-l", "-n"], 0,
+                                "LISTEN 0 5 127.0.0.1:3101 0.0.0.0:*\n"))
     with pytest.raises(system.SiteopsError, match=r"port 3101 of site shop is in use by "
                                                   r"blog-rogue.service \(app\)"):
         instances.start(host, shop, R2, shop.releases[R2], ports)

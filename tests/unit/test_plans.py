@@ -6,6 +6,8 @@ from siteops import envfile
 from siteops.commands import add_site, bootstrap
 from siteops.packages import PACKAGES
 
+from siteops.system import Action
+
 from fakes import make_host, planned_commands
 
 PSQL = "runuser -u postgres -- psql -X -q -A -t -v ON_ERROR_STOP=1 -d"
@@ -61,12 +63,12 @@ def test_bootstrap_plan_on_a_new_server(root):
         f"nft -f {root}/etc/siteops/nftables.conf",
         "systemctl enable fail2ban",
         "systemctl restart fail2ban",
-        "useradd --user-group --create-home --shell /bin/bash --comment siteops deploy deploy",
+        "useradd --user-group --create-home --shell /bin/bash --comment 'siteops deploy' deploy",
         "systemctl reload ssh.service",
         "systemctl daemon-reload",
         "systemctl enable --now siteops-audit.timer",
     ]
-    notes = [a[2] for a in host.actions if a[0] == "run" and len(a) > 2]
+    notes = [a.detail for a in host.actions if a.kind == "run" and a.detail]
     assert notes == ['REVOKE CONNECT, TEMPORARY ON DATABASE "postgres" FROM PUBLIC;',
                      'REVOKE CONNECT, TEMPORARY ON DATABASE "template1" FROM PUBLIC;']
     # Nothing was written, and no command that changes anything was executed.
@@ -115,7 +117,7 @@ def test_add_site_plan_for_a_new_site(root):
     assert add_site.main(["shop", "--domain", "shop.example.com", "--dry-run"], host) == 0
     assert planned_commands(host) == [
         "useradd --user-group --no-create-home --home-dir "
-        f"{root}/srv/sites/shop --shell /usr/sbin/nologin --comment siteops site shop shop",
+        f"{root}/srv/sites/shop --shell /usr/sbin/nologin --comment 'siteops site shop' shop",
         f"nft -f {root}/etc/siteops/nftables.conf",
         f"{PSQL} postgres",
         f"{PSQL} postgres",
@@ -129,10 +131,10 @@ def test_add_site_plan_for_a_new_site(root):
     values = envfile.parse(env)
     assert "FRONTEND_PORT" not in values and "PORT" not in values  # the units set ports
     assert values["DATABASE_URL"].endswith("@localhost:5432/shop")
-    assert ("write", f"{root}/srv/sites/shop/shared/.env", "0600", "shop", "shop") in host.actions
+    assert Action("write", "0600 shop:shop", f"{root}/srv/sites/shop/shared/.env") in host.actions
     # No secret in the output, in any argv, or in the recorded SQL notes.
     db_password, redis_password = envfile.passwords(env)
-    shown = out + json.dumps(runner.calls) + json.dumps(host.actions)
+    shown = out + json.dumps(runner.calls) + json.dumps([repr(a) for a in host.actions])
     for secret in (db_password, redis_password, values["SESSION_SECRET"], values["JWT_SECRET"]):
         assert len(secret) >= 40 and secret not in shown
     assert "PASSWORD '********'" in out

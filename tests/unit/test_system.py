@@ -131,7 +131,7 @@ def test_ufw_status_is_parsed(root):
     host, _ = make_host(root, [(["ufw", "status"], 0, status)])
     assert firewall.status(host) == (True, "deny", {"22/tcp", "8080/tcp"})
     assert firewall.ensure(host) == ["8080/tcp"]
-    assert [a[1] for a in host.actions] == [["ufw", "allow", "80/tcp"], ["ufw", "allow", "443/tcp"]]
+    assert [a.argv for a in host.actions] == [("ufw", "allow", "80/tcp"), ("ufw", "allow", "443/tcp")]
 
 
 def test_http2_syntax_follows_the_nginx_version():

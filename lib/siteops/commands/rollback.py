@@ -90,11 +90,6 @@ def run(host: Host, args: argparse.Namespace) -> None:
         if not host.paths.of(name).release(target).is_dir():
             raise SiteopsError(f"release {target} is missing from disk")
         host.say(f"rollback {name}: {live} -> {target}")
-        if host.dry_run:
-            host.say(f"would start {target} on port(s) "
-                     + ", ".join(map(str, registry.spare_ports(site).values()))
-                     + ", check its health, switch nginx and current, stop " + live)
-            return
         site = instances.recover(host, site)
         record = site.releases[target]
 
