@@ -113,13 +113,22 @@ def _fetch(host: Host, name: str, url: str) -> None:
              env=env(host, name), timeout=1800)
 
 
+# A dry run does not fetch: a ref the mirror does not have yet stands for this
+# commit, which has no files (so the plan shows the defaults of an empty tree).
+UNFETCHED = "0" * 40
+
+
 def resolve(host: Host, name: str, ref: str) -> str:
     """The commit a branch, tag or commit name stands for in the mirror."""
     res = host.query([*_git(name, host), "rev-parse", "--verify", "--quiet", "--end-of-options",
-                      f"{ref}^{{commit}}"], ok=(0, 1, 128), env=env(host, name))
-    if res.code != 0:
-        raise SiteopsError(f"ref {ref!r} is not a branch, tag or commit of the repository")
-    return res.out.strip()
+                      f"{ref}^{{commit}}"], ok=range(256), env=env(host, name))
+    if res.code == 0:
+        return res.out.strip()
+    if host.dry_run:
+        host.say(f"{'':13}(dry run: {ref} is not in the mirror before the fetch runs; the "
+                 "plan below assumes a commit with no siteops.toml)")
+        return UNFETCHED
+    raise SiteopsError(f"ref {ref!r} is not a branch, tag or commit of the repository")
 
 
 def show(host: Host, name: str, commit: str, path: str) -> str | None:
@@ -131,14 +140,16 @@ def show(host: Host, name: str, commit: str, path: str) -> str | None:
 
 def top_level(host: Host, name: str, commit: str) -> set[str]:
     """Names at the top of the commit's tree."""
-    out = host.query([*_git(name, host), "ls-tree", "--name-only", commit], env=env(host, name)).out
-    return set(out.split("\n")) - {""}
+    res = host.query([*_git(name, host), "ls-tree", "--name-only", commit], env=env(host, name),
+                     ok=(0, 128) if commit == UNFETCHED else (0,))
+    return set(res.out.split("\n")) - {""} if res.code == 0 else set()
 
 
 def subject(host: Host, name: str, commit: str) -> str:
     """The commit's subject line, control characters removed (it is printed)."""
-    out = host.query([*_git(name, host), "log", "-1", "--format=%s", commit], env=env(host, name)).out
-    return clean(out.strip())
+    res = host.query([*_git(name, host), "log", "-1", "--format=%s", commit], env=env(host, name),
+                     ok=(0, 128) if commit == UNFETCHED else (0,))
+    return clean(res.out.strip())
 
 
 def export(host: Host, name: str, commit: str, dest: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import time
 from pathlib import Path
 
 
@@ -147,6 +148,18 @@ def remove_legacy_units(host: Host, site: Site) -> None:
             host.remove(host.paths.unit(unit))
 
 
+def wait_unloaded(host: Host, unit: str, timeout: float = 10) -> None:
+    """Return once a transient unit that just finished is gone: `systemd-run
+    --wait --collect` can return before systemd unloads it, and a second
+    systemd-run of the same name then fails ("already loaded")."""
+    deadline = time.monotonic() + timeout
+    while host.query(["systemctl", "show", "-p", "LoadState", "--value", unit],
+                     ok=range(256)).out.strip() not in ("not-found", ""):
+        if time.monotonic() > deadline:
+            return  # systemd-run will say what is wrong with it
+        time.sleep(0.1)
+
+
 def ensure_started(host: Host, unit: str) -> None:
     """Enable unit at boot and start it now, if it is not already."""
     if not (is_enabled(host, unit) and is_active(host, unit)):
@@ -162,6 +175,8 @@ def search_path(release: Path) -> list[str]:
 def resolve_command(release: Path, command: str) -> str:
     """command with its program made absolute (looked up like ExecSearchPath=,
     which `systemd-analyze verify` does not understand); error if missing."""
+    if not release.is_dir():  # a dry run: the release was never exported
+        return command
     argv = shlex.split(command)
     program = argv[0]
     if "/" in program:

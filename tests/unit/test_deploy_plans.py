@@ -3,6 +3,7 @@ from a recording fake runner over a temporary root."""
 
 import json
 import os
+import shlex
 
 import pytest
 
@@ -26,6 +27,7 @@ def healthy(curl="200", restarts=0, listener_pid=3101):
     return [(["ss", "-H", "-t", "-l", "-n"], 0, "LISTEN 0 511 127.0.0.1:3100 0.0.0.0:*\n"),
             held_by(3101, listener_pid),
             (["ss"], 0, ""),
+            (["systemctl", "show", "-p", "LoadState"], 0, "not-found\n"),
             (["systemctl", "show"], 0, f"ActiveState=active\nNRestarts={restarts}\n"),
             (["curl"], 0, curl),
             (["nginx", "-v"], 0, "", "nginx version: nginx/1.22.1"),
@@ -135,14 +137,86 @@ def test_a_port_taken_between_the_choice_and_the_start_is_refused_naming_its_hol
     assert planned_commands(host) == []
 
 
-def test_deploy_dry_run_prints_the_plan_and_changes_nothing(root, shop, capsys):
-    host, runner = make_host(root, healthy())
+COMMIT = "c0ffee" * 6 + "abcd"
+GIT = ["git", "-c", "protocol.ext.allow=never"]
+
+
+def test_deploy_dry_run_is_the_recording_of_the_real_run(root, shop):
+    # The mirror has the ref (an earlier deploy fetched it): a Node app with a
+    # build script and a siteops.toml.
+    mirror = f"--git-dir={root}/var/lib/siteops/mirrors/shop.git"
+    (root / "var/lib/siteops/mirrors/shop.git").mkdir(parents=True)
+    (root / "var/lib/siteops/mirrors/shop.git/HEAD").write_text("ref: refs/heads/main\n")
+    rules = [Rule([*GIT, mirror, "rev-parse"], 0, COMMIT + "\n"),
+             Rule([*GIT, mirror, "log"], 0, "Add \x1b[31mcheckout\n"),
+             Rule([*GIT, mirror, "ls-tree"], 0, "package.json\nserver.js\nsiteops.toml\n"),
+             Rule([*GIT, mirror, "show", f"{COMMIT}:siteops.toml"], 0,
+                  '[frontend]\nstart = "node server.js"\nhealth = "/healthz"\n'),
+             Rule([*GIT, mirror, "show", f"{COMMIT}:package.json"], 0,
+                  '{"scripts": {"build": "node build.js"}}'),
+             Rule([*GIT, mirror, "config"], 0, "/srv/repos/shop\n"),
+             Rule(["which", "pnpm"], 0, "/usr/local/bin/pnpm\n"),
+             Rule(["systemctl", "list-units"], 0, "shop-frontend@3100.service loaded active\n")
+             ] + healthy()
+    host, runner = make_host(root, rules)
     assert deploy.main(["shop", "--ref", "v2", "--dry-run"], host) == 0
+    rel = f"{root}/srv/sites/shop/releases/"
+    plan = [str(a) for a in host.actions]
+    rid = next(a.argv[-1].rsplit("/", 1)[1] for a in host.actions if a.argv[:3] ==
+               ("runuser", "-u", "shop") and "mkdir" in a.argv)
+    rel += rid
+    tar = f"{root}/var/lib/siteops/tmp/shop.tar"
+    sandbox = systemd.sandbox_argv(host, shop, root / "srv/sites/shop/releases" / rid,
+                                   "pnpm install --prod=false", "siteops-build-shop.service")
+    build = systemd.sandbox_argv(host, shop, root / "srv/sites/shop/releases" / rid,
+                                 "pnpm run build", "siteops-build-shop.service")
+    commands = [a for a in plan if a.startswith("+ ")]
+    assert commands[-15:] == [
+        "+ " + shlex.join([*GIT, mirror, "fetch", "--prune", "--quiet", "origin"]),
+        "+ " + shlex.join([*GIT, mirror, "archive", "--format=tar", "-o", tar, COMMIT]),
+        "+ " + shlex.join(["runuser", "-u", "shop", "--", "mkdir", "-m", "0750", "--", rel]),
+        "+ " + shlex.join(["runuser", "-u", "shop", "--", "tar", "-x", "-f", "-", "-C", rel])
+        + "  <<< the archive",
+        *["+ " + shlex.join(["runuser", "-u", "shop", "--", "ln", "-s", f"../../shared/{item}",
+                             f"{rel}/{item}"]) for item in (".env", "uploads", "logs")],
+        "+ " + shlex.join(sandbox),
+        "+ " + shlex.join(build),
+        "+ systemctl daemon-reload",
+        "+ systemctl start shop-frontend@3101.service",
+        "+ systemctl reload-or-restart nginx",
+        "+ systemctl --no-reload enable --quiet shop-frontend@3101.service",
+        "+ systemctl --no-reload disable --quiet shop-frontend@3100.service",
+        "+ systemctl stop shop-frontend@3100.service",
+    ]
+    # The sandbox: the site's user, slice, hardening and SocketBind rules, only
+    # the release and the build cache writable.
+    for prop in ("User=shop", "Group=shop", "Slice=siteops-shop.slice", "NoNewPrivileges=yes",
+                 "ProtectSystem=strict", "SocketBindAllow=tcp:3100-3109", "SocketBindDeny=any",
+                 f"ReadWritePaths={rel} {root}/srv/sites/shop/shared/cache",
+                 f"EnvironmentFile={root}/srv/sites/shop/shared/.env"):
+        assert f"--property={prop}" in sandbox, prop
+    # Waits are recorded, not waited for; files are written only in the plan.
+    assert "wait until frontend on port 3101 answer 2xx/3xx (at most 60s)" in plan
+    assert "wait until no connection is left on port(s) 3100 (at most 30s)" in plan
+    assert f"symlink {root}/srv/sites/shop/current -> releases/{rid}" in plan
+    assert f"write {root}/etc/systemd/system/shop-frontend@3101.service.d/siteops-release.conf " \
+           "(0644 root:root)" in plan
     out = host.out.getvalue()
-    assert "fetch /srv/repos/shop into" in out and "export v2 into" in out
-    assert "start shop-frontend@3101.service beside shop-frontend@3100.service" in out
-    assert "drain and stop shop-frontend@3100.service" in out
-    assert host.actions == [] and not (root / "var/lib/siteops/locks").exists()
+    assert "Add [31mcheckout" in out and "\x1b" not in out  # the subject, cleaned
+    assert "would be live" in out and out.rstrip().endswith("nothing was changed")
+    assert not (root / "var/lib/siteops/locks").exists()
+    assert not (root / f"srv/sites/shop/releases/{rid}").exists()
+    assert registry.load(host).sites["shop"].live == model.Live(R1, 0)
+
+
+def test_a_first_dry_run_before_any_fetch_plans_with_an_empty_tree(root, shop):
+    host, runner = make_host(root, [Rule(["git"], 128, "", "fatal: not a git repository")]
+                             + healthy())
+    assert deploy.main(["shop", "--repo", "/srv/repos/other", "--dry-run"], host) == 0
+    out = host.out.getvalue()
+    assert "HEAD is not in the mirror before the fetch runs" in out
+    assert "+ git -c protocol.ext.allow=never clone --mirror --no-local --quiet -- " \
+           f"/srv/repos/other {root}/var/lib/siteops/mirrors/shop.git" in out
 
 
 def test_deploy_needs_a_repository_and_a_ready_site(root, shop, capsys):

@@ -109,34 +109,6 @@ def check_runtime(host: Host, runtime: str) -> None:
                            "installed: run bootstrap")
 
 
-def plan_lines(host: Host, site: Site, args: argparse.Namespace, repo: str) -> list[str]:
-    """What a deploy would do, for --dry-run."""
-    name = site.name
-    ports = registry.spare_ports(site)
-    live = registry.live_ports(site)
-    lines = [
-        f"lock site {name}",
-        f"fetch {repo} into {host.paths.mirror(name)}",
-        f"export {args.ref} into {host.paths.of(name).releases}/<UTC timestamp>",
-        "link shared/.env, shared/uploads, shared/logs into the release",
-        f"install and build as {name} in a sandbox (per siteops.toml or the detected runtime)",
-        "start " + ", ".join(systemd.instance(name, c, p) for c, p in ports.items())
-        + (" beside " + ", ".join(systemd.instance(name, c, p) for c, p in live.items())
-           if live else ""),
-        "health check, then nginx upstreams to port(s) "
-        + ", ".join(map(str, ports.values())) + " (nginx -t, reload)",
-        f"current -> releases/<new>; record it in {host.paths.registry}",
-    ]
-    if live:
-        lines.append("drain and stop " + ", ".join(systemd.instance(name, c, p)
-                                                  for c, p in live.items()))
-    keep = args.keep or site.keep
-    doomed = releases.to_prune(site, keep)
-    lines.append(f"prune to {keep} good releases"
-                 + (f" (now {', '.join(doomed)} would go)" if doomed else ""))
-    return lines
-
-
 def link_shared(host: Host, name: str, rel) -> None:
     with host.step("link shared/.env, uploads, logs into the release"):
         for item in (".env", "uploads", "logs"):
@@ -170,6 +142,7 @@ def build(host: Host, site: Site, rid: str, record: Release, args: argparse.Name
                                  have(host, "pnpm"))
     for label, command in steps:
         host.say(f"==> {label}: {command}")
+        systemd.wait_unloaded(host, instances.build_unit(name))
         try:
             host.run(systemd.sandbox_argv(host, site, rel, command, instances.build_unit(name)),
                      timeout=3600, stream=True)
@@ -187,10 +160,6 @@ def run(host: Host, args: argparse.Namespace) -> None:
         if not repo:
             raise UsageError(f"site {name} has no repository yet: pass --repo URL")
         preflight(host, site, args.min_free_mb)
-        if host.dry_run:
-            for i, line in enumerate(plan_lines(host, site, args, repo), 1):
-                host.say(f"{i:>2}. {line}")
-            return
         site = instances.recover(host, site)
         rid = releases.new_id(site)
         record = Release(ref=args.ref, repo=repo, user=who(), started=now())
@@ -218,7 +187,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
         except BaseException as exc:
             fail(host, name, rid, record, exc)
             raise
-        host.say(f"release {rid} ({commit[:12]}) is live")
+        host.say(f"release {rid} ({commit[:12]}) {'would be' if host.dry_run else 'is'} live")
         prune(host, site)
 
 
