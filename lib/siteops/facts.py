@@ -41,8 +41,8 @@ import socket
 import ssl
 from pathlib import Path
 
-from . import (distro, envfile, firewall, instances, layout, logrotate, network, nginx,
-               nftables, postgres, redis, registry, systemd, tls)
+from . import (distro, envfile, firewall, instances, journal, layout, logrotate, network,
+               nftables, nginx, postgres, redis, systemd, tls)
 from .errors import CommandError
 from .model import Site
 from .system import Host
@@ -191,7 +191,7 @@ def gather(host: Host, sites: list[Site]) -> dict:
     root_stat = os.statvfs(host.paths.p("/"))
     version = distro.nginx_version(host)
     return {
-        "time": registry.now(),
+        "time": journal.now(),
         "ufw": ufw_facts(host),
         "fail2ban": host.query(["fail2ban-client", "status"], ok=range(256)).out,
         "sshd": dict(line.split(" ", 1) for line in
