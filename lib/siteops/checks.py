@@ -335,7 +335,8 @@ def tls_checks(site: Site, sf: dict, now: str) -> list[Finding]:
         return [Finding(f"site.{name}.tls", CRITICAL, name, "cannot read the certificate's "
                         "expiry date", "openssl x509 -noout -enddate -in fullchain.pem")]
     served = tls.get("served_sha256")
-    return [
+    renewal = [] if "renewal" not in tls else [renewal_check(site, tls["renewal"])]
+    return renewal + [
         _f(f"site.{name}.tls.expiry", days >= TLS_WARN_DAYS, name,
            f"certificate valid {days} more days", f"certificate expires in {days} days",
            CRITICAL if days < TLS_CRIT_DAYS else WARNING,
@@ -345,6 +346,20 @@ def tls_checks(site: Site, sf: dict, now: str) -> list[Finding]:
            f"nginx serves another certificate ({tls.get('served_error') or 'fingerprint differs'})",
            remedy="nginx -t && systemctl reload nginx"),
     ]
+
+
+def renewal_check(site: Site, conf: str | None) -> Finding:
+    """certbot's renewal config of a certificate siteops issued: present, webroot,
+    for this site's lineage (else certbot.timer silently cannot renew it)."""
+    name = site.name
+    problem = ("certbot has no renewal config for it" if conf is None else
+               "its renewal config is not for the webroot method"
+               if "authenticator = webroot" not in conf else
+               "its renewal config points at another certificate"
+               if f"/live/{name}/" not in conf else None)
+    return _f(f"site.{name}.tls.renewal", problem is None, name,
+              "certbot can renew its certificate", f"certbot cannot renew it: {problem}",
+              remedy=f"sudo tls {name} (issues it again and rewrites the renewal config)")
 
 
 def database_check(site: Site, facts: dict) -> Finding:

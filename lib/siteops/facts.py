@@ -26,7 +26,8 @@ Shape of gather()'s result:
                           current: STAT + {link, target_exists} | null, releases: [id],
                           expected: {path: rendered text}, actual: {path: text | null},
                           secrets: [str], tls: {not_after, disk_sha256, served_sha256,
-                          served_error} | null}}
+                          served_error, renewal: certbot's renewal conf text | null
+                          (only for sites siteops put on HTTPS)} | null}}
     STAT          {dir, mode, uid, gid} (lstat: a link is not followed)
 """
 
@@ -114,6 +115,8 @@ def tls_facts(host: Host, site: Site) -> dict | None:
     first = pem[:pem.index("-----END CERTIFICATE-----") + 25]
     facts = {"disk_sha256": hashlib.sha256(ssl.PEM_cert_to_DER_cert(first)).hexdigest()}
     facts["not_after"] = tls.not_after(host, certs / "fullchain.pem")
+    if site.tls:  # siteops issued it: certbot must be able to renew it
+        facts["renewal"] = host.read(tls.renewal_conf(host, site))
     try:
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE

@@ -12,8 +12,10 @@ Schema 2 (the file siteops writes):
              state ("provisioning" | "ready"), created, updated, domains,
              components, commands {component: command}, ports {component or
              "redis": port}, repo, keep, limits {memory_max, tasks_max,
-             cpu_weight, io_weight: only those set}, live {release, offset}
-             or null, releases {id: RELEASE}, history [EVENT]
+             cpu_weight, io_weight: only those set}, redis_maxmemory, tls
+             {email, hsts, staging, server, ca_bundle} or null (HTTP only),
+             live {release, offset} or null, releases {id: RELEASE},
+             history [EVENT]
     RELEASE  result ("building" | "ok" | "failed"), ref, repo, user, started,
              finished, commit, subject, runtime, commands, health,
              health_timeout, error, rolled_back
@@ -42,6 +44,17 @@ class Live:
     """Which release serves, and on which port offset of the site's blocks."""
     release: str
     offset: int = 0
+
+
+@dataclass
+class Tls:
+    """HTTPS for the site: one certificate (certbot lineage NAME) for all its
+    domains, issued over HTTP-01 through nginx's ACME location."""
+    email: str | None = None
+    hsts: bool = False
+    staging: bool = False
+    server: str | None = None      # an ACME directory other than Let's Encrypt's
+    ca_bundle: str | None = None   # the CA that server's HTTPS is signed with
 
 
 @dataclass
@@ -83,6 +96,7 @@ class Site:
     keep: int = DEFAULT_KEEP
     limits: dict[str, Any] = field(default_factory=dict)
     redis_maxmemory: str | None = None
+    tls: Tls | None = None
     live: Live | None = None
     releases: dict[str, Release] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
@@ -117,15 +131,18 @@ def release_to_json(rel: Release) -> dict:
 def site_from_json(data: dict) -> Site:
     known, extra = _split(Site, data)
     live = known.pop("live", None)
+    tls = known.pop("tls", None)
     releases = known.pop("releases", None) or {}
     return Site(**known, extra=extra, live=Live(**live) if live else None,
+                tls=Tls(**tls) if tls else None,
                 releases={rid: release_from_json(r) for rid, r in releases.items()})
 
 
 def site_to_json(site: Site) -> dict:
     data = {f.name: getattr(site, f.name) for f in dataclasses.fields(Site)
-            if f.name not in ("extra", "live", "releases")}
+            if f.name not in ("extra", "live", "tls", "releases")}
     data["live"] = dataclasses.asdict(site.live) if site.live else None
+    data["tls"] = dataclasses.asdict(site.tls) if site.tls else None
     data["releases"] = {rid: release_to_json(r) for rid, r in site.releases.items()}
     return {**site.extra, **data}
 

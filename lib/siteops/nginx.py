@@ -132,9 +132,14 @@ def ensure_base(host: Host) -> None:
 
 
 def cert_dir(host: Host, site: Site) -> Path | None:
-    """The Let's Encrypt directory of the site's first domain, if a cert is there."""
-    d = host.paths.p("/etc/letsencrypt/live") / site.domains[0]
-    return d if (d / "fullchain.pem").exists() else None
+    """The site's certificate directory, if a certificate is there: siteops's
+    lineage (live/NAME), else one made by hand for its first domain (certbot
+    --nginx -d DOMAIN, as the reference architecture does)."""
+    live = host.paths.p("/etc/letsencrypt/live")
+    for d in (live / site.name, live / site.domains[0]):
+        if (d / "fullchain.pem").exists():
+            return d
+    return None
 
 
 def site_config(site: Site, version: tuple[int, ...], certs: Path | None, logs: Path) -> str:
@@ -159,8 +164,10 @@ def site_config(site: Site, version: tuple[int, ...], certs: Path | None, logs: 
     common = dict(name=name, domains=" ".join(site.domains), logs=logs, acme_root=ACME_ROOT)
     https = ""
     if certs:
+        hsts = ('    add_header Strict-Transport-Security "max-age=63072000" always;\n'
+                if site.tls and site.tls.hsts else "")
         https = render("nginx/https-server.conf", listen_https=listen_https(version),
-                       cert_dir=certs, locations=locations, **common)
+                       cert_dir=certs, locations=locations, hsts=hsts, **common)
         locations = render("nginx/location-redirect.conf")
     return render("nginx/site.conf", upstreams=upstreams, http_locations=locations,
                   https_server=https, **common)

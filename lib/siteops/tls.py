@@ -1,15 +1,38 @@
-"""TLS with certbot: the renewal deploy hook that makes nginx serve renewed
-certificates (hooks in renewal-hooks/ run on `renew` only)."""
+"""TLS with certbot: one certificate per site (lineage NAME) for all its
+domains, issued with the webroot method through nginx's ACME location, and the
+renewal deploy hook that makes nginx serve renewed certificates (hooks in
+renewal-hooks/ run on `renew` only; certbot's own timer renews).
+
+Issuance never touches nginx: the site's HTTPS server appears only once the
+certificate is on disk, so a failed issuance leaves the site serving exactly
+what it served, and a re-run completes it."""
 
 from __future__ import annotations
 
 import datetime
+import re
 from pathlib import Path
 
-from .system import Host
+from .errors import CommandError, SiteopsError
+from .model import Site
+from .nginx import ACME_ROOT
+from .system import Host, clean
 from .templates import render
 
 HOOK = "/etc/letsencrypt/renewal-hooks/deploy/siteops-reload-nginx"
+
+# certbot's error output -> what the operator should look at.
+CAUSES = [
+    (re.compile(r"DNS problem|NXDOMAIN|no valid A records|SERVFAIL|while resolving|"
+                r"lookup \S+ on", re.I),
+     "DNS: the domain does not resolve to this server"),
+    (re.compile(r"rateLimited|too many (certificates|failed authorizations|new orders)", re.I),
+     "rate limit: the CA refuses more certificates for now (try --staging, or wait)"),
+    (re.compile(r"Timeout|Connection refused|connection reset|Invalid response|"
+                r"unauthorized|404|Fetching http", re.I),
+     "HTTP-01: the CA could not fetch /.well-known/acme-challenge/ from this server on "
+     "port 80 (DNS pointing elsewhere, a firewall, or a proxy in front)"),
+]
 
 
 def ensure_renewal_hook(host: Host) -> None:
@@ -26,3 +49,65 @@ def not_after(host: Host, pem: Path) -> str | None:
     except ValueError:
         return None
     return end.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def lineage(host: Host, site: Site) -> Path:
+    """certbot's live directory for the site's certificate."""
+    return host.paths.p("/etc/letsencrypt/live") / site.name
+
+
+def renewal_conf(host: Host, site: Site) -> Path:
+    return host.paths.p("/etc/letsencrypt/renewal") / f"{site.name}.conf"
+
+
+def names(host: Host, pem: Path) -> set[str]:
+    """The DNS names a certificate covers (its subjectAltName)."""
+    out = host.query(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", pem],
+                     ok=range(256)).out
+    return set(re.findall(r"DNS:([^,\s]+)", out))
+
+
+def needs_issuing(host: Host, site: Site) -> bool:
+    """True unless the site's certificate exists and covers exactly its domains."""
+    pem = lineage(host, site) / "fullchain.pem"
+    return not pem.exists() or names(host, pem) != set(site.domains)
+
+
+def certbot_argv(host: Host, site: Site) -> list[str]:
+    """certbot certonly for every domain of the site in one certificate."""
+    t = site.tls
+    argv = ["certbot", "certonly", "--webroot", "-w", host.paths.p(ACME_ROOT),
+            "--cert-name", site.name, "--non-interactive", "--agree-tos"]
+    argv += ["-m", t.email] if t.email else ["--register-unsafely-without-email"]
+    if t.staging:
+        argv.append("--staging")
+    if t.server:
+        argv += ["--server", t.server]
+    for domain in site.domains:
+        argv += ["-d", domain]
+    return argv
+
+
+def issue(host: Host, site: Site) -> bool:
+    """Obtain (or re-issue for changed domains) the site's certificate; True if
+    certbot ran. SiteopsError naming the likely cause if the CA refuses."""
+    with host.step(f"certificate for {', '.join(site.domains)}"):
+        if not needs_issuing(host, site):
+            return False
+        env = {"REQUESTS_CA_BUNDLE": site.tls.ca_bundle} if site.tls.ca_bundle else None
+        try:
+            host.run(certbot_argv(host, site), env=env, timeout=600, stream=True)
+        except CommandError as exc:
+            raise SiteopsError(f"certificate for {', '.join(site.domains)} not issued: "
+                               f"{cause(exc.stderr)}; the site keeps serving HTTP as before. "
+                               "Run the command again once that is fixed.\n--- certbot said:\n"
+                               + "\n".join(clean(exc.stderr).strip().splitlines()[-8:])) from exc
+        return True
+
+
+def cause(output: str) -> str:
+    """The likely cause of a failed issuance, from certbot's output."""
+    for pattern, text in CAUSES:
+        if pattern.search(output):
+            return text
+    return "the CA refused it (see certbot's output below)"

@@ -165,3 +165,22 @@ def test_json_document_and_text_report():
     assert lines[0].startswith("CRITICAL site.alpha.env: .env is 0644")
     assert lines[2].startswith("WARNING  host.disk: disk 85.0% used")
     assert lines[-1] == "audit CRITICAL: 58 checks, 56 ok, 1 warning(s), 1 critical"
+
+
+RENEWAL = ("version = 2.1.0\narchive_dir = /etc/letsencrypt/archive/shop\n"
+           "cert = /etc/letsencrypt/live/shop/cert.pem\n[renewalparams]\n"
+           "authenticator = webroot\nwebroot_path = /var/www/siteops-acme,\n")
+
+
+@pytest.mark.parametrize("conf, problem", [
+    (RENEWAL, None),
+    (None, "certbot has no renewal config for it"),
+    (RENEWAL.replace("webroot", "nginx"), "not for the webroot method"),
+    (RENEWAL.replace("/live/shop/", "/live/other/"), "points at another certificate"),
+])
+def test_a_certificate_certbot_cannot_renew_is_critical(conf, problem):
+    f = checks.renewal_check(model.Site("shop", 0, tls=model.Tls()), conf)
+    if problem is None:
+        assert f.severity == checks.OK
+    else:
+        assert f.severity == checks.CRITICAL and problem in f.message and "tls shop" in f.remedy

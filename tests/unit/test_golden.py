@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from siteops import logrotate, nftables, nginx, systemd, users
-from siteops.model import Live, Site
+from siteops.model import Live, Site, Tls
 from siteops.paths import TEMPLATES, Paths
 from siteops.system import Host
 from siteops.templates import render
@@ -30,7 +30,8 @@ API_ONLY_LIVE = API_ONLY.copy(live=Live("20261125T201500Z", 0))
 def renders():
     yield "nginx-site-placeholder.conf", nginx.site_config(SITE, (1, 22, 1), None, LOGS)
     yield "nginx-site-live.conf", nginx.site_config(LIVE, (1, 22, 1), None, LOGS)
-    yield "nginx-site-live-tls-1.22.conf", nginx.site_config(LIVE, (1, 22, 1), CERTS, LOGS)
+    yield "nginx-site-live-tls-1.22.conf", nginx.site_config(LIVE.copy(tls=Tls(hsts=True)),
+                                                             (1, 22, 1), CERTS, LOGS)
     yield "nginx-site-api-only-tls-1.26.conf", nginx.site_config(API_ONLY_LIVE, (1, 26, 3), CERTS, LOGS)
     for version in ((1, 22, 1), (1, 26, 3)):
         for path, text in nginx.base_files(NO_SERVER, version).items():

@@ -7,7 +7,7 @@ import pytest
 
 from siteops import envfile, firewall, nginx, postgres, redis, system
 from siteops.errors import CommandError, SiteopsError
-from siteops.model import Site
+from siteops.model import Site, Tls
 
 from fakes import make_host
 
@@ -174,3 +174,22 @@ def test_secrets_of_an_env_file_include_passwords_inside_urls():
 
 def test_control_characters_from_builds_and_apps_are_stripped():
     assert system.clean("ok\x1b[31m red\r\x07\x9b\tx\n") == "ok[31m red\tx\n"
+
+
+def test_certbot_issues_one_certificate_per_site_and_names_the_cause_of_a_failure(root):
+    from siteops import tls
+    host, _ = make_host(root)
+    site = Site("shop", 0, domains=["shop.example.com", "www.shop.example.com"],
+                tls=Tls(email="ops@example.com", server="https://127.0.0.1:14000/dir"))
+    argv = tls.certbot_argv(host, site)
+    assert argv[:4] == ["certbot", "certonly", "--webroot", "-w"]
+    assert argv[argv.index("--cert-name") + 1] == "shop"
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-d"] == site.domains
+    assert "--server" in argv and "-m" in argv and "--staging" not in argv
+    for output, cause in [
+            ("Type: dns\nDetail: DNS problem: NXDOMAIN looking up A for shop.example.com", "DNS"),
+            ("Detail: 1.2.3.4: Invalid response from http://shop.example.com/.well-known/"
+             "acme-challenge/x: 404", "HTTP-01"),
+            ("too many certificates (5) already issued for this exact set of domains",
+             "rate limit")]:
+        assert tls.cause(output).startswith(cause)

@@ -7,6 +7,7 @@ import argparse
 from .. import (cli, distro, envfile, fail2ban, instances, layout, logrotate, model, network,
                 nftables, nginx, postgres, redis, registry, systemd, users,
                 validate)
+from . import tls as tls_command
 from ..errors import SiteopsError, UsageError
 from ..journal import now
 from ..model import READY, Site
@@ -61,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--components", type=validate.components, default=None,
                    metavar="LIST", help="comma-separated: frontend, api (default: frontend,api "
                                         "for a new site; unchanged for an existing one)")
+    p.add_argument("--tls", action="store_true",
+                   help="put the site on HTTPS: issue its certificate (certbot, HTTP-01 through "
+                        "nginx) and serve it; see `tls --help`. A site on HTTPS gets its "
+                        "certificate issued again when its domains change")
+    tls_command.add_arguments(p)
     p.add_argument("--start", action="append", type=validate.start_command, default=[],
                    metavar="COMPONENT=COMMAND",
                    help="command a component's unit runs in current/ (default: "
@@ -158,6 +164,9 @@ def run(host: Host, args: argparse.Namespace) -> None:
             site.updated = now()
         registry.save(host, data)
     instances.refresh(host, site, changed)  # after the registry lock: it takes it itself
+    if args.tls or site.tls:
+        with registry.site_locked(host, args.name, f"tls {args.name}"):
+            tls_command.enable(host, args.name, args)
 
 
 def main(argv: list[str] | None = None, host: Host | None = None) -> int:

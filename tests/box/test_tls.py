@@ -1,0 +1,164 @@
+"""HTTPS issued and renewed for real, on booted Debian 12 and 13 machines: Debian's
+pebble (Let's Encrypt's test ACME server) on 127.0.0.1, HTTP-01 validated
+through nginx, the test names resolving to 127.0.0.1 in the box."""
+
+import json
+import time
+
+import pytest
+
+from machine import NODE_APP, SRC, commit
+
+PEBBLE = "https://127.0.0.1:14000/dir"
+CA = "/etc/pebble/ca.pem"
+ACME = f"--acme-server {PEBBLE} --acme-ca-bundle {CA} --email ops@example.com"
+NAMES = ("secure.test", "www.secure.test", "new.secure.test", "late.test")
+
+
+@pytest.fixture(scope="module")
+def host(box):
+    box.siteops("bootstrap")
+    # pebble's own HTTPS needs a key pair: a throwaway CA and a 127.0.0.1 certificate.
+    box.sh("mkdir -p /etc/pebble && cd /etc/pebble && "
+           "openssl req -x509 -newkey rsa:2048 -nodes -days 3 -subj /CN=pebble-ca "
+           "-keyout ca.key -out ca.pem 2>/dev/null && "
+           "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out req.pem "
+           "2>/dev/null && printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ext && "
+           "openssl x509 -req -in req.pem -CA ca.pem -CAkey ca.key -CAcreateserial -days 3 "
+           "-extfile ext -out cert.pem 2>/dev/null")
+    box.sh("cat > /etc/pebble/config.json", input=json.dumps({"pebble": {
+        "listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
+        "certificate": "/etc/pebble/cert.pem", "privateKey": "/etc/pebble/key.pem",
+        "httpPort": 80, "tlsPort": 443, "ocspResponderURL": "",
+        "externalAccountBindingRequired": False}}))
+    box.sh("systemd-run --unit=pebble -E PEBBLE_VA_NOSLEEP=1 -E PEBBLE_WFE_NONCEREJECT=0 "
+           "/usr/bin/pebble -config /etc/pebble/config.json && "
+           "for i in $(seq 100); do curl -s --cacert /etc/pebble/ca.pem "
+           f"{PEBBLE} >/dev/null && exit 0; sleep 0.1; done; exit 1")
+    box.sh("echo '127.0.0.1 " + " ".join(NAMES[:3]) + "' >> /etc/hosts")
+    return box
+
+
+def curl(box, args: str, check: bool = True):
+    return box.sh(f"curl -sS {args}", check=check)
+
+
+def served(box, name: str) -> str:
+    """The SHA-256 fingerprint of the certificate nginx serves for name."""
+    return box.sh(f"openssl s_client -connect 127.0.0.1:443 -servername {name} </dev/null "
+                  "2>/dev/null | openssl x509 -noout -fingerprint -sha256").stdout.strip()
+
+
+def cert_names(box, site: str) -> set[str]:
+    out = box.sh(f"openssl x509 -noout -ext subjectAltName -in "
+                 f"/etc/letsencrypt/live/{site}/fullchain.pem").stdout
+    return {n.strip().removeprefix("DNS:") for n in out.splitlines()[1].split(",")}
+
+
+def roots(box) -> str:
+    """pebble's (random) root, to verify what nginx serves."""
+    box.sh(f"curl -s --cacert {CA} https://127.0.0.1:15000/roots/0 > /etc/pebble/root.pem")
+    return "/etc/pebble/root.pem"
+
+
+def test_add_site_tls_issues_one_certificate_and_serves_it(host):
+    out = host.siteops(f"add-site secure --domain secure.test --domain www.secure.test "
+                       f"--components frontend --tls {ACME}").stdout
+    assert "changed      certificate for secure.test, www.secure.test" in out
+    assert cert_names(host, "secure") == {"secure.test", "www.secure.test"}
+    root = roots(host)
+    for name in ("secure.test", "www.secure.test"):
+        page = curl(host, f"--cacert {root} https://{name}/").stdout  # verified chain
+        assert "<h1>secure</h1>" in page
+    redirect = curl(host, "-o /dev/null -w '%{http_code} %{redirect_url}' "
+                          "http://secure.test/x").stdout
+    assert redirect == "301 https://secure.test/x"
+    host.sh("mkdir -p /var/www/siteops-acme/.well-known/acme-challenge && "
+            "echo t > /var/www/siteops-acme/.well-known/acme-challenge/t")
+    assert curl(host, "http://secure.test/.well-known/acme-challenge/t").stdout == "t\n"
+    headers = curl(host, f"--cacert {root} -D - -o /dev/null https://secure.test/").stdout
+    assert "strict-transport-security" not in headers.lower()  # opt-in
+    assert host.sh("nginx -t").returncode == 0
+    # A second run changes nothing and issues nothing.
+    again = host.siteops(f"add-site secure --domain secure.test --domain www.secure.test "
+                         f"--tls {ACME}").stdout
+    assert "ok           certificate for secure.test, www.secure.test" in again
+    assert again.strip().splitlines()[-1].startswith("nothing changed")
+
+
+def test_hsts_is_opt_in(host):
+    host.siteops("tls secure --hsts")
+    headers = curl(host, f"--cacert {roots(host)} -D - -o /dev/null https://secure.test/").stdout
+    assert "strict-transport-security: max-age=63072000" in headers.lower()
+    registry = json.loads(host.sh("cat /var/lib/siteops/registry.json").stdout)
+    assert registry["sites"]["secure"]["tls"]["hsts"] is True
+
+
+def test_a_failed_issuance_leaves_the_site_serving_http_and_a_rerun_completes_it(host):
+    host.siteops("add-site late --domain late.test --components frontend")
+    before = host.sh("md5sum /etc/nginx/sites-available/late.conf").stdout
+    res = host.siteops(f"tls late {ACME}", check=False)  # late.test does not resolve yet
+    assert res.returncode == 1 and "not issued: DNS" in res.stderr, res.stderr
+    assert "keeps serving HTTP" in res.stderr
+    assert host.sh("md5sum /etc/nginx/sites-available/late.conf").stdout == before
+    assert "<h1>late</h1>" in curl(host, "-H 'Host: late.test' http://127.0.0.1/").stdout
+    assert host.sh("nginx -t").returncode == 0
+    host.sh("echo '127.0.0.1 late.test' >> /etc/hosts")
+    time.sleep(6)  # pebble (Go) caches /etc/hosts for 5 s
+    host.siteops(f"tls late {ACME}")
+    assert "<h1>late</h1>" in curl(host, f"--cacert {roots(host)} https://late.test/").stdout
+
+
+def test_changed_domains_get_a_new_certificate_for_exactly_them(host):
+    host.siteops("add-site secure --domain secure.test --domain www.secure.test "
+                 "--domain new.secure.test")
+    assert cert_names(host, "secure") == {"secure.test", "www.secure.test", "new.secure.test"}
+    assert "<h1>secure</h1>" in curl(host, f"--cacert {roots(host)} https://new.secure.test/").stdout
+    host.siteops("add-site secure --domain secure.test --domain www.secure.test")
+    assert cert_names(host, "secure") == {"secure.test", "www.secure.test"}
+    conf = host.sh("cat /etc/letsencrypt/renewal/secure.conf").stdout
+    assert "authenticator = webroot" in conf
+
+
+def test_a_forced_renewal_is_served_without_a_restart_or_a_failed_request(host):
+    commit(host, "/srv/repos/secure", {"server.js": NODE_APP,
+                                       "siteops.toml": '[frontend]\nstart = "node server.js"\n'}, "s")
+    host.siteops("deploy secure --repo /srv/repos/secure")
+    old = served(host, "secure.test")
+    nginx_pid = host.sh("cat /run/nginx.pid").stdout
+    host.sh("rm -f /tmp/tls.stop /tmp/tls.json; setsid python3 "
+            f"{SRC}/bench/load.py --https --host secure.test --rate 40 --workers 4 --duration 60 "
+            "--stop-file /tmp/tls.stop --out /tmp/tls.json >/tmp/tls.log 2>&1 &")
+    time.sleep(1)
+    host.sh(f"REQUESTS_CA_BUNDLE={CA} certbot renew --force-renewal --cert-name secure "
+            "--non-interactive --no-random-sleep-on-renew")
+    time.sleep(1)
+    host.sh("touch /tmp/tls.stop; for i in $(seq 100); do test -s /tmp/tls.json && break; "
+            "sleep 0.1; done")
+    samples = json.loads(host.sh("cat /tmp/tls.json").stdout)
+    assert served(host, "secure.test") != old  # the deploy hook reloaded nginx
+    assert host.sh("cat /run/nginx.pid").stdout == nginx_pid  # reloaded, not restarted
+    assert len(samples) > 50 and [s for s in samples if s[2] != 200] == []
+
+
+def test_audit_reports_a_certificate_certbot_cannot_renew(host):
+    conf = "/etc/letsencrypt/renewal/secure.conf"
+    assert host.sh(f"{SRC}/bin/audit", check=False).returncode == 0
+    host.sh(f"mv {conf} /root/secure.conf")
+    try:
+        doc = json.loads(host.sh(f"{SRC}/bin/audit --json", check=False).stdout)
+        bad = {f["id"]: f["severity"] for f in doc["findings"] if f["severity"] != "ok"}
+        assert bad == {"site.secure.tls.renewal": "critical"}
+    finally:
+        host.sh(f"mv /root/secure.conf {conf}")
+    assert host.sh(f"{SRC}/bin/audit", check=False).returncode == 0
+
+
+def test_bad_tls_input_is_refused_before_anything_changes(host):
+    before = host.sh("md5sum /var/lib/siteops/registry.json").stdout
+    for args, message in [("secure --email not-an-address", "invalid --email"),
+                          ("secure --acme-server http://x/dir", "invalid --acme-server"),
+                          ("nosuch", "no site 'nosuch'")]:
+        res = host.siteops(f"tls {args}", check=False)
+        assert res.returncode == 2 and message in res.stderr, (args, res.stderr)
+    assert host.sh("md5sum /var/lib/siteops/registry.json").stdout == before
