@@ -60,13 +60,36 @@ def cloudflare_list(host: Host) -> str:
     return host.read(host.paths.etc / "cloudflare-ips.txt") or CLOUDFLARE_LIST.read_text()
 
 
+# nginx.conf lines that conf.d/siteops.conf sets instead (Debian 12's allow
+# TLS 1.0 and 1.1 at http level, for every server that does not say otherwise).
+MOVED_DIRECTIVES = ("ssl_protocols", "ssl_prefer_server_ciphers")
+# Each proxied request holds two descriptors (client, upstream): at least twice
+# worker_connections (768 in Debian's nginx.conf), or workers run out under load.
+RLIMIT_NOFILE = "worker_rlimit_nofile 4096;  # siteops: twice worker_connections, and more\n"
+
+
+def main_conf(text: str) -> str:
+    """The distribution's nginx.conf with siteops's few changes: MOVED_DIRECTIVES
+    commented out, worker_rlimit_nofile set. Everything else is left as it is."""
+    lines = []
+    for line in text.splitlines(keepends=True):
+        word = line.strip().split(" ", 1)[0]
+        if word in MOVED_DIRECTIVES:
+            line = f"{line[:len(line) - len(line.lstrip())]}# siteops (conf.d/siteops.conf): {line.lstrip()}"
+        lines.append(line)
+        if re.match(r"\s*worker_processes\s", line) and "worker_rlimit_nofile" not in text:
+            lines.append(RLIMIT_NOFILE)
+    return "".join(lines)
+
+
 def base_files(host: Host, version: tuple[int, ...]) -> dict[Path, str]:
-    """The shared files bootstrap owns, by path."""
+    """The shared files bootstrap owns (and nginx.conf's edits), by path."""
     n = host.paths.nginx
     # Debian 13's nginx.conf already says `server_tokens off;`; a second one is an error.
-    main_conf = host.read(n / "nginx.conf") or ""
-    tokens = "" if re.search(r"^\s*server_tokens\s", main_conf, re.M) else "server_tokens off;\n"
-    return {
+    nginx_conf = host.read(n / "nginx.conf") or ""
+    tokens = "" if re.search(r"^\s*server_tokens\s", nginx_conf, re.M) else "server_tokens off;\n"
+    edited = {n / "nginx.conf": main_conf(nginx_conf)} if nginx_conf else {}
+    return {**edited,
         n / "conf.d" / "siteops.conf": render("nginx/siteops.conf", server_tokens=tokens),
         n / "snippets" / "siteops-proxy.conf": render("nginx/proxy.conf"),
         n / "snippets" / "siteops-tls.conf": render("nginx/tls.conf"),

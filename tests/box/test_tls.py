@@ -3,6 +3,7 @@ pebble (Let's Encrypt's test ACME server) on 127.0.0.1, HTTP-01 validated
 through nginx, the test names resolving to 127.0.0.1 in the box."""
 
 import json
+import subprocess
 import time
 
 import pytest
@@ -162,3 +163,38 @@ def test_bad_tls_input_is_refused_before_anything_changes(host):
         res = host.siteops(f"tls {args}", check=False)
         assert res.returncode == 2 and message in res.stderr, (args, res.stderr)
     assert host.sh("md5sum /var/lib/siteops/registry.json").stdout == before
+
+
+def test_gixy_finds_nothing_high_or_medium_in_the_whole_nginx_configuration(host):
+    # nginx.conf, the default server and TLS sites, as `nginx -T` dumps them. A TLS
+    # site without HSTS is one gixy rates MEDIUM: HSTS is the operator's choice
+    # (tls NAME --hsts), so every TLS site here opts in.
+    host.siteops("tls late --hsts")
+    dump = host.sh("nginx -T 2>/dev/null").stdout
+    assert "# configuration file /etc/nginx/nginx.conf:" in dump and "ssl_reject_handshake" in dump
+    res = subprocess.run(["gixy", "-f", "json", "-"], input=dump, capture_output=True, text=True)
+    found = json.loads(res.stdout)
+    summary = {}
+    for f in found:
+        summary[f["severity"]] = summary.get(f["severity"], 0) + 1
+    print(f"\ngixy: {summary or 'no findings'}: "
+          + "; ".join(f"{f['severity']} {f['plugin']}" for f in found))
+    assert [f for f in found if f["severity"] in ("HIGH", "MEDIUM")] == [], found
+
+
+def test_testssl_finds_no_vulnerability_and_no_protocol_below_tls_1_2(host):
+    res = host.sh("testssl --quiet --color 0 --warnings off --protocols --vulnerable "
+                  "--ip 127.0.0.1 --jsonfile /tmp/testssl.json https://late.test/ >/tmp/testssl.log",
+                  check=False, timeout=900)
+    found = json.loads(host.sh("cat /tmp/testssl.json").stdout)
+    by_id = {f["id"]: f for f in found}
+    for old in ("SSLv2", "SSLv3", "TLS1", "TLS1_1"):
+        assert by_id[old]["finding"].startswith("not offered"), by_id[old]
+    for new in ("TLS1_2", "TLS1_3"):
+        assert by_id[new]["finding"].startswith("offered"), by_id[new]
+    bad = [f for f in found if f["severity"] in ("LOW", "MEDIUM", "HIGH", "CRITICAL")]
+    counts = {}
+    for f in found:
+        counts[f["severity"]] = counts.get(f["severity"], 0) + 1
+    print(f"\ntestssl --protocols --vulnerable: {counts}; exit {res.returncode}")
+    assert bad == [], bad

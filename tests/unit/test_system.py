@@ -193,3 +193,27 @@ def test_certbot_issues_one_certificate_per_site_and_names_the_cause_of_a_failur
             ("too many certificates (5) already issued for this exact set of domains",
              "rate limit")]:
         assert tls.cause(output).startswith(cause)
+
+
+DEBIAN_12_NGINX = """user www-data;
+worker_processes auto;
+pid /run/nginx.pid;
+events {
+\tworker_connections 768;
+}
+http {
+\tssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3; # Dropping SSLv3, ref: POODLE
+\tssl_prefer_server_ciphers on;
+\tinclude /etc/nginx/conf.d/*.conf;
+}
+"""
+
+
+def test_nginx_conf_keeps_everything_but_weak_tls_and_gets_enough_descriptors():
+    edited = nginx.main_conf(DEBIAN_12_NGINX)
+    assert edited.splitlines()[2].startswith("worker_rlimit_nofile 4096;")
+    assert "\t# siteops (conf.d/siteops.conf): ssl_protocols TLSv1 TLSv1.1" in edited
+    assert "\t# siteops (conf.d/siteops.conf): ssl_prefer_server_ciphers on;" in edited
+    assert [l for l in edited.splitlines() if "siteops" not in l] == \
+        [l for l in DEBIAN_12_NGINX.splitlines() if not l.strip().startswith("ssl_")]
+    assert nginx.main_conf(edited) == edited  # a second bootstrap changes nothing
