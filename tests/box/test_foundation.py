@@ -181,6 +181,21 @@ def test_ssh_is_key_only(host):
     assert "permitrootlogin without-password" in out
 
 
+def test_ssh_audit_finds_no_failure_and_keys_still_log_in(host):
+    # Logins first: ssh-audit's probing makes OpenSSH 9.8+ penalise the source
+    # (PerSourcePenalties) for a while.
+    ssh = ("ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+           "-i /root/.ssh/id_ed25519")
+    assert host.sh(f"{ssh} root@127.0.0.1 echo root-in").stdout.strip() == "root-in"
+    # bootstrap gave deploy root's keys (it had none of its own).
+    assert host.sh(f"{ssh} deploy@127.0.0.1 id -un").stdout.strip() == "deploy"
+    out = host.sh("ssh-audit -n 127.0.0.1", check=False).stdout
+    fails = [l for l in out.splitlines() if "[fail]" in l]
+    warns = [l for l in out.splitlines() if "[warn]" in l]
+    print(f"\nssh-audit: {len(fails)} fail, {len(warns)} warn")
+    assert fails == [] and "ssh-ed25519" in out, fails or out
+
+
 def test_deploy_user_has_limited_sudo(host):
     out = host.sh("sudo -l -U deploy").stdout
     assert "/opt/siteops/bin/deploy" in out and "(ALL : ALL) NOPASSWD: ALL" not in out
