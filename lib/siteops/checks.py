@@ -93,6 +93,7 @@ def host_checks(facts: dict) -> list[Finding]:
                   remedy="fix the file nginx names, then `nginx -t`"))
     out += listener_checks(facts)
     out.append(nftables_check(facts))
+    out.append(sysctl_check(facts))
     out += postgres_checks(facts)
     out.append(_f("host.certbot", facts["certbot_hook"] and
                   facts["units"]["certbot.timer"]["active"] == "active", h,
@@ -265,6 +266,18 @@ def nftables_check(facts: dict) -> Finding:
               "the nftables table inet siteops is not loaded" if loaded is None
               else f"the loaded port-ownership rules lack site(s) {', '.join(missing)}",
               remedy="audit --fix (or: systemctl restart siteops-nftables)", fix="nftables")
+
+
+def sysctl_check(facts: dict) -> Finding:
+    """The running kernel settings match the baseline (where the kernel has them)."""
+    sc = facts.get("sysctl")
+    if sc is None:
+        return Finding("host.sysctl", OK, "host", "kernel settings not checked in a container")
+    drift = [f"{k} = {sc['have'][k]} (baseline {v})" for k, v in sc["want"].items()
+             if sc["have"].get(k) is not None and sc["have"][k] != v]
+    return _f("host.sysctl", not drift, "host", "kernel settings match the baseline",
+              "kernel settings differ: " + ", ".join(drift), WARNING,
+              remedy="sudo bootstrap (or: sysctl -p /etc/sysctl.d/90-siteops.conf)")
 
 
 def own_unit(name: str, unit: str) -> bool:

@@ -15,6 +15,8 @@ Shape of gather()'s result:
     certbot_hook  the renewal hook exists
     listeners     [{proto, addr, port, units: [unit], programs: [name]}]
     nftables      `nft list table inet siteops` text, or null if not loaded
+    sysctl        {want: {key: value}, have: {key: value | null}}, or null in a
+                  container (its /proc/sys is the host kernel's)
     units         {unit: {active, enabled}} (one systemctl show)
     exposure      {unit: systemd-analyze security score}
     postgres      {hba: [rule], connections, max_connections, databases: {db: PUBLIC can connect}}
@@ -43,7 +45,7 @@ import ssl
 from pathlib import Path
 
 from . import (distro, envfile, firewall, instances, journal, layout, logrotate, network,
-               nftables, nginx, postgres, redis, systemd, tls)
+               nftables, nginx, postgres, redis, sysctl, systemd, tls)
 from .errors import CommandError
 from .model import Site
 from .system import Host
@@ -206,6 +208,8 @@ def gather(host: Host, sites: list[Site]) -> dict:
             "/etc/letsencrypt/renewal-hooks/deploy/siteops-reload-nginx").exists(),
         "listeners": network.listeners(host),
         "nftables": nftables.loaded(host),
+        "sysctl": None if sysctl.in_container(host) else {
+            "want": sysctl.baseline(), "have": sysctl.running(host, sysctl.baseline())},
         "units": unit_states(host, units),
         "exposure": exposure(host, [u for names in site_units.values() for u in names]),
         "postgres": postgres_facts(host),

@@ -60,6 +60,7 @@ def renders():
                  "certbot/reload-nginx", "apt/20auto-upgrades"):
         yield name.replace("/", "-"), render(name)
     yield "fail2ban-jail.local", render("fail2ban/jail.local", sites="/srv/sites")
+    yield "sysctl-90-siteops.conf", render("sysctl/90-siteops.conf")
 
 
 CASES = dict(renders())

@@ -74,7 +74,7 @@ def test_bootstrap_plan_on_a_new_server(root):
     # Nothing was written, and no command that changes anything was executed.
     assert not (root / "etc/nginx").exists() and not (root / "home").exists()
     assert all(c[0] in ("getent", "dpkg-query", "sh", "nginx", "pg_lsclusters", "runuser",
-                        "ufw", "systemctl", "nft") for c in runner.calls)
+                        "ufw", "systemctl", "nft", "systemd-detect-virt") for c in runner.calls)
     assert all(c[:2] in (["ufw", "status"], ["systemctl", "is-enabled"], ["systemctl", "is-active"])
                or c[0] not in ("ufw", "systemctl") for c in runner.calls)
     written = host.written

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import (cli, distro, fail2ban, firewall, git, nftables, nginx, packages, postgres, redis,
-                registry, ssh, systemd, tls, upgrades, users, validate)
+                registry, ssh, sysctl, systemd, tls, upgrades, users, validate)
 from ..paths import REPO
 from ..system import Host
 
@@ -33,6 +33,9 @@ What it does:
              and sites (full sudo only with --deploy-full-sudo)
   ssh        key-only login, checked with `sshd -t`; refuses to run if no
              authorized key would be left to log in with
+  kernel     sysctl baseline (/etc/sysctl.d/90-siteops.conf): kernel pointers
+             and logs hidden, BPF and ptrace restricted, no redirects or
+             source routing, SYN cookies; each setting explained in the file
   updates    unattended-upgrades on; certbot renewal hook runs `nginx -t` and
              reloads nginx
   audit      siteops-audit.timer runs `audit` daily (results appended to
@@ -130,6 +133,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
         nftables.ensure_boot_unit(host)
         nftables.ensure(host, list(registry.load(host).sites.values()))
     fail2ban.ensure(host)
+    sysctl.ensure(host)
     users.ensure_deploy_user(host)
     ssh.ensure_deploy_keys(host, deploy_home, args.deploy_key)
     users.ensure_sudoers(host, host.paths.install_dir / "bin", args.deploy_full_sudo)

@@ -1,0 +1,54 @@
+"""Kernel settings of a hardened web host (templates/sysctl/90-siteops.conf),
+applied at bootstrap and at every boot by systemd-sysctl; audit compares the
+running values with the file.
+
+A container (the nspawn test box) has a read-only /proc/sys and the host's
+kernel: the file is written there but not applied, and audit does not check
+it; the VM tier proves the values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .system import Host
+from .templates import render
+
+CONF = "/etc/sysctl.d/90-siteops.conf"
+
+
+def baseline() -> dict[str, str]:
+    """{key: value} of the baseline file."""
+    values = {}
+    for line in render("sysctl/90-siteops.conf").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "=" in line:
+            key, value = (part.strip() for part in line.split("=", 1))
+            values[key] = value
+    return values
+
+
+def in_container(host: Host) -> bool:
+    return host.query(["systemd-detect-virt", "--container"], ok=range(256)).code == 0
+
+
+def running(host: Host, keys) -> dict[str, str | None]:
+    """The kernel's current value of each key (None if it has no such setting)."""
+    values = {}
+    for key in keys:
+        try:
+            text = (Path(host.paths.p("/proc/sys")) / key.replace(".", "/")).read_text()
+            values[key] = " ".join(text.split())
+        except OSError:
+            values[key] = None
+    return values
+
+
+def ensure(host: Host) -> None:
+    """Write the baseline and apply it (outside a container)."""
+    with host.step(f"kernel settings ({CONF})"):
+        changed = host.write(host.paths.p(CONF), render("sysctl/90-siteops.conf"))
+        want = baseline()
+        if in_container(host):
+            return
+        if changed or running(host, want) != want:
+            host.run(["sysctl", "-q", "-e", "-p", host.paths.p(CONF)])  # -e: keys a kernel lacks
