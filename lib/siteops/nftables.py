@@ -25,8 +25,7 @@ def conf(host: Host):
 
 def port_sets(slot: int) -> str:
     """The nft set of a slot's three blocks: { 3100-3109, 4000-4009, 5000-5009 }."""
-    return "{ " + ", ".join(f"{base + registry.BLOCK * slot}-{base + registry.BLOCK * slot + 9}"
-                            for base in registry.BLOCK_BASES) + " }"
+    return "{ " + ", ".join(f"{first}-{last}" for first, last in registry.block_ranges(slot)) + " }"
 
 
 def site_rules(name: str, slot: int, uid: int, nginx_uid: int) -> str:

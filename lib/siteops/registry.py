@@ -181,10 +181,14 @@ def spare_ports(site: Site, busy: set[int] | frozenset = frozenset()) -> dict[st
     return {c: site.ports[c] + offset for c in site.components}
 
 
+def block_ranges(slot: int) -> list[tuple[int, int]]:
+    """(first, last) port of each of slot k's three blocks of ten."""
+    return [(base + BLOCK * slot, base + BLOCK * slot + BLOCK - 1) for base in BLOCK_BASES]
+
+
 def block_ports(slot: int) -> list[int]:
     """Every port of slot k's three blocks of ten."""
-    return [base + BLOCK * slot + i
-            for base in (FRONTEND_BASE, API_BASE, EXTRA_BASE) for i in range(BLOCK)]
+    return [p for first, last in block_ranges(slot) for p in range(first, last + 1)]
 
 
 def ports_for(slot: int, components: list[str]) -> dict[str, int]:

@@ -82,9 +82,8 @@ def socket_bind(site: Site) -> list[str]:
     """SocketBind rules: a site's units may bind only its own three port blocks
     (enforced where systemd has BPF: Debian 13, Ubuntu 24.04; nftables covers
     Debian 12, see nftables.py)."""
-    first = [base + registry.BLOCK * site.slot for base in registry.BLOCK_BASES]
-    return [f"SocketBindAllow=tcp:{p}-{p + registry.BLOCK - 1}" for p in first] + \
-        ["SocketBindDeny=any"]
+    return [f"SocketBindAllow=tcp:{first}-{last}"
+            for first, last in registry.block_ranges(site.slot)] + ["SocketBindDeny=any"]
 
 
 def render_units(host: Host, site: Site) -> dict[str, str]:
