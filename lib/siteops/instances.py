@@ -191,15 +191,14 @@ def switch(host: Host, site: Site, rid: str, record: Release,
     that records the switch."""
     name = site.name
     logs = host.paths.of(name).logs
-    busy = network.listening_ports(host)
-    ports = registry.spare_ports(site, busy)
+    live = Live(rid, registry.spare_offset(site, network.listening_ports(host)))
+    ports = registry.instance_ports(site, live.offset)
     old_units = systemd.live_instances(site)
     old_ports = list((registry.live_ports(site) or {}).values())
     sizes = log_sizes(host, site)
     new_units: list[str] = []
     current = host.paths.of(name).current
     before = host.snapshot(current)
-    live = Live(rid, registry.spare_offset(site, busy))
     try:
         new_units = start(host, site, rid, record, ports)
         wait_healthy(host, site, record, ports)

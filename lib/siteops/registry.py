@@ -156,9 +156,12 @@ def live_ports(site: Site) -> dict[str, int] | None:
     """Ports the live instance of each component listens on, or None before the
     first deploy. A component's instances run on ports of its block of ten;
     site.live.offset says which one serves."""
-    if not site.live:
-        return None
-    return {c: site.ports[c] + site.live.offset for c in site.components}
+    return instance_ports(site, site.live.offset) if site.live else None
+
+
+def instance_ports(site: Site, offset: int) -> dict[str, int]:
+    """The port of each component's instance at offset in its block."""
+    return {c: site.ports[c] + offset for c in site.components}
 
 
 def spare_offset(site: Site, busy: set[int] | frozenset = frozenset()) -> int:
@@ -173,12 +176,6 @@ def spare_offset(site: Site, busy: set[int] | frozenset = frozenset()) -> int:
             return offset
     raise SiteopsError(f"site {site.name}: every port of its blocks is in use; "
                        "free one (ss -ltnp) and try again")
-
-
-def spare_ports(site: Site, busy: set[int] | frozenset = frozenset()) -> dict[str, int]:
-    """Ports for the next release's instances (see spare_offset)."""
-    offset = spare_offset(site, busy)
-    return {c: site.ports[c] + offset for c in site.components}
 
 
 def block_ranges(slot: int) -> list[tuple[int, int]]:
