@@ -208,8 +208,7 @@ def gather(host: Host, sites: list[Site]) -> dict:
             "/etc/letsencrypt/renewal-hooks/deploy/siteops-reload-nginx").exists(),
         "listeners": network.listeners(host),
         "nftables": nftables.loaded(host),
-        "sysctl": None if sysctl.in_container(host) else {
-            "want": sysctl.baseline(), "have": sysctl.running(host, sysctl.baseline())},
+        "sysctl": None if sysctl.in_container(host) else sysctl.facts(host),
         "units": unit_states(host, units),
         "exposure": exposure(host, [u for names in site_units.values() for u in names]),
         "postgres": postgres_facts(host),

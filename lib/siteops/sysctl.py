@@ -16,10 +16,10 @@ from .templates import render
 CONF = "/etc/sysctl.d/90-siteops.conf"
 
 
-def baseline() -> dict[str, str]:
-    """{key: value} of the baseline file."""
+def baseline(text: str | None = None) -> dict[str, str]:
+    """{key: value} of the baseline file (text: as already rendered)."""
     values = {}
-    for line in render("sysctl/90-siteops.conf").splitlines():
+    for line in (text or render("sysctl/90-siteops.conf")).splitlines():
         line = line.split("#", 1)[0].strip()
         if "=" in line:
             key, value = (part.strip() for part in line.split("=", 1))
@@ -43,12 +43,19 @@ def running(host: Host, keys) -> dict[str, str | None]:
     return values
 
 
+def facts(host: Host) -> dict:
+    """{want: baseline, have: running values} for audit."""
+    want = baseline()
+    return {"want": want, "have": running(host, want)}
+
+
 def ensure(host: Host) -> None:
     """Write the baseline and apply it (outside a container)."""
     with host.step(f"kernel settings ({CONF})"):
-        changed = host.write(host.paths.p(CONF), render("sysctl/90-siteops.conf"))
-        want = baseline()
+        text = render("sysctl/90-siteops.conf")
+        changed = host.write(host.paths.p(CONF), text)
         if in_container(host):
             return
+        want = baseline(text)
         if changed or running(host, want) != want:
             host.run(["sysctl", "-q", "-e", "-p", host.paths.p(CONF)])  # -e: keys a kernel lacks
