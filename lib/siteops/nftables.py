@@ -50,16 +50,14 @@ def nginx_uid(host: Host) -> int:
     return account.uid if account else 33
 
 
-def ensure(host: Host, sites: list[Site]) -> bool:
+def ensure(host: Host, sites: list[Site]) -> None:
     """Write the ruleset for sites (checked with `nft -c`) and load it if it
-    changed or is not loaded; True if anything changed."""
+    changed or is not loaded."""
     path = conf(host)
     with host.validated([path], ["nft", "-c", "-f", path], "nftables rules") as outcome:
         host.write(path, render_conf(sites, nginx_uid(host)), 0o600)
     if outcome["changed"] or not loaded(host):
         host.run(["nft", "-f", path])
-        return True
-    return outcome["changed"]
 
 
 def loaded(host: Host) -> str | None:

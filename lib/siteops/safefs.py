@@ -182,7 +182,7 @@ def readlink(path: Path) -> str | None:
     try:
         with parent(path) as (fd, name, _):
             return os.readlink(name, dir_fd=fd)
-    except (FileNotFoundError, NotADirectoryError, OSError):
+    except OSError:  # missing, or not a link (EINVAL)
         return None
 
 
