@@ -94,6 +94,7 @@ def host_checks(facts: dict) -> list[Finding]:
     out += listener_checks(facts)
     out.append(nftables_check(facts))
     out.append(sysctl_check(facts))
+    out.append(hardening_check(facts))
     out += postgres_checks(facts)
     out.append(_f("host.certbot", facts["certbot_hook"] and
                   facts["units"]["certbot.timer"]["active"] == "active", h,
@@ -278,6 +279,18 @@ def sysctl_check(facts: dict) -> Finding:
     return _f("host.sysctl", not drift, "host", "kernel settings match the baseline",
               "kernel settings differ: " + ", ".join(drift), WARNING,
               remedy="sudo bootstrap (or: sysctl -p /etc/sysctl.d/90-siteops.conf)")
+
+
+def hardening_check(facts: dict) -> Finding:
+    """The baseline files of hardening.py are as bootstrap wrote them, and the
+    kernel has loaded siteops' audit rules."""
+    hd = facts["hardening"]
+    problems = [f"{p} differs" for p in hd["drift"]]
+    if hd["unloaded_rules"]:
+        problems.append("audit rules not loaded: " + ", ".join(hd["unloaded_rules"]))
+    return _f("host.hardening", not problems, "host", "hardening baseline in place",
+              "hardening baseline: " + "; ".join(problems), WARNING,
+              remedy="sudo bootstrap (it rewrites the files and loads the audit rules)")
 
 
 def own_unit(name: str, unit: str) -> bool:

@@ -45,6 +45,7 @@ def main(prog: str, p: argparse.ArgumentParser,
     args = p.parse_args(argv)  # exits 2 with usage on bad input
     host = host or Host(dry_run=args.dry_run)
     host.dry_run = args.dry_run
+    os.umask(0o022)  # what siteops and its tools create never depends on the caller's umask
     try:
         if not args.dry_run and os.geteuid() != 0:
             raise SiteopsError("must be run as root (use sudo); --dry-run shows the plan without root")

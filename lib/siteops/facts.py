@@ -17,6 +17,7 @@ Shape of gather()'s result:
     nftables      `nft list table inet siteops` text, or null if not loaded
     sysctl        {want: {key: value}, have: {key: value | null}}, or null in a
                   container (its /proc/sys is the host kernel's)
+    hardening     {drift: [path], unloaded_rules: [audit rule key] | null (container)}
     units         {unit: {active, enabled}} (one systemctl show)
     exposure      {unit: systemd-analyze security score}
     postgres      {hba: [rule], connections, max_connections, databases: {db: PUBLIC can connect}}
@@ -44,8 +45,8 @@ import socket
 import ssl
 from pathlib import Path
 
-from . import (distro, envfile, firewall, instances, journal, layout, logrotate, network,
-               nftables, nginx, postgres, redis, sysctl, systemd, tls)
+from . import (distro, envfile, firewall, hardening, instances, journal, layout, logrotate,
+               network, nftables, nginx, postgres, redis, sysctl, systemd, tls)
 from .errors import CommandError
 from .model import Site
 from .system import Host
@@ -209,6 +210,7 @@ def gather(host: Host, sites: list[Site]) -> dict:
         "listeners": network.listeners(host),
         "nftables": nftables.loaded(host),
         "sysctl": None if sysctl.in_container(host) else sysctl.facts(host),
+        "hardening": hardening.facts(host),
         "units": unit_states(host, units),
         "exposure": exposure(host, [u for names in site_units.values() for u in names]),
         "postgres": postgres_facts(host),

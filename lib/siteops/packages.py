@@ -8,7 +8,8 @@ from .system import Host
 PACKAGES = (
     "nginx", "postgresql", "redis-server", "ufw", "fail2ban", "python3-systemd",
     "certbot", "logrotate", "unattended-upgrades", "nodejs", "npm", "python3",
-    "python3-venv", "git", "openssh-server", "sudo", "curl", "acl", "nftables",
+    "python3-venv", "git", "openssh-server", "sudo", "curl", "acl", "nftables", "auditd",
+    "sysstat",
 )
 PNPM = "pnpm@9"
 

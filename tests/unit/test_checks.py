@@ -37,7 +37,7 @@ def problems(found):
 def test_the_recorded_box_is_clean():
     found = findings()
     assert problems(found) == {} and checks.exit_code(found) == 0
-    assert len(found) == 59 and len({f.id for f in found}) == 59
+    assert len(found) == 60 and len({f.id for f in found}) == 60
 
 
 def listen(proto, addr, port, units, programs):
@@ -90,6 +90,11 @@ BREAKAGES = [
     (lambda f: f.update(sysctl={"want": {"kernel.kptr_restrict": "2"},
                                 "have": {"kernel.kptr_restrict": "0"}}),
      {"host.sysctl": "warning"}),
+    (lambda f: f.update(hardening={"drift": ["/etc/modprobe.d/siteops.conf"],
+                                   "unloaded_rules": None}), {"host.hardening": "warning"}),
+    (lambda f: f.update(hardening={"drift": [], "unloaded_rules": ["identity"]}),
+     {"host.hardening": "warning"}),
+    (lambda f: f.update(hardening={"drift": [], "unloaded_rules": []}), {}),
     (lambda f: f.update(nftables=f["nftables"].replace("siteops site beta:", "x")),
      {"host.nftables": "critical"}),
     (lambda f: f["sites"]["alpha"]["current"].update(target_exists=False), {"site.alpha.current": "critical"}),
@@ -164,13 +169,13 @@ def test_json_document_and_text_report():
     assert set(doc) == {"version", "time", "host", "status", "exit_code", "counts", "sites",
                         "fixed", "findings"}
     assert (doc["status"], doc["exit_code"], doc["counts"]) == (
-        "critical", 2, {"ok": 57, "warning": 1, "critical": 1})
+        "critical", 2, {"ok": 58, "warning": 1, "critical": 1})
     first = next(f for f in doc["findings"] if f["id"] == "site.alpha.env")
     assert set(first) >= {"id", "severity", "subject", "message", "remedy"}
     lines = audit.text_report(found, [])
     assert lines[0].startswith("CRITICAL site.alpha.env: .env is 0644")
     assert lines[2].startswith("WARNING  host.disk: disk 85.0% used")
-    assert lines[-1] == "audit CRITICAL: 59 checks, 57 ok, 1 warning(s), 1 critical"
+    assert lines[-1] == "audit CRITICAL: 60 checks, 58 ok, 1 warning(s), 1 critical"
 
 
 RENEWAL = ("version = 2.1.0\narchive_dir = /etc/letsencrypt/archive/shop\n"

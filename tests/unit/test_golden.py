@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from siteops import logrotate, nftables, nginx, systemd, users
+from siteops import hardening, logrotate, nftables, nginx, systemd, users
 from siteops.model import Live, Site, Tls
 from siteops.paths import TEMPLATES, Paths
 from siteops.system import Host
@@ -61,6 +61,8 @@ def renders():
         yield name.replace("/", "-"), render(name)
     yield "fail2ban-jail.local", render("fail2ban/jail.local", sites="/srv/sites")
     yield "sysctl-90-siteops.conf", render("sysctl/90-siteops.conf")
+    for template in sorted(set(hardening.FILES.values())):
+        yield template.replace("/", "-"), render(template, deploy_home="/home/deploy")
 
 
 CASES = dict(renders())

@@ -65,6 +65,7 @@ def test_bootstrap_plan_on_a_new_server(root):
         "systemctl restart fail2ban",
         "useradd --user-group --create-home --shell /bin/bash --comment 'siteops deploy' deploy",
         "systemctl reload ssh.service",
+        "systemctl daemon-reload",  # auditd's drop-in (the fake host is a container)
         "systemctl daemon-reload",
         "systemctl enable --now siteops-audit.timer",
     ]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .. import (cli, distro, fail2ban, firewall, git, nftables, nginx, packages, postgres, redis,
-                registry, ssh, sysctl, systemd, tls, upgrades, users, validate)
+from .. import (cli, distro, fail2ban, firewall, git, hardening, nftables, nginx, packages,
+                postgres, redis, registry, ssh, sysctl, systemd, tls, upgrades, users, validate)
 from ..paths import REPO
 from ..system import Host
 
@@ -16,8 +16,8 @@ and reports each item as "changed" or "ok".
 
 What it does:
   packages   installs what is missing of nginx, PostgreSQL, Redis, UFW,
-             fail2ban, certbot, logrotate, unattended-upgrades, Node.js (+pnpm),
-             Python (+venv); no apt call when everything is present
+             fail2ban, certbot, logrotate, unattended-upgrades, auditd, sysstat,
+             Node.js (+pnpm), Python (+venv); no apt call when everything is present
   suite      copies siteops to /opt/siteops (the commands sudo allows) and
              makes /etc/siteops, /var/lib/siteops, /var/log/siteops, /srv/sites
   nginx      default site removed, unknown Host headers refused (444),
@@ -35,7 +35,14 @@ What it does:
              authorized key would be left to log in with
   kernel     sysctl baseline (/etc/sysctl.d/90-siteops.conf): kernel pointers
              and logs hidden, BPF and ptrace restricted, no redirects or
-             source routing, SYN cookies; each setting explained in the file
+             source routing, SYN cookies, no core dumps; each setting explained
+             in the file
+  baseline   unused protocols, storage drivers and filesystems refused
+             (modprobe.d); auditd rules for accounts, sudo, sshd, keys, siteops,
+             nginx, units, cron, module loads and root's commands; no core
+             dumps in logins; login.defs UMASK 027; sysstat history; a legal
+             notice in /etc/issue (see lib/siteops/hardening.py for what is
+             left out, and why)
   updates    unattended-upgrades on; certbot renewal hook runs `nginx -t` and
              reloads nginx
   audit      siteops-audit.timer runs `audit` daily (results appended to
@@ -139,6 +146,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
     users.ensure_sudoers(host, host.paths.install_dir / "bin", args.deploy_full_sudo)
     ensure_repo_dirs(host, args.repo_dir)
     ssh.ensure_key_only(host)
+    hardening.ensure(host)
     upgrades.ensure(host)
     tls.ensure_renewal_hook(host)
     systemd.ensure_audit_timer(host)
