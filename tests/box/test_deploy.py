@@ -393,3 +393,14 @@ def test_refs_can_be_a_tag_or_a_commit(host):
     assert curl(host, "nodeapp.test").startswith("nodeapp v12 ")
     deploy(host, "nodeapp --ref main")
     assert curl(host, "nodeapp.test").startswith("nodeapp v13 ")
+
+
+def test_an_operators_strict_umask_changes_nothing_siteops_creates(host):
+    # With the caller's umask 077 a static release would unpack 0600 and nginx
+    # could not read it; siteops sets its own umask.
+    commit(host, "/srv/repos/web", {"public/index.html": "<h1>web v2</h1>\n"}, "web v2")
+    host.sh(f"umask 077 && {SRC}/bin/deploy web")
+    assert curl(host, "web.test") == "<h1>web v2</h1>\n"
+    version(host, "v14")
+    host.sh(f"umask 077 && {SRC}/bin/deploy nodeapp")
+    assert curl(host, "nodeapp.test").startswith("nodeapp v14 ")

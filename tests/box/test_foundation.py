@@ -14,7 +14,9 @@ MAX_EXPOSURE = 1.5
 
 MANAGED_FILES = ("/etc/nginx /etc/systemd/system /etc/siteops /etc/logrotate.d /etc/ssh "
                  "/etc/sudoers.d /etc/fail2ban/jail.d /etc/postgresql /etc/redis "
-                 "/etc/letsencrypt /etc/apt/apt.conf.d /var/lib/siteops /srv/sites /opt/siteops")
+                 "/etc/letsencrypt /etc/apt/apt.conf.d /var/lib/siteops /srv/sites /opt/siteops "
+                 "/etc/sysctl.d /etc/modprobe.d /etc/security/limits.d /etc/audit/rules.d "
+                 "/etc/issue /etc/issue.net /etc/login.defs /etc/default/sysstat")
 
 
 def snapshot(box) -> str:
@@ -194,6 +196,41 @@ def test_ssh_audit_finds_no_failure_and_keys_still_log_in(host):
     warns = [l for l in out.splitlines() if "[warn]" in l]
     print(f"\nssh-audit: {len(fails)} fail, {len(warns)} warn")
     assert fails == [] and "ssh-ed25519" in out, fails or out
+
+
+def audit_finding(box, id_: str) -> dict:
+    doc = json.loads(box.siteops("audit --json", check=False).stdout)
+    return next(f for f in doc["findings"] if f["id"] == id_)
+
+
+def test_hardening_baseline_is_in_place_and_audited(host):
+    assert "install dccp /bin/false" in host.sh("cat /etc/modprobe.d/siteops.conf").stdout
+    assert "* hard core 0" in " ".join(host.sh("cat /etc/security/limits.d/90-siteops.conf")
+                                       .stdout.split())
+    assert re.search(r"^UMASK\s+027$", host.sh("cat /etc/login.defs").stdout, re.M)
+    assert 'ENABLED="true"' in host.sh("cat /etc/default/sysstat").stdout
+    assert host.sh("cat /etc/issue").stdout.startswith("Authorized access only.")
+    rules = host.sh("cat /etc/audit/rules.d/siteops.rules").stdout
+    assert "-w /home/deploy/.ssh/ -p wa -k ssh-keys" in rules
+    assert host.sh("augenrules --check", check=False).returncode == 0  # the rules parse
+    # auditd cannot run in a container: skipped by its condition, not failed.
+    assert host.sh("systemctl show -p ConditionResult --value auditd").stdout.strip() == "no"
+    assert host.sh("systemctl is-failed auditd", check=False).stdout.strip() != "failed"
+    # A new login user's home is not world-readable (login.defs UMASK 027).
+    host.sh("useradd --create-home umasktest")
+    try:
+        assert host.sh("stat -c %a /home/umasktest").stdout.strip() == "750"
+    finally:
+        host.sh("userdel --remove umasktest")
+    assert audit_finding(host, "host.hardening")["severity"] == "ok"
+    host.sh("echo 'Debian GNU/Linux' > /etc/issue && sed -i 's/^UMASK.*/UMASK 022/' /etc/login.defs")
+    try:
+        finding = audit_finding(host, "host.hardening")
+        assert finding["severity"] == "warning" and "/etc/issue differs" in finding["message"] \
+            and "/etc/login.defs differs" in finding["message"], finding
+    finally:
+        host.siteops("bootstrap")
+    assert audit_finding(host, "host.hardening")["severity"] == "ok"
 
 
 def test_deploy_user_has_limited_sudo(host):

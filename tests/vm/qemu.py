@@ -59,18 +59,36 @@ class VM(Machine):
              "-monitor", "none"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
             start_new_session=True)
+        self.wait_booted(timeout)
+        self.sh(f"mkdir -p {SRC}")
+        self.copy_checkout()
+        return self
+
+    def wait_booted(self, timeout: float = 300) -> None:
+        """Wait until SSH answers and systemd has finished starting up."""
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"qemu exited: {self.console()[-2000:]}")
             res = self.sh("systemctl is-system-running", check=False, timeout=20)
             if res.stdout.strip() in ("running", "degraded"):
-                self.sh(f"mkdir -p {SRC}")
-                self.copy_checkout()
-                return self
+                return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"vm did not come up: {res.stderr}\n{self.console()[-2000:]}")
             time.sleep(2)
+
+    def reboot(self, timeout: float = 300) -> None:
+        """Reboot the guest (its disk's changes survive: the snapshot lives as
+        long as qemu) and wait until it is up again."""
+        boot = self.sh("cat /proc/sys/kernel/random/boot_id").stdout
+        self.sh("systemctl reboot", check=False, timeout=20)
+        deadline = time.monotonic() + timeout
+        while self.sh("cat /proc/sys/kernel/random/boot_id", check=False,
+                      timeout=20).stdout in (boot, ""):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"vm did not reboot: {self.console()[-2000:]}")
+            time.sleep(2)
+        self.wait_booted(timeout)
 
     def copy_checkout(self) -> None:
         """The suite's files, as the box binds them (bin, lib, templates, bench)."""

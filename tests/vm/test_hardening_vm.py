@@ -1,0 +1,102 @@
+"""The hardening baseline on a machine with a kernel of its own (Debian 13):
+kernel settings, refused modules, auditd's rules and records, no core dumps,
+and all of it, with the sites, back after a reboot. (Lynis's index over the
+same VM: bench/lynis.py.)"""
+
+import json
+
+from machine import SRC
+
+
+def finding(host, id_: str) -> dict:
+    doc = json.loads(host.sh(f"{SRC}/bin/audit --json", check=False).stdout)
+    return next(f for f in doc["findings"] if f["id"] == id_)
+
+
+SYSCTLS = {"kernel.kptr_restrict": "2", "kernel.dmesg_restrict": "1",
+           "kernel.yama.ptrace_scope": "1", "net.ipv4.conf.all.accept_redirects": "0",
+           "net.ipv4.conf.all.rp_filter": "1", "fs.protected_regular": "2",
+           "kernel.core_pattern": "|/bin/false"}
+AUDIT_KEYS = ("identity", "sudoers", "sshd", "ssh-keys", "siteops", "nginx", "units",
+              "modules", "root-commands")
+
+
+def running_sysctls(host) -> dict:
+    return dict(zip(SYSCTLS, host.sh("sysctl -n " + " ".join(SYSCTLS)).stdout.split()))
+
+
+def loaded_audit_keys(host) -> set:
+    loaded = host.sh("auditctl -l").stdout
+    return {k for k in AUDIT_KEYS if f"-k {k}\n" in loaded + "\n" or f"key={k}\n" in loaded + "\n"}
+
+
+def test_the_kernel_settings_baseline_is_applied_and_audited(host):
+    assert running_sysctls(host) == SYSCTLS
+    assert finding(host, "host.sysctl")["severity"] == "ok"
+    host.sh("sysctl -q -w kernel.kptr_restrict=0")
+    found = finding(host, "host.sysctl")
+    assert found["severity"] == "warning" and "kernel.kptr_restrict = 0" in found["message"]
+    host.siteops("bootstrap")
+    assert host.sh("sysctl -n kernel.kptr_restrict").stdout.strip() == "2"
+    assert finding(host, "host.sysctl")["severity"] == "ok"
+    assert host.sh("curl -s -H 'Host: shop.test' http://127.0.0.1/").stdout.startswith("shop python")
+
+
+def test_unused_protocols_and_drivers_cannot_be_loaded(host):
+    for module in ("sctp", "dccp", "usb-storage", "cramfs", "hfsplus"):
+        host.sh(f"modinfo -F filename {module}")  # the kernel has it ...
+        assert host.sh(f"modprobe {module}", check=False).returncode != 0  # ... and refuses it
+    assert not {"sctp", "dccp"} & {l.split()[0] for l in host.sh("lsmod").stdout.splitlines()}
+    # Opening a socket of the kind, which would load the module on demand, fails.
+    res = host.sh("python3 -c 'import socket; socket.socket(socket.AF_INET, "
+                  "socket.SOCK_STREAM, socket.IPPROTO_SCTP)'", check=False)
+    assert res.returncode == 1 and "Protocol not supported" in res.stderr, res.stderr
+
+
+def test_auditd_records_changes_and_the_commands_root_runs(host):
+    assert host.sh("systemctl is-active auditd").stdout.strip() == "active"
+    assert loaded_audit_keys(host) == set(AUDIT_KEYS)
+    host.sh("touch /etc/siteops/audit-probe && rm /etc/siteops/audit-probe")
+    host.sh("/bin/echo siteops-probe-7f3a >/dev/null")  # root's SSH login: auid 0
+    assert "audit-probe" in host.sh("ausearch -i -k siteops").stdout
+    assert "siteops-probe-7f3a" in host.sh("ausearch -i -k root-commands").stdout
+    assert finding(host, "host.hardening")["severity"] == "ok"
+    host.sh("auditctl -D")  # someone deletes the rules
+    found = finding(host, "host.hardening")
+    assert found["severity"] == "warning" and "audit rules not loaded: " in found["message"] \
+        and "identity" in found["message"], found
+    host.siteops("bootstrap")
+    assert loaded_audit_keys(host) == set(AUDIT_KEYS)
+    assert finding(host, "host.hardening")["severity"] == "ok"
+
+
+def crash_leaves(host) -> str:
+    """What a process of site shop that aborts, with no core size limit, leaves
+    in its working directory."""
+    host.sh("rm -rf /tmp/crash && mkdir /tmp/crash && chmod 1777 /tmp/crash")
+    res = host.sh("cd /tmp/crash && prlimit --core=unlimited:unlimited runuser -u shop -- "
+                  "python3 -c 'import os; os.abort()'", check=False)
+    assert res.returncode == 134, res  # SIGABRT
+    return host.sh("ls -A /tmp/crash").stdout.strip()
+
+
+def test_a_crashing_process_leaves_no_core_dump(host):
+    assert host.sh("ulimit -Hc").stdout.strip() == "0"  # login sessions (limits.d)
+    host.sh("sysctl -q -w kernel.core_pattern=core")  # the kernel's default ...
+    try:
+        assert crash_leaves(host).startswith("core")  # ... writes the app's memory to disk
+    finally:
+        host.sh("sysctl -q -p /etc/sysctl.d/90-siteops.conf")
+    assert crash_leaves(host) == ""  # the baseline sends it to /bin/false
+
+
+def test_after_a_reboot_the_baseline_and_the_sites_are_back(host):
+    host.reboot()
+    assert running_sysctls(host) == SYSCTLS  # systemd-sysctl read the file at boot
+    assert loaded_audit_keys(host) == set(AUDIT_KEYS)  # augenrules loaded the rules
+    doc = json.loads(host.sh(f"{SRC}/bin/audit --json", check=False).stdout)
+    bad = [f for f in doc["findings"] if f["severity"] != "ok"]
+    assert bad == [], bad
+    for site in ("shop", "blog"):
+        out = host.sh(f"curl -s -H 'Host: {site}.test' http://127.0.0.1/").stdout
+        assert out.startswith(f"{site} python"), out
