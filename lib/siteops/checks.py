@@ -95,6 +95,7 @@ def host_checks(facts: dict) -> list[Finding]:
     out.append(nftables_check(facts))
     out.append(sysctl_check(facts))
     out.append(hardening_check(facts))
+    out.append(backup_host_check(facts))
     out += postgres_checks(facts)
     out.append(_f("host.certbot", facts["certbot_hook"] and
                   facts["units"]["certbot.timer"]["active"] == "active", h,
@@ -169,6 +170,8 @@ def site_checks(host: Host, site: Site, facts: dict) -> list[Finding]:
     out += release_checks(site, sf)
     out += tls_checks(site, sf, facts["time"])
     out.append(database_check(site, facts))
+    if not facts["backup"]["error"]:
+        out.append(backup_check(site, facts))
     du = facts["du"].get(str(host.paths.site(name)))
     if du is not None:
         out.append(Finding(f"site.{name}.disk", OK, name, f"uses {du / 2**20:.1f} MiB"))
@@ -291,6 +294,40 @@ def hardening_check(facts: dict) -> Finding:
     return _f("host.hardening", not problems, "host", "hardening baseline in place",
               "hardening baseline: " + "; ".join(problems), WARNING,
               remedy="sudo bootstrap (it rewrites the files and loads the audit rules)")
+
+
+BACKUP_WARN_HOURS, BACKUP_CRIT_HOURS = 26, 48
+
+
+def backup_host_check(facts: dict) -> Finding:
+    """The repository opens, and the daily backup timer runs."""
+    error, timer = facts["backup"]["error"], facts["units"]["siteops-backup.timer"]["active"]
+    if error:
+        return Finding("host.backup", CRITICAL, "host",
+                       f"the backup repository cannot be read: {error}",
+                       "check /etc/siteops/backup.env and the repository; `backup --list`")
+    return _f("host.backup", timer == "active", "host",
+              "backup repository readable, daily backup timer active",
+              f"the daily backup timer is {timer}", WARNING,
+              remedy="sudo bootstrap (or: systemctl enable --now siteops-backup.timer)")
+
+
+def backup_check(site: Site, facts: dict) -> Finding:
+    """The site's newest snapshot is recent (a new site has a day to get its first)."""
+    name, last = site.name, facts["backup"]["latest"].get(site.name)
+    since = last or site.created
+    try:
+        hours = (datetime.datetime.strptime(facts["time"], ISO)
+                 - datetime.datetime.strptime(since or "", ISO)).total_seconds() / 3600
+    except ValueError:
+        hours = float("inf")
+    if last is None and hours < BACKUP_WARN_HOURS:
+        return Finding(f"site.{name}.backup", OK, name,
+                       "no backup yet (the daily timer makes the first)")
+    what = f"last backup {hours:.0f} h ago" if last else "never backed up"
+    return _f(f"site.{name}.backup", hours < BACKUP_WARN_HOURS, name, what, what,
+              CRITICAL if hours >= BACKUP_CRIT_HOURS else WARNING,
+              remedy=f"sudo backup {name}; check `systemctl status siteops-backup`")
 
 
 def own_unit(name: str, unit: str) -> bool:

@@ -18,6 +18,8 @@ Shape of gather()'s result:
     sysctl        {want: {key: value}, have: {key: value | null}}, or null in a
                   container (its /proc/sys is the host kernel's)
     hardening     {drift: [path], unloaded_rules: [audit rule key] | null (container)}
+    backup        {error: why the restic repository cannot be read | null,
+                   latest: {site: time of its newest snapshot}}
     units         {unit: {active, enabled}} (one systemctl show)
     exposure      {unit: systemd-analyze security score}
     postgres      {hba: [rule], connections, max_connections, databases: {db: PUBLIC can connect}}
@@ -45,7 +47,7 @@ import socket
 import ssl
 from pathlib import Path
 
-from . import (distro, envfile, firewall, hardening, instances, journal, layout, logrotate,
+from . import (backup, distro, envfile, firewall, hardening, instances, journal, layout, logrotate,
                network, nftables, nginx, postgres, redis, sysctl, systemd, tls)
 from .errors import CommandError
 from .model import Site
@@ -65,7 +67,7 @@ SELECT json_build_object(
 
 def host_units(pg_unit: str) -> list[str]:
     return ["nginx.service", pg_unit, "fail2ban.service", "unattended-upgrades.service",
-            "certbot.timer"]
+            "certbot.timer", "siteops-backup.timer"]
 
 
 def unit_states(host: Host, units: list[str]) -> dict[str, dict]:
@@ -211,6 +213,7 @@ def gather(host: Host, sites: list[Site]) -> dict:
         "nftables": nftables.loaded(host),
         "sysctl": None if sysctl.in_container(host) else sysctl.facts(host),
         "hardening": hardening.facts(host),
+        "backup": backup.facts(host),
         "units": unit_states(host, units),
         "exposure": exposure(host, [u for names in site_units.values() for u in names]),
         "postgres": postgres_facts(host),

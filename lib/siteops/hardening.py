@@ -127,9 +127,13 @@ def ensure(host: Host) -> None:
             have = host.read(host.paths.p(path))
             if have is not None and host.write(host.paths.p(path), with_settings(have, settings)):
                 changed.add(path)
+        container = sysctl.in_container(host)
         if AUDITD_DROPIN in changed:
             host.run(["systemctl", "daemon-reload"])
-        if not sysctl.in_container(host):
+            if container and host.query(["systemctl", "is-failed", "--quiet", "auditd.service"],
+                                        ok=range(256)).code == 0:
+                host.run(["systemctl", "reset-failed", "auditd.service"])  # failed at boot
+        if not container:
             systemd.ensure_started(host, "auditd.service")
             if AUDIT_RULES in changed or missing_rules(host):
                 host.run(["augenrules", "--load"])

@@ -24,3 +24,8 @@ def ensure_site(host: Host, site: Site) -> None:
     with host.step(f"logrotate {site.name}"):
         with host.validated([path], ["logrotate", "--debug", path], "logrotate"):
             host.write(path, config(host, site))
+
+
+def remove_site(host: Host, name: str) -> None:
+    with host.step(f"logrotate {name} removed"):
+        host.remove(host.paths.logrotate(name))

@@ -207,3 +207,15 @@ def ensure_site(host: Host, site: Site, logs: Path) -> None:
         host.write(page, render("nginx/placeholder.html", name=name))
         converge(host, {host.paths.nginx_site(name): text},
                  links={host.paths.nginx_enabled(name): f"../sites-available/{name}.conf"})
+
+
+def remove_site(host: Host, name: str) -> None:
+    """Take the site's nginx file and placeholder away; reload if anything went
+    (its domains then get the default server's refusal)."""
+    with host.step(f"nginx site {name} removed"):
+        gone = [host.remove(p) for p in (host.paths.nginx_enabled(name),
+                                        host.paths.nginx_site(name))]
+        host.remove_tree(host.paths.p(PLACEHOLDERS) / name)
+        if any(gone):
+            host.run(["nginx", "-t", "-q"])
+            reload(host)

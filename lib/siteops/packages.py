@@ -9,7 +9,7 @@ PACKAGES = (
     "nginx", "postgresql", "redis-server", "ufw", "fail2ban", "python3-systemd",
     "certbot", "logrotate", "unattended-upgrades", "nodejs", "npm", "python3",
     "python3-venv", "git", "openssh-server", "sudo", "curl", "acl", "nftables", "auditd",
-    "sysstat",
+    "sysstat", "restic",
 )
 PNPM = "pnpm@9"
 

@@ -182,3 +182,20 @@ def ensure_site_database(host: Host, name: str, password: str) -> None:
                                 "WHERE nspname = 'public';", db=name)
         if grants_public(schema_acl):
             psql(host, "REVOKE ALL ON SCHEMA public FROM PUBLIC;", db=name, change=True)
+
+
+def drop_site_database(host: Host, name: str) -> None:
+    """The site's database (its connections closed) and role."""
+    with host.step(f"postgresql database and role {name} dropped"):
+        if psql(host, f"SELECT 1 FROM pg_database WHERE datname = {quote_literal(name)};"):
+            psql(host, f'DROP DATABASE "{name}" WITH (FORCE);', change=True)
+        if role_facts(host, name) is not None:
+            psql(host, f'DROP ROLE "{name}";', change=True)
+
+
+def disable_site_role(host: Host, name: str) -> None:
+    """Keep the site's database and role, but let nobody log in as it."""
+    with host.step(f"postgresql role {name} kept, login disabled"):
+        role = role_facts(host, name)
+        if role is not None and role["attrs"][0] == "t":
+            psql(host, f'ALTER ROLE "{name}" NOLOGIN;', change=True)

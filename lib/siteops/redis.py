@@ -8,6 +8,8 @@ cost is a few MB of memory per site."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import re
 
 from . import systemd
@@ -55,3 +57,12 @@ def ensure_site_conf(host: Host, site: Site, password: str) -> bool:
     host.ensure_dir(host.paths.redis_conf(name).parent, 0o755)
     return host.write(host.paths.redis_conf(name), site_conf(host, site, password),
                       0o640, "root", name)
+
+
+def save(host: Host, site: Site, url: str) -> None:
+    """Have the site's Redis write a fresh RDB (SAVE) to shared/redis/dump.rdb;
+    the password goes in the environment (REDISCLI_AUTH), never argv."""
+    password = urlsplit(url).password or ""
+    host.run(["redis-cli", "-h", "127.0.0.1", "-p", str(site.ports["redis"]),
+              "--no-auth-warning", "SAVE"], env={"REDISCLI_AUTH": password},
+             secrets=[password], note="REDISCLI_AUTH from the site's .env")

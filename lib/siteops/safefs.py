@@ -197,6 +197,14 @@ def symlink(path: Path, target: str) -> None:
         os.fsync(fd)
 
 
+def rename(path: Path, new_name: str) -> None:
+    """Rename path to new_name in the same directory (replacing an empty
+    directory or a file of that name)."""
+    with parent(path) as (fd, name, _):
+        os.rename(name, new_name, src_dir_fd=fd, dst_dir_fd=fd)
+        os.fsync(fd)
+
+
 def remove(path: Path) -> None:
     """Remove a file or a link (never what it points at)."""
     with parent(path) as (fd, name, _):

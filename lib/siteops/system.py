@@ -131,8 +131,8 @@ Runner = Callable[..., Result]
 class Action:
     """One change a Host made, or in a dry run would make.
 
-    kind    run | write | mkdir | chmod | symlink | remove | wait
-    path    the file, directory or link (write, mkdir, chmod, symlink, remove)
+    kind    run | write | mkdir | chmod | symlink | rename | remove | wait
+    path    the file, directory or link (write, mkdir, chmod, symlink, rename, remove)
     argv    the command (run)
     detail  mode and owner, a link's target, what a command's stdin holds, or
             what a wait waits for (never a secret)
@@ -148,6 +148,8 @@ class Action:
             return "+ " + shlex.join(self.argv) + (f"  <<< {self.detail}" if self.detail else "")
         if self.kind == "symlink":
             return f"symlink {self.path} -> {self.detail}"
+        if self.kind == "rename":
+            return f"rename {self.path} -> {self.detail}"
         if self.kind == "wait":
             return f"wait {self.detail}"
         return f"{self.kind} {self.path}" + (f" ({self.detail})" if self.detail else "")
@@ -303,6 +305,20 @@ class Host:
         self.actions.append(Action("remove", path=str(path)))
         if not self.dry_run:
             safefs.remove(path)
+        return True
+
+    def rename(self, path: Path, new_name: str) -> None:
+        """Rename path to new_name in the same directory, with rename(2)."""
+        self.actions.append(Action("rename", new_name, str(path)))
+        if not self.dry_run:
+            safefs.rename(path, new_name)
+
+    def remove_tree(self, path: Path) -> bool:
+        """Delete a directory tree (links in it are removed, never followed);
+        True if it existed."""
+        if safefs.lstat(path) is None:
+            return False
+        self.run(["rm", "-rf", "--one-file-system", "--", path])
         return True
 
     @contextlib.contextmanager

@@ -222,19 +222,50 @@ def sandbox_argv(host: Host, entry: Site, workdir: Path, command: str, unit: str
     return argv + ["--", "/bin/sh", "-c", command]
 
 
-AUDIT_UNITS = ("siteops-audit.service", "siteops-audit.timer")
+TIMERS = {"audit": "daily audit timer", "backup": "daily backup timer"}
 
 
-def ensure_audit_timer(host: Host) -> None:
-    """The daily audit: a oneshot service and its timer, enabled."""
-    with host.step("daily audit timer"):
-        paths = {u: host.paths.unit(u) for u in AUDIT_UNITS}
+def timer_units(job: str) -> tuple[str, str]:
+    return f"siteops-{job}.service", f"siteops-{job}.timer"
+
+
+def ensure_timer(host: Host, job: str) -> None:
+    """A daily siteops job (audit, backup): a oneshot service and its timer, enabled."""
+    service, timer = timer_units(job)
+    with host.step(TIMERS[job]):
+        paths = {u: host.paths.unit(u) for u in (service, timer)}
         with host.validated(list(paths.values()),
                             ["systemd-analyze", "verify", *map(str, paths.values())],
-                            "audit timer") as outcome:
+                            TIMERS[job]) as outcome:
             for unit, path in paths.items():
                 host.write(path, render(f"systemd/{unit}", bin=host.paths.install_dir / "bin"))
         if outcome["changed"]:
             host.run(["systemctl", "daemon-reload"])
-        if not (is_enabled(host, AUDIT_UNITS[1]) and is_active(host, AUDIT_UNITS[1])):
-            host.run(["systemctl", "enable", "--now", AUDIT_UNITS[1]])
+        if not (is_enabled(host, timer) and is_active(host, timer)):
+            host.run(["systemctl", "enable", "--now", timer])
+
+
+def site_unit_files(host: Host, name: str) -> list[Path]:
+    """Every unit file, drop-in directory and enablement link of the site's
+    (NAME-*: site names have no '-'), and its slice."""
+    units = host.paths.unit("")
+    found = sorted(units.glob(f"{name}-*")) + sorted(units.glob(f"*.wants/{name}-*"))
+    return found + [host.paths.unit(slice_name(name))]
+
+
+def remove_site_units(host: Host, name: str) -> None:
+    """Stop everything in the site's slice (instances, Redis, a build), then
+    delete its unit files, drop-ins and enablement links."""
+    slice_ = slice_name(name)
+    with host.step(f"units of {name} stopped and removed"):
+        files = [p for p in site_unit_files(host, name) if p.exists() or p.is_symlink()]
+        if is_active(host, slice_) or files:
+            host.run(["systemctl", "stop", slice_])
+        for path in files:
+            if path.is_dir() and not path.is_symlink():
+                host.remove_tree(path)
+            else:
+                host.remove(path)
+        if files:
+            host.run(["systemctl", "daemon-reload"])
+            host.run(["systemctl", "reset-failed"], timeout=60)

@@ -64,11 +64,12 @@ def ensure_site_user(host: Host, name: str, home: Path) -> None:
 
 
 def ensure_deploy_user(host: Host) -> None:
-    """Create the deploy login user (bash shell, home in /home)."""
+    """Create the deploy login user (bash shell, home in /home, 0750: its
+    repositories and keys are not for the sites' users to read)."""
     with host.step(f"user {DEPLOY_USER}"):
         if lookup(host, DEPLOY_USER) is None:
-            host.run(["useradd", "--user-group", "--create-home", "--shell", "/bin/bash",
-                      "--comment", "siteops deploy", DEPLOY_USER])
+            host.run(["useradd", "--user-group", "--create-home", "--key", "HOME_MODE=0750",
+                      "--shell", "/bin/bash", "--comment", "siteops deploy", DEPLOY_USER])
 
 
 def sudoers_text(bin_dir: Path, full: bool) -> str:
@@ -92,3 +93,16 @@ def as_user(name: str, *argv) -> list:
     """argv to run as user name: inside a site's tree root never writes itself,
     so a symlink the site planted there gains it nothing."""
     return ["runuser", "-u", name, "--", *argv]
+
+
+def remove_site_user(host: Host, name: str) -> None:
+    """The site's user and its group (only a site's: never a login user)."""
+    with host.step(f"user {name} removed"):
+        account = lookup(host, name)
+        if account is not None:
+            if account.shell != NOLOGIN or account.comment != site_comment(name):
+                raise SiteopsError(f"user {name} is not a site's user (shell {account.shell}, "
+                                   f"comment {account.comment!r}); refusing to delete it")
+            host.run(["userdel", name])
+        if group_exists(host, name):
+            host.run(["groupdel", name])

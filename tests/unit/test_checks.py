@@ -37,7 +37,7 @@ def problems(found):
 def test_the_recorded_box_is_clean():
     found = findings()
     assert problems(found) == {} and checks.exit_code(found) == 0
-    assert len(found) == 60 and len({f.id for f in found}) == 60
+    assert len(found) == 63 and len({f.id for f in found}) == 63
 
 
 def listen(proto, addr, port, units, programs):
@@ -95,6 +95,17 @@ BREAKAGES = [
     (lambda f: f.update(hardening={"drift": [], "unloaded_rules": ["identity"]}),
      {"host.hardening": "warning"}),
     (lambda f: f.update(hardening={"drift": [], "unloaded_rules": []}), {}),
+    # Backups: an unreadable repository, a stopped timer, old or missing snapshots.
+    (lambda f: f.update(backup={"error": "wrong password or no key found", "latest": {}}),
+     {"host.backup": "critical"}),
+    (lambda f: f["units"]["siteops-backup.timer"].update(active="inactive"),
+     {"host.backup": "warning"}),
+    (lambda f: f["backup"]["latest"].update(alpha="2026-11-24T18:00:00Z"),
+     {"site.alpha.backup": "warning"}),
+    (lambda f: f["backup"]["latest"].update(beta="2026-11-23T20:00:00Z"),
+     {"site.beta.backup": "critical"}),
+    (lambda f: f.update(time="2026-11-28T20:49:35Z", backup={"error": None, "latest": {}}),
+     {"site.alpha.backup": "critical", "site.beta.backup": "critical"}),
     (lambda f: f.update(nftables=f["nftables"].replace("siteops site beta:", "x")),
      {"host.nftables": "critical"}),
     (lambda f: f["sites"]["alpha"]["current"].update(target_exists=False), {"site.alpha.current": "critical"}),
@@ -169,13 +180,13 @@ def test_json_document_and_text_report():
     assert set(doc) == {"version", "time", "host", "status", "exit_code", "counts", "sites",
                         "fixed", "findings"}
     assert (doc["status"], doc["exit_code"], doc["counts"]) == (
-        "critical", 2, {"ok": 58, "warning": 1, "critical": 1})
+        "critical", 2, {"ok": 61, "warning": 1, "critical": 1})
     first = next(f for f in doc["findings"] if f["id"] == "site.alpha.env")
     assert set(first) >= {"id", "severity", "subject", "message", "remedy"}
     lines = audit.text_report(found, [])
     assert lines[0].startswith("CRITICAL site.alpha.env: .env is 0644")
     assert lines[2].startswith("WARNING  host.disk: disk 85.0% used")
-    assert lines[-1] == "audit CRITICAL: 60 checks, 58 ok, 1 warning(s), 1 critical"
+    assert lines[-1] == "audit CRITICAL: 63 checks, 61 ok, 1 warning(s), 1 critical"
 
 
 RENEWAL = ("version = 2.1.0\narchive_dir = /etc/letsencrypt/archive/shop\n"

@@ -47,8 +47,9 @@ def renders():
     yield "logrotate-siteops-shop", logrotate.config(HOST, SITE)
     yield "sudoers-limited", users.sudoers_text(Path("/opt/siteops/bin"), full=False)
     yield "sudoers-full", users.sudoers_text(Path("/opt/siteops/bin"), full=True)
-    for unit in systemd.AUDIT_UNITS:
-        yield f"systemd-{unit}", render(f"systemd/{unit}", bin="/opt/siteops/bin")
+    for job in systemd.TIMERS:
+        for unit in systemd.timer_units(job):
+            yield f"systemd-{unit}", render(f"systemd/{unit}", bin="/opt/siteops/bin")
     yield f"systemd-{nftables.UNIT}", render(f"systemd/{nftables.UNIT}",
                                              conf="/etc/siteops/nftables.conf")
     yield "nftables-siteops.nft", nftables.render_conf(

@@ -27,6 +27,9 @@ NEW_SERVER = [
     (["systemctl", "is-enabled", "--quiet", "redis-server"], 0, ""),
     (["systemctl", "is-active", "--quiet", "ssh.service"], 0, ""),
     (["systemctl"], 3, ""),
+    (["restic"], 1, "", "Fatal: unable to open config file: stat /var/backups/siteops/config: "
+                        "no such file or directory\nIs there a repository at the following "
+                        "location?\n/var/backups/siteops"),
 ]
 
 
@@ -63,11 +66,15 @@ def test_bootstrap_plan_on_a_new_server(root):
         f"nft -f {root}/etc/siteops/nftables.conf",
         "systemctl enable fail2ban",
         "systemctl restart fail2ban",
-        "useradd --user-group --create-home --shell /bin/bash --comment 'siteops deploy' deploy",
+        "useradd --user-group --create-home --key HOME_MODE=0750 --shell /bin/bash "
+        "--comment 'siteops deploy' deploy",
         "systemctl reload ssh.service",
         "systemctl daemon-reload",  # auditd's drop-in (the fake host is a container)
         "systemctl daemon-reload",
         "systemctl enable --now siteops-audit.timer",
+        "restic --quiet init",
+        "systemctl daemon-reload",
+        "systemctl enable --now siteops-backup.timer",
     ]
     notes = [a.detail for a in host.actions if a.kind == "run" and a.detail]
     assert notes == ['REVOKE CONNECT, TEMPORARY ON DATABASE "postgres" FROM PUBLIC;',
@@ -75,8 +82,10 @@ def test_bootstrap_plan_on_a_new_server(root):
     # Nothing was written, and no command that changes anything was executed.
     assert not (root / "etc/nginx").exists() and not (root / "home").exists()
     assert all(c[0] in ("getent", "dpkg-query", "sh", "nginx", "pg_lsclusters", "runuser",
-                        "ufw", "systemctl", "nft", "systemd-detect-virt") for c in runner.calls)
-    assert all(c[:2] in (["ufw", "status"], ["systemctl", "is-enabled"], ["systemctl", "is-active"])
+                        "ufw", "systemctl", "nft", "systemd-detect-virt", "restic")
+               for c in runner.calls)
+    assert all(c[:2] in (["ufw", "status"], ["systemctl", "is-enabled"], ["systemctl", "is-active"],
+                         ["systemctl", "is-failed"])
                or c[0] not in ("ufw", "systemctl") for c in runner.calls)
     written = host.written
     assert KEY in written[str(root / "home/deploy/.ssh/authorized_keys")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import (cli, distro, fail2ban, firewall, git, hardening, nftables, nginx, packages,
+from .. import (backup, cli, distro, fail2ban, firewall, git, hardening, nftables, nginx, packages,
                 postgres, redis, registry, ssh, sysctl, systemd, tls, upgrades, users, validate)
 from ..paths import REPO
 from ..system import Host
@@ -149,7 +149,9 @@ def run(host: Host, args: argparse.Namespace) -> None:
     hardening.ensure(host)
     upgrades.ensure(host)
     tls.ensure_renewal_hook(host)
-    systemd.ensure_audit_timer(host)
+    systemd.ensure_timer(host, "audit")
+    backup.ensure_repository(host)
+    systemd.ensure_timer(host, "backup")
     if firewall_extra:
         host.say(f"note: UFW also allows {', '.join(firewall_extra)}; siteops left "
                  "those rules alone (`audit` reports them)")

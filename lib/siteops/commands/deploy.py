@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"good releases to keep (default {model.DEFAULT_KEEP}; remembered)")
     p.add_argument("--min-free-mb", type=int, default=MIN_FREE_MB, metavar="MB",
                    help=f"refuse to deploy with less free disk than this (default {MIN_FREE_MB})")
+    p.add_argument("--no-fetch", action="store_true",
+                   help="build REF from the site's mirror as it is, without fetching (a "
+                        "restored site whose repository is not reachable from here)")
     return p
 
 
@@ -167,8 +170,9 @@ def run(host: Host, args: argparse.Namespace) -> None:
                                     lambda e: e.releases.update({rid: copy.deepcopy(record)}))
         host.say(f"deploy {name}: release {rid}")
         try:
-            with host.step(f"fetch {repo}"):
-                git.fetch(host, name, repo)
+            if not args.no_fetch:
+                with host.step(f"fetch {repo}"):
+                    git.fetch(host, name, repo)
             commit = git.resolve(host, name, args.ref)
             record.commit, record.subject = commit, git.subject(host, name, commit)
             host.say(f"{'':13}{args.ref} is {commit[:12]} {record.subject}")

@@ -1,0 +1,277 @@
+"""Backups with restic: encrypted, deduplicated, incremental, pruned.
+
+The repository is /var/backups/siteops unless /etc/siteops/backup.env names
+another (RESTIC_REPOSITORY=sftp:..., s3:..., rest:...; that file, root-only,
+also holds the backend's credentials and the retention). The password is
+generated once into /etc/siteops/restic-password (root-only); restic reads it
+from the file, so it is never in an argument or the environment of another
+process.
+
+A site's snapshot (tag site:NAME) holds a consistent `pg_dump` of its
+database, a fresh Redis RDB, its registry entry (site.json), shared/uploads,
+shared/.env, its generated config (nginx, units, Redis, logrotate), its
+certificate, its repository mirror and deploy key: enough to bring the site
+back on a new host. The host's snapshot (tag host) holds /etc/siteops and the
+registry. The dump, the RDB and site.json are staged in
+/var/lib/siteops/backup/NAME (root-only) and read from there."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+from pathlib import Path
+
+from . import envfile, model, postgres, redis, safefs, systemd, tls
+from .errors import SiteopsError
+from .model import Site
+from .system import Host
+
+DEFAULT_REPOSITORY = "/var/backups/siteops"
+RETENTION = {"KEEP_DAILY": "7", "KEEP_WEEKLY": "4", "KEEP_MONTHLY": "6"}
+HOST_TAG = "host"
+SAFETY_TAG = "before-restore"
+
+
+def site_tag(name: str) -> str:
+    return f"site:{name}"
+
+
+def conf_path(host: Host) -> Path:
+    return host.paths.etc / "backup.env"
+
+
+def password_path(host: Host) -> Path:
+    return host.paths.etc / "restic-password"
+
+
+def staging(host: Host, name: str) -> Path:
+    return host.paths.state / "backup" / name
+
+
+def settings(host: Host) -> dict[str, str]:
+    """backup.env's values over the defaults (repository, retention)."""
+    values = {"RESTIC_REPOSITORY": str(host.paths.p(DEFAULT_REPOSITORY)), **RETENTION}
+    values.update(envfile.parse(host.read(conf_path(host)) or ""))
+    for key in RETENTION:
+        if not values[key].isdigit():
+            raise SiteopsError(f"{conf_path(host)}: {key} must be a whole number, "
+                               f"not {values[key]!r}")
+    return values
+
+
+def restic_env(host: Host) -> dict[str, str]:
+    """restic's environment: repository, password file, cache, credentials."""
+    env = {k: v for k, v in settings(host).items() if k not in RETENTION}
+    env["RESTIC_PASSWORD_FILE"] = str(password_path(host))
+    env["RESTIC_CACHE_DIR"] = str(host.paths.p("/var/cache/siteops/restic"))
+    return env
+
+
+def restic(host: Host, *args: str, change: bool = True, timeout: float = 3600,
+           ok=(0,)):
+    """Run restic against the repository (a change is recorded, and skipped in a
+    dry run; a read runs in a dry run too)."""
+    argv = ["restic", "--quiet", *args]
+    env = restic_env(host)
+    secrets = [v for k, v in env.items() if k not in ("RESTIC_REPOSITORY", "RESTIC_CACHE_DIR",
+                                                      "RESTIC_PASSWORD_FILE")]
+    if change:
+        return host.run(argv, env=env, timeout=timeout, secrets=secrets)
+    return host.query(argv, env=env, timeout=timeout, secrets=secrets, ok=ok)
+
+
+def readable(host: Host) -> str | None:
+    """None if the repository opens with the password, else restic's reason."""
+    res = restic(host, "cat", "config", change=False, ok=range(256), timeout=120)
+    if res.code == 0:
+        return None
+    return " ".join((res.err or res.out).split()) or f"restic exited {res.code}"
+
+
+def ensure_repository(host: Host) -> None:
+    """The password (generated once) and the repository (initialised once)."""
+    repo = settings(host)["RESTIC_REPOSITORY"]
+    with host.step(f"backup repository {repo}"):
+        if host.read(password_path(host)) is None:
+            host.write(password_path(host), envfile.secret() + "\n", 0o600)
+        if repo.startswith("/"):
+            host.ensure_dir(Path(repo).parent, 0o755)
+        problem = readable(host)
+        if problem is None:
+            return
+        if "Is there a repository" not in problem and not host.dry_run:
+            raise SiteopsError(f"backup repository {repo} cannot be opened: {problem}")
+        restic(host, "init")
+
+
+def snapshots(host: Host, tag: str | None = None) -> list[dict]:
+    """The repository's snapshots (with a tag: only those), oldest first."""
+    args = ["snapshots", "--json", "--no-lock"] + (["--tag", tag] if tag else [])
+    out = restic(host, *args, change=False, timeout=300).out
+    return sorted(json.loads(out or "[]"), key=lambda s: s["time"])
+
+
+def utc(restic_time: str) -> str:
+    """restic's snapshot time (2026-11-26T12:20:01.123456789+01:00) as
+    2026-11-26T11:20:01Z."""
+    stamp = re.sub(r"\.\d+", "", restic_time).replace("Z", "+00:00")
+    return datetime.datetime.fromisoformat(stamp).astimezone(
+        datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def latest_by_site(host: Host) -> dict[str, str]:
+    """{site name: UTC time of its newest snapshot}."""
+    out = {}
+    for snap in snapshots(host):
+        for tag in snap.get("tags") or []:
+            if tag.startswith("site:"):
+                out[tag[5:]] = max(out.get(tag[5:], ""), utc(snap["time"]))
+    return out
+
+
+def facts(host: Host) -> dict:
+    """{error: why the repository cannot be read | null, latest: {site: time}}."""
+    if host.read(password_path(host)) is None:
+        return {"error": f"no repository password ({password_path(host)}): run bootstrap",
+                "latest": {}}
+    problem = readable(host)
+    if problem:
+        return {"error": problem, "latest": {}}
+    return {"error": None, "latest": latest_by_site(host)}
+
+
+# -- what a site's snapshot holds ---------------------------------------------
+
+def site_files(host: Host, site: Site) -> list[Path]:
+    """The site's paths in its snapshot (those that exist)."""
+    name, p, paths = site.name, host.paths.of(site.name), host.paths
+    candidates = [staging(host, name), p.uploads, p.env, p.redis,
+                  paths.nginx_site(name), paths.redis_conf(name), paths.logrotate(name),
+                  paths.mirror(name), paths.deploy_key(name),
+                  paths.deploy_key(name).with_suffix(".pub"),
+                  *(paths.unit(u) for u in systemd.render_units(host, site)),
+                  *(host.paths.p(f"/etc/letsencrypt/{d}/{name}") for d in ("live", "archive")),
+                  tls.renewal_conf(host, site)]
+    return [c for c in candidates if c.exists() or c.is_symlink()]
+
+
+def dump_site(host: Host, site: Site) -> None:
+    """Stage the database dump, a fresh Redis RDB and the registry entry."""
+    name, stage = site.name, staging(host, site.name)
+    host.ensure_dir(stage.parent, 0o700)
+    host.ensure_dir(stage, 0o700)
+    host.write(stage / "site.json", json.dumps(model.site_to_json(site), indent=2,
+                                               sort_keys=True) + "\n", 0o600)
+    # root's shell opens the file; pg_dump (as postgres) only writes to it.
+    host.run(["bash", "-c", 'umask 077 && runuser -u postgres -- pg_dump --format=custom '
+              '--dbname="$1" > "$2"', "pg_dump", site.database, stage / "database.dump"],
+             note=f"pg_dump of {site.database}")
+    env = envfile.parse(host.read(host.paths.of(name).env) or "")
+    if systemd.is_active(host, systemd.redis_unit(name)) and "REDIS_URL" in env:
+        redis.save(host, site, env["REDIS_URL"])
+
+
+def backup_site(host: Host, site: Site, tags: tuple[str, ...] = ()) -> str:
+    """One snapshot of the site; return its id."""
+    with host.step(f"backup of {site.name}"):
+        dump_site(host, site)
+        args = ["backup", "--json", "--tag", site_tag(site.name)]
+        for tag in tags:
+            args += ["--tag", tag]
+        out = restic(host, *args, *map(str, site_files(host, site))).out
+    return snapshot_id(out)
+
+
+def backup_host(host: Host) -> str:
+    """One snapshot of /etc/siteops and the registry (the password file left out)."""
+    with host.step("backup of the host's siteops state"):
+        out = restic(host, "backup", "--json", "--tag", HOST_TAG,
+                     "--exclude", str(password_path(host)), str(host.paths.etc),
+                     str(host.paths.registry)).out
+    return snapshot_id(out)
+
+
+def snapshot_id(restic_json: str) -> str:
+    for line in reversed(restic_json.splitlines()):
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if doc.get("message_type") == "summary":
+            return doc.get("snapshot_id", "")[:8]
+    return ""
+
+
+def forget(host: Host, tag: str) -> None:
+    """Apply the retention to one site's (or the host's) snapshots, and prune."""
+    keep = settings(host)
+    with host.step(f"retention of {tag}"):
+        restic(host, "forget", "--tag", tag, "--group-by", "tags", "--prune",
+               "--keep-daily", keep["KEEP_DAILY"], "--keep-weekly", keep["KEEP_WEEKLY"],
+               "--keep-monthly", keep["KEEP_MONTHLY"])
+
+
+# -- restore --------------------------------------------------------------------
+
+def find_snapshot(host: Host, name: str, wanted: str | None) -> dict:
+    """The site's snapshot whose id starts with wanted, or its newest."""
+    snaps = snapshots(host, site_tag(name))
+    if wanted:
+        snaps = [s for s in snaps if s["id"].startswith(wanted)]
+        if not snaps:
+            raise SiteopsError(f"no snapshot {wanted!r} of site {name} in the repository "
+                               f"(see: backup --list {name})")
+    if not snaps:
+        raise SiteopsError(f"the repository has no snapshot of site {name}")
+    return snaps[-1]
+
+
+def extract(host: Host, snapshot: str, target: Path) -> Path:
+    """The whole snapshot restored under target (emptied first, root-only)."""
+    host.remove_tree(target)
+    host.ensure_dir(target.parent, 0o700)
+    host.ensure_dir(target, 0o700)
+    restic(host, "restore", snapshot, "--target", str(target))
+    return target
+
+
+def inside(target: Path, path: Path) -> Path:
+    """Where path of the snapshot lies in its extraction under target."""
+    return target / str(path).lstrip("/")
+
+
+def restore_database(host: Host, site: Site, dump: Path) -> None:
+    """Replace the site's database with the dump's: restored into a new database
+    owned by the site's role, which then takes the old one's name (a failed
+    restore leaves the live database untouched)."""
+    db, role, temp = site.database, site.user, f"{site.database}__restore"
+    postgres.psql(host, f'DROP DATABASE IF EXISTS "{temp}" WITH (FORCE);', change=True)
+    postgres.psql(host, f'CREATE DATABASE "{temp}" OWNER "{role}" TEMPLATE template0 '
+                        "ENCODING 'UTF8';", change=True)
+    postgres.psql(host, f'REVOKE ALL ON DATABASE "{temp}" FROM PUBLIC;', change=True)
+    host.run(["bash", "-c", 'runuser -u postgres -- pg_restore --exit-on-error --no-owner '
+              '--role="$1" --dbname="$2" < "$3"', "pg_restore", role, temp, dump],
+             note=f"the dump of {db}")
+    postgres.psql(host, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE);', change=True)
+    postgres.psql(host, f'ALTER DATABASE "{temp}" RENAME TO "{db}";', change=True)
+
+
+def replace_dir_as_user(host: Host, source: Path, dest: Path, user: str, mode: int) -> None:
+    """Make dest (in a root-owned directory) hold a copy of source's tree,
+    written by user itself (root never writes in a tree a site controls), then
+    swapped in with rename(2); the old tree is deleted."""
+    new = dest.with_name(dest.name + ".restoring")
+    old = dest.with_name(dest.name + ".replaced")
+    host.remove_tree(new)
+    host.remove_tree(old)
+    host.ensure_dir(new, mode, user, user)
+    if source.is_dir():
+        host.run(["bash", "-o", "pipefail", "-c", 'tar -C "$1" -cf - . | runuser -u "$2" -- '
+                  'tar -C "$3" -xpf - --no-same-owner', "copy", source, user, new],
+                 note=f"{source} copied as {user}")
+    if safefs.lstat(dest) is not None:
+        host.rename(dest, old.name)
+    host.rename(new, dest.name)
+    host.remove_tree(old)
+
