@@ -144,16 +144,19 @@ def facts(host: Host) -> dict:
 # -- what a site's snapshot holds ---------------------------------------------
 
 def site_files(host: Host, site: Site) -> list[Path]:
-    """The site's paths in its snapshot (those that exist)."""
+    """The site's paths in its snapshot: the staged dumps (dump_site makes
+    them first), and those of its files that exist."""
     name, p, paths = site.name, host.paths.of(site.name), host.paths
-    candidates = [staging(host, name), p.uploads, p.env, p.redis,
+    candidates = [p.uploads, p.env, p.redis,
                   paths.nginx_site(name), paths.redis_conf(name), paths.logrotate(name),
                   paths.mirror(name), paths.deploy_key(name),
                   paths.deploy_key(name).with_suffix(".pub"),
-                  *(paths.unit(u) for u in systemd.render_units(host, site)),
+                  *(paths.unit(u) for u in (systemd.slice_name(name), systemd.redis_unit(name),
+                                            *(systemd.app_unit(name, c)
+                                              for c in site.components))),
                   *(host.paths.p(f"/etc/letsencrypt/{d}/{name}") for d in ("live", "archive")),
                   tls.renewal_conf(host, site)]
-    return [c for c in candidates if c.exists() or c.is_symlink()]
+    return [staging(host, name)] + [c for c in candidates if c.exists() or c.is_symlink()]
 
 
 def dump_site(host: Host, site: Site) -> None:
@@ -204,12 +207,19 @@ def snapshot_id(restic_json: str) -> str:
 
 
 def forget(host: Host, tag: str) -> None:
-    """Apply the retention to one site's (or the host's) snapshots, and prune."""
+    """Apply the retention to one site's (or the host's) snapshots (prune() then
+    frees the space, once for the whole repository)."""
     keep = settings(host)
     with host.step(f"retention of {tag}"):
-        restic(host, "forget", "--tag", tag, "--group-by", "tags", "--prune",
+        restic(host, "forget", "--tag", tag, "--group-by", "tags",
                "--keep-daily", keep["KEEP_DAILY"], "--keep-weekly", keep["KEEP_WEEKLY"],
                "--keep-monthly", keep["KEEP_MONTHLY"])
+
+
+def prune(host: Host) -> None:
+    """Free the space of forgotten snapshots."""
+    with host.step("repository pruned"):
+        restic(host, "prune")
 
 
 # -- restore --------------------------------------------------------------------

@@ -4,6 +4,7 @@ at /opt/siteops-src. Test code drives it only through `Box.sh`."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -70,8 +71,9 @@ class Machine:
 class Box(Machine):
     kind = "box"
 
-    def __init__(self, image: Path):
+    def __init__(self, image: Path, binds: dict[str, str] | None = None):
         self.image = image
+        self.binds = binds or {}  # host directory: path in the box (read-write)
         self.work = Path(tempfile.mkdtemp(prefix="siteops-box-"))
         self.merged = self.work / "root"
         self.proc: subprocess.Popen | None = None
@@ -87,7 +89,8 @@ class Box(Machine):
         log = open(self.work / "console.log", "wb")
         self.proc = subprocess.Popen(
             ["systemd-nspawn", "--register=no", "--keep-unit", "--private-network",
-             "-D", str(self.merged), f"--bind-ro={REPO}:{SRC}", "--boot",
+             "-D", str(self.merged), f"--bind-ro={REPO}:{SRC}",
+             *(f"--bind={src}:{dest}" for src, dest in self.binds.items()), "--boot",
              "--console=passive"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
@@ -178,3 +181,19 @@ def commit(box: "Box", repo: str, files: dict[str, str | None], message: str) ->
     box.sh(f"git -C {repo} add -A && git -C {repo} -c user.name=t -c user.email=t@t "
            f"commit -q --allow-empty -m '{message}'")
     return box.sh(f"git -C {repo} rev-parse HEAD").stdout.strip()
+
+
+class Load:
+    """bench/load.py running in the box in the background."""
+
+    def __init__(self, box, host_header: str, rate: int = 40):
+        self.box = box
+        box.sh("rm -f /tmp/load.stop /tmp/load.json")
+        box.sh(f"setsid python3 {SRC}/bench/load.py --host {host_header} --rate {rate} "
+               "--workers 4 --duration 120 --out /tmp/load.json >/tmp/load.log 2>&1 &")
+        time.sleep(1)
+
+    def stop(self) -> list:
+        self.box.sh("touch /tmp/load.stop; for i in $(seq 100); do test -s /tmp/load.json && break; "
+                    "sleep 0.1; done")
+        return json.loads(self.box.sh("cat /tmp/load.json").stdout)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from machine import SRC, commit
+from machine import SRC, Load, commit
 
 NODE_REPO, PY_REPO = "/srv/repos/nodeapp", "/srv/repos/pyapp"
 
@@ -105,22 +105,6 @@ def live_release(box, site="nodeapp") -> str:
 
 def releases_on_disk(box, site="nodeapp") -> list[str]:
     return box.sh(f"ls /srv/sites/{site}/releases").stdout.split()
-
-
-class Load:
-    """bench/load.py running in the box in the background."""
-
-    def __init__(self, box, host_header: str, rate: int = 40):
-        self.box = box
-        box.sh("rm -f /tmp/load.stop /tmp/load.json")
-        box.sh(f"setsid python3 {SRC}/bench/load.py --host {host_header} --rate {rate} "
-               "--workers 4 --duration 120 --out /tmp/load.json >/tmp/load.log 2>&1 &")
-        time.sleep(1)
-
-    def stop(self) -> list:
-        self.box.sh("touch /tmp/load.stop; for i in $(seq 100); do test -s /tmp/load.json && break; "
-                    "sleep 0.1; done")
-        return json.loads(self.box.sh("cat /tmp/load.json").stdout)
 
 
 def test_first_deploy_serves_the_built_node_app(host):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from .. import backup, cli, envfile, registry, validate
 from ..errors import SiteopsError, UsageError
@@ -23,7 +24,8 @@ What a site's snapshot holds:
   config     its registry entry, nginx site, units, Redis config, logrotate,
              its certificate, its repository mirror and deploy key
 Each snapshot is tagged site:NAME; after it, the retention is applied to the
-site's snapshots and the repository pruned. `restore NAME` brings one back.
+site's snapshots (and, after a run over every site, the space of forgotten
+snapshots freed: restic prune). `restore NAME` brings one back.
 
 Where: /var/backups/siteops (root-only) unless --repository names another,
 e.g. sftp:backup@host:/srv/restic, s3:s3.amazonaws.com/bucket/siteops,
@@ -133,6 +135,8 @@ def list_snapshots(host: Host, names: list[str], as_json: bool) -> None:
 
 
 def run(host: Host, args: argparse.Namespace) -> int:
+    if args.json:
+        host.out = sys.stderr  # progress must not mix with the document
     configuring = args.repository or args.credentials or any(
         getattr(args, f) is not None for f in RETENTION_FLAGS)
     if args.list and configuring:
@@ -160,6 +164,7 @@ def run(host: Host, args: argparse.Namespace) -> int:
     if not args.names:
         backup.backup_host(host)
         backup.forget(host, backup.HOST_TAG)
+        backup.prune(host)
     if failed:
         raise SiteopsError(f"backup of {', '.join(failed)} failed (the others succeeded)")
     return 0

@@ -47,6 +47,9 @@ What it does:
              reloads nginx
   audit      siteops-audit.timer runs `audit` daily (results appended to
              /var/log/siteops/audit.jsonl)
+  backups    the restic repository /var/backups/siteops (password generated
+             once in /etc/siteops/restic-password: keep a copy elsewhere) and
+             siteops-backup.timer, which runs `backup` daily
 """
 
 EPILOG = "example:\n  sudo ./bin/bootstrap --deploy-key ~/.ssh/id_ed25519.pub"
