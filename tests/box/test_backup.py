@@ -102,7 +102,7 @@ def snapshots(box, site: str) -> list:
 
 
 @pytest.fixture(scope="module")
-def share():
+def share(image):  # one per suite: each box makes its own repository
     path = Path(tempfile.mkdtemp(prefix="siteops-share-"))
     path.chmod(0o755)
     return path
@@ -257,3 +257,20 @@ def test_remove_site_leaves_nothing_but_its_backups_and_spares_the_others(host):
     host.siteops("add-site press --domain press.test --components frontend")
     assert json.loads(host.sh("cat /var/lib/siteops/registry.json").stdout)["sites"]["press"][
         "slot"] == 1
+
+
+def test_remove_site_keep_data_keeps_the_database_tree_and_owner_until_asked(host):
+    if "press" not in host.sh("cat /var/lib/siteops/registry.json").stdout:
+        host.siteops("add-site press --domain press.test --components frontend")
+    host.siteops("remove-site press --keep-data --no-backup --yes")
+    assert host.sh("runuser -u postgres -- psql -At -c \"SELECT rolcanlogin FROM pg_roles "
+                   "WHERE rolname = 'press'\"").stdout.strip() == "f"
+    assert host.sh("runuser -u postgres -- psql -At -c \"SELECT 1 FROM pg_database "
+                   "WHERE datname = 'press'\"").stdout.strip() == "1"
+    assert host.sh("stat -c %U /srv/sites/press/shared/.env").stdout.strip() == "press"
+    assert "press" not in host.sh("cat /var/lib/siteops/registry.json").stdout
+    assert host.sh("systemctl list-units --all --plain --no-legend 'press-*'").stdout == ""
+    host.siteops("remove-site press --yes")  # the rest, later
+    assert host.sh("getent passwd press; ls -d /srv/sites/press; runuser -u postgres -- psql "
+                   "-At -c \"SELECT 1 FROM pg_roles WHERE rolname = 'press'\"",
+                   check=False).stdout.strip() == ""
