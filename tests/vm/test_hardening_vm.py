@@ -32,8 +32,8 @@ def loaded_audit_keys(host) -> set:
 
 def logged(host, key: str, needle: str) -> bool:
     """needle appears in auditd's log under key within 20 s (auditd writes
-    asynchronously)."""
-    return host.sh(f"for i in $(seq 40); do ausearch -i -k {key} 2>/dev/null | grep -q -- {needle} "
+    asynchronously; --input-logs: without a terminal ausearch reads stdin)."""
+    return host.sh(f"for i in $(seq 40); do ausearch --input-logs -i -k {key} 2>/dev/null | grep -q -- {needle} "
                    "&& exit 0; sleep 0.5; done; exit 1", check=False).returncode == 0
 
 
