@@ -85,8 +85,9 @@ def crash_leaves(host) -> str:
     """What a process of site shop that aborts, with no core size limit, leaves
     in its working directory."""
     host.sh("rm -rf /tmp/crash && mkdir /tmp/crash && chmod 1777 /tmp/crash")
-    res = host.sh("cd /tmp/crash && prlimit --core=unlimited:unlimited runuser -u shop -- "
-                  "python3 -c 'import os; os.abort()'", check=False)
+    # setpriv, not runuser: runuser's PAM session would apply limits.d's core 0.
+    res = host.sh("cd /tmp/crash && prlimit --core=unlimited:unlimited setpriv --reuid=shop "
+                  "--regid=shop --clear-groups python3 -c 'import os; os.abort()'", check=False)
     assert res.returncode == 134, res  # SIGABRT
     return host.sh("ls -A /tmp/crash").stdout.strip()
 
