@@ -11,8 +11,8 @@ explained in the file:
   /etc/systemd/system/auditd.service.d/siteops.conf   auditd not in a container
   /etc/issue, /etc/issue.net               a legal notice instead of the OS version
 
-and sets single lines in two files of the distribution (SETTINGS): login.defs'
-UMASK, sysstat's collection switch. audit reports a file or line that
+and sets single lines in files of the distribution (SETTINGS): login.defs'
+UMASK, sysstat's collection switch, the sysctl file UFW applies at start. audit reports a file or line that
 differs, and audit rules the kernel has not loaded.
 
 Points deliberately not taken (README, "Hardening"): password aging and
@@ -49,6 +49,11 @@ SETTINGS = {
     "/etc/default/sysstat": {
         "ENABLED": ("siteops: sysstat keeps 10-minute history of CPU, memory, disk and "
                     "network (`sar`): what happened at 3 am", 'ENABLED="true"'),
+    },
+    "/etc/default/ufw": {
+        "IPT_SYSCTL": ("siteops: UFW applies the kernel baseline when it starts, not its "
+                       "own file (which turns log_martians off again after every boot)",
+                       f"IPT_SYSCTL={sysctl.CONF}"),
     },
 }
 

@@ -16,7 +16,8 @@ MANAGED_FILES = ("/etc/nginx /etc/systemd/system /etc/siteops /etc/logrotate.d /
                  "/etc/sudoers.d /etc/fail2ban/jail.d /etc/postgresql /etc/redis "
                  "/etc/letsencrypt /etc/apt/apt.conf.d /var/lib/siteops /srv/sites /opt/siteops "
                  "/etc/sysctl.d /etc/modprobe.d /etc/security/limits.d /etc/audit/rules.d "
-                 "/etc/issue /etc/issue.net /etc/login.defs /etc/default/sysstat")
+                 "/etc/issue /etc/issue.net /etc/login.defs /etc/default/sysstat "
+                 "/etc/default/ufw")
 
 
 def snapshot(box) -> str:
@@ -209,6 +210,8 @@ def test_hardening_baseline_is_in_place_and_audited(host):
                                        .stdout.split())
     assert re.search(r"^UMASK\s+027$", host.sh("cat /etc/login.defs").stdout, re.M)
     assert 'ENABLED="true"' in host.sh("cat /etc/default/sysstat").stdout
+    # UFW re-applies sysctls when it starts: ours, not its own (log_martians=0).
+    assert "\nIPT_SYSCTL=/etc/sysctl.d/90-siteops.conf\n" in host.sh("cat /etc/default/ufw").stdout
     assert host.sh("cat /etc/issue").stdout.startswith("Authorized access only.")
     rules = host.sh("cat /etc/audit/rules.d/siteops.rules").stdout
     assert "-w /home/deploy/.ssh/ -p wa -k ssh-keys" in rules
