@@ -19,9 +19,10 @@ Remove site NAME from this host. First a final backup (tagged removed; skip
 it with --no-backup), then, in this order: its nginx site (nginx -t, reload:
 its domains get the default server's refusal, other sites keep serving), its
 units and slice (every process stopped), its certificate and renewal, its
-logrotate file, its Redis config, its database and role, its user and group,
-its tree /srv/sites/NAME, its repository mirror, deploy key and lock, and its
-registry entry: the slot and ports become free. Its backups are kept.
+logrotate file, its Redis config, its database and role, its tree
+/srv/sites/NAME, its user and group, its repository mirror, deploy key and
+lock, and its registry entry: the slot and ports become free. Its backups are
+kept.
 
 --keep-data keeps the database (its role can no longer log in), the tree,
 and the user and group that own them (so their files never pass to a later
