@@ -89,6 +89,14 @@ def readable(host: Host) -> str | None:
     return " ".join((res.err or res.out).split()) or f"restic exited {res.code}"
 
 
+def problem(host: Host) -> str | None:
+    """Why the existing repository cannot be read (no password file, or what
+    restic says), or None."""
+    if host.read(password_path(host)) is None:
+        return f"no repository password in {password_path(host)}"
+    return readable(host)
+
+
 def ensure_repository(host: Host) -> None:
     """The password (generated once) and the repository (initialised once)."""
     repo = settings(host)["RESTIC_REPOSITORY"]
@@ -97,11 +105,11 @@ def ensure_repository(host: Host) -> None:
             host.write(password_path(host), envfile.secret() + "\n", 0o600)
         if repo.startswith("/"):
             host.ensure_dir(Path(repo).parent, 0o755)
-        problem = readable(host)
-        if problem is None:
+        reason = readable(host)
+        if reason is None:
             return
-        if "Is there a repository" not in problem and not host.dry_run:
-            raise SiteopsError(f"backup repository {repo} cannot be opened: {problem}")
+        if "Is there a repository" not in reason and not host.dry_run:
+            raise SiteopsError(f"backup repository {repo} cannot be opened: {reason}")
         restic(host, "init")
 
 
@@ -132,13 +140,8 @@ def latest_by_site(host: Host) -> dict[str, str]:
 
 def facts(host: Host) -> dict:
     """{error: why the repository cannot be read | null, latest: {site: time}}."""
-    if host.read(password_path(host)) is None:
-        return {"error": f"no repository password ({password_path(host)}): run bootstrap",
-                "latest": {}}
-    problem = readable(host)
-    if problem:
-        return {"error": problem, "latest": {}}
-    return {"error": None, "latest": latest_by_site(host)}
+    error = problem(host)
+    return {"error": error, "latest": {} if error else latest_by_site(host)}
 
 
 # -- what a site's snapshot holds ---------------------------------------------

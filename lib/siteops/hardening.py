@@ -92,9 +92,9 @@ def with_settings(text: str, settings: dict[str, tuple[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def drift(host: Host) -> list[str]:
-    """The managed paths whose content differs from the baseline."""
-    out = [path for path, text in files(host).items() if host.read(host.paths.p(path)) != text]
+def drift(host: Host, wanted: dict[str, str]) -> list[str]:
+    """The managed paths whose content differs from the baseline (wanted: files())."""
+    out = [path for path, text in wanted.items() if host.read(host.paths.p(path)) != text]
     for path, settings in SETTINGS.items():
         have = host.read(host.paths.p(path))
         if have is not None and with_settings(have, settings) != have:
@@ -109,24 +109,27 @@ def loaded_rules(host: Host) -> str | None:
     return host.query(["auditctl", "-l"], ok=range(256)).out
 
 
-def missing_rules(host: Host) -> list[str] | None:
-    """Keys of siteops' audit rules the kernel has not loaded (None: not checked)."""
+def missing_rules(host: Host, wanted: dict[str, str]) -> list[str] | None:
+    """Keys of siteops' audit rules (wanted: files()) the kernel has not loaded
+    (None: not checked)."""
     loaded = loaded_rules(host)
     if loaded is None:
         return None
-    wanted = re.findall(r"-k (\S+)$", files(host)[AUDIT_RULES], re.M)
-    return sorted({k for k in wanted if f"key={k}" not in loaded and f"-k {k}" not in loaded})
+    keys = re.findall(r"-k (\S+)$", wanted[AUDIT_RULES], re.M)
+    return sorted({k for k in keys if f"key={k}" not in loaded and f"-k {k}" not in loaded})
 
 
 def facts(host: Host) -> dict:
     """{drift: [path], unloaded_rules: [key] | null} for audit."""
-    return {"drift": drift(host), "unloaded_rules": missing_rules(host)}
+    wanted = files(host)
+    return {"drift": drift(host, wanted), "unloaded_rules": missing_rules(host, wanted)}
 
 
 def ensure(host: Host) -> None:
     """Write the baseline; load the audit rules and start sysstat where they changed."""
     with host.step("hardening baseline (modules, core dumps, auditd, banners, login.defs)"):
-        changed = {path for path, text in files(host).items()
+        wanted = files(host)
+        changed = {path for path, text in wanted.items()
                    if host.write(host.paths.p(path), text)}
         for path, settings in SETTINGS.items():
             have = host.read(host.paths.p(path))
@@ -140,7 +143,7 @@ def ensure(host: Host) -> None:
                 host.run(["systemctl", "reset-failed", "auditd.service"])  # failed at boot
         if not container:
             systemd.ensure_started(host, "auditd.service")
-            if AUDIT_RULES in changed or missing_rules(host):
+            if AUDIT_RULES in changed or missing_rules(host, wanted):
                 host.run(["augenrules", "--load"])
         if "/etc/default/sysstat" in changed:
             host.run(["systemctl", "restart", "sysstat.service"])

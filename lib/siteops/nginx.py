@@ -196,17 +196,17 @@ def site_config(site: Site, version: tuple[int, ...], certs: Path | None, logs: 
                   https_server=https, **common)
 
 
-def ensure_site(host: Host, site: Site, logs: Path) -> None:
+def ensure_site(host: Host, site: Site, logs: Path) -> bool:
     """Write and enable the site's nginx file, then reload; on a failed check
-    nothing changes."""
+    nothing changes. True if nginx reloaded."""
     name = site.name
     text = site_config(site, distro.nginx_version(host), cert_dir(host, site), logs)
     with host.step(f"nginx site {name}"):
         page = host.paths.p(PLACEHOLDERS) / name / "index.html"
         host.ensure_dir(page.parent, 0o755)
         host.write(page, render("nginx/placeholder.html", name=name))
-        converge(host, {host.paths.nginx_site(name): text},
-                 links={host.paths.nginx_enabled(name): f"../sites-available/{name}.conf"})
+        return converge(host, {host.paths.nginx_site(name): text},
+                        links={host.paths.nginx_enabled(name): f"../sites-available/{name}.conf"})
 
 
 def remove_site(host: Host, name: str) -> None:

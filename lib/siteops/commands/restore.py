@@ -62,13 +62,12 @@ def snapshot_id(value: str) -> str:
 
 def require_repository(host: Host) -> None:
     """The repository must already exist and open: restore never makes one."""
-    if host.read(backup.password_path(host)) is None:
-        raise SiteopsError(f"no repository password in {backup.password_path(host)}: copy "
-                           "the repository's password there (0600) first")
-    problem = backup.readable(host)
+    problem = backup.problem(host)
     if problem:
         raise SiteopsError(f"backup repository {backup.settings(host)['RESTIC_REPOSITORY']} "
-                           f"cannot be opened: {problem}")
+                           f"cannot be opened: {problem}. If this is a new server, copy the "
+                           f"repository's password there ({backup.password_path(host)}, 0600) "
+                           "and set the repository with backup --repository first")
 
 
 def restore_data(host: Host, site: Site, target) -> None:
