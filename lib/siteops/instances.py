@@ -1,14 +1,17 @@
 """The health-gated switch from the live instances of a site to a release.
 
     start   the release on the spare port of each component's block, beside the
-            live instances (a drop-in pins the release and command)
+            live instances, and its workers beside the live ones (a drop-in
+            pins the release and command)
     health  every new instance answers GET <health path> with 2xx/3xx within
-            the timeout; an instance that exits or restarts fails at once
+            the timeout; an instance or worker that exits or restarts fails at once
     switch  nginx's upstreams move to the new ports (`nginx -t`, then reload:
             old workers finish their requests on the old instances); `current`
             is swapped with rename(2); the registry records the new live release
     drain   the old instances get no new connections; once their established
-            connections are gone (or after DRAIN_SECONDS) they are stopped
+            connections are gone (or after DRAIN_SECONDS) they are stopped,
+            the old workers with them (SIGTERM, then their stop timeout)
+    jobs    the release's scheduled jobs replace the old release's timers
 
 Until the registry records the switch, a failure stops the new instances and
 puts nginx and `current` back. `recover` brings a site whose deploy was killed
@@ -29,10 +32,14 @@ from .system import Host, clean
 
 DRAIN_SECONDS = 30
 POLL = 0.25
+WORKER_SETTLE = 1.5  # a new worker must still run this long after its start
 
 
-def instance_units(site: Site, ports: dict[str, int]) -> list[str]:
-    return [systemd.instance(site.name, c, p) for c, p in ports.items()]
+def instance_units(site: Site, record: Release, offset: int) -> list[str]:
+    """A release's web instances and workers at port offset."""
+    ports = registry.instance_ports(site, offset)
+    return ([systemd.instance(site.name, c, p) for c, p in ports.items()]
+            + list(systemd.worker_instances(site.name, record.workers, offset)))
 
 
 def unit_state(host: Host, unit: str) -> tuple[str, int]:
@@ -75,14 +82,22 @@ def new_log_lines(sizes: dict[Path, int], limit: int = 15) -> str:
 
 
 def render_dropins(host: Host, site: Site, rid: str, record: Release,
-            ports: dict[str, int]) -> dict[Path, str]:
-    """The drop-ins that pin release rid and its commands on the instances of
-    ports, by path. SiteopsError if a command's program is not in the release."""
+                   offset: int) -> dict[Path, str]:
+    """The drop-ins that pin release rid and its commands on its instances and
+    workers at port offset, by path. SiteopsError if a command's program is not
+    in the release."""
     name = site.name
     rel = host.paths.of(name).release(rid)
-    return {host.paths.dropin(systemd.instance(name, c, p)): systemd.render_dropin(
+    ports = registry.instance_ports(site, offset)
+    files = {host.paths.dropin(systemd.instance(name, c, p)): systemd.render_dropin(
                 name, rid, rel, systemd.resolve_command(rel, record.commands[c]), ports)
-            for c, p in ports.items()}
+             for c, p in ports.items()}
+    logs = host.paths.of(name).logs
+    for unit, kind in systemd.worker_instances(name, record.workers, offset).items():
+        command = systemd.resolve_command(rel, record.workers[kind]["command"])
+        files[host.paths.dropin(unit)] = systemd.render_dropin(
+            name, rid, rel, command, ports, log=logs / f"worker-{kind}.log")
+    return files
 
 
 def live_dropins(host: Host, site: Site) -> dict[Path, str]:
@@ -92,17 +107,18 @@ def live_dropins(host: Host, site: Site) -> dict[Path, str]:
     if record is None or not record.commands:
         return {}
     try:
-        return render_dropins(host, site, site.live.release, record, registry.live_ports(site))
+        return render_dropins(host, site, site.live.release, record, site.live.offset)
     except SiteopsError:  # the release is gone; audit's `current` check says so
         return {}
 
 
 def ensure_dropins(host: Host, site: Site, rid: str, record: Release,
-                   ports: dict[str, int]) -> list[str]:
-    """Pin release rid and its commands on the instances of ports (drop-ins
-    checked with `systemd-analyze verify`, then daemon-reload); return the units."""
-    units = instance_units(site, ports)
-    files = render_dropins(host, site, rid, record, ports)
+                   offset: int) -> list[str]:
+    """Pin release rid and its commands on its instances and workers at offset
+    (drop-ins checked with `systemd-analyze verify`, then daemon-reload);
+    return the units."""
+    units = instance_units(site, record, offset)
+    files = render_dropins(host, site, rid, record, offset)
     with host.validated(list(files), ["systemd-analyze", "verify", *units],
                         "instance drop-ins") as outcome:
         for path, text in files.items():
@@ -112,26 +128,32 @@ def ensure_dropins(host: Host, site: Site, rid: str, record: Release,
     return units
 
 
-def start(host: Host, site: Site, rid: str, record: Release, ports: dict[str, int]) -> list[str]:
-    """Start release rid on ports beside the live instances; return the new units."""
+def start(host: Host, site: Site, rid: str, record: Release, offset: int) -> list[str]:
+    """Start release rid at port offset beside the live instances; return the
+    new units."""
+    ports = registry.instance_ports(site, offset)
     busy = sorted(set(ports.values()) & network.listening_ports(host))
     if busy:
         raise SiteopsError(f"port {busy[0]} of site {site.name} is in use by "
                            f"{network.describe_holders(network.holders(host, busy[0]))}; "
                            "free it (ss -ltnp) and deploy again")
-    with host.step(f"start release {rid} on port(s) {', '.join(map(str, ports.values()))}"):
-        units = ensure_dropins(host, site, rid, record, ports)
+    workers = systemd.worker_instances(site.name, record.workers, offset)
+    with host.step(f"start release {rid} on port(s) {', '.join(map(str, ports.values()))}"
+                   + (f" and {len(workers)} worker(s)" if workers else "")):
+        units = ensure_dropins(host, site, rid, record, offset)
         host.run(["systemctl", "start", *units])
     return units
 
 
-def wait_healthy(host: Host, site: Site, record: Release, ports: dict[str, int],
+def wait_healthy(host: Host, site: Site, record: Release, offset: int,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-    """Return once every new instance passes its health check; raise if one
-    exits or the timeout passes."""
+    """Return once every new instance passes its health check and every new
+    worker still runs; raise if one exits or the timeout passes."""
+    ports = registry.instance_ports(site, offset)
     timeout = record.health_timeout
-    deadline = clock() + timeout
+    started = clock()
+    deadline = started + timeout
     pending = dict(ports)
     domain = site.domains[0]
     paths = ", ".join(f"{c} {record.health[c]}" for c in ports)
@@ -142,10 +164,7 @@ def wait_healthy(host: Host, site: Site, record: Release, ports: dict[str, int],
         while pending:
             for c, port in list(pending.items()):
                 unit = systemd.instance(site.name, c, port)
-                state, restarts = unit_state(host, unit)
-                if restarts or state in ("failed", "inactive", "deactivating"):
-                    raise SiteopsError(f"{unit} exited while starting" + (
-                        f" (restarted {restarts} time(s))" if restarts else f" ({state})"))
+                exited(host, unit)
                 code = http_status(host, domain, port, record.health[c])
                 if 200 <= code < 400:
                     check_owner(host, unit, port)
@@ -158,6 +177,19 @@ def wait_healthy(host: Host, site: Site, record: Release, ports: dict[str, int],
                                        f"{record.health[c]} on port {pending[c]} "
                                        f"within {timeout}s")
                 sleep(POLL)
+        workers = systemd.worker_instances(site.name, record.workers, offset)
+        if workers:
+            sleep(max(0.0, started + WORKER_SETTLE - clock()))
+        for unit in workers:
+            exited(host, unit)
+
+
+def exited(host: Host, unit: str) -> None:
+    """SiteopsError if unit has exited or restarted since it was started."""
+    state, restarts = unit_state(host, unit)
+    if restarts or state in ("failed", "inactive", "deactivating"):
+        raise SiteopsError(f"{unit} exited while starting" + (
+            f" (restarted {restarts} time(s))" if restarts else f" ({state})"))
 
 
 def check_owner(host: Host, unit: str, port: int) -> None:
@@ -192,7 +224,6 @@ def switch(host: Host, site: Site, rid: str, record: Release,
     name = site.name
     logs = host.paths.of(name).logs
     live = Live(rid, registry.spare_offset(site, network.listening_ports(host)))
-    ports = registry.instance_ports(site, live.offset)
     old_units = systemd.live_instances(site)
     old_ports = list((registry.live_ports(site) or {}).values())
     sizes = log_sizes(host, site)
@@ -200,8 +231,8 @@ def switch(host: Host, site: Site, rid: str, record: Release,
     current = host.paths.of(name).current
     before = host.snapshot(current)
     try:
-        new_units = start(host, site, rid, record, ports)
-        wait_healthy(host, site, record, ports)
+        new_units = start(host, site, rid, record, live.offset)
+        wait_healthy(host, site, record, live.offset)
         nginx.ensure_site(host, site.copy(live=live), logs)
         with host.step(f"current -> releases/{rid}"):
             host.symlink(current, f"releases/{rid}")
@@ -228,6 +259,7 @@ def switch(host: Host, site: Site, rid: str, record: Release,
         with host.step(f"drain and stop {', '.join(old_units)}"):
             drain(host, old_ports)
             stop(host, old_units)
+    systemd.ensure_jobs(host, site)
     return site
 
 
@@ -241,7 +273,7 @@ def refresh(host: Host, site: Site, changed_units: list[str], force: bool = Fals
     drifted, with force): the same health-gated switch as a deploy, to the same
     release on fresh instances, so no request is dropped. Returns the entry."""
     name, live = site.name, site.live
-    templates = {systemd.app_unit(name, c) for c in site.components}
+    templates = {systemd.app_unit(name, c) for c in site.components} | {systemd.worker_unit(name)}
     if not live or not (force or templates & set(changed_units)):
         return site
     record = site.releases.get(live.release)
@@ -313,4 +345,5 @@ def recover(host: Host, site: Site) -> Site:
     for unit in sorted(live):
         with host.step(f"{unit} running"):
             systemd.ensure_started(host, unit)
+    systemd.ensure_jobs(host, site)
     return site

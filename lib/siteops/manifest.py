@@ -6,30 +6,50 @@
     health_timeout = 60         # seconds the new release has to pass its health check
     static_dir = "public"       # static runtime: the directory served
 
+    release = "python manage.py migrate"  # once per deploy, after the build,
+                                # before the switch (a shell command; failing stops the deploy)
+
     [frontend]                  # one table per component the site has
     start = "node server.js"    # the unit's command, run in the release; ${PORT} allowed
     health = "/healthz"         # GET here must answer 2xx or 3xx (default "/")
+
+    [workers.mail]              # a process without a port, supervised by systemd
+    command = "python worker.py"
+    count = 2                   # instances (default 1)
+
+    [jobs.cleanup]              # a systemd timer running in the live release
+    schedule = "*-*-* 03:00:00" # systemd calendar spec (systemd.time(7))
+    command = "python cleanup.py"
 
 The file is optional: without it the runtime is detected (package.json: node,
 requirements.txt: python, otherwise command: no install step) and the start
 commands are the site's (add-site --start); deploy --start overrides either.
 "static" must be named: it serves static_dir with Python's http.server.
+
+Without siteops.toml a Procfile (Heroku, Dokku, piku) is read: `web` is the
+start command of the site's frontend (its api if it has no frontend),
+`release` the release command, every other process type a worker. `$PORT`
+becomes `${PORT}`; systemd runs the commands without a shell.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import tomllib
 from dataclasses import dataclass, field
 
 from .errors import UsageError
-from .validate import COMPONENTS, InvalidInput, start_command
+from .validate import COMPONENTS, InvalidInput, exec_command, process_name, start_command
 
 FILE = "siteops.toml"
+PROCFILE = "Procfile"
 RUNTIMES = ("node", "python", "static", "command")
-TOP_KEYS = {"runtime", "install", "build", "health_timeout", "static_dir", *COMPONENTS}
+TOP_KEYS = {"runtime", "install", "build", "health_timeout", "static_dir", "release",
+            "workers", "jobs", *COMPONENTS}
 COMPONENT_KEYS = {"start", "health"}
+MAX_WORKERS = 16
 # It reaches the unit's ExecStart: nothing systemd or a shell would interpret.
 STATIC_DIR = re.compile(r"(?![-/])[A-Za-z0-9._/-]{1,200}")
 HEALTH_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/?%-]*")
@@ -48,6 +68,10 @@ class Manifest:
     static_dir: str = "public"
     starts: dict[str, str] = field(default_factory=dict)
     health: dict[str, str] = field(default_factory=dict)
+    web: str | None = None      # a Procfile's web process: the front component's start
+    release: str | None = None
+    workers: dict[str, dict] = field(default_factory=dict)  # type: {command, count}
+    jobs: dict[str, dict] = field(default_factory=dict)     # name: {schedule, command}
 
 
 def _text(where: str, value) -> str:
@@ -104,7 +128,86 @@ def parse(text: str | None) -> Manifest:
             if not HEALTH_PATH.fullmatch(path):
                 raise ManifestError(f"{FILE}: [{component}] health must be a path like /healthz")
             m.health[component] = path
+    if "release" in data:
+        m.release = _text("release", data["release"])
+    m.workers = _processes(data, "workers", {"command"}, {"count"}, _worker)
+    m.jobs = _processes(data, "jobs", {"schedule", "command"}, set(), _job)
     return m
+
+
+def _processes(data: dict, section: str, required: set[str], optional: set[str],
+               check) -> dict[str, dict]:
+    """[section.NAME] tables, each checked by check(where, table)."""
+    tables = data.get(section, {})
+    if not isinstance(tables, dict):
+        raise ManifestError(f"{FILE}: {section} must be tables like [{section}.NAME]")
+    out = {}
+    for name, table in tables.items():
+        where = f"[{section}.{name}]"
+        try:
+            process_name(section[:-1], name)
+        except InvalidInput as exc:
+            raise ManifestError(f"{FILE}: {exc}") from exc
+        if (not isinstance(table, dict) or required - set(table)
+                or set(table) - required - optional):
+            raise ManifestError(f"{FILE}: {where} takes {', '.join(sorted(required))}"
+                                + (f" and optionally {', '.join(sorted(optional))}"
+                                   if optional else ""))
+        out[name] = check(where, table)
+    return out
+
+
+def _command(where: str, value) -> str:
+    try:
+        return exec_command(f"{where} command", _text(f"{where} command", value))
+    except InvalidInput as exc:
+        raise ManifestError(f"{FILE}: {exc}") from exc
+
+
+def _worker(where: str, table: dict) -> dict:
+    count = table.get("count", 1)
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_WORKERS:
+        raise ManifestError(f"{FILE}: {where} count must be a number, 1-{MAX_WORKERS}")
+    return {"command": _command(where, table["command"]), "count": count}
+
+
+def _job(where: str, table: dict) -> dict:
+    # The schedule itself is checked with `systemd-analyze calendar` by deploy.
+    return {"schedule": _text(f"{where} schedule", table["schedule"]),
+            "command": _command(where, table["command"])}
+
+
+def parse_procfile(text: str) -> Manifest:
+    """A Procfile's processes as a manifest: web, release, and workers."""
+    m = Manifest()
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        kind, sep, command = line.partition(":")
+        kind, command = kind.strip(), command.strip()
+        if not sep or not command:
+            raise ManifestError(f"{PROCFILE} line {number}: expected 'type: command'")
+        if kind == "release":
+            m.release = command  # run by a shell, like deploy's build steps
+            continue
+        command = re.sub(r"\$([A-Za-z_][A-Za-z0-9_]*)", r"${\1}", command)
+        where = f"{PROCFILE} {kind}"
+        try:
+            if kind == "web":
+                m.web = exec_command(f"{where} command", command)
+            else:
+                m.workers[process_name("process type", kind)] = {
+                    "command": exec_command(f"{where} command", command), "count": 1}
+        except InvalidInput as exc:
+            raise ManifestError(f"{PROCFILE} line {number}: {exc}") from exc
+    return m
+
+
+def load(toml_text: str | None, procfile_text: str | None) -> Manifest:
+    """The repository's siteops.toml, else its Procfile, else defaults."""
+    if toml_text is None and procfile_text is not None:
+        return parse_procfile(procfile_text)
+    return parse(toml_text)
 
 
 def detect_runtime(m: Manifest, files: set[str]) -> str:
@@ -144,6 +247,42 @@ def build_steps(m: Manifest, runtime: str, files: set[str], package_json: str | 
     return steps
 
 
+# What a runtime's default install step reads, and what it writes into the release.
+LOCKFILES = {"python": ("requirements.txt",),
+             "node": ("package.json", "package-lock.json", "npm-shrinkwrap.json",
+                      "pnpm-lock.yaml", "yarn.lock")}
+DEPS_DIR = {"python": ".venv", "node": "node_modules"}
+INSTALL_STEPS = ("venv", "install")
+
+
+def deps_key(m: Manifest, runtime: str, steps: list[tuple[str, str]],
+             lockfiles: dict[str, str], toolchain: str) -> str | None:
+    """What a release's installed dependencies depend on, hashed: the install
+    commands, the lockfiles' contents and the runtime's version. None when
+    siteops does not know what the install writes (a custom install)."""
+    if m.install or runtime not in DEPS_DIR:
+        return None
+    h = hashlib.sha256()
+    for part in ([runtime, toolchain] + [c for label, c in steps if label in INSTALL_STEPS]
+                 + [f"{name}\0{text}" for name, text in sorted(lockfiles.items())]):
+        h.update(part.encode() + b"\0\0")
+    return h.hexdigest()[:32]
+
+
+def reuse_steps(runtime: str, steps: list[tuple[str, str]], donor: str,
+                release: str) -> list[tuple[str, str]]:
+    """steps with the install replaced by a copy of the donor release's
+    dependencies (its own copy: nothing writable is shared with a live
+    release). A venv's scripts name their interpreter by absolute path, so
+    those paths are rewritten to the new release."""
+    deps = DEPS_DIR[runtime]
+    copy = f"cp -a --reflink=auto -- {donor}/{deps} {deps}"
+    if runtime == "python":
+        copy += (f" && {{ grep -rlIF -- {donor}/ {deps}/bin {deps}/pyvenv.cfg || true; }}"
+                 f" | xargs -r sed -i -e 's|{donor}/|{release}/|g'")
+    return [("reuse", copy)] + [s for s in steps if s[0] not in INSTALL_STEPS]
+
+
 def _has_build_script(package_json: str | None) -> bool:
     try:
         scripts = json.loads(package_json or "{}").get("scripts") or {}
@@ -157,10 +296,12 @@ def start_commands(m: Manifest, runtime: str, components: list[str], registered:
     """Each component's start command: --start, then the manifest, then the site's
     own (add-site --start); a static site serves static_dir."""
     static = f"python3 -m http.server --bind 127.0.0.1 --directory {m.static_dir} ${{PORT}}"
+    front = "frontend" if "frontend" in components else "api"
     commands = {}
     for c in components:
         default = static if runtime == "static" else registered.get(c)
-        commands[c] = overrides.get(c) or m.starts.get(c) or default
+        web = m.web if c == front else None
+        commands[c] = overrides.get(c) or m.starts.get(c) or web or default
         if not commands[c]:
             raise ManifestError(f"no start command for {c}: add [{c}] start = \"...\" to {FILE}")
     return commands

@@ -18,7 +18,10 @@ Schema 2 (the file siteops writes):
              history [EVENT]
     RELEASE  result ("building" | "ok" | "failed"), ref, repo, user, started,
              finished, commit, subject, runtime, commands, health,
-             health_timeout, error, rolled_back
+             health_timeout, error, rolled_back, release_command (run before
+             its switch), workers {type: {command, count}}, jobs {name:
+             {schedule, command}}, deps (the key of its installed
+             dependencies: a later release with the same key copies them)
     EVENT    action, release, result, user, at, and what the action adds
              (from, commit, ref, error, reason, started)
 
@@ -74,6 +77,10 @@ class Release:
     health_timeout: int = 60
     error: str | None = None
     rolled_back: bool = False
+    release_command: str | None = None
+    workers: dict[str, dict] = field(default_factory=dict)
+    jobs: dict[str, dict] = field(default_factory=dict)
+    deps: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -55,6 +55,18 @@ def rollback_target(site: Site) -> str | None:
     return older[-1] if older else None
 
 
+def deps_donor(site: Site, key: str | None, exists) -> str | None:
+    """The newest good release whose dependencies were installed under the
+    same key and are still on disk (exists(rid)), to copy them from."""
+    if key is None:
+        return None
+    for rid in reversed(ordered(site)):
+        record = site.releases[rid]
+        if record.result == OK and record.deps == key and exists(rid):
+            return rid
+    return None
+
+
 def stale(site: Site) -> list[str]:
     """Releases still marked building: their deploy died (the caller holds the site lock)."""
     return [r for r in ordered(site) if site.releases[r].result == BUILDING]

@@ -50,10 +50,34 @@ def redis_unit(site: str) -> str:
     return f"{site}-redis.service"
 
 
+def worker_unit(site: str) -> str:
+    """The template unit of the site's workers."""
+    return f"{site}-worker@.service"
+
+
+def worker_instances(site: str, workers: dict[str, dict], offset: int) -> dict[str, str]:
+    """{instance: worker type} of a release's workers started with its web
+    instances at port offset (TYPE-N-OFFSET: the next release's workers run
+    beside them at another offset)."""
+    return {f"{site}-worker@{kind}-{i}-{offset}.service": kind
+            for kind, spec in sorted(workers.items()) for i in range(1, spec["count"] + 1)}
+
+
+def live_workers(site: Site) -> dict[str, str]:
+    """{instance: worker type} of the live release's workers."""
+    record = site.releases.get(site.live.release) if site.live else None
+    return worker_instances(site.name, record.workers, site.live.offset) if record else {}
+
+
+def job_units(site: str, job: str) -> tuple[str, str]:
+    return f"{site}-job-{job}.service", f"{site}-job-{job}.timer"
+
+
 def live_instances(site: Site) -> list[str]:
-    """The instances serving the site now (none before its first deploy)."""
+    """The instances serving the site now, workers included (none before its
+    first deploy)."""
     ports = registry.live_ports(site) or {}
-    return [instance(site.name, c, p) for c, p in ports.items()]
+    return [instance(site.name, c, p) for c, p in ports.items()] + list(live_workers(site))
 
 
 def live_units(site: Site) -> list[str]:
@@ -97,6 +121,8 @@ def render_units(host: Host, site: Site) -> dict[str, str]:
         units[app_unit(name, c)] = render(
             "systemd/app.service", name=name, component=c, root=root, port=site.ports[c],
             command=site.commands[c], hardening=hardening, socket_bind=binds)
+    units[worker_unit(name)] = render("systemd/worker.service", name=name, root=root,
+                                      hardening=hardening, socket_bind=binds)
     units[redis_unit(name)] = render(
         "systemd/redis.service", name=name, root=root, port=site.ports["redis"],
         conf=host.paths.redis_conf(name), hardening=hardening, socket_bind=binds)
@@ -191,12 +217,97 @@ def resolve_command(release: Path, command: str) -> str:
 
 
 def render_dropin(site: str, release_id: str, release: Path, command: str,
-                  ports: dict[str, int]) -> str:
+                  ports: dict[str, int], log: Path | None = None) -> str:
     """An instance's drop-in: its release, command, and the ports of its peers
-    (FRONTEND_PORT, API_PORT: the instances started with it)."""
+    (FRONTEND_PORT, API_PORT: the instances started with it); a worker's also
+    names its log file."""
     env = " ".join(f"{c.upper()}_PORT={p}" for c, p in ports.items())
+    output = f"StandardOutput=append:{log}\nStandardError=append:{log}\n" if log else ""
     return render("systemd/release.conf", name=site, release_id=release_id, release=release,
-                  search_path=":".join(search_path(release)), command=command, ports_env=env)
+                  search_path=":".join(search_path(release)), command=command, ports_env=env,
+                  output=output)
+
+
+def render_job(host: Host, site: Site, job: str, spec: dict, release_id: str) -> dict[str, str]:
+    """{unit: text} of a job's service (in release release_id) and timer."""
+    name, root = site.name, host.paths.site(site.name)
+    release = host.paths.of(name).release(release_id)
+    service, timer = job_units(name, job)
+    return {
+        service: render("systemd/job.service", name=name, job=job, root=root,
+                        release=release, release_id=release_id,
+                        search_path=":".join(search_path(release)),
+                        command=resolve_command(release, spec["command"]),
+                        hardening=render("systemd/hardening.conf"),
+                        socket_bind="\n".join(socket_bind(site))),
+        timer: render("systemd/job.timer", name=name, job=job, schedule=spec["schedule"]),
+    }
+
+
+def job_files(host: Host, name: str) -> dict[str, Path]:
+    """{job name: its timer file} of the site's jobs on disk."""
+    suffix = ".timer"
+    return {p.name[len(f"{name}-job-"):-len(suffix)]: p
+            for p in sorted(host.paths.unit("").glob(f"{name}-job-*{suffix}"))}
+
+
+def ensure_jobs(host: Host, site: Site) -> None:
+    """The live release's jobs as timers (verified, enabled, started); the
+    timers of jobs it does not declare stopped and removed."""
+    name = site.name
+    record = site.releases.get(site.live.release) if site.live else None
+    jobs = record.jobs if record else {}
+    units: dict[str, str] = {}
+    for job, spec in sorted(jobs.items()):
+        units.update(render_job(host, site, job, spec, site.live.release))
+    gone = [j for j in job_files(host, name) if j not in jobs]
+    if not units and not gone:
+        return
+    with host.step(f"scheduled jobs of {name}: {', '.join(sorted(jobs)) or 'none'}"):
+        for job in gone:
+            service, timer = job_units(name, job)
+            host.run(["systemctl", "disable", "--now", "--quiet", timer])
+            for unit in (timer, service):
+                host.remove(host.paths.unit(unit))
+        paths = {u: host.paths.unit(u) for u in units}
+        with host.validated(list(paths.values()),
+                            ["systemd-analyze", "verify", *map(str, paths.values())],
+                            f"jobs of {name}") as outcome:
+            for unit, text in units.items():
+                host.write(paths[unit], text)
+        if outcome["changed"] or gone:
+            host.run(["systemctl", "daemon-reload"])
+        timers = [u for u in units if u.endswith(".timer")]
+        if timers and not all(is_enabled(host, t) and is_active(host, t) for t in timers):
+            host.run(["systemctl", "enable", "--now", "--quiet", *timers])
+
+
+def job_results(host: Host, site: Site) -> dict[str, dict]:
+    """{job: {schedule, last (UTC start of its last run or null), result
+    ("success" | why it failed | null before its first run), next}}."""
+    record = site.releases.get(site.live.release) if site.live else None
+    out = {}
+    for job, spec in sorted((record.jobs if record else {}).items()):
+        service, timer = job_units(site.name, job)
+        props = show(host, service, "Result", "ExecMainStatus", "ExecMainStartTimestamp",
+                     "ActiveState")
+        tprops = show(host, timer, "NextElapseUSecRealtime", "LastTriggerUSec")
+        ran = props.get("ExecMainStartTimestamp") not in (None, "", "n/a")
+        result = None
+        if ran and props.get("ActiveState") != "activating":
+            result = ("success" if props.get("Result") == "success" else
+                      f"{props.get('Result')} (exit {props.get('ExecMainStatus')})")
+        out[job] = {"schedule": spec["schedule"], "running": props.get("ActiveState") == "activating",
+                    "last": props.get("ExecMainStartTimestamp") if ran else None,
+                    "result": result, "next": tprops.get("NextElapseUSecRealtime") or None}
+    return out
+
+
+def show(host: Host, unit: str, *props: str) -> dict[str, str]:
+    """`systemctl show` properties of a unit."""
+    out = host.query(["systemctl", "show", unit, *(f"--property={p}" for p in props)],
+                     ok=range(256)).out
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 def sandbox_argv(host: Host, entry: Site, workdir: Path, command: str, unit: str) -> list[str]:

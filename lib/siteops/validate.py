@@ -80,23 +80,48 @@ EXEC_PREFIXES = ("+", "!", "-", "@", ":", "|")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+SHELL_WORDS = {"&&", "||", "|", ">", ">>", "<", "&", "2>&1"}
+
+
+def exec_command(what: str, command: str) -> str:
+    """command if systemd can run it as ExecStart= exactly as written (what
+    names it in the error)."""
+    command = command.strip()
+    bare = command.replace("${PORT}", "").replace("${HOST}", "")
+    if not command:
+        raise InvalidInput(f"invalid {what}: empty")
+    if _CONTROL.search(command) or "%" in command or "$" in bare:
+        raise InvalidInput(f"invalid {what} {command!r}: control characters, '%' and '$' are "
+                           "not allowed (systemd would expand them); only ${PORT} and ${HOST} are")
+    if command[0] in EXEC_PREFIXES or command.endswith("\\") or ";" in command.split():
+        raise InvalidInput(f"invalid {what} {command!r}: it may not start with one of "
+                           f"{' '.join(EXEC_PREFIXES)} (systemd would run it with other "
+                           "privileges or ignore its failure), end with '\\' or contain "
+                           "a lone ';'")
+    if SHELL_WORDS & set(command.split()) or "$(" in command or "`" in command:
+        raise InvalidInput(f"invalid {what} {command!r}: systemd runs it without a shell; "
+                           "put the pipeline in a script in the repository and run that")
+    return command
+
+
 def start_command(value: str) -> tuple[str, str]:
     """Parse COMPONENT=COMMAND for a unit's ExecStart."""
     component, sep, command = value.partition("=")
     if not sep or component not in COMPONENTS or not command.strip():
         raise InvalidInput(f"invalid --start {value!r}: expected COMPONENT=COMMAND, "
                            f"COMPONENT one of {', '.join(COMPONENTS)}")
-    command = command.strip()
-    bare = command.replace("${PORT}", "").replace("${HOST}", "")
-    if _CONTROL.search(command) or "%" in command or "$" in bare:
-        raise InvalidInput(f"invalid --start {value!r}: control characters, '%' and '$' are "
-                           "not allowed (systemd would expand them); only ${PORT} and ${HOST} are")
-    if command[0] in EXEC_PREFIXES or command.endswith("\\") or ";" in command.split():
-        raise InvalidInput(f"invalid --start {value!r}: it may not start with one of "
-                           f"{' '.join(EXEC_PREFIXES)} (systemd would run it with other "
-                           "privileges or ignore its failure), end with '\\' or contain "
-                           "a lone ';'")
-    return component, command
+    return component, exec_command(f"start command of {component}", command)
+
+
+PROCESS_NAME = re.compile(r"[a-z][a-z0-9]{0,19}")
+
+
+def process_name(what: str, value: str) -> str:
+    """A worker type or job name: it becomes part of unit and log file names."""
+    if not isinstance(value, str) or not PROCESS_NAME.fullmatch(value):
+        raise InvalidInput(f"invalid {what} name {value!r}: 1-20 lowercase letters and "
+                           "digits, starting with a letter")
+    return value
 
 
 def readable_file(value: str) -> Path:

@@ -128,12 +128,11 @@ def test_a_spare_port_something_else_holds_is_skipped(root, shop):
 
 def test_a_port_taken_between_the_choice_and_the_start_is_refused_naming_its_holder(root, shop):
     host, runner = prepared_host(root, shop, [held_by(3101, 666)] + healthy())
-    ports = {"frontend": 3101}
     runner.rules.insert(0, Rule(["ss", "-H", "-t", "-l", "-n"], 0,
                                 "LISTEN 0 5 127.0.0.1:3101 0.0.0.0:*\n"))
     with pytest.raises(system.SiteopsError, match=r"port 3101 of site shop is in use by "
                                                   r"blog-rogue.service \(app\)"):
-        instances.start(host, shop, R2, shop.releases[R2], ports)
+        instances.start(host, shop, R2, shop.releases[R2], 1)
     assert planned_commands(host) == []
 
 

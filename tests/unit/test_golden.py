@@ -42,6 +42,12 @@ def renders():
     yield "systemd-shop-frontend@3121.service.d-siteops-release.conf", systemd.render_dropin(
         "shop", release.name, release, "/usr/bin/node server.js ${PORT}",
         {"frontend": 3121, "api": 4021})
+    yield "systemd-shop-worker@mail-1-1.service.d-siteops-release.conf", systemd.render_dropin(
+        "shop", release.name, release, "/usr/bin/python3 worker.py", {"frontend": 3121, "api": 4021},
+        log=LOGS / "worker-mail.log")
+    for unit, text in systemd.render_job(HOST, SITE, "cleanup", {
+            "schedule": "*-*-* 03:00:00", "command": "python3 cleanup.py"}, release.name).items():
+        yield f"systemd-{unit}", text
     yield "redis-shop.conf", render("redis/site.conf", name="shop", port=5020, password="PASSWORD",
                                     dir="/srv/sites/shop/shared/redis", maxmemory="64mb")
     yield "logrotate-siteops-shop", logrotate.config(HOST, SITE)

@@ -27,17 +27,25 @@ Steps:
   build     install and build as the site user in a sandbox with the services'
             hardening (node: pnpm install --frozen-lockfile when pnpm-lock.yaml
             is there, npm without pnpm; python: venv + requirements.txt; any
-            command from siteops.toml); output streamed, one header per step
+            command from siteops.toml); output streamed, one header per step.
+            When the lockfiles, install commands and runtime version are those
+            of a kept release, its dependencies are copied instead (reuse)
+  release   the release command (siteops.toml release, Procfile release:
+            database migrations) in the same sandbox with the site's .env; if
+            it fails the deploy stops and the live release keeps serving
   start     on the spare port of each component's block (3101 when 3100 is
-            live, and back), beside the live instance
+            live, and back), beside the live instance; workers beside the live
+            workers
   health    GET the health path (siteops.toml, default /) until 2xx/3xx
   switch    nginx upstreams to the new ports (nginx -t, reload), `current`
-            swapped with rename(2), old instances drained, then stopped
+            swapped with rename(2), old instances drained, then stopped with
+            the old workers; the release's scheduled jobs replace the old timers
   prune     keep the newest --keep good releases (never the live one nor the
             rollback target), failed ones first
 
 The app repository may hold siteops.toml (runtime, install, build,
-health_timeout, and per component start and health); see README.md. Private
+health_timeout, release, per component start and health, workers, jobs) or
+a Procfile (web, worker, release); see README.md. Private
 repositories: put an SSH deploy key at /etc/siteops/deploy-keys/NAME (root,
 0600). PORT, FRONTEND_PORT and API_PORT are set per instance; do not set them
 in .env.
@@ -126,8 +134,10 @@ def build(host: Host, site: Site, rid: str, record: Release, args: argparse.Name
     commit = record.commit
     name = site.name
     rel = host.paths.of(name).release(rid)
-    m = manifest.parse(git.show(host, name, commit, manifest.FILE))
+    m = manifest.load(git.show(host, name, commit, manifest.FILE),
+                      git.show(host, name, commit, manifest.PROCFILE))
     files = git.top_level(host, name, commit)
+    check_schedules(host, m)
     runtime = manifest.detect_runtime(m, files)
     check_runtime(host, runtime)
     extra = sorted((set(m.starts) | set(m.health)) - set(site.components))
@@ -141,19 +151,60 @@ def build(host: Host, site: Site, rid: str, record: Release, args: argparse.Name
     with host.step(f"export {commit[:12]} into releases/{rid}"):
         git.export(host, name, commit, rel)
     link_shared(host, name, rel)
+    pnpm = have(host, "pnpm")
     steps = manifest.build_steps(m, runtime, files, git.show(host, name, commit, "package.json"),
-                                 have(host, "pnpm"))
+                                 pnpm)
+    record.deps = manifest.deps_key(
+        m, runtime, steps, {f: git.show(host, name, commit, f) or ""
+                            for f in manifest.LOCKFILES.get(runtime, ()) if f in files},
+        toolchain(host, runtime, pnpm))
+    donor = releases.deps_donor(site, record.deps, lambda r: (
+        host.paths.of(name).release(r) / manifest.DEPS_DIR[runtime]).is_dir())
+    if donor:
+        steps = manifest.reuse_steps(runtime, steps, str(host.paths.of(name).release(donor)),
+                                     str(rel))
+    if m.release:
+        steps.append(("release", m.release))
     for label, command in steps:
         host.say(f"==> {label}: {command}")
-        systemd.wait_unloaded(host, instances.build_unit(name))
-        try:
-            host.run(systemd.sandbox_argv(host, site, rel, command, instances.build_unit(name)),
-                     timeout=3600, stream=True)
-        except CommandError as exc:
-            raise SiteopsError(f"{label} failed (exit {exc.code}): {command}\n"
-                               f"--- its last lines:\n{exc.stderr}") from exc
+        in_sandbox(host, site, rel, label, command)
     record.runtime, record.commands, record.health = runtime, commands, health
     record.health_timeout = m.health_timeout
+    record.release_command, record.workers, record.jobs = m.release, m.workers, m.jobs
+
+
+def in_sandbox(host: Host, site: Site, rel, label: str, command: str) -> None:
+    """Run a build or release step in the release, as the site user, sandboxed."""
+    unit = instances.build_unit(site.name)
+    systemd.wait_unloaded(host, unit)
+    try:
+        host.run(systemd.sandbox_argv(host, site, rel, command, unit), timeout=3600, stream=True)
+    except CommandError as exc:
+        after = ("; nothing was switched: the live release keeps serving"
+                 if label == "release" else "")
+        raise SiteopsError(f"{label} failed (exit {exc.code}): {command}{after}\n"
+                           f"--- its last lines:\n{exc.stderr}") from exc
+
+
+def toolchain(host: Host, runtime: str, pnpm: bool) -> str:
+    """The runtime's version, part of the dependencies' key (a Python or Node
+    upgrade installs them afresh)."""
+    program = {"python": "python3", "node": "node"}.get(runtime)
+    if program is None:
+        return runtime
+    version = host.query([program, "--version"], ok=range(256))
+    return f"{version.out.strip() or version.err.strip()} pnpm={pnpm}"
+
+
+def check_schedules(host: Host, m: manifest.Manifest) -> None:
+    """Every job's schedule must be a calendar spec systemd accepts."""
+    for job, spec in sorted(m.jobs.items()):
+        res = host.query(["systemd-analyze", "calendar", spec["schedule"]], ok=range(256))
+        if res.code != 0:
+            raise manifest.ManifestError(
+                f"{manifest.FILE}: [jobs.{job}] schedule {spec['schedule']!r} is not a systemd "
+                "calendar spec (see `man systemd.time`, e.g. \"*-*-* 03:00:00\", \"hourly\", "
+                "\"*:0/5\")")
 
 
 def run(host: Host, args: argparse.Namespace) -> None:

@@ -18,9 +18,12 @@ Without --to it goes to the newest good release older than the live one that
 has not been rolled back from already: two rollbacks in a row go two releases
 back and never bounce forward to the broken one.
 
-Not rolled back: shared/.env, shared/uploads and the database. A release
-whose code needs a newer schema than the one it ran with must be handled by
-hand (restore a backup or migrate down) before or after the rollback.
+Not rolled back: shared/.env, shared/uploads and the database. A rollback
+never runs a release command and does not undo one: migrations that the
+releases after the target ran stay applied. A release whose code needs
+another schema than the one it ran with must be handled by hand (restore a
+backup or migrate down) before or after the rollback. The target's workers
+and scheduled jobs replace the live release's.
 """
 
 EPILOG = """\
@@ -108,6 +111,13 @@ def run(host: Host, args: argparse.Namespace) -> None:
                                      **{"from": live}))
             raise
         host.say(f"release {target} is live again")
+        order = releases.ordered(site)
+        migrated = [r for r in order[order.index(target) + 1:]
+                    if site.releases[r].result == model.OK and site.releases[r].release_command]
+        if migrated:
+            host.say(f"note: the release commands of {', '.join(migrated)} (e.g. "
+                     f"{site.releases[migrated[-1]].release_command!r}) are not undone: "
+                     "database migrations they ran stay applied")
 
 
 def main(argv: list[str] | None = None, host: Host | None = None) -> int:
