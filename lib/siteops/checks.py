@@ -168,6 +168,7 @@ def site_checks(host: Host, site: Site, facts: dict) -> list[Finding]:
     out.append(listen_check(site, facts))
     out.append(ports_check(site, facts))
     out += release_checks(site, sf)
+    out += job_checks(site, sf)
     out += tls_checks(site, sf, facts["time"])
     out.append(database_check(site, facts))
     if not facts["backup"]["error"]:
@@ -258,6 +259,24 @@ def unit_checks(site: Site, facts: dict) -> list[Finding]:
                           f"{unit} exposure {score} (over {MAX_EXPOSURE})", WARNING,
                           remedy=f"systemd-analyze security {unit}; audit --fix restores "
                                  "the generated unit", fix="render"))
+    return out
+
+
+def job_checks(site: Site, sf: dict) -> list[Finding]:
+    """Each scheduled job's timer runs, and its last run succeeded."""
+    out = []
+    for job, j in sf.get("jobs", {}).items():
+        service, timer = systemd.job_units(site.name, job)
+        if j["timer"] != "active":
+            problem = f"job {job}: its timer {timer} is {j['timer']}"
+        elif j["result"] not in (None, "success"):
+            problem = f"job {job}: its last run ({j['last']}) failed: {j['result']}"
+        else:
+            problem = None
+        out.append(_f(f"site.{site.name}.job:{job}", problem is None, site.name,
+                      f"job {job} ({j['schedule']}): last run "
+                      f"{j['result'] or 'not yet'}", problem or "", WARNING,
+                      remedy=f"logs {site.name} {job}; journalctl -u {service}"))
     return out
 
 

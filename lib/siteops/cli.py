@@ -37,12 +37,15 @@ def log_action(host: Host, prog: str, argv: Sequence[str], result: str) -> None:
 def main(prog: str, p: argparse.ArgumentParser,
          body: Callable[[Host, argparse.Namespace], int | None],
          argv: Sequence[str] | None = None, host: Host | None = None,
-         error_code: int | None = None) -> int:
+         error_code: int | None = None,
+         public_argv: Callable[[list[str]], list[str]] = list) -> int:
     """Parse argv, run body against the host, and turn the outcome into an exit
     code: body's own (None: 0), or the error's; error_code replaces every
-    error's code (audit: 3, "the check itself could not run")."""
+    error's code (audit: 3, "the check itself could not run"). public_argv
+    gives what the action log may keep of argv (config: values masked)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)  # exits 2 with usage on bad input
+    logged = public_argv(argv)
     host = host or Host(dry_run=args.dry_run)
     host.dry_run = args.dry_run
     os.umask(0o022)  # what siteops and its tools create never depends on the caller's umask
@@ -52,25 +55,25 @@ def main(prog: str, p: argparse.ArgumentParser,
         code = body(host, args) or 0
         if host.changed_steps or host.unchanged_steps:
             host.say(host.summary())
-        log_action(host, prog, argv, "ok")
+        log_action(host, prog, logged, "ok")
         return code
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        log_action(host, prog, argv, "interrupted")
+        log_action(host, prog, logged, "interrupted")
         return 130
     except SiteopsError as exc:
         if args.debug:
             traceback.print_exc()
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        log_action(host, prog, argv, f"error: {exc}")
+        log_action(host, prog, logged, f"error: {exc}")
         return error_code or exc.exit_code
     except Exception as exc:  # a bug: one line, the traceback only on request
         if args.debug:
             raise
         print(f"{prog}: unexpected error: {exc!r} (run with --debug for the traceback)",
               file=sys.stderr)
-        log_action(host, prog, argv, f"unexpected error: {exc!r}")
+        log_action(host, prog, logged, f"unexpected error: {exc!r}")
         return error_code or 1

@@ -169,6 +169,7 @@ def site_facts(host: Host, site: Site, nginx_version: tuple[int, ...]) -> dict:
         "actual": {path: host.read(Path(path)) for path in expected},
         "secrets": envfile.secrets_of(env_text or ""),
         "tls": tls_facts(host, site),
+        "jobs": systemd.job_results(host, site),
     }
 
 

@@ -283,12 +283,17 @@ def refresh(host: Host, site: Site, changed_units: list[str], force: bool = Fals
                 host.run(["systemctl", "restart", unit])
         return site
     with registry.site_locked(host, name, f"restart {name} on new unit files") as site:
-        rid = site.live.release  # as it is now, under the lock
-        host.say(f"{'':13}unit files of {name} changed: moving release {rid} to fresh instances")
-        return switch(host, site, rid, site.releases[rid],
-                      lambda entry: releases.record_event(entry, "restart", rid, "ok",
-                                                          reason="unit files changed",
-                                                          **{"from": rid}))
+        return restart(host, site, "unit files changed")
+
+
+def restart(host: Host, site: Site, reason: str) -> Site:
+    """Move the live release to fresh instances and workers with the switch a
+    deploy uses (the caller holds the site lock); returns the entry."""
+    rid = site.live.release
+    host.say(f"{'':13}{reason}: moving release {rid} of {site.name} to fresh instances")
+    return switch(host, site, rid, site.releases[rid],
+                  lambda entry: releases.record_event(entry, "restart", rid, "ok",
+                                                      reason=reason, **{"from": rid}))
 
 
 def running_instances(host: Host, name: str) -> list[str]:

@@ -20,7 +20,7 @@ import contextlib
 import os
 import stat
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from .errors import SiteopsError
 
@@ -105,8 +105,8 @@ def lstat(path: Path) -> os.stat_result | None:
         return None
 
 
-def read(path: Path, _links: int = 0) -> bytes | None:
-    """The bytes of a regular file, or None if it is missing."""
+def open_read(path: Path, _links: int = 0) -> BinaryIO | None:
+    """A regular file opened for reading, or None if it is missing."""
     if _links > MAX_LINKS:
         raise UnsafePath(f"{path}: too many levels of symbolic links")
     try:
@@ -121,16 +121,40 @@ def read(path: Path, _links: int = 0) -> bytes | None:
                 if not (trusted and st.st_uid == 0):
                     raise _refuse(path, f"the symlink {name}") from None
                 target = os.readlink(name, dir_fd=fd)
-                return read(Path(os.path.normpath(path.parent / target)), _links + 1)
-            with os.fdopen(f, "rb") as fh:
-                st = os.fstat(fh.fileno())
-                if not stat.S_ISREG(st.st_mode):
-                    raise _refuse(path, "something that is not a regular file")
-                if not trusted and st.st_nlink > 1:
-                    raise _refuse(path, "a file with another hard link")
-                return fh.read()
+                return open_read(Path(os.path.normpath(path.parent / target)), _links + 1)
+            fh = os.fdopen(f, "rb")
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                fh.close()
+                raise _refuse(path, "something that is not a regular file")
+            if not trusted and st.st_nlink > 1:
+                fh.close()
+                raise _refuse(path, "a file with another hard link")
+            return fh
     except (FileNotFoundError, NotADirectoryError):
         return None
+
+
+def read(path: Path) -> bytes | None:
+    """The bytes of a regular file, or None if it is missing."""
+    fh = open_read(path)
+    if fh is None:
+        return None
+    with fh:
+        return fh.read()
+
+
+def listdir(path: Path) -> list[str]:
+    """The names in directory path, reached without following untrusted
+    links ([] if it is missing)."""
+    try:
+        fd, _ = _walk(path, create=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    try:
+        return sorted(os.listdir(fd))
+    finally:
+        os.close(fd)
 
 
 def write(path: Path, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:

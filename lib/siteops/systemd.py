@@ -283,15 +283,16 @@ def ensure_jobs(host: Host, site: Site) -> None:
 
 
 def job_results(host: Host, site: Site) -> dict[str, dict]:
-    """{job: {schedule, last (UTC start of its last run or null), result
-    ("success" | why it failed | null before its first run), next}}."""
+    """{job: {schedule, running, last (start of its last run, or null),
+    result ("success" | why it failed | null before its first run), timer
+    (its ActiveState), next}} of the live release's jobs."""
     record = site.releases.get(site.live.release) if site.live else None
     out = {}
     for job, spec in sorted((record.jobs if record else {}).items()):
         service, timer = job_units(site.name, job)
         props = show(host, service, "Result", "ExecMainStatus", "ExecMainStartTimestamp",
                      "ActiveState")
-        tprops = show(host, timer, "NextElapseUSecRealtime", "LastTriggerUSec")
+        tprops = show(host, timer, "ActiveState", "NextElapseUSecRealtime")
         ran = props.get("ExecMainStartTimestamp") not in (None, "", "n/a")
         result = None
         if ran and props.get("ActiveState") != "activating":
@@ -299,7 +300,8 @@ def job_results(host: Host, site: Site) -> dict[str, dict]:
                       f"{props.get('Result')} (exit {props.get('ExecMainStatus')})")
         out[job] = {"schedule": spec["schedule"], "running": props.get("ActiveState") == "activating",
                     "last": props.get("ExecMainStartTimestamp") if ran else None,
-                    "result": result, "next": tprops.get("NextElapseUSecRealtime") or None}
+                    "result": result, "timer": tprops.get("ActiveState", "unknown"),
+                    "next": tprops.get("NextElapseUSecRealtime") or None}
     return out
 
 

@@ -12,7 +12,7 @@ from .system import Host
 NOLOGIN = "/usr/sbin/nologin"
 DEPLOY_USER = "deploy"
 # What the deploy user may run as root without full sudo.
-DEPLOY_COMMANDS = ("deploy", "rollback", "audit", "sites")
+DEPLOY_COMMANDS = ("deploy", "rollback", "audit", "sites", "config", "logs")
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,8 @@ def summary(host: Host, site: Site, du: dict, states: dict) -> dict:
         "tls_expires": tls_expiry(host, site),
         "disk_bytes": du.get(str(host.paths.site(name))),
         "units": {u: states.get(u, {}).get("active", "?") for u in systemd.live_units(site)},
+        "workers": {kind: spec["count"] for kind, spec in (record.workers if record else {}).items()},
+        "jobs": systemd.job_results(host, site),
     }
 
 
@@ -102,7 +104,13 @@ def show_lines(r: dict, site: Site) -> list[str]:
         ("repository", r["repo"] or "-"),
         ("live release", f"{r['live_release']} {(r['commit'] or '')[:12]}" if r["live_release"] else "-"),
         ("units", " ".join(f"{u} {s}" for u, s in r["units"].items())),
+        ("workers", " ".join(f"{k} x{n}" for k, n in r["workers"].items()) or "-"),
         ("TLS expires", r["tls_expires"] or "no certificate"), ("disk", mib(r["disk_bytes"])))]
+    if r["jobs"]:
+        lines.append("jobs:")
+        lines += [f"  {job:<12} {j['schedule']:<20} last {j['last'] or 'never'}: "
+                  f"{'running' if j['running'] else j['result'] or '-'}; next {j['next'] or '-'}"
+                  for job, j in r["jobs"].items()]
     history = site.history[-10:]
     if history:
         lines.append("history:")
