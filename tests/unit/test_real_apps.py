@@ -6,13 +6,16 @@ import json
 
 import pytest
 
-from siteops import envfile, instances, manifest, registry, releases, systemd
+from siteops import envfile, instances, manifest, releases, systemd
 from siteops.commands import config, logs
 from siteops.errors import UsageError
 from siteops.manifest import ManifestError
 from siteops.model import OK, Release, Site
 
-from test_deploy_plans import R1, R2, healthy, prepared_host, shop  # noqa: F401
+import test_deploy_plans
+from test_deploy_plans import R1, R2, healthy, prepared_host
+
+shop = test_deploy_plans.shop  # the fixture: site shop live on R1, R2 built
 
 NASTY = ["plain", "two words", "it's $HOME and ${X}", 'say "hi" \\ `x`', "line1\nline2",
          "", "#not a comment", " padded ", "tab\there", "ünïcode ✓", "a=b=c", "trailing\\"]
