@@ -312,10 +312,11 @@ def show(host: Host, unit: str, *props: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def sandbox_argv(host: Host, entry: Site, workdir: Path, command: str, unit: str) -> list[str]:
+def sandbox_argv(host: Host, entry: Site, workdir: Path, command: str, unit: str,
+                 writable: tuple[Path, ...] = ()) -> list[str]:
     """systemd-run argv that runs a shell command in workdir as the site user with
     the services' hardening, in the site's slice (its limits), binding only its
-    ports; only workdir and the site's build cache are writable."""
+    ports; only workdir, the site's build cache and `writable` are writable."""
     site = entry.name
     root = host.paths.site(site)
     cache = host.paths.of(site).cache
@@ -323,7 +324,8 @@ def sandbox_argv(host: Host, entry: Site, workdir: Path, command: str, unit: str
              if "=" in line and not line.startswith("#")]
     props += socket_bind(entry)
     props += [f"User={site}", f"Group={site}", f"Slice={slice_name(site)}",
-              f"WorkingDirectory={workdir}", f"ReadWritePaths={workdir} {cache}",
+              f"WorkingDirectory={workdir}",
+              "ReadWritePaths=" + " ".join(map(str, (workdir, cache, *writable))),
               f"EnvironmentFile={root}/shared/.env"]
     env = {"HOME": cache, "XDG_CACHE_HOME": cache, "NODE_ENV": "production",
            "npm_config_cache": cache / "npm", "CI": "true",

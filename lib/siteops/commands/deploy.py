@@ -31,8 +31,9 @@ Steps:
             When the lockfiles, install commands and runtime version are those
             of a kept release, its dependencies are copied instead (reuse)
   release   the release command (siteops.toml release, Procfile release:
-            database migrations) in the same sandbox with the site's .env; if
-            it fails the deploy stops and the live release keeps serving
+            database migrations) in the same sandbox with the site's .env
+            (shared/uploads writable too, as for the app); if it fails the
+            deploy stops and the live release keeps serving
   start     on the spare port of each component's block (3101 when 3100 is
             live, and back), beside the live instance; workers beside the live
             workers
@@ -178,7 +179,10 @@ def in_sandbox(host: Host, site: Site, rel, label: str, command: str) -> None:
     unit = instances.build_unit(site.name)
     systemd.wait_unloaded(host, unit)
     try:
-        host.run(systemd.sandbox_argv(host, site, rel, command, unit), timeout=3600, stream=True)
+        # The release command may write where the app may (shared/uploads).
+        writable = (host.paths.of(site.name).uploads,) if label == "release" else ()
+        host.run(systemd.sandbox_argv(host, site, rel, command, unit, writable),
+                 timeout=3600, stream=True)
     except CommandError as exc:
         after = ("; nothing was switched: the live release keeps serving"
                  if label == "release" else "")

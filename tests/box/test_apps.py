@@ -1,0 +1,241 @@
+"""Real apps on booted Debian 12 and 13 machines: a release command (a
+migration on the site's PostgreSQL), workers fed through the site's Redis, a
+scheduled job every 5 s, config changes under load, logs, a Procfile app, and
+a redeploy that reuses the installed dependencies."""
+
+import json
+import re
+import time
+
+import pytest
+
+from machine import Load, commit
+
+REPO = "/srv/repos/app"
+SITE = "/srv/sites/app"
+PSQL = "runuser -u postgres -- psql -d app -tAc"
+
+APP = """\
+import http.server, os
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"{os.environ.get('VERSION_TAG', 'v?')} greeting={os.environ.get('GREETING', '')!r}\\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body.encode())))
+        self.end_headers()
+        self.wfile.write(body.encode())
+    def log_message(self, *args):
+        pass
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+MIGRATE = """\
+set -e
+psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -c "CREATE TABLE IF NOT EXISTS done (item text, at timestamptz DEFAULT now())"
+echo "migrated"
+"""
+
+WORKER = """\
+echo "worker $SITEOPS_RELEASE started"
+trap 'echo "worker stopping"; exit 0' TERM
+while true; do
+  item=$(redis-cli -u "$REDIS_URL" --no-auth-warning --raw BRPOP queue 1 | tail -n 1)
+  if [ -n "$item" ]; then
+    psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -c "INSERT INTO done (item) VALUES ('$item')"
+    echo "processed $item"
+  fi
+done
+"""
+
+TICK = """\
+date +%s >> uploads/ticks.txt
+echo "tick $SITEOPS_RELEASE"
+"""
+
+MANIFEST = """\
+runtime = "python"
+release = "sh migrate.sh"
+health_timeout = 20
+
+[frontend]
+start = "python app.py"
+health = "/"
+
+[workers.q]
+command = "sh worker.sh"
+count = 2
+
+[jobs.tick]
+schedule = "*:*:0/5"
+command = "sh tick.sh"
+"""
+
+FILES = {"app.py": APP, "migrate.sh": MIGRATE, "worker.sh": WORKER, "tick.sh": TICK,
+         "requirements.txt": "", "siteops.toml": MANIFEST}
+
+
+@pytest.fixture(scope="module")
+def host(box):
+    box.siteops("bootstrap")
+    box.siteops("add-site app --domain app.test --components frontend")
+    box.siteops("config app set VERSION_TAG=v1 --no-restart")
+    commit(box, REPO, FILES, "v1")
+    box.siteops(f"deploy app --repo {REPO}")
+    return box
+
+
+def wait_for(box, script: str, seconds: float = 20) -> str:
+    """Output of script once it prints something (polling), else fail."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        out = box.sh(script, check=False).stdout.strip()
+        if out:
+            return out
+        time.sleep(0.5)
+    raise AssertionError(f"nothing from {script!r} within {seconds}s")
+
+
+def push(box, item: str) -> None:
+    box.sh(f". {SITE}/shared/.env && redis-cli -u \"$REDIS_URL\" --no-auth-warning "
+           f"LPUSH queue {item} >/dev/null")
+
+
+def registry(box) -> dict:
+    return json.loads(box.sh("cat /var/lib/siteops/registry.json").stdout)["sites"]
+
+
+def live(box) -> str:
+    return registry(box)["app"]["live"]["release"]
+
+
+def page(box) -> str:
+    return box.sh("curl -sS -H 'Host: app.test' http://127.0.0.1/").stdout
+
+
+def test_the_release_command_migrated_and_workers_consume_the_queue(host):
+    assert host.sh(f"{PSQL} \"SELECT count(*) FROM information_schema.tables "
+                   "WHERE table_name = 'done'\"").stdout.strip() == "1"
+    workers = ["app-worker@q-1-0.service", "app-worker@q-2-0.service"]
+    assert host.sh(f"systemctl is-active {' '.join(workers)}").stdout.split() == ["active"] * 2
+    assert host.sh(f"systemctl is-enabled {' '.join(workers)}").stdout.split() == ["enabled"] * 2
+    push(host, "hello")
+    assert wait_for(host, f"{PSQL} \"SELECT item FROM done WHERE item = 'hello'\"") == "hello"
+    out = host.siteops("logs app q -n 50").stdout
+    assert re.search(r"^worker q \| processed hello$", out, re.M), out
+    # Workers run in the site's slice, as the site user, hardened like the web units.
+    props = host.sh("systemctl show -p Slice -p User -p ProtectSystem -p PrivateUsers "
+                    "app-worker@q-1-0.service").stdout
+    assert "Slice=siteops-app.slice" in props and "User=app" in props
+    assert "ProtectSystem=strict" in props and "PrivateUsers=yes" in props
+
+
+def test_the_job_runs_every_five_seconds_and_its_result_is_shown(host):
+    wait_for(host, f"test $(wc -l < {SITE}/shared/uploads/ticks.txt 2>/dev/null || echo 0) "
+                   "-ge 2 && echo two", seconds=20)
+    assert host.sh("systemctl is-enabled app-job-tick.timer").stdout.strip() == "enabled"
+    assert "Slice=siteops-app.slice" in host.sh("systemctl show -p Slice app-job-tick.service").stdout
+    show = host.siteops("sites show app").stdout
+    assert re.search(r"tick\s+\*:\*:0/5\s+last .*: (success|running)", show), show
+    assert "workers:      q x2" in show
+    assert re.search(r"^job tick \| tick \d{8}T", host.siteops("logs app tick").stdout, re.M)
+    audit = json.loads(host.siteops("audit --json", check=False).stdout)
+    job = [f for f in audit["findings"] if f["id"] == "site.app.job:tick"]
+    assert job and job[0]["severity"] == "ok", job
+
+
+def test_a_failing_job_is_reported_by_audit(host):
+    commit(host, REPO, {"tick.sh": "echo broken >&2; exit 3\n"}, "broken tick")
+    host.siteops("deploy app")
+    wait_for(host, "systemctl show -p Result --value app-job-tick.service | grep exit-code")
+    res = host.siteops("audit --json", check=False)
+    job = [f for f in json.loads(res.stdout)["findings"] if f["id"] == "site.app.job:tick"][0]
+    assert job["severity"] == "warning" and "exit 3" in job["message"], job
+    assert res.returncode >= 1
+    commit(host, REPO, {"tick.sh": TICK}, "tick fixed")
+    host.siteops("deploy app")
+
+
+def test_logs_follow_a_running_worker(host):
+    host.sh("rm -f /tmp/follow.log; setsid timeout 12 "
+            "/opt/siteops-src/bin/logs app worker -f -n 0 >/tmp/follow.log 2>&1 &")
+    time.sleep(1.5)
+    push(host, "followed")
+    wait_for(host, "grep -x 'worker q | processed followed' /tmp/follow.log")
+
+
+def test_a_redeploy_with_unchanged_requirements_reuses_the_venv(host):
+    before = live(host)
+    commit(host, REPO, {"app.py": APP.replace("v?", "v?2")}, "app only")
+    t0 = time.monotonic()
+    out = host.siteops("deploy app").stdout
+    seconds = time.monotonic() - t0
+    rid = live(host)
+    assert "==> reuse: cp -a --reflink=auto" in out and "==> venv" not in out, out
+    # The copy is the new release's own, its scripts point at it.
+    assert host.sh(f"head -1 {SITE}/releases/{rid}/.venv/bin/pip").stdout.strip() == \
+        f"#!{SITE}/releases/{rid}/.venv/bin/python3"
+    assert host.sh(f"{SITE}/releases/{rid}/.venv/bin/pip --version").stdout.startswith("pip ")
+    assert host.sh(f"stat -c %i {SITE}/releases/{rid}/.venv/bin/pip").stdout != \
+        host.sh(f"stat -c %i {SITE}/releases/{before}/.venv/bin/pip").stdout
+    # New workers at the other offset; the old ones stopped after the switch.
+    assert host.sh("systemctl is-active app-worker@q-1-1.service app-worker@q-1-0.service",
+                   check=False).stdout.split() == ["active", "inactive"]
+    print(f"redeploy reusing the venv: {seconds:.1f} s")
+    # A changed requirements.txt installs afresh.
+    commit(host, REPO, {"requirements.txt": "# pinned nothing\n"}, "requirements")
+    out = host.siteops("deploy app").stdout
+    assert "==> venv: python3 -m venv .venv" in out and "==> reuse" not in out
+
+
+def test_a_failing_migration_stops_the_deploy_and_the_live_release_serves(host):
+    before, served = live(host), page(host)
+    commit(host, REPO, {"migrate.sh": "echo 'relation missing' >&2; exit 4\n"}, "bad migration")
+    res = host.siteops("deploy app", check=False)
+    assert res.returncode == 1
+    assert "release failed (exit 4): sh migrate.sh; nothing was switched" in res.stderr
+    assert "relation missing" in res.stderr
+    assert live(host) == before and page(host) == served
+    commit(host, REPO, {"migrate.sh": MIGRATE}, "migration fixed")
+    host.siteops("deploy app")
+
+
+def test_config_set_under_load_drops_no_request_and_keeps_every_character(host):
+    value = """it's "$5" `x` \\ #1"""
+    load = Load(host, "app.test")
+    host.sh("/opt/siteops-src/bin/config app set GREETING", input=value)
+    time.sleep(1)
+    samples = load.stop()
+    failed = [s for s in samples if s[2] != 200]
+    assert len(samples) > 50 and failed == [], failed[:5]
+    assert page(host).endswith(f"greeting={value!r}\n")
+    listed = host.siteops("config app").stdout
+    assert "GREETING=********" in listed and "$5" not in listed
+    assert "$5" not in host.sh("cat /var/log/siteops/actions.jsonl").stdout
+    assert "$5" in host.siteops("config app --show").stdout
+    assert host.sh(f"stat -c '%a %U' {SITE}/shared/.env").stdout.strip() == "600 app"
+    # The deploy user reads config and logs through its sudo rule.
+    out = host.sh("runuser -u deploy -- sudo -n /opt/siteops/bin/config app").stdout
+    assert "GREETING=********" in out
+    host.sh("runuser -u deploy -- sudo -n /opt/siteops/bin/logs app -n 1")
+    res = host.siteops("config app set PORT=1", check=False)
+    assert res.returncode == 2 and "set per instance" in res.stderr
+
+
+def test_rollback_says_it_does_not_undo_migrations(host):
+    out = host.siteops("rollback app").stdout
+    assert "are not undone: database migrations they ran stay applied" in out
+
+
+def test_a_procfile_app_deploys_unchanged(host):
+    host.siteops("add-site proc --domain proc.test --components frontend")
+    commit(host, "/srv/repos/proc", {
+        "Procfile": "web: python3 app.py --port $PORT\nworker: sh worker.sh\n"
+                    "release: echo released > uploads/release.txt\n",
+        "app.py": APP.replace('int(os.environ["PORT"])', "int(__import__('sys').argv[2])"),
+        "worker.sh": "echo procfile worker up; exec sleep infinity\n"}, "proc")
+    host.siteops("deploy proc --repo /srv/repos/proc")
+    assert host.sh("curl -sS -H 'Host: proc.test' http://127.0.0.1/").stdout.startswith("v?")
+    assert host.sh("systemctl is-active proc-worker@worker-1-0.service").stdout.strip() == "active"
+    assert host.sh("cat /srv/sites/proc/shared/uploads/release.txt").stdout == "released\n"
