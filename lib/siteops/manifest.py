@@ -273,12 +273,14 @@ def reuse_steps(runtime: str, steps: list[tuple[str, str]], donor: str,
                 release: str) -> list[tuple[str, str]]:
     """steps with the install replaced by a copy of the donor release's
     dependencies (its own copy: nothing writable is shared with a live
-    release). A venv's scripts name their interpreter by absolute path, so
-    those paths are rewritten to the new release."""
+    release; absolute paths, deploy runs it as the site user). A venv's
+    scripts name their interpreter by absolute path, so those paths are
+    rewritten to the new release."""
     deps = DEPS_DIR[runtime]
-    copy = f"cp -a --reflink=auto -- {donor}/{deps} {deps}"
+    new = f"{release}/{deps}"
+    copy = f"cp -a --reflink=auto -- {donor}/{deps} {new}"
     if runtime == "python":
-        copy += (f" && {{ grep -rlIF -- {donor}/ {deps}/bin {deps}/pyvenv.cfg || true; }}"
+        copy += (f" && {{ grep -rlIF -- {donor}/ {new}/bin {new}/pyvenv.cfg || true; }}"
                  f" | xargs -r sed -i -e 's|{donor}/|{release}/|g'")
     return [("reuse", copy)] + [s for s in steps if s[0] not in INSTALL_STEPS]
 

@@ -172,7 +172,8 @@ def test_a_redeploy_with_unchanged_requirements_reuses_the_venv(host):
     out = host.siteops("deploy app").stdout
     seconds = time.monotonic() - t0
     rid = live(host)
-    assert "==> reuse: cp -a --reflink=auto" in out and "==> venv" not in out, out
+    assert f"==> reuse: cp -a --reflink=auto -- {SITE}/releases/{before}/.venv" in out
+    assert "==> venv" not in out, out
     # The copy is the new release's own, its scripts point at it.
     assert host.sh(f"head -1 {SITE}/releases/{rid}/.venv/bin/pip").stdout.strip() == \
         f"#!{SITE}/releases/{rid}/.venv/bin/python3"

@@ -104,7 +104,8 @@ def test_dependencies_are_reused_only_for_the_same_lockfiles_commands_and_runtim
     reused = manifest.reuse_steps("python", steps + [("build", "make")], "/s/releases/r2",
                                   "/s/releases/r5")
     assert [label for label, _ in reused] == ["reuse", "build"]
-    assert reused[0][1].startswith("cp -a --reflink=auto -- /s/releases/r2/.venv .venv && ")
+    assert reused[0][1].startswith("cp -a --reflink=auto -- /s/releases/r2/.venv "
+                                   "/s/releases/r5/.venv && ")
     assert "sed -i -e 's|/s/releases/r2/|/s/releases/r5/|g'" in reused[0][1]
 
 

@@ -168,7 +168,10 @@ def build(host: Host, site: Site, rid: str, record: Release, args: argparse.Name
         steps.append(("release", m.release))
     for label, command in steps:
         host.say(f"==> {label}: {command}")
-        in_sandbox(host, site, rel, label, command)
+        if label == "reuse":  # siteops's own copy: as the site user, without a sandbox's start-up
+            host.run(users.as_user(name, "/bin/sh", "-c", command), timeout=600)
+        else:
+            in_sandbox(host, site, rel, label, command)
     record.runtime, record.commands, record.health = runtime, commands, health
     record.health_timeout = m.health_timeout
     record.release_command, record.workers, record.jobs = m.release, m.workers, m.jobs
