@@ -10,7 +10,7 @@ import datetime
 import difflib
 from dataclasses import asdict, dataclass
 
-from . import layout, registry, releases, systemd
+from . import layout, registry, releases, systemd, usage
 from .model import Site
 from .system import Host, redact
 
@@ -169,6 +169,7 @@ def site_checks(host: Host, site: Site, facts: dict) -> list[Finding]:
     out.append(ports_check(site, facts))
     out += release_checks(site, sf)
     out += job_checks(site, sf)
+    out += usage_checks(site, facts.get("usage", {}).get(name))
     out += tls_checks(site, sf, facts["time"])
     out.append(database_check(site, facts))
     if not facts["backup"]["error"]:
@@ -277,6 +278,30 @@ def job_checks(site: Site, sf: dict) -> list[Finding]:
                       f"job {job} ({j['schedule']}): last run "
                       f"{j['result'] or 'not yet'}", problem or "", WARNING,
                       remedy=f"logs {site.name} {job}; journalctl -u {service}"))
+    return out
+
+
+def usage_checks(site: Site, row: dict | None) -> list[Finding]:
+    """The site is not at its memory limit, and its 5xx rate over the last
+    window is low (thresholds in usage.py and the README)."""
+    if row is None:
+        return []
+    name, out = site.name, []
+    if row.get("memory_bytes") is not None and row.get("memory_max_bytes"):
+        pct = 100 * row["memory_bytes"] / row["memory_max_bytes"]
+        out.append(_f(f"site.{name}.memory", not usage.near_memory_limit(row), name,
+                      f"memory {pct:.0f}% of its limit",
+                      f"memory at {pct:.0f}% of its limit ({row['memory_bytes'] // 2**20} of "
+                      f"{row['memory_max_bytes'] // 2**20} MiB): the kernel reclaims, then "
+                      "kills the site's own processes", WARNING,
+                      remedy=f"sites usage {name}; limits {name} --memory-max SIZE"))
+    rate = usage.error_rate(row)
+    if rate is not None:
+        out.append(_f(f"site.{name}.errors", rate <= usage.ERROR_RATE_WARN, name,
+                      f"{100 * rate:.1f}% 5xx over the last {row['window_seconds']:g} s",
+                      f"{100 * rate:.1f}% of {row['requests']} requests answered 5xx over the "
+                      f"last {row['window_seconds']:g} s", WARNING,
+                      remedy=f"logs {name} nginx; logs {name} web"))
     return out
 
 

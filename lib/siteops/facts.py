@@ -48,7 +48,7 @@ import ssl
 from pathlib import Path
 
 from . import (backup, distro, envfile, firewall, hardening, instances, journal, layout, logrotate,
-               network, nftables, nginx, postgres, redis, sysctl, systemd, tls)
+               network, nftables, nginx, postgres, redis, sysctl, systemd, tls, usage)
 from .errors import CommandError
 from .model import Site
 from .system import Host
@@ -173,16 +173,6 @@ def site_facts(host: Host, site: Site, nginx_version: tuple[int, ...]) -> dict:
     }
 
 
-def disk_usage(host: Host, paths: list[Path]) -> dict[str, int]:
-    """Bytes used under each path, from one `du`."""
-    existing = [str(p) for p in paths if p.exists()]
-    if not existing:
-        return {}
-    out = host.query(["du", "-s", "-x", "-B1", "--", *existing], ok=range(256)).out
-    return {line.split("\t", 1)[1]: int(line.split("\t", 1)[0])
-            for line in out.splitlines() if "\t" in line}
-
-
 def ufw_facts(host: Host) -> dict:
     active, policy, allowed = firewall.status(host)
     return {"active": active, "policy": policy, "allowed": sorted(allowed)}
@@ -221,6 +211,7 @@ def gather(host: Host, sites: list[Site]) -> dict:
         "postgres_unit": pg_unit,
         "disk": {"used_pct": round(100 * (1 - root_stat.f_bavail / root_stat.f_blocks), 1)
                  if root_stat.f_blocks else 0},
-        "du": disk_usage(host, [host.paths.site(s.name) for s in sites]),
+        "du": usage.du(host, [host.paths.site(s.name) for s in sites]),
         "sites": {s.name: site_facts(host, s, version) for s in sites},
+        "usage": {r["name"]: r for r in usage.collect(host, sites, interval=0, with_disk=False)},
     }

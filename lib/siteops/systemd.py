@@ -337,7 +337,8 @@ def sandbox_argv(host: Host, entry: Site, workdir: Path, command: str, unit: str
     return argv + ["--", "/bin/sh", "-c", command]
 
 
-TIMERS = {"audit": "daily audit timer", "backup": "daily backup timer"}
+TIMERS = {"audit": "daily audit timer", "backup": "daily backup timer",
+          "usage": "usage export timer (every minute, for node_exporter)"}
 
 
 def timer_units(job: str) -> tuple[str, str]:
@@ -345,7 +346,7 @@ def timer_units(job: str) -> tuple[str, str]:
 
 
 def ensure_timer(host: Host, job: str) -> None:
-    """A daily siteops job (audit, backup): a oneshot service and its timer, enabled."""
+    """A siteops job (audit, backup, usage): a oneshot service and its timer, enabled."""
     service, timer = timer_units(job)
     with host.step(TIMERS[job]):
         paths = {u: host.paths.unit(u) for u in (service, timer)}

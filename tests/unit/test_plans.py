@@ -75,6 +75,8 @@ def test_bootstrap_plan_on_a_new_server(root):
         "restic --quiet init",
         "systemctl daemon-reload",
         "systemctl enable --now siteops-backup.timer",
+        "systemctl daemon-reload",
+        "systemctl enable --now siteops-usage.timer",
     ]
     notes = [a.detail for a in host.actions if a.kind == "run" and a.detail]
     assert notes == ['REVOKE CONNECT, TEMPORARY ON DATABASE "postgres" FROM PUBLIC;',

@@ -9,6 +9,7 @@ import pytest
 from siteops import envfile, instances, manifest, releases, systemd
 from siteops.commands import config, logs
 from siteops.errors import UsageError
+from siteops.logfiles import tail
 from siteops.manifest import ManifestError
 from siteops.model import OK, Release, Site
 
@@ -194,6 +195,6 @@ def test_log_sources_and_filters():
 
 def test_tail_reads_only_the_end():
     fh = io.BytesIO(b"".join(b"line %d\n" % i for i in range(100000)))
-    assert logs.tail(fh, 3, block=100) == [b"line 99997", b"line 99998", b"line 99999"]
-    assert logs.tail(io.BytesIO(b"one\ntwo"), 5) == [b"one", b"two"]
-    assert logs.tail(io.BytesIO(b"x\n"), 0) == []
+    assert tail(fh, 3, block=100) == [b"line 99997", b"line 99998", b"line 99999"]
+    assert tail(io.BytesIO(b"one\ntwo"), 5) == [b"one", b"two"]
+    assert tail(io.BytesIO(b"x\n"), 0) == []

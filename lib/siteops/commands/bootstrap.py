@@ -155,6 +155,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
     systemd.ensure_timer(host, "audit")
     backup.ensure_repository(host)
     systemd.ensure_timer(host, "backup")
+    systemd.ensure_timer(host, "usage")
     if firewall_extra:
         host.say(f"note: UFW also allows {', '.join(firewall_extra)}; siteops left "
                  "those rules alone (`audit` reports them)")

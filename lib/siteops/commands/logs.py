@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .. import cli, registry, safefs, validate
+from ..logfiles import tail
 from ..errors import UsageError
 from ..system import Host, clean
 
@@ -62,18 +63,6 @@ def matches(filename: str, process: str | None) -> bool:
         return True
     words = source(filename).split()
     return bool({process, *KINDS.get(process, ())} & {words[0], words[-1]})
-
-
-def tail(fh, lines: int, block: int = 65536) -> list[bytes]:
-    """The last `lines` lines of an open file; it is left at its end."""
-    end = fh.seek(0, os.SEEK_END)
-    data, pos = b"", end
-    while pos > 0 and data.count(b"\n") <= lines:
-        pos = max(0, pos - block)
-        fh.seek(pos)
-        data = fh.read(end - pos)
-    fh.seek(end)
-    return data.splitlines()[-lines:] if lines > 0 else []
 
 
 def emit(prefix: str, line: bytes, width: int) -> None:

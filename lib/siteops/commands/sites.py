@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from .. import cli, facts, journal, nginx, registry, releases, systemd, tls, validate
+from .. import cli, facts, journal, nginx, registry, releases, safefs, systemd, tls, usage, validate
 from ..model import Site
 from ..system import Host
 
@@ -16,8 +17,17 @@ DESCRIPTION = """\
   sites doc             the "Active sites registry" section of the architecture
                         document, as Markdown, generated from the registry and
                         the live server so it can never drift from it
+  sites usage [NAME...] what each site uses: memory now, peak and limit, CPU
+                        share over --interval, tasks, disk IO (the kernel's
+                        accounting of its slice), its tree, database and Redis
+                        memory, and its traffic over --window from its nginx
+                        access log (requests, 4xx, 5xx, 429, p50/p99 upstream
+                        time). --prometheus-dir DIR writes siteops.prom there
+                        (atomically; node_exporter's textfile collector), as
+                        the siteops-usage timer does every minute.
 
-list and show take --json. Read-only.
+list, show and usage take --json. Read-only (usage keeps its du figures for
+15 minutes in /var/lib/siteops/usage-disk.json).
 """
 
 
@@ -38,7 +48,27 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="print JSON")
     sub.add_parser("doc", help="Markdown for the architecture document's registry section",
                    parents=[common])
+    sp = sub.add_parser("usage", help="what each site uses", parents=[common])
+    sp.add_argument("names", nargs="*", type=validate.site_name, metavar="NAME",
+                    help="only these sites (default: all)")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    sp.add_argument("--interval", type=seconds, default=1.0, metavar="S",
+                    help="seconds over which the CPU share is measured (default 1; 0: none)")
+    sp.add_argument("--window", type=seconds, default=300.0, metavar="S",
+                    help="seconds of access log the traffic figures cover (default 300)")
+    sp.add_argument("--prometheus-dir", type=Path, metavar="DIR",
+                    help="write siteops.prom into DIR (if DIR exists) instead of printing")
     return p
+
+
+def seconds(value: str) -> float:
+    try:
+        n = float(value)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 86400:
+        raise validate.InvalidInput(f"invalid number of seconds {value!r}: 0 to 86400")
+    return n
 
 
 def tls_expiry(host: Host, site: Site) -> str | None:
@@ -69,7 +99,7 @@ def summary(host: Host, site: Site, du: dict, states: dict) -> dict:
 
 
 def gather(host: Host, sites: list[Site]) -> list[dict]:
-    du = facts.disk_usage(host, [host.paths.site(s.name) for s in sites])
+    du = usage.du(host, [host.paths.site(s.name) for s in sites])
     units = [u for s in sites for u in systemd.live_units(s)]
     states = facts.unit_states(host, units) if units else {}
     return [summary(host, s, du, states) for s in sites]
@@ -160,11 +190,11 @@ def doc_lines(host: Host, rows: list[dict]) -> list[str]:
     out += ["", "### Database registry", "", "| Database | Owner | Status |", "|---|---|---|"]
     out += [f"| `{r['database']}` | `{r['name']}` | PUBLIC revoked |" for r in rows]
     pg = facts.postgres_facts(host)
-    usage = facts.disk_usage(host, [host.paths.sites])
+    used = usage.du(host, [host.paths.sites])
     out += ["", "### Shared resource usage", "", f"As of {today}:", "",
             "| Resource | Usage |", "|---|---|",
             f"| PostgreSQL connections | {pg.get('connections', '?')}/{pg.get('max_connections', '?')} |",
-            f"| Disk used by sites | {mib(usage.get(str(host.paths.sites)))} |",
+            f"| Disk used by sites | {mib(used.get(str(host.paths.sites)))} |",
             "", "### TLS renewal", "",
             "Automatic: certbot's systemd timer; the deploy hook "
             "`/etc/letsencrypt/renewal-hooks/deploy/siteops-reload-nginx` runs `nginx -t` and "
@@ -172,8 +202,52 @@ def doc_lines(host: Host, rows: list[dict]) -> list[str]:
     return out
 
 
+def usage_lines(rows: list[dict]) -> list[str]:
+    def size(n):
+        return mib(n) if n is not None else "-"
+
+    def limit(r):
+        top = r["memory_max_bytes"]
+        return f"{size(r['memory_bytes'])} / {size(top) if top else 'no limit'}"
+    head = ("NAME", "MEMORY / LIMIT", "PEAK", "CPU%", "TASKS", "IO R/W", "DISK", "DB", "REDIS",
+            "REQ", "4xx", "5xx", "429", "p50/p99 ms")
+    table = [head] + [(
+        r["name"], limit(r), size(r["memory_peak_bytes"]),
+        "-" if r["cpu_percent"] is None else f"{r['cpu_percent']:.1f}",
+        f"{r['tasks'] if r['tasks'] is not None else '-'}/{r['limits']['tasks_max']}",
+        f"{size(r['io_read_bytes'])}/{size(r['io_write_bytes'])}", size(r["disk_bytes"]),
+        size(r["database_bytes"]), size(r["redis_memory_bytes"]), str(r["requests"]),
+        str(r["status_4xx"]), str(r["status_5xx"]), str(r["status_429"]),
+        "-" if r["upstream_p50_ms"] is None
+        else f"{r['upstream_p50_ms']:.0f}/{r['upstream_p99_ms']:.0f}") for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    if rows:
+        lines.append(f"traffic over the last {rows[0]['window_seconds']:g} s of each access log")
+    return lines
+
+
+def show_usage(host: Host, data, args: argparse.Namespace) -> None:
+    names = args.names or sorted(data.sites, key=lambda n: data.sites[n].slot)
+    sites = [registry.get_site(data, n) for n in names]
+    rows = usage.collect(host, sites, 0 if args.prometheus_dir else args.interval, args.window)
+    if args.prometheus_dir:
+        if args.prometheus_dir.is_dir() and not host.dry_run:
+            safefs.write(args.prometheus_dir / "siteops.prom",
+                         usage.prometheus(rows).encode(), 0o644)
+        return
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for line in usage_lines(rows):
+        host.say(line)
+
+
 def run(host: Host, args: argparse.Namespace) -> None:
     data = registry.load(host)
+    if args.action == "usage":
+        show_usage(host, data, args)
+        return
     if args.action == "show":
         site = registry.get_site(data, args.name)
         row = gather(host, [site])[0]
