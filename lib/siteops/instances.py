@@ -323,11 +323,38 @@ def remove_release(host: Host, name: str, rid: str) -> None:
 
 
 def recover(host: Host, site: Site) -> Site:
-    """Bring the site back to what the registry says after a killed deploy (run
-    under the site lock): releases still 'building' are marked failed and
-    removed with their build; nginx points at the live ports, the live
-    instances run, every other instance is stopped. Returns the updated entry."""
+    """Bring the site back to what the registry says after a killed deploy,
+    rollback or restart (run under the site lock). The registry decides: a
+    release it does not record as live is not live, however far its switch
+    got. Traffic leaves a release before its files do:
+
+      1. the live instances run (started if a kill left them stopped);
+      2. nginx points at their ports and `current` at the live release;
+      3. every other instance of the site (a half-started release) stops;
+      4. releases still marked building are marked failed, their build
+         stopped and their files removed.
+
+    Returns the updated entry."""
     name = site.name
+    logs = host.paths.of(name).logs
+    live = set(systemd.live_instances(site))
+    for unit in sorted(live):
+        with host.step(f"{unit} running"):
+            systemd.ensure_started(host, unit)
+    nginx.ensure_site(host, site, logs)
+    if site.live and host.paths.of(name).release(site.live.release).is_dir():
+        with host.step(f"current -> releases/{site.live.release}"):
+            host.symlink(host.paths.of(name).current, f"releases/{site.live.release}")
+    strays = [u for u in running_instances(host, name) if u not in live]
+    with host.step(f"no stray instances of {name}"):
+        for unit in strays:
+            state, _ = unit_state(host, unit)
+            if state != "inactive":
+                stop(host, [unit])
+            if state == "failed":
+                host.run(["systemctl", "reset-failed", unit])
+            if systemd.is_enabled(host, unit):  # killed between the switch and the disable
+                host.run(["systemctl", "--no-reload", "disable", "--quiet", unit])
     stale = releases.stale(site)
     if stale:
         def mark(entry):
@@ -339,18 +366,5 @@ def recover(host: Host, site: Site) -> Site:
             with host.step(f"remove interrupted release {rid}"):
                 stop_build(host, name)
                 remove_release(host, name, rid)
-    nginx.ensure_site(host, site, host.paths.of(name).logs)
-    live = set(systemd.live_instances(site))
-    strays = [u for u in running_instances(host, name) if u not in live]
-    with host.step(f"no stray instances of {name}"):
-        for unit in strays:
-            state, _ = unit_state(host, unit)
-            if state != "inactive":
-                stop(host, [unit])
-            if state == "failed":
-                host.run(["systemctl", "reset-failed", unit])
-    for unit in sorted(live):
-        with host.step(f"{unit} running"):
-            systemd.ensure_started(host, unit)
     systemd.ensure_jobs(host, site)
     return site

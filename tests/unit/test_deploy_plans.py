@@ -281,3 +281,35 @@ def test_limits_rewrite_the_slice_and_apply_to_the_running_site(root, shop):
     with pytest.raises(SystemExit) as bad:
         limits.main(["shop", "--memory-max", "1T"], host)
     assert bad.value.code == 2
+
+
+def test_recovery_moves_traffic_back_before_it_removes_the_interrupted_release(root, shop):
+    """A deploy killed after its switch reached nginx and `current` but before
+    the registry recorded it: the registry decides (R1 stays live), and the
+    release's files go only after nginx and `current` have left it."""
+    path = root / "var/lib/siteops/registry.json"
+    doc = json.loads(path.read_text())
+    doc["sites"]["shop"]["releases"][R2]["result"] = "building"
+    path.write_text(json.dumps(doc))
+    site = registry.load(make_host(root)[0]).sites["shop"]
+    interrupted = site.copy(live=model.Live(R2, 1))
+    host, runner = prepared_host(root, interrupted, [
+        (["systemctl", "list-units"], 0, "shop-frontend@3101.service loaded active running x\n"),
+        (["systemctl", "show"], 0, "ActiveState=active\nNRestarts=0\n"),
+        (["systemctl", "is-enabled"], 0, ""), (["systemctl", "is-active"], 0, ""),
+        (["nginx", "-v"], 0, "", "nginx version: nginx/1.22.1")])
+    (root / "srv/sites/shop/current").unlink()
+    (root / "srv/sites/shop/current").symlink_to(f"releases/{R2}")
+    assert "127.0.0.1:3101" in (root / "etc/nginx/sites-available/shop.conf").read_text()
+    recovered = instances.recover(host, site)
+    steps = [str(a) for a in host.actions]
+    nginx_back = next(i for i, a in enumerate(steps) if "sites-available/shop.conf" in a)
+    current_back = next(i for i, a in enumerate(steps) if "current -> releases/" + R1 in a)
+    stopped = next(i for i, a in enumerate(steps) if "stop shop-frontend@3101.service" in a)
+    removed = next(i for i, a in enumerate(steps) if "rm -rf" in a and R2 in a)
+    assert nginx_back < removed and current_back < removed and stopped < removed
+    assert "127.0.0.1:3100" in (root / "etc/nginx/sites-available/shop.conf").read_text()
+    assert (root / "srv/sites/shop/current").readlink().as_posix() == f"releases/{R1}"
+    assert recovered.releases[R2].result == "failed" and recovered.live.release == R1
+    assert "systemctl --no-reload disable --quiet shop-frontend@3101.service" in \
+        planned_commands(host)
