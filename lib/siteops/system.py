@@ -15,6 +15,7 @@ import os
 import pwd
 import re
 import shlex
+import signal
 import stat
 import subprocess
 import sys
@@ -168,6 +169,17 @@ def gid_of(group: str) -> int:
     return grp.getgrnam(group).gr_gid
 
 
+# Test-only: SITEOPS_KILL_AFTER_STEP=K makes a command SIGKILL itself right
+# after its K-th step, as a crash or `kill -9` would (tests/box/test_crash.py
+# interrupts every command at every step this way).
+KILL_AFTER_STEP = "SITEOPS_KILL_AFTER_STEP"
+
+
+def crash_point(steps_done: int) -> None:
+    if os.environ.get(KILL_AFTER_STEP) == str(steps_done):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @dataclass
 class Host:
     """Facts and changes on one server (or, in a dry run, the plan of them)."""
@@ -201,6 +213,7 @@ class Host:
         else:
             self.unchanged_steps.append(label)
             self.say(f"{'ok':<13}{label}")
+        crash_point(len(self.changed_steps) + len(self.unchanged_steps))
 
     def summary(self) -> str:
         n = len(self.changed_steps)
