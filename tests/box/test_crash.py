@@ -8,7 +8,6 @@ without a critical finding."""
 
 import json
 import re
-import time
 
 import pytest
 
