@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import model, network, nginx, registry, releases, systemd, users
-from .errors import SiteopsError
+from .errors import CommandError, SiteopsError
 from .journal import now
 from .model import Live, Release, Site
 from .system import Host, clean
@@ -141,7 +141,18 @@ def start(host: Host, site: Site, rid: str, record: Release, offset: int) -> lis
     with host.step(f"start release {rid} on port(s) {', '.join(map(str, ports.values()))}"
                    + (f" and {len(workers)} worker(s)" if workers else "")):
         units = ensure_dropins(host, site, rid, record, offset)
-        host.run(["systemctl", "start", *units])
+        try:
+            host.run(["systemctl", "start", *units])
+        except CommandError:
+            # Deploys and rollbacks in quick succession start the same
+            # instance names often: systemd's start rate limit (5 in 10 s)
+            # then refuses a start that is deliberate, not a crash loop.
+            limited = [u for u in units
+                       if systemd.show(host, u, "Result").get("Result") == "start-limit-hit"]
+            if not limited:
+                raise
+            host.run(["systemctl", "reset-failed", *limited])
+            host.run(["systemctl", "start", *units])
     return units
 
 

@@ -99,16 +99,18 @@ def test_deploy_killed_after_every_step_and_at_timed_moments(host):
 
 
 def test_rollback_killed_after_every_step(host):
-    site = registry(host)["app"]
-    target = sorted(r for r, rel in site["releases"].items()
-                    if rel["result"] == "ok" and r != site["live"]["release"])[-1]
-    top = site["live"]["release"]
+    commit(host, REPO, {"VERSION": "r1\n"}, "r1")
+    host.siteops("deploy app")
+    target = registry(host)["app"]["live"]["release"]
+    commit(host, REPO, {"VERSION": "r2\n"}, "r2")
+    host.siteops("deploy app")
+    top = registry(host)["app"]["live"]["release"]
     n = step_count(host.siteops(f"rollback app --to {target}").stdout)
     host.siteops(f"rollback app --to {top}")
     load = Load(host, "app.test")
     for k in range(1, n + 1):
         res = killed_at(host, k, f"rollback app --to {target}")
-        assert res.stdout.strip().endswith("exit 137"), res.stdout[-500:]
+        assert res.stdout.strip().endswith("exit 137"), res.stdout[-500:] + res.stderr[-2000:]
         again = host.siteops(f"rollback app --to {target}", check=False)
         assert again.returncode == 0 or "is already live" in again.stderr, again.stderr
         assert registry(host)["app"]["live"]["release"] == target
