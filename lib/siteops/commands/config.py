@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import cli, envfile, instances, registry, validate
+from .. import cli, envfile, instances, registry, safefs, systemd, validate
 from ..errors import UsageError
 from ..model import Site
 from ..system import Host
@@ -24,7 +24,8 @@ web process, worker, job and build reads.
 A change is written atomically (0600, the site's user) and applied like a
 deploy: the live release moves to fresh instances and workers, health-gated,
 so no request fails; jobs read it at their next run. --no-restart only
-writes it (applied by the next deploy or restart).
+writes it (applied by the next deploy, or by config set without it: a
+setting is applied whenever a live instance is older than .env).
 
 Values are written the way systemd reads EnvironmentFile= (plain, in single
 quotes, or in double quotes with \\ " ` $ escaped) so the app gets exactly
@@ -136,11 +137,26 @@ def run(host: Host, args: argparse.Namespace) -> None:
         new = envfile.assign(text, wanted)
         with host.step(f"{env_path}: {args.action} {', '.join(wanted)}"):
             changed = host.write(env_path, new, 0o600, site.user, site.user)
-        if changed and not args.no_restart:
+        if not args.no_restart and (changed or outdated(host, site)):
             apply(host, site)
         elif changed:
             host.say(f"note: not applied yet; the next deploy (or config {name} set without "
                      "--no-restart) starts the app with it")
+
+
+def outdated(host: Host, site: Site) -> bool:
+    """True if a live instance started before .env last changed: it runs with
+    older settings (a config killed between its write and its restart, or an
+    earlier --no-restart), so setting the same value again applies it."""
+    st = safefs.lstat(host.paths.of(site.name).env)
+    if st is None:
+        return False
+    for unit in systemd.live_instances(site):
+        out = host.query(["systemctl", "show", "--timestamp=unix", "--value",
+                          "-p", "ExecMainStartTimestamp", unit], ok=range(256)).out.strip()
+        if out.startswith("@") and float(out[1:]) < st.st_mtime:
+            return True
+    return False
 
 
 def apply(host: Host, site: Site) -> None:
