@@ -228,15 +228,21 @@ def prune(host: Host) -> None:
 # -- restore --------------------------------------------------------------------
 
 def find_snapshot(host: Host, name: str, wanted: str | None) -> dict:
-    """The site's snapshot whose id starts with wanted, or its newest."""
+    """The site's snapshot whose id starts with wanted, or its newest backup.
+    A restore's own safety snapshot (tagged before-restore) is never the
+    default: a restore run again after an interruption must restore what the
+    first run meant to, not what that run saved on its way."""
     snaps = snapshots(host, site_tag(name))
     if wanted:
         snaps = [s for s in snaps if s["id"].startswith(wanted)]
         if not snaps:
             raise SiteopsError(f"no snapshot {wanted!r} of site {name} in the repository "
                                f"(see: backup --list {name})")
+    else:
+        snaps = [s for s in snaps if SAFETY_TAG not in (s.get("tags") or [])]
     if not snaps:
-        raise SiteopsError(f"the repository has no snapshot of site {name}")
+        raise SiteopsError(f"the repository has no backup of site {name} to restore "
+                           "(before-restore safety snapshots are restored only by --snapshot ID)")
     return snaps[-1]
 
 

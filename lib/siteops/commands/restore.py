@@ -15,10 +15,12 @@ from ..model import Site
 from ..system import Host
 
 DESCRIPTION = """\
-Put a site's data back as a snapshot holds it (default: its newest; see
-`backup --list NAME`): its database, shared/uploads, shared/.env and Redis.
-First a safety snapshot of what is replaced is taken (tagged before-restore),
-so a restore can itself be undone. The database is restored into a new one
+Put a site's data back as a snapshot holds it (default: its newest backup;
+see `backup --list NAME`): its database, shared/uploads, shared/.env and
+Redis. First a safety snapshot of what is replaced is taken (tagged
+before-restore), so a restore can itself be undone with --snapshot ID; it is
+never the default, so a restore run again after an interruption restores
+what the first run meant to. The database is restored into a new one
 that then takes the old one's place, so a dump that fails to load changes
 nothing. The app then moves to fresh instances (health-gated), so it reads
 the restored .env. Releases, nginx and units are not touched.
