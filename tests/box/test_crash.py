@@ -132,6 +132,7 @@ def test_config_killed_after_every_step(host):
         assert page(host).endswith(f" g{k}\n"), page(host)
     samples = load.stop()
     failed = [s for s in samples if s[2] != 200]
+    print(f"config: {n} steps, {len(samples)} requests, {len(failed)} failed")
     assert len(samples) > 50 and failed == [], failed[:5]
     # No secret regenerated, no other line touched.
     assert host.sh("grep -v GREETING /srv/sites/app/shared/.env").stdout == env_before
@@ -155,6 +156,7 @@ def test_add_site_killed_after_every_step_converges(host):
         assert f"<h1>{name}</h1>" in page(host, name)
         audit = host.siteops(f"audit {name}", check=False)
         assert audit.returncode == 0, (k, audit.stdout[-1500:])
+    print(f"add-site: {n} steps, each interrupted and run again, audit clean")
     slots = [s["slot"] for s in registry(host).values()]
     assert len(slots) == len(set(slots))
     assert page(host).startswith(("k", "t", "v"))  # app kept serving throughout
