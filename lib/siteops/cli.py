@@ -14,10 +14,24 @@ from .errors import SiteopsError
 from .system import Host
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported in one line (exit 2) instead of
+    the usage block: control characters in the value are shown escaped."""
+
+    exit_code = 2
+
+    def error(self, message: str):
+        message = message.encode("unicode_escape", "backslashreplace").decode("ascii") \
+            if any(ord(c) < 32 or 0x7f <= ord(c) < 0xa0 or 0x202a <= ord(c) <= 0x202e
+                   for c in message) else message
+        self.exit(self.exit_code, f"{self.prog.split()[0]}: error: {message} "
+                                  f"(see {self.prog} --help)\n")
+
+
 def parser(prog: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
     """An argparse parser with the flags every command has."""
-    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=prog, description=description, epilog=epilog,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true",
                    help="print every change it would make and make none (works without root "
                         "where the facts it reads allow)")

@@ -167,11 +167,17 @@ def repo_url(value: str) -> str:
     return value
 
 
+# Characters that reorder how a terminal shows text (a name could then look
+# like another).
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def git_ref(value: str) -> str:
     """Return value if it is a branch, tag or commit name git would accept."""
-    if not value or len(value) > 200 or _REF_BAD.search(value):
+    if not value or len(value) > 200 or _REF_BAD.search(value) or _BIDI.search(value):
         raise InvalidInput(f"invalid ref {value!r}: expected a branch, tag or commit "
-                           "(no leading '-', spaces, '..', '~^:?*[' or '@{')")
+                           "(no leading '-', spaces, control or bidi characters, '..', "
+                           "'~^:?*[' or '@{')")
     return value
 
 
@@ -186,9 +192,18 @@ def release_id(value: str) -> str:
     return value
 
 
+def number(flag: str, low: int, high: int):
+    """An argparse type: a whole number from low to high (ASCII digits only)."""
+    def parse(value: str) -> int:
+        if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
+            raise InvalidInput(f"invalid {flag} {value!r}: a number from {low} to {high}")
+        return int(value)
+    return parse
+
+
 def keep_count(value: str) -> int:
     """Return value as a number of releases to keep (2-100)."""
-    if not value.isdigit() or not 2 <= int(value) <= 100:
+    if not (value.isascii() and value.isdigit()) or not 2 <= int(value) <= 100:
         raise InvalidInput(f"invalid --keep {value!r}: a number from 2 to 100 "
                            "(the live release and a rollback target are always kept)")
     return int(value)

@@ -59,8 +59,8 @@ def test_restic_times_become_utc(when, utc):
     (["--repository", "relative/path"], "invalid --repository"),
     (["--repository", "ftp:host/x"], "invalid --repository"),
     (["--repository", "/srv/a b"], "invalid --repository"),
-    (["--keep-daily", "-1"], "invalid count"),
-    (["--keep-weekly", "many"], "invalid count"),
+    (["--keep-daily", "-1"], "invalid --keep-daily"),
+    (["--keep-weekly", "many"], "invalid --keep-weekly"),
     (["Shop"], "invalid site name"),
     (["--credentials", "/nonexistent"], "/nonexistent"),
 ])

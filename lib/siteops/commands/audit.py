@@ -55,11 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sites to check (default: all); the host is always checked")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--fix", action="store_true", help="repair what is safe, then audit again")
-
-    def error(message: str) -> None:  # bad arguments are UNKNOWN to a monitor, not CRITICAL
-        p.print_usage(sys.stderr)
-        p.exit(UNKNOWN, f"audit: error: {message}\n")
-    p.error = error
+    p.exit_code = UNKNOWN  # bad arguments are UNKNOWN to a monitor, not CRITICAL
     return p
 
 

@@ -78,12 +78,6 @@ def repository(value: str) -> str:
     return value
 
 
-def count(value: str) -> int:
-    if not value.isdigit() or not 0 <= int(value) <= 1000:
-        raise validate.InvalidInput(f"invalid count {value!r}: a number from 0 to 1000")
-    return int(value)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("backup", DESCRIPTION, EPILOG)
     p.add_argument("names", nargs="*", type=validate.site_name, metavar="NAME",
@@ -95,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--credentials", type=credentials_file, metavar="FILE",
                    help="KEY=VALUE credentials of the repository's backend")
     for flag, key in RETENTION_FLAGS.items():
-        p.add_argument("--" + flag.replace("_", "-"), type=count, metavar="N",
+        option = "--" + flag.replace("_", "-")
+        p.add_argument(option, type=validate.number(option, 0, 1000), metavar="N",
                        help=f"snapshots kept per site, {key.split('_')[1].lower()} "
                             f"(default {backup.RETENTION[key]})")
     return p

@@ -86,7 +86,13 @@ def changes(args: argparse.Namespace, stdin=None) -> dict[str, str | None]:
         raise UsageError("only one KEY may take its value from standard input")
     for k, v in out.items():
         if v is STDIN:
+            if stdin is None and sys.stdin.isatty():
+                raise UsageError(f"{k} without '=' reads its value from standard input: pipe "
+                                 f"it in (printf %s \"$VALUE\" | config ... set {k})")
             data = (stdin or sys.stdin.buffer).read()
+            if not data:
+                raise UsageError(f"no value for {k} on standard input (for an empty value: "
+                                 f"set {k}=)")
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError:

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a component's health path")
     p.add_argument("--keep", type=validate.keep_count, default=None, metavar="N",
                    help=f"good releases to keep (default {model.DEFAULT_KEEP}; remembered)")
-    p.add_argument("--min-free-mb", type=int, default=MIN_FREE_MB, metavar="MB",
+    p.add_argument("--min-free-mb", type=validate.number("--min-free-mb", 0, 10**7),
+                   default=MIN_FREE_MB, metavar="MB",
                    help=f"refuse to deploy with less free disk than this (default {MIN_FREE_MB})")
     p.add_argument("--no-fetch", action="store_true",
                    help="build REF from the site's mirror as it is, without fetching (a "
@@ -222,18 +223,20 @@ def run(host: Host, args: argparse.Namespace) -> None:
             raise UsageError(f"site {name} has no repository yet: pass --repo URL")
         preflight(host, site, args.min_free_mb)
         site = instances.recover(host, site)
+        started = now()
+        # A ref the repository lacks changes nothing: resolved before a release is recorded.
+        if not args.no_fetch:
+            with host.step(f"fetch {repo}"):
+                git.fetch(host, name, repo)
+        commit = git.resolve(host, name, args.ref)
         rid = releases.new_id(site)
-        record = Release(ref=args.ref, repo=repo, user=who(), started=now())
+        record = Release(ref=args.ref, repo=repo, user=who(), started=started, commit=commit,
+                         subject=git.subject(host, name, commit))
         site = registry.update_site(host, name, f"deploy {name}",
                                     lambda e: e.releases.update({rid: copy.deepcopy(record)}))
         host.say(f"deploy {name}: release {rid}")
+        host.say(f"{'':13}{args.ref} is {commit[:12]} {record.subject}")
         try:
-            if not args.no_fetch:
-                with host.step(f"fetch {repo}"):
-                    git.fetch(host, name, repo)
-            commit = git.resolve(host, name, args.ref)
-            record.commit, record.subject = commit, git.subject(host, name, commit)
-            host.say(f"{'':13}{args.ref} is {commit[:12]} {record.subject}")
             build(host, site, rid, record, args)
             previous = releases.live_id(site)
 

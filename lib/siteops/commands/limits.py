@@ -46,21 +46,13 @@ def size(value: str) -> str:
     return value
 
 
-def number(flag: str, low: int, high: int):
-    def parse(value: str) -> int:
-        if not value.isdigit() or not low <= int(value) <= high:
-            raise validate.InvalidInput(f"invalid {flag} {value!r}: a number from {low} to {high}")
-        return int(value)
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("limits", DESCRIPTION, EPILOG)
     p.add_argument("name", type=validate.site_name, help="the site")
     p.add_argument("--memory-max", type=size, metavar="SIZE", help="e.g. 512M, 2G, infinity")
-    p.add_argument("--tasks-max", type=number("--tasks-max", 16, 100000), metavar="N")
-    p.add_argument("--cpu-weight", type=number("--cpu-weight", 1, 10000), metavar="N")
-    p.add_argument("--io-weight", type=number("--io-weight", 1, 10000), metavar="N")
+    p.add_argument("--tasks-max", type=validate.number("--tasks-max", 16, 100000), metavar="N")
+    p.add_argument("--cpu-weight", type=validate.number("--cpu-weight", 1, 10000), metavar="N")
+    p.add_argument("--io-weight", type=validate.number("--io-weight", 1, 10000), metavar="N")
     return p
 
 
