@@ -4,6 +4,7 @@ its "could not run") with one clear error line, and the server is exactly
 as before (registry, /etc/nginx, /etc/systemd/system, /etc/siteops, users,
 databases, the site's tree)."""
 
+import difflib
 import json
 import shlex
 
@@ -112,4 +113,5 @@ def test_every_bad_value_is_refused_with_one_line_and_nothing_changes(host):
     after = host.sh(STATE).stdout
     print(f"bad input: {len(results)} invocations, {len(wrong)} not refused cleanly")
     assert wrong == [], "\n".join(wrong[:60])
-    assert after == before
+    assert after == before, "\n".join(difflib.unified_diff(
+        before.splitlines(), after.splitlines(), lineterm="", n=1))

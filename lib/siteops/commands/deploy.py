@@ -149,7 +149,7 @@ def build(host: Host, site: Site, rid: str, record: Release, args: argparse.Name
     commands = manifest.start_commands(m, runtime, site.components, site.commands,
                                        dict(args.start))
     health = {c: m.health.get(c, "/") for c in site.components}
-    health.update(health_overrides(args.health, site.components))
+    health.update(health_overrides(args.health, site.components))  # checked in run() too
     with host.step(f"export {commit[:12]} into releases/{rid}"):
         git.export(host, name, commit, rel)
     link_shared(host, name, rel)
@@ -222,6 +222,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
         if not repo:
             raise UsageError(f"site {name} has no repository yet: pass --repo URL")
         preflight(host, site, args.min_free_mb)
+        health_overrides(args.health, site.components)  # bad input changes nothing
         site = instances.recover(host, site)
         started = now()
         # A ref the repository lacks changes nothing: resolved before a release is recorded.
