@@ -301,7 +301,9 @@ def refresh(host: Host, site: Site, changed_units: list[str], force: bool = Fals
 
 def restart(host: Host, site: Site, reason: str) -> Site:
     """Move the live release to fresh instances and workers with the switch a
-    deploy uses (the caller holds the site lock); returns the entry."""
+    deploy uses (the caller holds the site lock); returns the entry. What a
+    killed command left behind is cleaned up first (recover)."""
+    site = recover(host, site)
     rid = site.live.release
     host.say(f"{'':13}{reason}: moving release {rid} of {site.name} to fresh instances")
     return switch(host, site, rid, site.releases[rid],

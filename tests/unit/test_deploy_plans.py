@@ -255,8 +255,10 @@ def test_refresh_switches_only_when_a_component_template_changed(root, shop):
     assert planned_commands(host) == []
     site = instances.refresh(host, shop, ["shop-frontend@.service"])
     assert site.live == model.Live(R1, 1)  # same release, fresh instance
-    assert planned_commands(host)[:2] == ["systemctl daemon-reload",
-                                          "systemctl start shop-frontend@3101.service"]
+    plan = planned_commands(host)  # recover first (the fake says 3100 is stopped: started)
+    start = plan.index("systemctl start shop-frontend@3101.service")
+    assert plan[start - 1] == "systemctl daemon-reload"
+    assert plan.index("systemctl enable --now shop-frontend@3100.service") < start
     assert registry.load(host).sites["shop"].history[-1]["action"] == "restart"
     assert (root / "srv/sites/shop/current").readlink().as_posix() == f"releases/{R1}"
 
