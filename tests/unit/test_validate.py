@@ -109,3 +109,28 @@ def test_start_commands_may_use_port_and_host_only():
     for bad in ("frontend=node $PORT", "frontend=node ${HOME}", "frontend=x ${PORT"):
         with pytest.raises(UsageError):
             validate.start_command(bad)
+
+
+def test_a_bad_argument_is_one_line_with_control_characters_escaped(capsys):
+    from siteops import cli
+    p = cli.parser("demo", "a demo")
+    p.add_argument("name", type=validate.site_name)
+    with pytest.raises(SystemExit) as exc:
+        p.parse_args(["x\x1b[31m\ny"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("demo: error: argument name: invalid site name 'x\\x1b[31m\\ny'")
+    assert err.rstrip().endswith("(see demo --help)")
+    assert "\x1b" not in err
+
+
+@pytest.mark.parametrize("value", ["-1", "9" * 9, "NaN", "1e3", "\uff19", ""])
+def test_numbers_are_ascii_digits_in_range(value):
+    with pytest.raises(validate.InvalidInput):
+        validate.number("--n", 0, 1000)(value)
+
+
+@pytest.mark.parametrize("ref", ["\u202eevil", "a\x1bb", "-x", "a b"])
+def test_refs_refuse_bidi_and_control_characters(ref):
+    with pytest.raises(validate.InvalidInput):
+        validate.git_ref(ref)
