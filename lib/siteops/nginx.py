@@ -101,17 +101,57 @@ def base_files(host: Host, version: tuple[int, ...]) -> dict[Path, str]:
 
 def converge(host: Host, files: dict[Path, str], links: dict[Path, str] = {},
              remove: tuple[Path, ...] = ()) -> bool:
-    """Write files, links and removals; `nginx -t`, then reload. True if changed."""
-    with host.validated([*files, *links, *remove], ["nginx", "-t"], "nginx") as outcome:
-        for path, text in files.items():
-            host.write(path, text)
-        for link, target in links.items():
-            host.symlink(link, target)
-        for path in remove:
-            host.remove(path)
-    if outcome["changed"]:
+    """Write files, links and removals; `nginx -t`, then reload. True if changed.
+
+    If `nginx -t` fails because of another site's file (edited by hand), that
+    file never blocks this change: a siteops site's file is rendered again
+    from the registry (its header says edits are overwritten) and said so;
+    a file siteops does not manage stops the change, named, nothing changed."""
+    def change() -> bool:
+        with host.validated([*files, *links, *remove], ["nginx", "-t"], "nginx") as outcome:
+            for path, text in files.items():
+                host.write(path, text)
+            for link, target in links.items():
+                host.symlink(link, target)
+            for path in remove:
+                host.remove(path)
+        return outcome["changed"]
+    try:
+        changed = change()
+    except SiteopsError as exc:
+        if not heal_other_site(host, str(exc), {*files, *links, *remove}):
+            raise
+        changed = change()
+    if changed:
         reload(host)
-    return outcome["changed"]
+    return changed
+
+
+def heal_other_site(host: Host, error: str, ours: set[Path]) -> bool:
+    """Render again the registered site whose hand-edited file made `nginx -t`
+    fail (error), unless it is one of ours; True if it did. SiteopsError naming
+    the file when it is not a siteops site's."""
+    m = re.search(r" in (/\S+?):\d+", error)
+    if not m:
+        return False
+    culprit = Path(m.group(1))
+    n = host.paths.nginx
+    if culprit in ours or culprit.parent not in (n / "sites-enabled", n / "sites-available"):
+        if culprit in ours:
+            return False
+        raise SiteopsError(f"nginx -t fails because of {culprit}, which siteops does not "
+                           f"manage: fix or remove it; nothing was changed ({error})")
+    site = registry.load(host).sites.get(culprit.name.removesuffix(".conf"))
+    if site is None or host.paths.nginx_site(site.name) in ours:
+        raise SiteopsError(f"nginx -t fails because of {culprit}, which is no registered "
+                           f"site's: fix or remove it; nothing was changed ({error})")
+    host.say(f"note: {culprit} (site {site.name}) was edited by hand and fails nginx -t; "
+             "rendered again from the registry")
+    with host.step(f"nginx site {site.name} rendered again"):
+        host.write(host.paths.nginx_site(site.name),
+                   site_config(site, distro.nginx_version(host), cert_dir(host, site),
+                               host.paths.of(site.name).logs))
+    return True
 
 
 def serving_workers(host: Host) -> set[str]:
