@@ -85,7 +85,11 @@ def _flock(path, purpose: str, wait: float, what: str) -> Iterator[None]:
     """Hold an exclusive flock on path, writing purpose into it for whoever waits.
     After wait seconds, fail with a message that names the holder."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise SiteopsError(f"cannot open the lock {path}: {exc.strerror} (it must be a "
+                           "plain file; remove it if no siteops command runs)") from exc
     try:
         deadline = time.monotonic() + wait
         while True:

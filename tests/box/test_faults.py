@@ -4,7 +4,6 @@ PostgreSQL stopped during add-site, the disk full during a build, and an
 unreadable registry or lock. Each: one clear error line (or a note when
 siteops repairs its own file), nothing lost, and a re-run that completes."""
 
-import json
 
 import pytest
 
