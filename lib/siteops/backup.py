@@ -69,10 +69,12 @@ def restic_env(host: Host) -> dict[str, str]:
 
 
 def restic(host: Host, *args: str, change: bool = True, timeout: float = 3600,
-           ok=(0,)):
+           ok=(0,), slice_of: str | None = None):
     """Run restic against the repository (a change is recorded, and skipped in a
-    dry run; a read runs in a dry run too)."""
+    dry run; a read runs in a dry run too); with slice_of, in that site's slice."""
     argv = ["restic", "--quiet", *args]
+    if slice_of:
+        argv = systemd.in_slice(slice_of, argv)
     env = restic_env(host)
     secrets = [v for k, v in env.items() if k not in ("RESTIC_REPOSITORY", "RESTIC_CACHE_DIR",
                                                       "RESTIC_PASSWORD_FILE")]
@@ -170,9 +172,10 @@ def dump_site(host: Host, site: Site) -> None:
     host.write(stage / "site.json", json.dumps(model.site_to_json(site), indent=2,
                                                sort_keys=True) + "\n", 0o600)
     # root's shell opens the file; pg_dump (as postgres) only writes to it.
-    host.run(["bash", "-c", 'umask 077 && runuser -u postgres -- pg_dump --format=custom '
-              '--dbname="$1" > "$2"', "pg_dump", site.database, stage / "database.dump"],
-             note=f"pg_dump of {site.database}")
+    host.run(systemd.in_slice(name, [
+        "bash", "-c", 'umask 077 && runuser -u postgres -- pg_dump --format=custom '
+        '--dbname="$1" > "$2"', "pg_dump", site.database, stage / "database.dump"]),
+        note=f"pg_dump of {site.database}")
     env = envfile.parse(host.read(host.paths.of(name).env) or "")
     if systemd.is_active(host, systemd.redis_unit(name)) and "REDIS_URL" in env:
         redis.save(host, site, env["REDIS_URL"])
@@ -185,7 +188,7 @@ def backup_site(host: Host, site: Site, tags: tuple[str, ...] = ()) -> str:
         args = ["backup", "--json", "--tag", site_tag(site.name)]
         for tag in tags:
             args += ["--tag", tag]
-        out = restic(host, *args, *map(str, site_files(host, site))).out
+        out = restic(host, *args, *map(str, site_files(host, site)), slice_of=site.name).out
     return snapshot_id(out)
 
 

@@ -44,8 +44,7 @@ def instance_units(site: Site, record: Release, offset: int) -> list[str]:
 
 def unit_state(host: Host, unit: str) -> tuple[str, int]:
     """(ActiveState, NRestarts) of a unit."""
-    out = host.query(["systemctl", "show", "-p", "ActiveState", "-p", "NRestarts", unit]).out
-    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    props = systemd.show(host, unit, "ActiveState", "NRestarts")
     return props.get("ActiveState", "unknown"), int(props.get("NRestarts") or 0)
 
 

@@ -305,11 +305,22 @@ def job_results(host: Host, site: Site) -> dict[str, dict]:
     return out
 
 
-def show(host: Host, unit: str, *props: str) -> dict[str, str]:
-    """`systemctl show` properties of a unit."""
-    out = host.query(["systemctl", "show", unit, *(f"--property={p}" for p in props)],
-                     ok=range(256)).out
+def show(host: Host, unit: str, *props: str, unix_times: bool = False) -> dict[str, str]:
+    """`systemctl show` properties of a unit (with unix_times, timestamps as
+    @SECONDS)."""
+    argv = ["systemctl", "show", *(["--timestamp=unix"] if unix_times else [])]
+    for prop in props:
+        argv += ["-p", prop]
+    out = host.query([*argv, unit], ok=range(256)).out
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def in_slice(site: str, argv: list) -> list:
+    """argv run as a scope in the site's slice: its CPU, IO and memory count
+    against the site's limits, and under the site's memory limit it is killed
+    before the site's own processes are (oom_score_adj 500)."""
+    return ["systemd-run", "--scope", "--quiet", "--collect", f"--slice={slice_name(site)}",
+            "--", "choom", "-n", "500", "--", *argv]
 
 
 def sandbox_argv(host: Host, entry: Site, workdir: Path, command: str, unit: str,

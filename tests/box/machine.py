@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -184,16 +185,54 @@ def commit(box: "Box", repo: str, files: dict[str, str | None], message: str) ->
 
 
 class Load:
-    """bench/load.py running in the box in the background."""
+    """bench/load.py running in the box in the background until stopped."""
 
-    def __init__(self, box, host_header: str, rate: int = 40):
+    def __init__(self, box, host_header: str, rate: int = 40, https: bool = False):
         self.box = box
         box.sh("rm -f /tmp/load.stop /tmp/load.json")
         box.sh(f"setsid python3 {SRC}/bench/load.py --host {host_header} --rate {rate} "
-               "--workers 4 --duration 120 --out /tmp/load.json >/tmp/load.log 2>&1 &")
+               f"--workers 4 --duration 3600 {'--https ' if https else ''}"
+               "--out /tmp/load.json >/tmp/load.log 2>&1 &")
         time.sleep(1)
 
     def stop(self) -> list:
         self.box.sh("touch /tmp/load.stop; for i in $(seq 100); do test -s /tmp/load.json && break; "
                     "sleep 0.1; done")
-        return json.loads(self.box.sh("cat /tmp/load.json").stdout)
+        samples = json.loads(self.box.sh("cat /tmp/load.json").stdout)
+        assert samples and time.time() - samples[-1][0] < 5, "the load ended before it was stopped"
+        return samples
+
+    def failed(self) -> tuple[list, list]:
+        """Stop it: (every sample, those that were not a 200)."""
+        samples = self.stop()
+        return samples, [s for s in samples if s[2] != 200]
+
+
+# -- the crash harness (tests/box/test_crash.py, test_tls.py) ------------------
+
+def killed_at(box, k: int, command: str) -> subprocess.CompletedProcess:
+    """Run a siteops command that SIGKILLs itself after its k-th step
+    (SITEOPS_KILL_AFTER_STEP, a test-only switch); stdout ends "exit 137"."""
+    return box.sh(f"SITEOPS_KILL_AFTER_STEP={k} {SRC}/bin/{command}; echo \"exit $?\"",
+                  check=False)
+
+
+def step_count(output: str) -> int:
+    """How many steps a command's output reports."""
+    return len(re.findall(r"^(changed|ok)\s{2,}", output, re.M))
+
+
+def registry(box) -> dict:
+    return json.loads(box.sh("cat /var/lib/siteops/registry.json").stdout)["sites"]
+
+
+def settled(box, name: str) -> None:
+    """No lock held, no release left building, nginx valid, audit without a
+    critical finding for the site."""
+    box.sh(f"flock -n /var/lib/siteops/locks/{name}.lock true")
+    site = registry(box)[name]
+    assert [r for r, rel in site["releases"].items() if rel["result"] == "building"] == []
+    box.sh("nginx -t -q")
+    res = box.siteops(f"audit {name} --json", check=False)
+    critical = [f for f in json.loads(res.stdout)["findings"] if f["severity"] == "critical"]
+    assert critical == [], critical

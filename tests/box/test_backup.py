@@ -173,11 +173,25 @@ def test_the_second_backup_of_an_unchanged_site_is_quick_and_drops_no_request(ho
     start = time.monotonic()
     host.siteops("backup shop")
     seconds = time.monotonic() - start
-    samples = load.stop()
-    failed = [s for s in samples if s[2] != 200]
+    samples, failed = load.failed()
     print(f"\nincremental backup of an unchanged site: {seconds:.2f} s "
           f"({len(samples)} requests during it and around it, {len(failed)} failed)")
     assert failed == [] and len(samples) > 20
+
+
+def test_a_site_backup_runs_in_the_site_slice(host):
+    # Sample the cgroup of every pg_dump and restic process while it runs.
+    sampler = ("while :; do for p in $(pgrep -x 'pg_dump|restic'); do "
+               "c=$(cat /proc/$p/comm) && g=$(tr '\\n' ' ' < /proc/$p/cgroup) && "
+               "a=$(cat /proc/$p/oom_score_adj) && echo \"$c $g $a\"; "
+               "done; sleep 0.005; done")
+    out = host.sh(f"({sampler}) > /tmp/cg 2>/dev/null & w=$!; {SRC}/bin/backup shop >/dev/null; "
+                  "kill $w; sort -u /tmp/cg").stdout
+    seen = {line.split()[0]: line for line in out.splitlines()}
+    for program in ("pg_dump", "restic"):
+        assert program in seen, out
+        assert "/siteops.slice/siteops-shop.slice/run-" in seen[program], seen[program]
+        assert seen[program].endswith(" 500"), seen[program]
 
 
 def test_audit_reports_an_unreadable_repository(host):

@@ -7,11 +7,10 @@ uninterrupted run reaches, no lock left held, no secret regenerated, audit
 without a critical finding."""
 
 import json
-import re
 
 import pytest
 
-from machine import Load, commit
+from machine import SRC, Load, commit, killed_at, registry, settled, step_count
 
 REPO = "/srv/repos/app"
 APP = """\
@@ -111,34 +110,8 @@ def host(box):
     return box
 
 
-def killed_at(box, k: int, command: str):
-    """Run a siteops command that SIGKILLs itself after its k-th step."""
-    return box.sh(f"SITEOPS_KILL_AFTER_STEP={k} /opt/siteops-src/bin/{command}; "
-                  "echo \"exit $?\"", check=False)
-
-
-def step_count(output: str) -> int:
-    return len(re.findall(r"^(changed|ok)\s{2,}", output, re.M))
-
-
-def registry(box) -> dict:
-    return json.loads(box.sh("cat /var/lib/siteops/registry.json").stdout)["sites"]
-
-
 def page(box, name="app") -> str:
     return box.sh(f"curl -sS -H 'Host: {name}.test' http://127.0.0.1/").stdout
-
-
-def settled(box, name="app") -> None:
-    """No lock held, no release left building, nginx valid, every site unit
-    running, audit without a critical finding."""
-    box.sh(f"flock -n /var/lib/siteops/locks/{name}.lock true")
-    site = registry(box)[name]
-    assert [r for r, rel in site["releases"].items() if rel["result"] == "building"] == []
-    box.sh("nginx -t -q")
-    res = box.siteops(f"audit {name} --json", check=False)
-    critical = [f for f in json.loads(res.stdout)["findings"] if f["severity"] == "critical"]
-    assert critical == [], critical
 
 
 def test_deploy_killed_after_every_step_and_at_timed_moments(host):
@@ -154,16 +127,15 @@ def test_deploy_killed_after_every_step_and_at_timed_moments(host):
         assert page(host).startswith(f"k{k} "), k
     for delay in (0.3, 0.8, 1.4, 2.0):
         commit(host, REPO, {"VERSION": f"t{delay}\n"}, f"t{delay}")
-        host.sh(f"/opt/siteops-src/bin/deploy app >/dev/null 2>&1 & pid=$!; sleep {delay}; "
+        host.sh(f"{SRC}/bin/deploy app >/dev/null 2>&1 & pid=$!; sleep {delay}; "
                 "kill -9 $pid; wait $pid; true")
         host.siteops("deploy app")
         assert page(host).startswith(f"t{delay} ")
-    samples = load.stop()
-    failed = [s for s in samples if s[2] != 200]
+    samples, failed = load.failed()
     print(f"deploy: {n} steps, {kills} kills after a step + 4 timed, "
           f"{len(samples)} requests, {len(failed)} failed")
     assert kills == n and len(samples) > 200 and failed == [], failed[:5]
-    settled(host)
+    settled(host, "app")
 
 
 def test_rollback_killed_after_every_step(host):
@@ -183,11 +155,10 @@ def test_rollback_killed_after_every_step(host):
         assert again.returncode == 0 or "is already live" in again.stderr, again.stderr
         assert registry(host)["app"]["live"]["release"] == target
         host.siteops(f"rollback app --to {top}")
-    samples = load.stop()
-    failed = [s for s in samples if s[2] != 200]
+    samples, failed = load.failed()
     print(f"rollback: {n} steps, {len(samples)} requests, {len(failed)} failed")
     assert len(samples) > 100 and failed == [], failed[:5]
-    settled(host)
+    settled(host, "app")
 
 
 def test_config_killed_after_every_step(host):
@@ -198,13 +169,12 @@ def test_config_killed_after_every_step(host):
         killed_at(host, k, f"config app set GREETING=g{k}")
         host.siteops(f"config app set GREETING=g{k}")
         assert page(host).endswith(f" g{k}\n"), page(host)
-    samples = load.stop()
-    failed = [s for s in samples if s[2] != 200]
+    samples, failed = load.failed()
     print(f"config: {n} steps, {len(samples)} requests, {len(failed)} failed")
     assert len(samples) > 50 and failed == [], failed[:5]
     # No secret regenerated, no other line touched.
     assert host.sh("grep -v GREETING /srv/sites/app/shared/.env").stdout == env_before
-    settled(host)
+    settled(host, "app")
 
 
 def test_add_site_killed_after_every_step_converges(host):
@@ -249,11 +219,10 @@ def test_remove_site_killed_after_every_step_converges(host):
                        f"/etc/systemd/system/{name}-redis.service", check=False).returncode != 0
         assert host.sh(f"runuser -u postgres -- psql -tAc \"SELECT 1 FROM pg_database "
                        f"WHERE datname = '{name}'\"").stdout.strip() == ""
-    samples = load.stop()
-    failed = [s for s in samples if s[2] != 200]
+    samples, failed = load.failed()
     print(f"remove-site: {n} steps, {len(samples)} requests to another site, {len(failed)} failed")
     assert failed == [], failed[:5]
-    settled(host)
+    settled(host, "app")
 
 
 def test_restore_killed_after_every_step_converges(host):
@@ -267,11 +236,10 @@ def test_restore_killed_after_every_step_converges(host):
         assert res.stdout.strip().endswith("exit 137"), res.stdout[-500:] + res.stderr[-1500:]
         host.siteops("restore app --yes")
         assert page(host).endswith(" saved\n"), (k, page(host))
-    samples = load.stop()
-    failed = [s for s in samples if s[2] != 200]
+    samples, failed = load.failed()
     print(f"restore: {n} steps, {len(samples)} requests, {len(failed)} failed")
     assert len(samples) > 100 and failed == [], failed[:5]
-    settled(host)
+    settled(host, "app")
 
 
 def test_no_generated_secret_leaked_anywhere(host):

@@ -1,7 +1,7 @@
 """Faults around the suite on booted Debian 12 and 13 machines: another
 site's nginx file broken by hand, a file siteops does not manage broken,
-PostgreSQL stopped during add-site, the disk full during a build, and an
-unreadable registry or lock. Each: one clear error line (or a note when
+PostgreSQL stopped or the site's Redis unable to start during add-site, the
+disk full during a build, and an unreadable registry or lock. Each: one clear error line (or a note when
 siteops repairs its own file), nothing lost, and a re-run that completes."""
 
 
@@ -60,6 +60,30 @@ def test_postgresql_stopped_during_add_site_then_a_rerun_completes(host):
         host.sh("systemctl start postgresql")
     host.siteops("add-site late --domain late.test --components frontend")
     audit = host.siteops("audit late", check=False)
+    assert audit.returncode == 0, audit.stdout[-1500:]
+
+
+def test_redis_unable_to_start_during_add_site_then_a_rerun_completes(host):
+    # Each site has its own Redis, started by add-site: make it unable to start
+    # (as a half-upgraded redis-server package would).
+    host.sh("chmod a-x /usr/bin/redis-server")
+    try:
+        line = error_line(host.siteops("add-site cache --domain cache.test --components frontend",
+                                       check=False))
+        assert "cache-redis.service" in line, line
+        assert "blog python" in page(host, "blog")
+    finally:
+        host.sh("chmod a+x /usr/bin/redis-server")
+    host.siteops("add-site cache --domain cache.test --components frontend")
+    # Stopped by hand later: add-site (or audit --fix) starts it again.
+    host.sh("systemctl stop cache-redis")
+    assert host.siteops("audit cache", check=False).returncode != 0
+    host.siteops("add-site cache --domain cache.test --components frontend")
+    url = host.sh("grep ^REDIS_URL= /srv/sites/cache/shared/.env").stdout.strip().split("=", 1)[1]
+    password, port = url.split(":")[2].split("@")[0], url.rsplit(":", 1)[1].split("/")[0]
+    assert host.sh(f"REDISCLI_AUTH={password} redis-cli -p {port} --no-auth-warning PING"
+                   ).stdout.strip() == "PONG"
+    audit = host.siteops("audit cache", check=False)
     assert audit.returncode == 0, audit.stdout[-1500:]
 
 

@@ -182,6 +182,21 @@ def test_ssh_is_key_only(host):
     assert "passwordauthentication no" in out
     assert "kbdinteractiveauthentication no" in out
     assert "permitrootlogin without-password" in out
+    for setting in ("allowtcpforwarding local", "tcpkeepalive no", "compression no",
+                    "allowagentforwarding no", "x11forwarding no"):
+        assert setting in out.splitlines(), setting
+
+
+def test_ssh_forwards_local_ports_only(host):
+    ssh = ("ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+           "-o ExitOnForwardFailure=yes -i /root/.ssh/id_ed25519")
+    # ssh -L (an operator reaching PostgreSQL through the tunnel) works ...
+    out = host.sh(f"{ssh} -f -L 15432:127.0.0.1:5432 root@127.0.0.1 sleep 5 && "
+                  "pg_isready -h 127.0.0.1 -p 15432").stdout
+    assert "accepting connections" in out
+    # ... a remote forward (a listener opened on this host) is refused.
+    res = host.sh(f"{ssh} -R 127.0.0.1:15999:127.0.0.1:22 root@127.0.0.1 true", check=False)
+    assert res.returncode != 0 and "forwarding" in res.stderr.lower(), res.stderr
 
 
 def test_ssh_audit_finds_no_failure_and_keys_still_log_in(host):

@@ -8,12 +8,14 @@ import time
 
 import pytest
 
-from machine import NODE_APP, SRC, commit
+from machine import NODE_APP, SRC, Load, commit, killed_at, registry, settled, step_count
 
 PEBBLE = "https://127.0.0.1:14000/dir"
 CA = "/etc/pebble/ca.pem"
 ACME = f"--acme-server {PEBBLE} --acme-ca-bundle {CA} --email ops@example.com"
 NAMES = ("secure.test", "www.secure.test", "new.secure.test", "late.test")
+# Sites of the crash harness: one per interruption, and one never interrupted.
+KILLED = [f"tk{k}" for k in range(1, 13)] + ["tkref"]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,8 @@ def host(box):
            "/usr/bin/pebble -config /etc/pebble/config.json && "
            "for i in $(seq 100); do curl -s --cacert /etc/pebble/ca.pem "
            f"{PEBBLE} >/dev/null && exit 0; sleep 0.1; done; exit 1")
-    box.sh("echo '127.0.0.1 " + " ".join(NAMES[:3]) + "' >> /etc/hosts")
+    box.sh("echo '127.0.0.1 " + " ".join([*NAMES[:3], *(f"{n}.test" for n in KILLED)])
+           + "' >> /etc/hosts")
     return box
 
 
@@ -198,3 +201,50 @@ def test_testssl_finds_no_vulnerability_and_no_protocol_below_tls_1_2(host):
         counts[f["severity"]] = counts.get(f["severity"], 0) + 1
     print(f"\ntestssl --protocols --vulnerable: {counts}; exit {res.returncode}")
     assert bad == [], bad
+
+
+def tls_state(box, name: str) -> dict:
+    """What `tls NAME` leaves, with the site's name taken out to compare sites."""
+    site = registry(box)[name]
+    nginx = box.sh(f"cat /etc/nginx/sites-available/{name}.conf").stdout
+    renewal = box.sh(f"grep -E '^(authenticator|webroot_path|server) ' "
+                     f"/etc/letsencrypt/renewal/{name}.conf").stdout
+    return {"nginx": nginx.replace(name, "NAME"), "renewal": renewal.replace(name, "NAME"),
+            "tls": site["tls"], "state": site["state"],
+            "names": {n.replace(name, "NAME") for n in cert_names(box, name)},
+            "page": curl(box, f"--cacert {roots(box)} -L http://{name}.test/").stdout
+            .replace(name, "NAME")}
+
+
+def test_tls_killed_after_every_step_and_during_issuance_converges(host):
+    """Each interruption on a fresh site (HTTP only), then `tls` again: the
+    state an uninterrupted run leaves; the site serves throughout, another
+    HTTPS site answers every request."""
+    def fresh(name):
+        host.siteops(f"add-site {name} --domain {name}.test --components frontend")
+        return lambda: curl(host, f"-k -L http://{name}.test/").stdout  # HTTP or HTTPS
+
+    fresh("tkref")
+    n = step_count(host.siteops(f"tls tkref {ACME}").stdout)
+    reference = tls_state(host, "tkref")
+    assert reference["names"] == {"NAME.test"} and "<h1>NAME</h1>" in reference["page"]
+    load = Load(host, "secure.test", https=True)
+    interrupted = [(k, None) for k in range(1, n + 1)] + [(None, t) for t in (0.3, 0.8, 1.5, 2.5)]
+    for i, (k, delay) in enumerate(interrupted, 1):
+        name = f"tk{i}"
+        page = fresh(name)
+        if k is not None:
+            res = killed_at(host, k, f"tls {name} {ACME}")
+            assert res.stdout.strip().endswith("exit 137"), res.stdout[-500:] + res.stderr[-1500:]
+        else:  # SIGKILL to the whole process group (certbot too) mid-issuance
+            host.sh(f"setsid {SRC}/bin/tls {name} {ACME} >/dev/null 2>&1 & pid=$!; "
+                    f"sleep {delay}; kill -9 -- -$pid; wait $pid; true")
+        assert f"<h1>{name}</h1>" in page(), (name, k, delay)  # still serving
+        host.sh("nginx -t -q")
+        host.siteops(f"tls {name} {ACME}")
+        assert tls_state(host, name) == reference, (name, k, delay)
+        settled(host, name)
+    samples, failed = load.failed()
+    print(f"\ntls: {n} steps + 4 timed kills (certbot killed too), "
+          f"{len(samples)} requests to another HTTPS site, {len(failed)} failed")
+    assert len(samples) > 100 and failed == [], failed[:5]

@@ -90,10 +90,12 @@ def test_backup_of_a_site_dumps_then_snapshots_then_applies_retention(root):
     assert backup_command.main(["shop", "--dry-run"], host) == 0
     plan = planned_commands(host)
     stage = root / "var/lib/siteops/backup/shop"
-    assert plan[0].startswith("bash -c 'umask 077 && runuser -u postgres -- pg_dump")
+    in_slice = ("systemd-run --scope --quiet --collect --slice=siteops-shop.slice -- "
+                "choom -n 500 -- ")
+    assert plan[0].startswith(in_slice + "bash -c 'umask 077 && runuser -u postgres -- pg_dump")
     assert plan[0].endswith(f"pg_dump shop {stage}/database.dump")
     assert plan[1] == ("redis-cli -h 127.0.0.1 -p 5000 --no-auth-warning SAVE")
-    assert plan[2].startswith("restic --quiet backup --json --tag site:shop "
+    assert plan[2].startswith(in_slice + "restic --quiet backup --json --tag site:shop "
                               f"{stage} {root}/srv/sites/shop/shared/uploads "
                               f"{root}/srv/sites/shop/shared/.env")
     assert plan[3:] == ["restic --quiet forget --tag site:shop --group-by tags "

@@ -25,7 +25,10 @@ What a site's snapshot holds:
              its certificate, its repository mirror and deploy key
 Each snapshot is tagged site:NAME; after it, the retention is applied to the
 site's snapshots (and, after a run over every site, the space of forgotten
-snapshots freed: restic prune). `restore NAME` brings one back.
+snapshots freed: restic prune). `restore NAME` brings one back. A site's
+pg_dump and restic run in the site's slice: their CPU, IO and memory count
+against its limits, and under its memory limit they, not its apps, are the
+first killed.
 
 Where: /var/backups/siteops (root-only) unless --repository names another,
 e.g. sftp:backup@host:/srv/restic, s3:s3.amazonaws.com/bucket/siteops,

@@ -158,8 +158,8 @@ def outdated(host: Host, site: Site) -> bool:
     if st is None:
         return False
     for unit in systemd.live_instances(site):
-        out = host.query(["systemctl", "show", "--timestamp=unix", "--value",
-                          "-p", "ExecMainStartTimestamp", unit], ok=range(256)).out.strip()
+        out = systemd.show(host, unit, "ExecMainStartTimestamp",
+                           unix_times=True).get("ExecMainStartTimestamp", "")
         if out.startswith("@") and float(out[1:]) < st.st_mtime:
             return True
     return False

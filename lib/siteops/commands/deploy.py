@@ -131,8 +131,10 @@ def link_shared(host: Host, name: str, rel) -> None:
             host.run(users.as_user(name, "ln", "-s", f"../../shared/{item}", link))
 
 
-def build(host: Host, site: Site, rid: str, record: Release, args: argparse.Namespace) -> None:
-    """Export, link and build release rid of record.commit; record what it runs."""
+def build(host: Host, site: Site, rid: str, record: Release, args: argparse.Namespace,
+          health_paths: dict[str, str]) -> None:
+    """Export, link and build release rid of record.commit; record what it runs
+    (health_paths: the --health overrides, parsed)."""
     commit = record.commit
     name = site.name
     rel = host.paths.of(name).release(rid)
@@ -149,7 +151,7 @@ def build(host: Host, site: Site, rid: str, record: Release, args: argparse.Name
     commands = manifest.start_commands(m, runtime, site.components, site.commands,
                                        dict(args.start))
     health = {c: m.health.get(c, "/") for c in site.components}
-    health.update(health_overrides(args.health, site.components))  # checked in run() too
+    health.update(health_paths)
     with host.step(f"export {commit[:12]} into releases/{rid}"):
         git.export(host, name, commit, rel)
     link_shared(host, name, rel)
@@ -222,7 +224,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
         if not repo:
             raise UsageError(f"site {name} has no repository yet: pass --repo URL")
         preflight(host, site, args.min_free_mb)
-        health_overrides(args.health, site.components)  # bad input changes nothing
+        health_paths = health_overrides(args.health, site.components)  # bad input: no change
         site = instances.recover(host, site)
         started = now()
         # A ref the repository lacks changes nothing: resolved before a release is recorded.
@@ -238,7 +240,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
         host.say(f"deploy {name}: release {rid}")
         host.say(f"{'':13}{args.ref} is {commit[:12]} {record.subject}")
         try:
-            build(host, site, rid, record, args)
+            build(host, site, rid, record, args, health_paths)
             previous = releases.live_id(site)
 
             def went_live(entry: Site) -> None:

@@ -61,9 +61,7 @@ USAGE_PROPS = ("MemoryCurrent", "MemoryMax", "TasksCurrent", "TasksMax", "CPUWei
 
 def show(host: Host, site: Site) -> None:
     """The limits the registry holds and what the running slice reports."""
-    out = host.query(["systemctl", "show", *[f"-p{p}" for p in USAGE_PROPS],
-                      systemd.slice_name(site.name)], ok=range(256)).out
-    now = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    now = systemd.show(host, systemd.slice_name(site.name), *USAGE_PROPS)
     for key, value in systemd.limits(site).items():
         host.say(f"{key:<12}{value}")
     host.say(f"in use now: memory {now.get('MemoryCurrent', '?')} bytes, "
