@@ -49,7 +49,7 @@ from pathlib import Path
 
 from . import (backup, distro, envfile, firewall, hardening, instances, journal, layout, logrotate,
                network, nftables, nginx, postgres, redis, sysctl, systemd, tls, usage)
-from .errors import CommandError
+from .errors import CommandError, SiteopsError
 from .model import Site
 from .system import Host
 
@@ -145,6 +145,10 @@ def expected_files(host: Host, site: Site, nginx_version: tuple[int, ...],
         files[str(host.paths.redis_conf(name))] = redis.site_conf(
             host, site, envfile.passwords(env_text)[1])
     files.update({str(path): text for path, text in instances.live_dropins(host, site).items()})
+    try:
+        files.update({str(host.paths.unit(u)): t for u, t in systemd.render_jobs(host, site).items()})
+    except SiteopsError:
+        pass  # its program gone from the live release: its runs fail (site.NAME.job)
     return files
 
 

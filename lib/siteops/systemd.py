@@ -251,15 +251,26 @@ def job_files(host: Host, name: str) -> dict[str, Path]:
             for p in sorted(host.paths.unit("").glob(f"{name}-job-*{suffix}"))}
 
 
+def live_jobs(site: Site) -> dict[str, dict]:
+    """{job: spec} the live release declares (none before the first deploy)."""
+    record = site.releases.get(site.live.release) if site.live else None
+    return record.jobs if record else {}
+
+
+def render_jobs(host: Host, site: Site) -> dict[str, str]:
+    """{unit: text} of the services and timers of the live release's jobs."""
+    units: dict[str, str] = {}
+    for job, spec in sorted(live_jobs(site).items()):
+        units.update(render_job(host, site, job, spec, site.live.release))
+    return units
+
+
 def ensure_jobs(host: Host, site: Site) -> None:
     """The live release's jobs as timers (verified, enabled, started); the
     timers of jobs it does not declare stopped and removed."""
     name = site.name
-    record = site.releases.get(site.live.release) if site.live else None
-    jobs = record.jobs if record else {}
-    units: dict[str, str] = {}
-    for job, spec in sorted(jobs.items()):
-        units.update(render_job(host, site, job, spec, site.live.release))
+    jobs = live_jobs(site)
+    units = render_jobs(host, site)
     gone = [j for j in job_files(host, name) if j not in jobs]
     if not units and not gone:
         return
@@ -286,9 +297,8 @@ def job_results(host: Host, site: Site) -> dict[str, dict]:
     """{job: {schedule, running, last (start of its last run, or null),
     result ("success" | why it failed | null before its first run), timer
     (its ActiveState), next}} of the live release's jobs."""
-    record = site.releases.get(site.live.release) if site.live else None
     out = {}
-    for job, spec in sorted((record.jobs if record else {}).items()):
+    for job, spec in sorted(live_jobs(site).items()):
         service, timer = job_units(site.name, job)
         props = show(host, service, "Result", "ExecMainStatus", "ExecMainStartTimestamp",
                      "ActiveState")

@@ -236,3 +236,56 @@ def settled(box, name: str) -> None:
     res = box.siteops(f"audit {name} --json", check=False)
     critical = [f for f in json.loads(res.stdout)["findings"] if f["severity"] == "critical"]
     assert critical == [], critical
+
+
+# What add-site made for a site, comparable between sites: its name, its slot's
+# ports and its generated secrets replaced by placeholders; times left out.
+SITE_STATE = """\
+import glob, json, os, pwd, re, subprocess, sys
+sys.path.insert(0, "/opt/siteops-src/lib")
+from siteops import envfile, registry as reg
+name = sys.argv[1]
+site = json.load(open("/var/lib/siteops/registry.json"))["sites"][name]
+env_text = open(f"/srv/sites/{name}/shared/.env").read()
+secrets = sorted(envfile.secrets_of(env_text), key=len, reverse=True)
+ports = {str(p): f"block{base}+{p - first}"
+         for base, (first, last) in zip(reg.BLOCK_BASES, reg.block_ranges(site["slot"]))
+         for p in range(first, last + 1)}
+def norm(text):
+    for secret in secrets:
+        text = text.replace(secret, "SECRET")
+    text = re.sub(r"\\b\\d{4}\\b", lambda m: ports.get(m.group(), m.group()), text)
+    return text.replace(name, "NAME")
+files = [f"/etc/nginx/sites-available/{name}.conf", f"/etc/logrotate.d/siteops-{name}",
+         f"/etc/siteops/redis/{name}.conf", f"/etc/systemd/system/siteops-{name}.slice",
+         *glob.glob(f"/etc/systemd/system/{name}-*"),
+         *glob.glob(f"/etc/systemd/system/{name}-*.d/*")]
+out = {"files": {}, "tree": {}}
+for path in sorted(files):
+    if os.path.isfile(path):
+        out["files"][norm(path)] = norm(open(path).read())
+out["enabled"] = norm(os.readlink(f"/etc/nginx/sites-enabled/{name}.conf"))
+for d, dirs, fs in os.walk(f"/srv/sites/{name}"):
+    data = d.endswith(("/logs", "/redis"))  # written by nginx and Redis as they run
+    for entry in [d] + ([] if data else [os.path.join(d, f) for f in fs]):
+        st = os.lstat(entry)
+        out["tree"][norm(entry)] = (oct(st.st_mode), norm(pwd.getpwuid(st.st_uid).pw_name))
+out["env_keys"] = [l.split("=", 1)[0] for l in env_text.splitlines() if "=" in l]
+for key in ("created", "updated", "slot", "uid", "history"):
+    site.pop(key, None)
+out["entry"] = norm(json.dumps(site, sort_keys=True))
+user = pwd.getpwnam(name)
+out["user"] = norm(f"{user.pw_dir} {user.pw_shell} " + subprocess.run(
+    ["id", "-nG", name], capture_output=True, text=True).stdout.strip())
+out["role"] = norm(subprocess.run(
+    ["runuser", "-u", "postgres", "--", "psql", "-tAc",
+     f"SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, "
+     f"(SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{name}') "
+     f"FROM pg_roles WHERE rolname = '{name}'"], capture_output=True, text=True).stdout)
+print(json.dumps(out, sort_keys=True))
+"""
+
+
+def site_state(box, name: str) -> dict:
+    """What add-site made for the site (SITE_STATE), to compare with another."""
+    return json.loads(box.sh(f"python3 - {name}", input=SITE_STATE).stdout)

@@ -157,6 +157,18 @@ def test_a_failing_job_is_reported_by_audit(host):
     host.siteops("deploy app")
 
 
+def test_a_hand_edited_job_timer_is_drift_that_audit_fix_renders_again(host):
+    timer = "/etc/systemd/system/app-job-tick.timer"
+    host.sh(f"sed -i 's|^OnCalendar=.*|OnCalendar=daily|' {timer} && systemctl daemon-reload")
+    res = host.siteops("audit --json", check=False)
+    drift = [f for f in json.loads(res.stdout)["findings"] if f["id"] == f"site.app.file:{timer}"]
+    assert drift and drift[0]["severity"] == "warning" and "OnCalendar=daily" in drift[0]["diff"]
+    host.siteops("audit --fix", check=False)
+    assert "OnCalendar=*:*:0/5" in host.sh(f"cat {timer}").stdout
+    assert "*:*:0/5" in host.sh("systemctl show -p TimersCalendar app-job-tick.timer").stdout
+    assert host.siteops("audit app", check=False).returncode == 0
+
+
 def test_logs_follow_a_running_worker(host):
     host.sh("rm -f /tmp/follow.log; setsid timeout 12 "
             "/opt/siteops-src/bin/logs app worker -f -n 0 >/tmp/follow.log 2>&1 &")

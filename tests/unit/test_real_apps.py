@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from siteops import envfile, instances, manifest, releases, systemd
-from siteops.commands import config, logs
+from siteops import envfile, facts, instances, manifest, releases, systemd
+from siteops.commands import audit, config, logs
 from siteops.errors import UsageError
 from siteops.logfiles import tail
 from siteops.manifest import ManifestError
@@ -198,3 +198,22 @@ def test_tail_reads_only_the_end():
     assert tail(fh, 3, block=100) == [b"line 99997", b"line 99998", b"line 99999"]
     assert tail(io.BytesIO(b"one\ntwo"), 5) == [b"one", b"two"]
     assert tail(io.BytesIO(b"x\n"), 0) == []
+
+
+def test_audit_compares_the_live_releases_job_units_and_fix_renders_them(root, shop):
+    jobs = {"tick": {"schedule": "hourly", "command": "/bin/true"}}
+    shop.releases[R1].jobs = jobs
+    path = root / "var/lib/siteops/registry.json"
+    doc = json.loads(path.read_text())
+    doc["sites"]["shop"]["releases"][R1]["jobs"] = jobs
+    path.write_text(json.dumps(doc))
+    host, _ = prepared_host(root, shop, healthy())
+    expected = facts.expected_files(host, shop, (1, 22), None)
+    service = str(root / "etc/systemd/system/shop-job-tick.service")
+    timer = str(root / "etc/systemd/system/shop-job-tick.timer")
+    assert f"releases/{R1}" in expected[service] and "OnCalendar=hourly" in expected[timer]
+    audit.repair(host, shop, {"render"})
+    assert (root / "etc/systemd/system/shop-job-tick.timer").read_text() == expected[timer]
+    # Not yet deployed: no job, nothing expected.
+    shop.live = None
+    assert not [p for p in facts.expected_files(host, shop, (1, 22), None) if "-job-" in p]

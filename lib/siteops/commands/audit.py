@@ -95,6 +95,7 @@ def repair(host: Host, site: Site, kinds: set[str]) -> None:
             changed = systemd.ensure_units(host, site, redis_config_changed=redis_changed)
         nginx.ensure_site(host, site, host.paths.of(name).logs)
         logrotate.ensure_site(host, site)
+        systemd.ensure_jobs(host, site)
         site = instances.refresh(host, site, changed, force=not instances.dropins_match(host, site))
     if "unit" in kinds:
         for unit in systemd.live_units(site):
