@@ -217,5 +217,5 @@ def gather(host: Host, sites: list[Site]) -> dict:
                  if root_stat.f_blocks else 0},
         "du": usage.du(host, [host.paths.site(s.name) for s in sites]),
         "sites": {s.name: site_facts(host, s, version) for s in sites},
-        "usage": {r["name"]: r for r in usage.collect(host, sites, interval=0, with_disk=False)},
+        "usage": {r["name"]: r for r in usage.collect(host, sites, interval=0, with_sizes=False)},
     }

@@ -156,15 +156,16 @@ def databases(host: Host) -> dict[str, int]:
 
 
 def collect(host: Host, sites: list[Site], interval: float = 1.0, window: float = 300,
-            with_disk: bool = True, clock=time.time, sleep=time.sleep) -> list[dict]:
+            with_sizes: bool = True, clock=time.time, sleep=time.sleep) -> list[dict]:
     """One row per site: accounting, CPU share over `interval` seconds (none
-    when 0), disk, database, Redis and traffic over `window` seconds."""
+    when 0), disk and database sizes (unless with_sizes is false: audit's
+    checks need neither, so it saves the du and the query), Redis and traffic over `window` seconds."""
     before = {s.name: cgroup(host, s.name) for s in sites}
     if interval > 0:
         sleep(interval)
     now = clock()
-    sizes = disk(host, sites) if with_disk else {}
-    dbs = databases(host)
+    sizes = disk(host, sites) if with_sizes else {}
+    dbs = databases(host) if with_sizes else {}
     rows = []
     for s in sites:
         cg = cgroup(host, s.name) if interval > 0 else before[s.name]

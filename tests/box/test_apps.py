@@ -165,7 +165,7 @@ def test_a_hand_edited_job_timer_is_drift_that_audit_fix_renders_again(host):
     assert drift and drift[0]["severity"] == "warning" and "OnCalendar=daily" in drift[0]["diff"]
     host.siteops("audit --fix", check=False)
     assert "OnCalendar=*:*:0/5" in host.sh(f"cat {timer}").stdout
-    assert "*:*:0/5" in host.sh("systemctl show -p TimersCalendar app-job-tick.timer").stdout
+    assert "*:*:00/5" in host.sh("systemctl show -p TimersCalendar app-job-tick.timer").stdout
     assert host.siteops("audit app", check=False).returncode == 0
 
 

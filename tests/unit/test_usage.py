@@ -67,19 +67,19 @@ def test_traffic_counts_only_the_window_from_the_end_of_the_log(root, shop_files
 def test_cpu_share_is_measured_over_the_interval(root, shop_files, monkeypatch):
     host, runner = make_host(root)
     monkeypatch.setattr(usage, "databases", lambda host: {"shop": 8192})
+    monkeypatch.setattr(usage, "disk", lambda host, sites: {"shop": 4096})
 
     def busy(seconds):  # half a CPU during the interval
         (shop_files / "cpu.stat").write_text(f"usage_usec {5000000 + int(seconds * 5e5)}\n")
-    row = usage.collect(host, [SHOP], interval=2, window=300, with_disk=False,
-                        clock=lambda: NOW, sleep=busy)[0]
+    row = usage.collect(host, [SHOP], interval=2, window=300, clock=lambda: NOW, sleep=busy)[0]
     assert row["cpu_percent"] == 50.0 and row["database_bytes"] == 8192
+    assert row["disk_bytes"] == 4096
     assert row["limits"]["memory_max"] == "256M" and row["requests"] == 95
 
 
 def test_prometheus_text_format(root, shop_files, monkeypatch):
     host, _ = make_host(root)
-    monkeypatch.setattr(usage, "databases", lambda host: {})
-    text = usage.prometheus(usage.collect(host, [SHOP], interval=0, with_disk=False,
+    text = usage.prometheus(usage.collect(host, [SHOP], interval=0, with_sizes=False,
                                           clock=lambda: NOW))
     assert "# TYPE siteops_site_cpu_seconds_total counter\n" in text
     assert 'siteops_site_cpu_seconds_total{site="shop"} 5\n' in text
