@@ -159,7 +159,8 @@ def collect(host: Host, sites: list[Site], interval: float = 1.0, window: float 
             with_sizes: bool = True, clock=time.time, sleep=time.sleep) -> list[dict]:
     """One row per site: accounting, CPU share over `interval` seconds (none
     when 0), disk and database sizes (unless with_sizes is false: audit's
-    checks need neither, so it saves the du and the query), Redis and traffic over `window` seconds."""
+    checks need neither, so it saves the du and the query), Redis and
+    traffic over `window` seconds."""
     before = {s.name: cgroup(host, s.name) for s in sites}
     if interval > 0:
         sleep(interval)
