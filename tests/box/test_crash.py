@@ -178,6 +178,22 @@ def test_config_killed_after_every_step(host):
     settled(host, "app")
 
 
+def test_limits_killed_after_every_step_converges(host):
+    n = step_count(host.siteops("limits app --tasks-max 400").stdout)
+    load = Load(host, "app.test")
+    for k in range(1, n + 1):
+        res = killed_at(host, k, f"limits app --tasks-max {400 + k}")
+        assert res.stdout.strip().endswith("exit 137"), res.stdout[-500:] + res.stderr[-1500:]
+        host.siteops(f"limits app --tasks-max {400 + k}")
+        assert registry(host)["app"]["limits"]["tasks_max"] == 400 + k
+        assert host.sh("systemctl show -p TasksMax --value siteops-app.slice").stdout.strip() \
+            == str(400 + k)
+    samples, failed = load.failed()
+    print(f"limits: {n} steps, {len(samples)} requests, {len(failed)} failed")
+    assert len(samples) > 20 and failed == [], failed[:5]
+    settled(host, "app")
+
+
 def test_add_site_killed_after_every_step_converges(host):
     n = step_count(host.siteops("add-site ref --domain ref.test --components frontend").stdout)
     assert n >= 10
