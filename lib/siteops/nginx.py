@@ -11,7 +11,7 @@ import re
 import time
 from pathlib import Path
 
-from . import distro, registry, systemd
+from . import distro, registry, safefs, systemd
 from .errors import SiteopsError
 from .model import Site
 from .paths import TEMPLATES
@@ -116,15 +116,43 @@ def converge(host: Host, files: dict[Path, str], links: dict[Path, str] = {},
             for path in remove:
                 host.remove(path)
         return outcome["changed"]
+    if not host.dry_run and differs(host, files, links, remove):
+        mark_reload_pending(host)
     try:
         changed = change()
     except SiteopsError as exc:
         if not heal_other_site(host, str(exc), {*files, *links, *remove}):
             raise
         changed = change()
-    if changed:
+    if changed or reload_pending(host):
+        if not changed:  # files checked when written; a certificate may be new since
+            host.run(["nginx", "-t", "-q"])
         reload(host)
     return changed
+
+
+def differs(host: Host, files: dict[Path, str], links: dict[Path, str],
+            remove: tuple[Path, ...]) -> bool:
+    """Whether writing files and links and removing paths would change anything."""
+    return (any(host.read(path) != text for path, text in files.items())
+            or any(safefs.readlink(link) != target for link, target in links.items())
+            or any(safefs.lstat(path) is not None for path in remove))
+
+
+def pending_marker(host: Host) -> Path:
+    return host.paths.state / "nginx-reload-pending"
+
+
+def mark_reload_pending(host: Host) -> None:
+    """Note, before nginx's files (or a certificate) change, that nginx must
+    reload: a command killed between the change and the reload leaves the note,
+    and the next run reloads even though the files then look unchanged."""
+    host.ensure_dir(host.paths.state, 0o755)
+    host.write(pending_marker(host), "a reload of nginx is due\n", 0o600)
+
+
+def reload_pending(host: Host) -> bool:
+    return safefs.lstat(pending_marker(host)) is not None
 
 
 def heal_other_site(host: Host, error: str, ours: set[Path]) -> bool:
@@ -170,6 +198,7 @@ def reload(host: Host, timeout: float = 10) -> None:
     the old workers have begun shutting down they still take new requests."""
     before = serving_workers(host)
     host.run(["systemctl", "reload-or-restart", "nginx"])
+    host.remove(pending_marker(host))
     if host.dry_run or not before:
         return
     deadline = time.monotonic() + timeout
@@ -253,9 +282,11 @@ def remove_site(host: Host, name: str) -> None:
     """Take the site's nginx file and placeholder away; reload if anything went
     (its domains then get the default server's refusal)."""
     with host.step(f"nginx site {name} removed"):
-        gone = [host.remove(p) for p in (host.paths.nginx_enabled(name),
-                                        host.paths.nginx_site(name))]
+        files = (host.paths.nginx_enabled(name), host.paths.nginx_site(name))
+        if not host.dry_run and differs(host, {}, {}, files):
+            mark_reload_pending(host)
+        gone = [host.remove(p) for p in files]
         host.remove_tree(host.paths.p(PLACEHOLDERS) / name)
-        if any(gone):
+        if any(gone) or reload_pending(host):
             host.run(["nginx", "-t", "-q"])
             reload(host)

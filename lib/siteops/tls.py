@@ -13,6 +13,7 @@ import datetime
 import re
 from pathlib import Path
 
+from . import nginx
 from .errors import CommandError, SiteopsError
 from .model import Site
 from .nginx import ACME_ROOT
@@ -95,6 +96,8 @@ def issue(host: Host, site: Site) -> bool:
         if not needs_issuing(host, site):
             return False
         env = {"REQUESTS_CA_BUNDLE": site.tls.ca_bundle} if site.tls.ca_bundle else None
+        if not host.dry_run:  # a re-issue keeps the file names: nginx must reload
+            nginx.mark_reload_pending(host)
         try:
             host.run(certbot_argv(host, site), env=env, timeout=600, stream=True)
         except CommandError as exc:

@@ -92,13 +92,10 @@ def enable(host: Host, name: str, args: argparse.Namespace) -> Site:
             raise UsageError(f"site {name} is not ready: run add-site {name} ... first")
         entry.tls = settings(entry.tls, args)
     site = registry.update_site(host, name, f"tls {name}", change)
-    issued = tls.issue(host, site)
-    if not nginx.ensure_site(host, site, host.paths.of(name).logs) and issued:
-        # Re-issued for changed domains: same file names, new certificate,
-        # which nginx reads only when it reloads.
-        with host.step("nginx reloaded for the new certificate"):
-            host.run(["nginx", "-t", "-q"])
-            nginx.reload(host)
+    # A certificate issued (or re-issued under the same file names) leaves a
+    # reload pending, which ensure_site carries out even if the file is unchanged.
+    tls.issue(host, site)
+    nginx.ensure_site(host, site, host.paths.of(name).logs)
     return site
 
 
