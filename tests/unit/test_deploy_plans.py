@@ -315,3 +315,15 @@ def test_recovery_moves_traffic_back_before_it_removes_the_interrupted_release(r
     assert recovered.releases[R2].result == "failed" and recovered.live.release == R1
     assert "systemctl --no-reload disable --quiet shop-frontend@3101.service" in \
         planned_commands(host)
+
+
+def test_a_reload_left_pending_by_a_killed_run_is_done_by_the_next(root, shop):
+    host, _ = prepared_host(root, shop, healthy())  # wrote the site file and reloaded
+    marker = root / "var/lib/siteops/nginx-reload-pending"
+    assert not marker.exists()
+    nginx.ensure_site(host, shop, root / "srv/sites/shop/shared/logs")
+    assert planned_commands(host) == []  # unchanged, nothing due
+    nginx.mark_reload_pending(host)  # as a run killed before its reload leaves it
+    nginx.ensure_site(host, shop, root / "srv/sites/shop/shared/logs")
+    assert planned_commands(host) == ["nginx -t -q", "systemctl reload-or-restart nginx"]
+    assert not marker.exists()
