@@ -116,14 +116,21 @@ def converge(host: Host, files: dict[Path, str], links: dict[Path, str] = {},
             for path in remove:
                 host.remove(path)
         return outcome["changed"]
-    if not host.dry_run and differs(host, files, links, remove):
+    noted = (not host.dry_run and not reload_pending(host)
+             and differs(host, files, links, remove))
+    if noted:
         mark_reload_pending(host)
     try:
-        changed = change()
-    except SiteopsError as exc:
-        if not heal_other_site(host, str(exc), {*files, *links, *remove}):
-            raise
-        changed = change()
+        try:
+            changed = change()
+        except SiteopsError as exc:
+            if not heal_other_site(host, str(exc), {*files, *links, *remove}):
+                raise
+            changed = change()
+    except BaseException:
+        if noted:  # every file is back as nginx last loaded it
+            host.remove(pending_marker(host))
+        raise
     if changed or reload_pending(host):
         if not changed:  # files checked when written; a certificate may be new since
             host.run(["nginx", "-t", "-q"])
