@@ -154,7 +154,7 @@ def mark_reload_pending(host: Host) -> None:
     """Note, before nginx's files (or a certificate) change, that nginx must
     reload: a command killed between the change and the reload leaves the note,
     and the next run reloads even though the files then look unchanged."""
-    host.ensure_dir(host.paths.state, 0o755)
+    host.ensure_dir(host.paths.state, 0o700)  # as bootstrap makes it
     host.write(pending_marker(host), "a reload of nginx is due\n", 0o600)
 
 
