@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import envfile, model, postgres, redis, safefs, systemd, tls
@@ -31,6 +32,7 @@ DEFAULT_REPOSITORY = "/var/backups/siteops"
 RETENTION = {"KEEP_DAILY": "7", "KEEP_WEEKLY": "4", "KEEP_MONTHLY": "6"}
 HOST_TAG = "host"
 SAFETY_TAG = "before-restore"
+REMOVED_TAG = "removed"  # remove-site's final snapshot of a site
 
 
 def site_tag(name: str) -> str:
@@ -122,19 +124,27 @@ def snapshots(host: Host, tag: str | None = None) -> list[dict]:
     return sorted(json.loads(out or "[]"), key=lambda s: s["time"])
 
 
+def instant(restic_time: str) -> datetime.datetime:
+    """restic's snapshot time (2026-11-26T12:20:01.123456789+01:00) as an aware
+    datetime, to the microsecond."""
+    stamp = re.sub(r"(\.\d{1,6})\d*", r"\1", restic_time).replace("Z", "+00:00")
+    return datetime.datetime.fromisoformat(stamp)
+
+
 def utc(restic_time: str) -> str:
-    """restic's snapshot time (2026-11-26T12:20:01.123456789+01:00) as
-    2026-11-26T11:20:01Z."""
-    stamp = re.sub(r"\.\d+", "", restic_time).replace("Z", "+00:00")
-    return datetime.datetime.fromisoformat(stamp).astimezone(
-        datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """restic's snapshot time as 2026-11-26T11:20:01Z."""
+    return instant(restic_time).astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def tags(snapshot: dict) -> list[str]:
+    return snapshot.get("tags") or []
 
 
 def latest_by_site(host: Host) -> dict[str, str]:
     """{site name: UTC time of its newest snapshot}."""
     out = {}
     for snap in snapshots(host):
-        for tag in snap.get("tags") or []:
+        for tag in tags(snap):
             if tag.startswith("site:"):
                 out[tag[5:]] = max(out.get(tag[5:], ""), utc(snap["time"]))
     return out
@@ -230,6 +240,48 @@ def prune(host: Host) -> None:
 
 # -- restore --------------------------------------------------------------------
 
+@dataclass
+class Recovery:
+    """What `restore --all` brings back: the sites of the host's newest state
+    snapshot and those backed up after it, except a site whose newest snapshot
+    is remove-site's final one."""
+    host_snapshot: dict
+    sites: list[str]      # to restore, each from its newest snapshot
+    removed: list[str]    # in the repository, but no longer on the host backed up
+    missing: list[str]    # on the host backed up, but never backed up themselves
+
+
+def recovery(host: Host) -> Recovery:
+    """Which sites the host had when it was last backed up (reads the registry
+    out of the newest host snapshot with `restic dump`)."""
+    snaps = snapshots(host)
+    states = [s for s in snaps if HOST_TAG in tags(s)]
+    if not states:
+        raise SiteopsError("the repository holds no snapshot of the host's state (a full "
+                           "`backup` run takes one), so it cannot say which sites the host "
+                           "had: name the sites to restore (restore NAME ... --yes)")
+    state = states[-1]
+    dumped = restic(host, "dump", state["id"], str(host.paths.registry), change=False,
+                    timeout=300).out
+    try:
+        had = {name for name, entry in json.loads(dumped)["sites"].items()
+               if entry.get("state") != "removing"}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise SiteopsError(f"the registry in host snapshot {state['short_id']} cannot be "
+                           f"read ({exc})") from exc
+    newest: dict[str, dict] = {}
+    for snap in snaps:
+        if SAFETY_TAG not in tags(snap):
+            for tag in tags(snap):
+                if tag.startswith("site:"):
+                    newest[tag[5:]] = snap  # oldest first: the last one wins
+    since = instant(state["time"])
+    later = {name for name, snap in newest.items() if instant(snap["time"]) > since}
+    removed = {name for name, snap in newest.items() if REMOVED_TAG in tags(snap)}
+    sites = sorted(((had & set(newest)) | later) - removed)
+    return Recovery(state, sites, sorted(set(newest) - set(sites)), sorted(had - set(newest)))
+
+
 def find_snapshot(host: Host, name: str, wanted: str | None) -> dict:
     """The site's snapshot whose id starts with wanted, or its newest backup.
     A restore's own safety snapshot (tagged before-restore) is never the
@@ -242,7 +294,7 @@ def find_snapshot(host: Host, name: str, wanted: str | None) -> dict:
             raise SiteopsError(f"no snapshot {wanted!r} of site {name} in the repository "
                                f"(see: backup --list {name})")
     else:
-        snaps = [s for s in snaps if SAFETY_TAG not in (s.get("tags") or [])]
+        snaps = [s for s in snaps if SAFETY_TAG not in tags(s)]
     if not snaps:
         raise SiteopsError(f"the repository has no backup of site {name} to restore "
                            "(before-restore safety snapshots are restored only by --snapshot ID)")

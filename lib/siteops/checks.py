@@ -172,6 +172,7 @@ def site_checks(host: Host, site: Site, facts: dict) -> list[Finding]:
     out += usage_checks(site, facts.get("usage", {}).get(name))
     out += tls_checks(site, sf, facts["time"])
     out.append(database_check(site, facts))
+    out.append(urls_check(site, sf))
     if not facts["backup"]["error"]:
         out.append(backup_check(site, facts))
     du = facts["du"].get(str(host.paths.site(name)))
@@ -467,6 +468,27 @@ def renewal_check(site: Site, conf: str | None) -> Finding:
     return _f(f"site.{name}.tls.renewal", problem is None, name,
               "certbot can renew its certificate", f"certbot cannot renew it: {problem}",
               remedy=f"sudo tls {name} (issues it again and rewrites the renewal config)")
+
+
+def urls_check(site: Site, sf: dict) -> Finding:
+    """The .env's DATABASE_URL and REDIS_URL lead to the site's own database and
+    Redis, with the passwords those hold: anything else is a site talking to a
+    neighbour's data, or failing to talk to its own."""
+    name, problems = site.name, []
+    for key, url in sf["urls"].items():
+        service = "database" if key == "DATABASE_URL" else "Redis"
+        if url["have"] is None:
+            problems.append(f"{key} is missing")
+        elif not url["home"]:
+            problems.append(f"{key} points at {url['have']}, not the site's own {service} "
+                            f"({url['want']})")
+        elif url["auth"] is False:
+            problems.append(f"its {service} refuses {key}'s password")
+    return _f(f"site.{name}.env.urls", not problems, name,
+              "DATABASE_URL and REDIS_URL lead to the site's own database and Redis",
+              "; ".join(problems),
+              remedy="audit --fix points them at the site's own services and gives those "
+                     "the .env's passwords", fix="urls")
 
 
 def database_check(site: Site, facts: dict) -> Finding:

@@ -128,17 +128,73 @@ def secret() -> str:
     return secrets.token_urlsafe(32)
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def database_url(site: Site, password: str, db_port: int, query: str = "") -> str:
+    """The site's own database: its role and database on the host's cluster."""
+    return (f"postgresql://{site.user}:{password}@localhost:{db_port}/{site.database}"
+            + (f"?{query}" if query else ""))
+
+
+def redis_url(site: Site, password: str, db: str = "0", query: str = "") -> str:
+    """The site's own Redis, on the port of its slot."""
+    return (f"redis://default:{password}@127.0.0.1:{site.ports['redis']}/{db}"
+            + (f"?{query}" if query else ""))
+
+
 def wanted(site: Site, db_port: int) -> dict[str, callable]:
     """The keys a site's .env must have, each with a function making its first value."""
-    name, ports = site.name, site.ports
-    keys = {
+    return {
         "NODE_ENV": lambda: "production",
-        "DATABASE_URL": lambda: f"postgresql://{name}:{secret()}@localhost:{db_port}/{name}",
-        "REDIS_URL": lambda: f"redis://default:{secret()}@127.0.0.1:{ports['redis']}/0",
+        "DATABASE_URL": lambda: database_url(site, secret(), db_port),
+        "REDIS_URL": lambda: redis_url(site, secret()),
+        "SESSION_SECRET": secret,
+        "JWT_SECRET": secret,
     }
-    keys["SESSION_SECRET"] = secret
-    keys["JWT_SECRET"] = secret
-    return keys
+
+
+def points_home(key: str, url: str, site: Site, db_port: int) -> bool:
+    """True if url (the .env's DATABASE_URL or REDIS_URL) names the site's own
+    database or Redis: a loopback host, the port of the site's slot (or the
+    cluster's), the site's role and database. Any Redis database number is the
+    site's own: the whole instance is."""
+    try:
+        url_ = urlsplit(url)
+        port = url_.port
+    except ValueError:
+        return False
+    if url_.hostname not in LOOPBACK_HOSTS:
+        return False
+    if key == "REDIS_URL":
+        return (url_.scheme == "redis" and port == site.ports["redis"]
+                and (url_.username or "default") == "default")
+    return (url_.scheme in ("postgres", "postgresql") and port == db_port
+            and url_.username == site.user and url_.path == f"/{site.database}")
+
+
+def bind(text: str, site: Site, db_port: int) -> str:
+    """text with DATABASE_URL and REDIS_URL pointed at the site's own services
+    (from the registry: its slot's Redis port, the host's PostgreSQL port),
+    their passwords and query strings kept; the other lines untouched. A site
+    restored into another slot, or onto another host, would otherwise talk to
+    whatever now holds its old ports: a neighbour's Redis."""
+    changes = {}
+    for key, value in parse(text).items():
+        if key not in ("DATABASE_URL", "REDIS_URL") or points_home(key, value, site, db_port):
+            continue
+        try:
+            url = urlsplit(value)
+        except ValueError:  # unparsable: a fresh secret (the services follow the .env)
+            url = urlsplit("")
+        password = url.password or secret()
+        if key == "DATABASE_URL":
+            changes[key] = database_url(site, password, db_port, url.query)
+        else:
+            number = url.path.strip("/")
+            changes[key] = redis_url(site, password, number if number.isdigit() else "0",
+                                     url.query)
+    return assign(text, changes) if changes else text
 
 
 # Set per instance by its systemd drop-in since deploys alternate between two
@@ -148,7 +204,8 @@ MOVED_TO_UNIT = ("FRONTEND_PORT", "API_PORT", "PORT")
 
 def merge(current: str | None, site: Site, db_port: int) -> str:
     """The .env text: current lines kept as they are, missing keys appended,
-    port settings (now the unit's) dropped."""
+    port settings (now the unit's) dropped, DATABASE_URL and REDIS_URL pointed
+    at the site's own services (bind)."""
     text = current if current is not None else ENV_HEADER
     if set(parse(text)) & set(MOVED_TO_UNIT):
         text = assign(text, dict.fromkeys(MOVED_TO_UNIT))
@@ -156,7 +213,7 @@ def merge(current: str | None, site: Site, db_port: int) -> str:
     missing = [f"{k}={make()}\n" for k, make in wanted(site, db_port).items() if k not in have]
     if missing and not text.endswith("\n"):
         text += "\n"
-    return text + "".join(missing)
+    return bind(text + "".join(missing), site, db_port)
 
 
 def secrets_of(text: str) -> list[str]:

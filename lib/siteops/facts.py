@@ -32,7 +32,11 @@ Shape of gather()'s result:
                           expected: {path: rendered text}, actual: {path: text | null},
                           secrets: [str], tls: {not_after, disk_sha256, served_sha256,
                           served_error, renewal: certbot's renewal conf text | null
-                          (only for sites siteops put on HTTPS)} | null}}
+                          (only for sites siteops put on HTTPS)} | null,
+                          urls: {DATABASE_URL | REDIS_URL: {have: the .env's URL,
+                          password masked | null, want: the site's own service,
+                          home: it points there, auth: that service takes its
+                          password | null (not asked)}}}}
     STAT          {dir, mode, uid, gid} (lstat: a link is not followed)
 """
 
@@ -46,12 +50,13 @@ import re
 import socket
 import ssl
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from . import (backup, distro, envfile, firewall, hardening, instances, journal, layout, logrotate,
                network, nftables, nginx, postgres, redis, sysctl, systemd, tls, usage)
 from .errors import CommandError, SiteopsError
 from .model import Site
-from .system import Host
+from .system import Host, redact
 
 HBA_AND_DATABASES = """\
 SELECT json_build_object(
@@ -152,7 +157,36 @@ def expected_files(host: Host, site: Site, nginx_version: tuple[int, ...],
     return files
 
 
-def site_facts(host: Host, site: Site, nginx_version: tuple[int, ...]) -> dict:
+def service_urls(site: Site, env_text: str | None, db_port: int,
+                 verifier: str | None) -> dict[str, dict]:
+    """Where the .env's DATABASE_URL and REDIS_URL point (passwords masked),
+    whether that is the site's own service (want), and whether that service
+    takes the password (auth: None when it cannot be asked)."""
+    values = envfile.parse(env_text or "")
+    own = {"DATABASE_URL": f"{site.user}@localhost:{db_port}/{site.database}",
+           "REDIS_URL": f"127.0.0.1:{site.ports['redis']}"}
+    out = {}
+    for key, want in own.items():
+        url = values.get(key)
+        entry = {"have": None if url is None else redact(url), "want": want,
+                 "home": url is not None and envfile.points_home(key, url, site, db_port),
+                 "auth": None}
+        if url is not None:
+            try:
+                parts = urlsplit(url)
+                user, password = parts.username, parts.password or ""
+            except ValueError:
+                user, password = None, ""
+            if key == "REDIS_URL":
+                entry["auth"] = redis.accepts(site.ports["redis"], user or "default", password)
+            elif verifier is not None:
+                entry["auth"] = postgres.verifier_matches(verifier, password)
+        out[key] = entry
+    return out
+
+
+def site_facts(host: Host, site: Site, nginx_version: tuple[int, ...], db_port: int,
+               verifier: str | None) -> dict:
     name = site.name
     env_path = host.paths.of(name).env
     env_text = host.read(env_path)
@@ -174,6 +208,7 @@ def site_facts(host: Host, site: Site, nginx_version: tuple[int, ...]) -> dict:
         "secrets": envfile.secrets_of(env_text or ""),
         "tls": tls_facts(host, site),
         "jobs": systemd.job_results(host, site),
+        "urls": service_urls(site, env_text, db_port, verifier),
     }
 
 
@@ -186,6 +221,11 @@ def gather(host: Host, sites: list[Site]) -> dict:
     """All facts for the host checks and for each of sites."""
     cluster = postgres.clusters(host)
     pg_unit = cluster[0].unit if cluster else "postgresql.service"
+    db_port = cluster[0].port if cluster else 5432
+    try:
+        verifiers = postgres.verifiers(host, [s.user for s in sites])
+    except (CommandError, json.JSONDecodeError):
+        verifiers = {}  # PostgreSQL down: host.postgres says so
     units = host_units(pg_unit)
     site_units = {s.name: systemd.live_units(s) for s in sites}
     for names in site_units.values():
@@ -216,6 +256,7 @@ def gather(host: Host, sites: list[Site]) -> dict:
         "disk": {"used_pct": round(100 * (1 - root_stat.f_bavail / root_stat.f_blocks), 1)
                  if root_stat.f_blocks else 0},
         "du": usage.du(host, [host.paths.site(s.name) for s in sites]),
-        "sites": {s.name: site_facts(host, s, version) for s in sites},
+        "sites": {s.name: site_facts(host, s, version, db_port, verifiers.get(s.user))
+                  for s in sites},
         "usage": {r["name"]: r for r in usage.collect(host, sites, interval=0, with_sizes=False)},
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -145,6 +146,17 @@ def role_facts(host: Host, name: str) -> dict | None:
         return None
     login, sup, createdb, createrole, limit, password = row.split("|", 5)
     return {"attrs": (login, sup, createdb, createrole, int(limit)), "password": password}
+
+
+def verifiers(host: Host, roles: list[str]) -> dict[str, str]:
+    """{role: its stored SCRAM verifier} for those of roles that have one (one
+    query; the verifiers are for comparing, never for printing)."""
+    if not roles:
+        return {}
+    names = ", ".join(quote_literal(r) for r in roles)
+    out = psql(host, "SELECT coalesce(json_object_agg(rolname, rolpassword), '{}') FROM "
+                     f"pg_authid WHERE rolname IN ({names}) AND rolpassword IS NOT NULL;")
+    return json.loads(out or "{}")
 
 
 ROLE_ATTRS = ("t", "f", "f", "f", CONNECTION_LIMIT)

@@ -8,9 +8,9 @@ cost is a few MB of memory per site."""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 import re
+import socket
+from urllib.parse import urlsplit
 
 from . import systemd
 from .model import Site
@@ -66,3 +66,19 @@ def save(host: Host, site: Site, url: str) -> None:
     host.run(["redis-cli", "-h", "127.0.0.1", "-p", str(site.ports["redis"]),
               "--no-auth-warning", "SAVE"], env={"REDISCLI_AUTH": password},
              secrets=[password], note="REDISCLI_AUTH from the site's .env")
+
+
+def accepts(port: int, user: str, password: str, timeout: float = 2) -> bool | None:
+    """True if the Redis on 127.0.0.1:port takes user and password (AUTH), False
+    if it refuses them, None if nothing answers there. Spoken directly (RESP),
+    so the password is in no process's argv or environment."""
+    def bulk(text: str) -> bytes:
+        data = text.encode()
+        return b"$%d\r\n%s\r\n" % (len(data), data)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+            conn.sendall(b"*3\r\n" + bulk("AUTH") + bulk(user) + bulk(password))
+            reply = conn.recv(512)
+    except OSError:
+        return None
+    return None if not reply else reply.startswith(b"+OK")

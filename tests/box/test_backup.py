@@ -1,8 +1,9 @@
 """backup, restore and remove-site on real booted Debian 12 and 13 machines: data
 written through a real app into the site's PostgreSQL, Redis and uploads,
 backed up with restic, damaged, restored and compared; a site removed under
-load; and every site brought back on a second, fresh machine from the
-repository alone."""
+load; and disaster recovery on a second machine that brings back exactly the
+host that was backed up (a removed site left out, slots taken there by other
+sites, every site's app talking to its own Redis and database)."""
 
 import json
 import tempfile
@@ -204,28 +205,6 @@ def test_audit_reports_an_unreadable_repository(host):
         host.sh("mv /etc/siteops/restic-password.away /etc/siteops/restic-password")
 
 
-def test_a_new_host_gets_every_site_back_from_the_repository_alone(host, image, share):
-    host.siteops("backup")  # every site and the host's state
-    password = host.sh("cat /etc/siteops/restic-password").stdout
-    fresh = Box(image, binds={str(share): "/srv/share"})
-    try:
-        fresh.start()
-        fresh.siteops("bootstrap")
-        fresh.sh("cat > /etc/siteops/restic-password", input=password)
-        fresh.siteops("backup --repository /srv/share/restic")
-        out = fresh.siteops("restore --all --yes").stdout
-        assert "restored 2 site(s)" in out, out
-        for site in SITES:
-            assert curl(fresh, site).startswith(f"{site} notes ")
-            assert fingerprint(fresh, site) == fingerprint(host, site)
-        doc = json.loads(fresh.siteops("audit --json", check=False).stdout)
-        bad = [f for f in doc["findings"] if f["severity"] != "ok"
-               and not f["id"].endswith(".backup")]
-        assert bad == [], bad
-    finally:
-        fresh.stop()
-
-
 LEFTOVERS = """\
 getent passwd blog; getent group blog
 ls -d /srv/sites/blog /etc/nginx/sites-*/blog.conf /etc/logrotate.d/siteops-blog \
@@ -288,3 +267,102 @@ def test_remove_site_keep_data_keeps_the_database_tree_and_owner_until_asked(hos
     assert host.sh("getent passwd press; ls -d /srv/sites/press; runuser -u postgres -- psql "
                    "-At -c \"SELECT 1 FROM pg_roles WHERE rolname = 'press'\"",
                    check=False).stdout.strip() == ""
+
+
+def env_of(box, site: str) -> dict:
+    return dict(line.split("=", 1) for line in box.sh(f"cat /srv/sites/{site}/shared/.env")
+                .stdout.splitlines() if "=" in line and not line.startswith("#"))
+
+
+def slots(box) -> dict:
+    return {n: s["slot"] for n, s in json.loads(
+        box.sh("cat /var/lib/siteops/registry.json").stdout)["sites"].items()}
+
+
+def redis_get(box, site: str, port: int, key: str) -> str:
+    """GET key from the Redis on port, with site's own password (its .env)."""
+    password = env_of(box, site)["REDIS_URL"].split(":")[2].split("@")[0]
+    return box.sh(f"REDISCLI_AUTH={password} redis-cli -p {port} --no-auth-warning GET {key}",
+                  check=False).stdout.strip()
+
+
+def test_recovery_brings_back_exactly_the_host_that_was_backed_up(host, image, share):
+    # On the old host: blog was removed (its final backup kept), and press,
+    # added after, took blog's freed slot 1. Then a full backup.
+    assert "blog" not in slots(host)
+    add_notes_site(host, "press")
+    assert slots(host) == {"shop": 0, "press": 1}
+    for i in range(20):
+        curl(host, "press", f"/put?k=k{i}&v=press-value-{i}")
+    host.siteops("backup")
+    before = {site: fingerprint(host, site) for site in ("shop", "press")}
+    envs = {site: env_of(host, site) for site in ("shop", "press")}
+    password = host.sh("cat /etc/siteops/restic-password").stdout
+
+    fresh = Box(image, binds={str(share): "/srv/share"})
+    try:
+        fresh.start()
+        fresh.siteops("bootstrap")
+        # This host already runs a site in shop's slot 0, with its own data.
+        add_notes_site(fresh, "wiki")
+        curl(fresh, "wiki", "/put?k=k7&v=wiki-value-7")
+        wiki = fingerprint(fresh, "wiki")
+        fresh.sh("cat > /etc/siteops/restic-password", input=password)
+        fresh.siteops("backup --repository /srv/share/restic")
+
+        out = fresh.siteops("restore --all --yes").stdout
+        assert "recreate     press, shop\n" in out, out
+        assert "left out     blog (removed from the host" in out, out
+        assert "restored 2 site(s)" in out, out
+        assert slots(fresh) == {"wiki": 0, "press": 1, "shop": 2}  # shop's slot was taken
+        assert fresh.sh("getent passwd blog", check=False).stdout == ""
+        for site in ("shop", "press"):
+            have, want = fingerprint(fresh, site), before[site]
+            # Through the app: its rows, Redis keys and uploads, as backed up.
+            assert {k: v for k, v in have.items() if k != "env"} == \
+                {k: v for k, v in want.items() if k != "env"}, site
+            assert have["redis"] == f"db={site}-value-7 redis={site}-value-7 " \
+                f"upload={site}-value-7\n"
+        # Every secret came back; only shop's Redis port follows its new slot.
+        assert env_of(fresh, "press") == envs["press"]
+        moved = dict(envs["shop"], REDIS_URL=envs["shop"]["REDIS_URL"].replace(
+            "@127.0.0.1:5000/", "@127.0.0.1:5020/"))
+        assert env_of(fresh, "shop") == moved and moved != envs["shop"]
+        # New writes land in each site's own Redis, never in a neighbour's.
+        assert curl(fresh, "shop", "/put?k=fresh&v=shop-fresh") == "stored\n"
+        assert redis_get(fresh, "shop", 5020, "fresh") == "shop-fresh"
+        assert redis_get(fresh, "wiki", 5000, "fresh") == ""
+        assert fingerprint(fresh, "wiki") == wiki  # the site already here is untouched
+
+        # The removed site comes back only when named, in a free slot (its own,
+        # 1, is press's now), talking to its own Redis.
+        out = fresh.siteops("restore blog --yes").stdout
+        assert "slot 1 of blog is taken here: it gets slot 3" in out, out
+        assert curl(fresh, "blog", "/get?k=k7") == \
+            "db=blog-value-7 redis=blog-value-7 upload=blog-value-7\n"
+        assert env_of(fresh, "blog")["REDIS_URL"].endswith("@127.0.0.1:5030/0")
+        doc = json.loads(fresh.siteops("audit --json", check=False).stdout)
+        bad = [f for f in doc["findings"] if f["severity"] != "ok"
+               and not f["id"].endswith(".backup")]
+        assert bad == [], bad
+
+        # shop's REDIS_URL pointed by hand at press's Redis: audit says so (the
+        # password never shown), and audit --fix points it back.
+        shop_password = envs["shop"]["REDIS_URL"].split(":")[2].split("@")[0]
+        fresh.sh("sed -i 's/@127.0.0.1:5020\\//@127.0.0.1:5010\\//' /srv/sites/shop/shared/.env")
+        fresh.sh("systemctl restart 'shop-frontend@*.service'")  # the app reads it
+        assert curl(fresh, "shop", "/get?k=k7").startswith("db=shop-value-7 redis= ")
+        res = fresh.siteops("audit --json", check=False)
+        assert res.returncode == 2 and shop_password not in res.stdout + res.stderr
+        finding = next(f for f in json.loads(res.stdout)["findings"]
+                       if f["id"] == "site.shop.env.urls")
+        assert finding["severity"] == "critical" and "127.0.0.1:5010" in finding["message"], \
+            finding
+        res = fresh.siteops("audit --fix", check=False)
+        assert "site.shop.env.urls" not in res.stdout and shop_password not in res.stdout, \
+            res.stdout
+        assert env_of(fresh, "shop") == moved
+        assert curl(fresh, "shop", "/get?k=k7") == \
+            "db=shop-value-7 redis=shop-value-7 upload=shop-value-7\n"
+    finally:
+        fresh.stop()

@@ -37,7 +37,7 @@ def problems(found):
 def test_the_recorded_box_is_clean():
     found = findings()
     assert problems(found) == {} and checks.exit_code(found) == 0
-    assert len(found) == 63 and len({f.id for f in found}) == 63
+    assert len(found) == 65 and len({f.id for f in found}) == 65
 
 
 def listen(proto, addr, port, units, programs):
@@ -113,6 +113,16 @@ BREAKAGES = [
     (lambda f: f["postgres"]["databases"].update(beta=True), {"site.beta.database": "critical"}),
     (lambda f: f["postgres"]["databases"].pop("alpha"), {"site.alpha.database": "critical"}),
     (lambda f: f["sites"]["beta"]["actual"].update({NGINX_BETA: None}), {f"site.beta.file:{NGINX_BETA}": "warning"}),
+    # A site's .env leading to a neighbour's Redis, or to its own with the wrong password.
+    (lambda f: f["sites"]["alpha"]["urls"]["REDIS_URL"].update(
+        have="redis://default:********@127.0.0.1:5010/0", home=False, auth=False),
+     {"site.alpha.env.urls": "critical"}),
+    (lambda f: f["sites"]["beta"]["urls"]["DATABASE_URL"].update(auth=False),
+     {"site.beta.env.urls": "critical"}),
+    (lambda f: f["sites"]["beta"]["urls"]["DATABASE_URL"].update(have=None, home=False),
+     {"site.beta.env.urls": "critical"}),
+    # Redis not answering: its unit finding says so; the URL itself is right.
+    (lambda f: f["sites"]["beta"]["urls"]["REDIS_URL"].update(auth=None), {}),
 ]
 
 
@@ -180,13 +190,13 @@ def test_json_document_and_text_report():
     assert set(doc) == {"version", "time", "host", "status", "exit_code", "counts", "sites",
                         "fixed", "findings"}
     assert (doc["status"], doc["exit_code"], doc["counts"]) == (
-        "critical", 2, {"ok": 61, "warning": 1, "critical": 1})
+        "critical", 2, {"ok": 63, "warning": 1, "critical": 1})
     first = next(f for f in doc["findings"] if f["id"] == "site.alpha.env")
     assert set(first) >= {"id", "severity", "subject", "message", "remedy"}
     lines = audit.text_report(found, [])
     assert lines[0].startswith("CRITICAL site.alpha.env: .env is 0644")
     assert lines[2].startswith("WARNING  host.disk: disk 85.0% used")
-    assert lines[-1] == "audit CRITICAL: 63 checks, 61 ok, 1 warning(s), 1 critical"
+    assert lines[-1] == "audit CRITICAL: 65 checks, 63 ok, 1 warning(s), 1 critical"
 
 
 RENEWAL = ("version = 2.1.0\narchive_dir = /etc/letsencrypt/archive/shop\n"

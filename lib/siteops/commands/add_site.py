@@ -80,22 +80,29 @@ def check_bootstrapped(host: Host) -> None:
         raise SiteopsError("this server has not been bootstrapped: run `sudo ./bin/bootstrap` first")
 
 
-def plan_entry(host: Host, data: registry.Registry, args: argparse.Namespace) -> Site:
-    """The registry entry the site should have: the existing one updated (a copy),
-    or a new one."""
-    name = args.name
+def refuse_conflicts(host: Host, data: registry.Registry, name: str, domains: list[str]) -> None:
+    """A site NAME with these domains may be made here: no other site serves one
+    of them, and a new site's name is no existing Unix user or group."""
     for other in data.sites.values():
         if other.name != name:
-            taken = sorted(set(args.domains) & set(other.domains))
+            taken = sorted(set(domains) & set(other.domains))
             if taken:
                 raise UsageError(f"domain {taken[0]} already belongs to site {other.name}")
-    site = data.sites.get(name)
-    if site is None:
+    if name not in data.sites:
         if users.lookup(host, name) is not None:
             raise UsageError(f"a Unix user {name!r} already exists; choose another site name")
         if users.group_exists(host, name):
             raise UsageError(f"a Unix group {name!r} already exists (a site's user would join "
                              "it); choose another site name")
+
+
+def plan_entry(host: Host, data: registry.Registry, args: argparse.Namespace) -> Site:
+    """The registry entry the site should have: the existing one updated (a copy),
+    or a new one."""
+    name = args.name
+    refuse_conflicts(host, data, name, args.domains)
+    site = data.sites.get(name)
+    if site is None:
         slot = registry.allocate_slot(data, network.listening_ports(host))
         site = Site(name=name, slot=slot, created=now())
     site = site.copy(domains=args.domains)

@@ -8,7 +8,7 @@ import socket
 import sys
 
 from .. import (checks, cli, envfile, facts, instances, journal, layout, logrotate, model,
-                nftables, nginx, redis, registry, releases, systemd, validate)
+                nftables, nginx, postgres, redis, registry, releases, systemd, validate)
 from ..errors import UsageError
 from ..model import Site
 from ..system import Host
@@ -32,11 +32,14 @@ generated files equal to what the registry renders (diff when not), units
 enabled and active, its processes on 127.0.0.1 and its own ports only,
 `current` on the live release, release count, TLS days left and the
 certificate nginx really serves, systemd-analyze exposure, database with
-PUBLIC's CONNECT revoked, disk used.
+PUBLIC's CONNECT revoked, .env's DATABASE_URL and REDIS_URL leading to the
+site's own database and Redis with the passwords those hold (never shown),
+disk used.
 
 --fix repairs what is safe: modes and owners, re-rendered files (nginx -t
-first), stopped units, a dangling `current`; it prints each change, then
-audits again. Everything else is left for a human.
+first), stopped units, a dangling `current`, a DATABASE_URL or REDIS_URL
+pointed elsewhere (pointed back, passwords kept; the app then moves to fresh
+instances); it prints each change, then audits again. Everything else is left for a human.
 """
 
 EPILOG = """\
@@ -77,7 +80,8 @@ def run_checks(host: Host, sites: list[Site]) -> tuple[list[checks.Finding], str
 
 
 def repair(host: Host, site: Site, kinds: set[str]) -> None:
-    """Apply the safe repairs of kinds ('tree', 'env', 'render', 'unit', 'current')."""
+    """Apply the safe repairs of kinds ('tree', 'env', 'urls', 'render', 'unit',
+    'current')."""
     name = site.name
     if "tree" in kinds:
         layout.ensure_tree(host, name)
@@ -86,6 +90,16 @@ def repair(host: Host, site: Site, kinds: set[str]) -> None:
     if "env" in kinds and env_text is not None:
         with host.step(f"{env_path} 0600 {name}:{name}"):
             host.write(env_path, env_text, 0o600, name, name)
+    restart = False
+    if "urls" in kinds and env_text is not None:
+        # The .env leads to the site's own services, and they take its passwords;
+        # the app then moves to fresh instances that read it.
+        with host.step(f"{env_path}: DATABASE_URL and REDIS_URL lead to {name}'s own services"):
+            bound = envfile.bind(env_text, site, postgres.clusters(host)[0].port)
+            restart = host.write(env_path, bound, 0o600, name, name)
+            env_text = bound
+        postgres.ensure_site_database(host, name, envfile.passwords(env_text)[0])
+        kinds = kinds | {"render"}
     if "render" in kinds:
         redis_changed = False
         if env_text is not None:
@@ -96,7 +110,8 @@ def repair(host: Host, site: Site, kinds: set[str]) -> None:
         nginx.ensure_site(host, site, host.paths.of(name).logs)
         logrotate.ensure_site(host, site)
         systemd.ensure_jobs(host, site)
-        site = instances.refresh(host, site, changed, force=not instances.dropins_match(host, site))
+        site = instances.refresh(host, site, changed,
+                                 force=restart or not instances.dropins_match(host, site))
     if "unit" in kinds:
         for unit in systemd.live_units(site):
             with host.step(f"{unit} running"):

@@ -22,7 +22,8 @@ units and slice (every process stopped), its certificate and renewal, its
 logrotate file, its Redis config, its database and role, its tree
 /srv/sites/NAME, its user and group, its repository mirror, deploy key and
 lock, and its registry entry: the slot and ports become free. Its backups are
-kept.
+kept, and a fresh snapshot of the host's state (when the repository can be
+read) records that the site is gone, so `restore --all` leaves it out.
 
 --keep-data keeps the database (its role can no longer log in), the tree,
 and the user and group that own them (so their files never pass to a later
@@ -106,6 +107,19 @@ def remove(host: Host, site: Site, keep_data: bool) -> None:
             host.remove(path)
 
 
+def record_host_state(host: Host, name: str) -> None:
+    """A fresh snapshot of the host's state (the registry without the site), so a
+    disaster recovery (restore --all) leaves the site out even when its final
+    backup was skipped."""
+    problem = backup.problem(host)
+    if problem:
+        host.say(f"{'':13}no host snapshot ({problem}): run `backup` before relying on "
+                 f"`restore --all` to leave {name} out")
+        return
+    sid = backup.backup_host(host)
+    host.say(f"{'':13}host snapshot {sid}: a restore --all leaves {name} out")
+
+
 def run(host: Host, args: argparse.Namespace) -> None:
     name = args.name
     data = registry.load(host)
@@ -122,7 +136,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
     if site.slot >= 0 and site.state != REMOVING:
         if not args.no_backup:
             backup.ensure_repository(host)
-            sid = backup.backup_site(host, site, tags=("removed",))
+            sid = backup.backup_site(host, site, tags=(backup.REMOVED_TAG,))
             host.say(f"{'':13}final snapshot {sid} of {name} (restore: restore {name} "
                      f"--snapshot {sid} --yes, after add-site)")
         with registry.site_locked(host, name, f"remove-site {name}"):
@@ -137,6 +151,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
             registry.save(host, data)
     with host.step("fail2ban forgets the site's log"):
         fail2ban.reload(host)
+    record_host_state(host, name)
     host.say(f"site {name} removed at {now()}" + (" (data kept)" if args.keep_data else ""))
 
 

@@ -25,12 +25,21 @@ that then takes the old one's place, so a dump that fails to load changes
 nothing. The app then moves to fresh instances (health-gated), so it reads
 the restored .env. Releases, nginx and units are not touched.
 
+A site this host lacks (removed here, or a new host) is recreated from its
+snapshot: registry entry, user, database, Redis, nginx, units, certificate,
+mirror, deploy key; then its data is put back and the commit that was live
+is deployed from the restored mirror. It keeps its slot when that is free
+here, else it gets the first free one; either way its .env's DATABASE_URL
+and REDIS_URL are pointed at its own services here (passwords kept), never
+at ports another site now owns.
+
 Disaster recovery, on a freshly bootstrapped host: set the repository
 (`backup --repository ... --credentials ...`) and copy the repository's
 password to /etc/siteops/restic-password (0600), then `restore --all --yes`
-recreates every site of the repository that this host lacks (registry entry,
-user, database, Redis, nginx, units, certificate, mirror, deploy key), puts
-its data back and deploys the commit that was live, from the restored mirror.
+brings back the sites the host had at its last full backup (the registry in
+its newest host snapshot), and any site backed up after that, each from its
+newest snapshot. A site removed with remove-site is left out (the plan says
+so); name it to bring it back: `restore NAME --yes`.
 
 Refuses without --yes.
 """
@@ -40,6 +49,7 @@ examples:
   sudo restore shop --yes                     its newest snapshot
   sudo restore shop --snapshot 4f2a9c1e --yes
   sudo restore --all --yes                    every site, on a new host
+  sudo restore blog --yes                     a removed site, recreated
 """
 
 
@@ -48,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", type=validate.site_name, metavar="NAME",
                    help="the site(s) to restore")
     p.add_argument("--all", action="store_true",
-                   help="every site the repository has a snapshot of")
+                   help="every site the host had at its last full backup (removed ones "
+                        "left out)")
     p.add_argument("--snapshot", type=snapshot_id, metavar="ID",
                    help="the snapshot (an id or its first 8 characters; one NAME only)")
     p.add_argument("--yes", action="store_true", help="really replace the site's data")
@@ -73,15 +84,22 @@ def require_repository(host: Host) -> None:
 
 
 def restore_data(host: Host, site: Site, target) -> None:
-    """The extracted snapshot's .env, database, uploads and Redis in place."""
+    """The extracted snapshot's .env, database, uploads and Redis in place. The
+    .env's DATABASE_URL and REDIS_URL are pointed at the site's own services as
+    the registry has them here (its slot may not be the one it was backed up in)."""
     name, paths = site.name, host.paths.of(site.name)
 
     def saved(path):
         return backup.inside(target, path)
 
-    env_text = saved(paths.env).read_text()
+    saved_env = saved(paths.env).read_text()
+    env_text = envfile.merge(saved_env, site, postgres.clusters(host)[0].port)
     with host.step(f"{paths.env} of {name}"):
         host.write(paths.env, env_text, 0o600, name, name)
+    moved = [k for k, v in envfile.parse(env_text).items() if envfile.parse(saved_env).get(k) != v]
+    if moved:
+        host.say(f"{'':13}{', '.join(moved)} now point(s) at {name}'s own services here "
+                 f"(slot {site.slot}; the snapshot's pointed elsewhere)")
     db_password, redis_password = envfile.passwords(env_text)
     postgres.ensure_site_database(host, name, db_password)  # the role's password is .env's
     with host.step(f"database {site.database}"):
@@ -115,13 +133,18 @@ def restore_config(host: Host, site: Site, target) -> None:
 
 def recreate(host: Host, saved: Site) -> Site:
     """A site this host lacks, made from the snapshot's registry entry (its
-    releases left behind); returns the new entry."""
+    releases left behind), in its old slot if that is free here, else in the
+    first free one; returns the new entry."""
     with registry.locked(host, f"restore {saved.name}") as data:
         if saved.name in data.sites:
             return data.sites[saved.name]
-        busy = {s.slot for s in data.sites.values()}
-        slot = saved.slot if saved.slot not in busy else \
-            registry.allocate_slot(data, network.listening_ports(host))
+        listening = network.listening_ports(host)
+        free = saved.slot not in {s.slot for s in data.sites.values()} \
+            and not listening.intersection(registry.block_ports(saved.slot))
+        slot = saved.slot if free else registry.allocate_slot(data, listening)
+        if slot != saved.slot:
+            host.say(f"{'':13}slot {saved.slot} of {saved.name} is taken here: it gets slot "
+                     f"{slot} (ports {', '.join(map(str, registry.ports_for(slot, saved.components).values()))})")
         site = saved.copy(slot=slot, uid=None, state=model.PROVISIONING, live=None,
                           releases={}, history=[], created=now(), updated=now())
         site.ports = registry.ports_for(slot, site.components)
@@ -142,8 +165,10 @@ def restore_one(host: Host, name: str, snapshot: dict) -> None:
     try:
         saved = model.site_from_json(json.loads(
             backup.inside(target, backup.staging(host, name) / "site.json").read_text()))
-        recreated = name not in registry.load(host).sites
+        data = registry.load(host)
+        recreated = name not in data.sites
         if recreated:  # its certificate first: nginx's config is made with it
+            add_site.refuse_conflicts(host, data, name, saved.domains)
             restore_config(host, saved, target)
             recreate(host, saved)
         with registry.site_locked(host, name, f"restore {name}") as site:
@@ -161,6 +186,28 @@ def restore_one(host: Host, name: str, snapshot: dict) -> None:
         instances.refresh(host, registry.get_site(registry.load(host), name), [], force=True)
 
 
+def plan_all(host: Host) -> backup.Recovery:
+    """The sites the host had at its last backup; says which it recreates,
+    which it restores in place and which removed ones it leaves out."""
+    plan = backup.recovery(host)
+    here = registry.load(host).sites
+    state = plan.host_snapshot
+    host.say(f"restore --all: the sites of the host's state of "
+             f"{state['time'][:19].replace('T', ' ')} (snapshot {state['short_id']}), and "
+             "those backed up after it")
+    for label, names in (("recreate", [n for n in plan.sites if n not in here]),
+                         ("in place", [n for n in plan.sites if n in here]),
+                         ("left out", plan.removed)):
+        if names:
+            why = " (removed from the host; `restore NAME --yes` brings one back)" \
+                if label == "left out" else ""
+            host.say(f"{label:<13}{', '.join(names)}{why}")
+    if plan.missing:
+        host.say(f"{'no backup':<13}{', '.join(plan.missing)} (never backed up: cannot be "
+                 "restored)")
+    return plan
+
+
 def run(host: Host, args: argparse.Namespace) -> None:
     if args.all == bool(args.names):
         raise UsageError("name the site(s) to restore, or pass --all")
@@ -171,20 +218,17 @@ def run(host: Host, args: argparse.Namespace) -> None:
                          "pass --yes to go ahead (a safety snapshot is taken first); "
                          "nothing was changed")
     require_repository(host)
-    if args.all:
-        names = sorted({t[5:] for s in backup.snapshots(host) for t in s.get("tags") or []
-                        if t.startswith("site:")})
-    else:
-        names = args.names
-        data = registry.load(host)
-        for name in names:
-            registry.get_site(data, name)  # in place: the site must exist here
+    plan = plan_all(host) if args.all else None
+    names = plan.sites if plan else args.names
     for name in names:
         snapshot = backup.find_snapshot(host, name, args.snapshot)
         host.say(f"restore {name} from snapshot {snapshot['short_id']} of "
                  f"{snapshot['time'][:19].replace('T', ' ')}")
         restore_one(host, name, snapshot)
     host.say(f"restored {len(names)} site(s)")
+    if plan and plan.missing:
+        raise SiteopsError(f"{', '.join(plan.missing)} had no backup and could not be restored "
+                           "(the other sites were)")
 
 
 def main(argv: list[str] | None = None, host: Host | None = None) -> int:
