@@ -1,17 +1,19 @@
 """What every command shares: common flags, the root check, one error line,
-exit codes (0 ok, 1 failure, 2 bad input, 130 interrupted) and the action log."""
+exit codes (0 ok, 1 failure, 2 bad input, 130 Ctrl-C, 143 SIGTERM) and the
+action log."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 from typing import Callable, Sequence
 
 from . import journal
 from .errors import SiteopsError
-from .system import Host
+from .system import INTERRUPTS, Host, on_interrupt
 
 
 class Parser(argparse.ArgumentParser):
@@ -63,6 +65,9 @@ def main(prog: str, p: argparse.ArgumentParser,
     host = host or Host(dry_run=args.dry_run)
     host.dry_run = args.dry_run
     os.umask(0o022)  # what siteops and its tools create never depends on the caller's umask
+    # SIGTERM (systemd stopping a timer's service, a CI job cancelled) takes
+    # Ctrl-C's path: what was not checked is put back, then exit 143.
+    handlers = {sig: signal.signal(sig, on_interrupt) for sig in INTERRUPTS}
     try:
         if not args.dry_run and os.geteuid() != 0:
             raise SiteopsError("must be run as root (use sudo); --dry-run shows the plan without root")
@@ -74,10 +79,12 @@ def main(prog: str, p: argparse.ArgumentParser,
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        log_action(host, prog, logged, "interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"{prog}: interrupted by {signal.Signals(signum).name}: what it had not "
+              "checked was put back; run it again to finish", file=sys.stderr)
+        log_action(host, prog, logged, f"interrupted ({signal.Signals(signum).name})")
+        return 128 + signum
     except SiteopsError as exc:
         if args.debug:
             traceback.print_exc()
@@ -91,3 +98,6 @@ def main(prog: str, p: argparse.ArgumentParser,
               file=sys.stderr)
         log_action(host, prog, logged, f"unexpected error: {exc!r}")
         return error_code or 1
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)

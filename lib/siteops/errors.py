@@ -1,5 +1,7 @@
 """Errors that carry the exit code a command ends with."""
 
+import signal
+
 
 class SiteopsError(Exception):
     """A failure the operator must see as one line; exit code 1."""
@@ -20,3 +22,16 @@ class CommandError(SiteopsError):
         self.argv, self.code, self.stderr = argv, code, stderr
         last = stderr.strip().splitlines()[-1:] or ["(no output)"]
         super().__init__(f"{' '.join(argv)} exited {code}: {last[0]}")
+
+
+class PutBackFailed(SiteopsError):
+    """Files of a failed or interrupted change could not all be put back."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM: the command stops as promptly as it can, puts
+    back what it had not checked, and exits 128 + the signal's number."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum

@@ -28,7 +28,7 @@ from . import model, network, nginx, registry, releases, systemd, users
 from .errors import CommandError, SiteopsError
 from .journal import now
 from .model import Live, Release, Site
-from .system import Host, clean
+from .system import Host, clean, uninterrupted
 
 DRAIN_SECONDS = 30
 POLL = 0.25  # the longest wait between two health checks; the first ones come sooner
@@ -249,10 +249,16 @@ def switch(host: Host, site: Site, rid: str, record: Release,
         with host.step(f"current -> releases/{rid}"):
             host.symlink(current, f"releases/{rid}")
     except BaseException as exc:
-        with host.step("put the live release back"):
-            stop(host, new_units)
+        # Traffic first, then the processes: nginx back on the live instances,
+        # the new ones drained before they stop (stopped first, they would
+        # answer requests nginx still sends them with 502). Not cut short by a
+        # second Ctrl-C or a SIGTERM.
+        with uninterrupted(), host.step("put the live release back"):
             nginx.ensure_site(host, site, logs)
             host.put_back(current, before)
+            if new_units:
+                drain(host, list(registry.instance_ports(site, live.offset).values()))
+            stop(host, new_units)
         detail = new_log_lines(sizes)
         if isinstance(exc, SiteopsError) and detail:
             raise SiteopsError(f"{exc}\n{detail}") from exc

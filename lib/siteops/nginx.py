@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from . import distro, registry, safefs, systemd
-from .errors import SiteopsError
+from .errors import PutBackFailed, SiteopsError
 from .model import Site
 from .paths import TEMPLATES
 from .system import Host
@@ -107,8 +107,11 @@ def converge(host: Host, files: dict[Path, str], links: dict[Path, str] = {},
     file never blocks this change: a siteops site's file is rendered again
     from the registry (its header says edits are overwritten) and said so;
     a file siteops does not manage stops the change, named, nothing changed."""
+    outcomes: list[dict] = []
+
     def change() -> bool:
         with host.validated([*files, *links, *remove], ["nginx", "-t"], "nginx") as outcome:
+            outcomes.append(outcome)
             for path, text in files.items():
                 host.write(path, text)
             for link, target in links.items():
@@ -124,11 +127,14 @@ def converge(host: Host, files: dict[Path, str], links: dict[Path, str] = {},
         try:
             changed = change()
         except SiteopsError as exc:
-            if not heal_other_site(host, str(exc), {*files, *links, *remove}):
+            if isinstance(exc, PutBackFailed) or not heal_other_site(
+                    host, str(exc), {*files, *links, *remove}):
                 raise
             changed = change()
     except BaseException:
-        if noted:  # every file is back as nginx last loaded it
+        # The note goes only when every file is known to be back as nginx last
+        # loaded it (or none was touched); else the next run checks and reloads.
+        if noted and (not outcomes or outcomes[-1]["restored"]):
             host.remove(pending_marker(host))
         raise
     if changed or reload_pending(host):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TextIO
 
-from .errors import CommandError, SiteopsError
+from .errors import CommandError, Interrupted, PutBackFailed, SiteopsError
 from . import safefs
 from .paths import Paths
 
@@ -74,12 +74,43 @@ def redact(text: str, secrets: Sequence[str] = ()) -> str:
     return text
 
 
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
+def on_interrupt(signum: int, _frame) -> None:
+    """The SIGINT and SIGTERM handler of every command (cli.main installs it)."""
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """SIGINT and SIGTERM held back inside the block (a put-back must run to its
+    end), then delivered: as the block ends normally, or not at all when an
+    exception already ends the command."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _f: held.append(signum))
+                for sig in INTERRUPTS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if held:
+        signal.raise_signal(held[0])
+
+
 def run_command(argv: Sequence[str], input: str | bytes | None = None, timeout: float = 600,
                 env: dict[str, str] | None = None,
                 stream: Callable[[str], None] | None = None) -> Result:
     """Execute argv (no shell) with LC_ALL=C and a timeout; never raises on failure.
     With stream, stdout and stderr are merged and each line is passed to it as it
-    arrives (a build's progress); the result then holds the whole output."""
+    arrives (a build's progress); the result then holds the whole output. The
+    child runs in a session of its own: a Ctrl-C at the terminal reaches only
+    siteops, which kills the child it waits for and then puts back what it must
+    (a put-back's own commands are not cut short by a second Ctrl-C)."""
     argv = [str(a) for a in argv]
     full_env = {**os.environ, "LC_ALL": "C", "PATH": PATH, **(env or {})}
     if stream is not None:
@@ -87,7 +118,7 @@ def run_command(argv: Sequence[str], input: str | bytes | None = None, timeout: 
     binary = isinstance(input, bytes)  # e.g. an archive piped to tar
     try:
         proc = subprocess.run(argv, input=input, capture_output=True, text=not binary,
-                              timeout=timeout, env=full_env)
+                              timeout=timeout, env=full_env, start_new_session=True)
     except FileNotFoundError:
         return Result(argv, 127, "", f"{argv[0]}: command not found")
     except subprocess.TimeoutExpired:
@@ -103,7 +134,7 @@ def _run_streaming(argv: list[str], input: str | None, timeout: float, env: dict
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", env=env)
+                                errors="replace", env=env, start_new_session=True)
     except FileNotFoundError:
         return Result(argv, 127, "", f"{argv[0]}: command not found")
     if input is not None:
@@ -118,6 +149,10 @@ def _run_streaming(argv: list[str], input: str | None, timeout: float, env: dict
             lines.append(line)
             stream(line.rstrip("\n"))
         code = proc.wait()
+    except BaseException:  # interrupted: the child, in a session of its own, goes too
+        proc.kill()
+        proc.wait()
+        raise
     finally:
         timer.cancel()
     if timed_out.is_set():
@@ -336,29 +371,42 @@ class Host:
 
     @contextlib.contextmanager
     def validated(self, paths: Sequence[Path], check: Sequence[str], what: str) -> Iterator[dict]:
-        """Change paths inside the block, then run check; if it fails, or the
-        block itself raises (an error, Ctrl-C), put every path back as it was
-        and raise. Yields a dict whose "changed" is set."""
+        """Change paths inside the block, then run check; if it fails, or anything
+        stops the block or the check (an error, Ctrl-C, SIGTERM), put every path
+        back as it was and raise. Yields a dict: "changed" is set when the block
+        changed something, "restored" once every path is back (see put_all_back)."""
         snaps = {path: self.snapshot(path) for path in paths}
         before = len(self.actions)
-        outcome = {"changed": False}
+        outcome = {"changed": False, "restored": False}
         try:
             yield outcome
-        except BaseException:
-            for path, snap in snaps.items():
-                self.put_back(path, snap)
+            outcome["changed"] = len(self.actions) > before
+            if outcome["changed"] and not self.dry_run:
+                res = self.query(check, ok=range(256))
+                if res.code != 0:
+                    lines = (res.err or res.out).strip().splitlines() or ["no output"]
+                    cause = [l for l in lines if "emerg" in l or "error" in l.lower()] or lines[-1:]
+                    raise SiteopsError(f"{what}: `{shlex.join(check)}` failed, previous files "
+                                       f"restored: {cause[0]}")
+        except BaseException as exc:
+            self.put_all_back(snaps, exc)
+            outcome["restored"] = True
             raise
-        outcome["changed"] = len(self.actions) > before
-        if not outcome["changed"] or self.dry_run:
-            return
-        res = self.query(check, ok=range(256))
-        if res.code != 0:
+
+    def put_all_back(self, snaps: dict[Path, tuple | None], cause: BaseException) -> None:
+        """Every path back as snapshotted, SIGINT and SIGTERM held back meanwhile.
+        A path that cannot be put back does not stop the others; PutBackFailed
+        then names each (as certbot's reverter does), chained to cause."""
+        failed = []
+        with uninterrupted():
             for path, snap in snaps.items():
-                self.put_back(path, snap)
-            lines = (res.err or res.out).strip().splitlines() or ["no output"]
-            cause = [l for l in lines if "emerg" in l or "error" in l.lower()] or lines[-1:]
-            raise SiteopsError(f"{what}: `{shlex.join(check)}` failed, previous files restored: "
-                               f"{cause[0]}")
+                try:
+                    self.put_back(path, snap)
+                except Exception as exc:  # noqa: BLE001 - each path gets its try
+                    failed.append(f"{path} ({exc})")
+        if failed:
+            raise PutBackFailed(f"{cause or type(cause).__name__}; and these could not be put "
+                                f"back as they were: {'; '.join(failed)}") from cause
 
     def snapshot(self, path: Path) -> tuple | None:
         """What path is now (file text and metadata, or symlink target), for put_back."""

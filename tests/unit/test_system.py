@@ -58,7 +58,7 @@ def test_validation_is_skipped_when_nothing_changed(root):
     host, runner = make_host(root, dry_run=False)
     with host.validated([root / "etc/x"], ["check"], "thing") as outcome:
         pass
-    assert outcome == {"changed": False} and runner.calls == []
+    assert outcome == {"changed": False, "restored": False} and runner.calls == []
 
 
 def test_symlink_is_swapped_not_removed(root):
