@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .model import Site
-from .system import Host
+from .system import CANDIDATE, Host
 from .templates import render
 
 
@@ -22,8 +22,8 @@ def ensure_site(host: Host, site: Site) -> None:
     """Write the site's logrotate file, checked with `logrotate --debug`."""
     path = host.paths.logrotate(site.name)
     with host.step(f"logrotate {site.name}"):
-        with host.validated([path], ["logrotate", "--debug", path], "logrotate"):
-            host.write(path, config(host, site))
+        host.write_checked(path, config(host, site), ["logrotate", "--debug", CANDIDATE],
+                           "logrotate")
 
 
 def remove_site(host: Host, name: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from . import registry, systemd, users
 from .model import Site
-from .system import Host
+from .system import CANDIDATE, Host
 from .templates import render
 
 UNIT = "siteops-nftables.service"
@@ -54,9 +54,9 @@ def ensure(host: Host, sites: list[Site]) -> None:
     """Write the ruleset for sites (checked with `nft -c`) and load it if it
     changed or is not loaded."""
     path = conf(host)
-    with host.validated([path], ["nft", "-c", "-f", path], "nftables rules") as outcome:
-        host.write(path, render_conf(sites, nginx_uid(host)), 0o600)
-    if outcome["changed"] or not loaded(host):
+    changed = host.write_checked(path, render_conf(sites, nginx_uid(host)),
+                                 ["nft", "-c", "-f", CANDIDATE], "nftables rules", 0o600)
+    if changed or not loaded(host):
         host.run(["nft", "-f", path])
 
 

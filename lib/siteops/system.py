@@ -29,6 +29,7 @@ from . import safefs
 from .paths import Paths
 
 REDACTED = "********"
+CANDIDATE = "{candidate}"  # Host.write_checked: the candidate file in a check's argv
 # Every command runs with the full system PATH: cron's (/usr/bin:/bin) has no
 # nginx, sshd or ufw, and the caller's PATH should not choose our programs.
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -407,6 +408,29 @@ class Host:
         if failed:
             raise PutBackFailed(f"{cause or type(cause).__name__}; and these could not be put "
                                 f"back as they were: {'; '.join(failed)}") from cause
+
+    def write_checked(self, path: Path, text: str, check: Sequence[str], what: str,
+                      mode: int = 0o644, owner: str = "root", group: str = "root") -> bool:
+        """write(), once check has passed on the new text in a root-only candidate
+        file (CANDIDATE in check stands for it), as Ansible's validate= does: the
+        real path never holds an unchecked text, not even while it is checked.
+        For a file its tool can check alone (visudo -c -f, nft -c -f, logrotate)."""
+        if self.read(path) == text:
+            return self.write(path, text, mode, owner, group)  # at most its mode
+        if not self.dry_run:
+            candidate = self.paths.state / "candidates" / path.name
+            safefs.ensure_dir(candidate.parent, 0o700, 0, 0)
+            safefs.write(candidate, text.encode(), mode, uid_of(owner), gid_of(group))
+            try:
+                res = self.query([str(candidate) if a == CANDIDATE else a for a in check],
+                                 ok=range(256))
+            finally:
+                safefs.remove(candidate)
+            if res.code != 0:
+                lines = (res.err or res.out).strip().splitlines() or ["no output"]
+                raise SiteopsError(f"{what}: the new {path} fails `{check[0]}`'s check, so "
+                                   f"it was not written: {lines[-1]}")
+        return self.write(path, text, mode, owner, group)
 
     def snapshot(self, path: Path) -> tuple | None:
         """What path is now (file text and metadata, or symlink target), for put_back."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SiteopsError
-from .system import Host
+from .system import CANDIDATE, Host
 
 NOLOGIN = "/usr/sbin/nologin"
 DEPLOY_USER = "deploy"
@@ -85,8 +85,8 @@ def ensure_sudoers(host: Host, bin_dir: Path, full: bool) -> None:
     """Install the sudoers drop-in, checked with visudo before it takes effect."""
     path = host.paths.p("/etc/sudoers.d/siteops-deploy")
     with host.step("sudo for deploy" + (" (full)" if full else f" ({', '.join(DEPLOY_COMMANDS)})")):
-        with host.validated([path], ["visudo", "-c", "-q", "-f", path], "sudoers"):
-            host.write(path, sudoers_text(bin_dir, full), 0o440)
+        host.write_checked(path, sudoers_text(bin_dir, full),
+                           ["visudo", "-c", "-q", "-f", CANDIDATE], "sudoers", 0o440)
 
 
 def as_user(name: str, *argv) -> list:

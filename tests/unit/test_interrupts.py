@@ -1,0 +1,141 @@
+"""Ctrl-C and SIGTERM take the same path as a failed check: what was not
+checked is put back, a put-back is not cut short, what cannot be put back is
+named, nginx's pending-reload note stays unless its files are known back, and
+the command ends with 130 or 143."""
+
+import os
+import signal
+
+import pytest
+
+from siteops import cli, nginx, system
+from siteops.errors import Interrupted, PutBackFailed
+
+from fakes import make_host
+
+
+def interrupting(runner, program: str, signum: int = signal.SIGINT):
+    """A runner that is interrupted (as by Ctrl-C or SIGTERM) while program runs."""
+    def run(argv, **kw):
+        if argv[0] == program:
+            raise Interrupted(signum)
+        return runner(argv, **kw)
+    return run
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_during_the_check_puts_the_unchecked_file_back(root, signum):
+    host, runner = make_host(root, dry_run=False)
+    host.runner = interrupting(runner, "check", signum)
+    path, new = root / "etc/app.conf", root / "etc/new.conf"
+    path.write_text("checked before\n")
+    with pytest.raises(Interrupted) as stopped:
+        with host.validated([path, new], ["check"], "thing") as outcome:
+            host.write(path, "unchecked\n")
+            host.write(new, "unchecked\n")
+    assert stopped.value.signum == signum
+    assert path.read_text() == "checked before\n" and not new.exists()
+    assert outcome["restored"] is True
+
+
+def test_a_path_that_cannot_be_put_back_is_named_and_the_others_still_are(root, monkeypatch):
+    host, _ = make_host(root, [(["check"], 1, "", "broken")], dry_run=False)
+    first, second = root / "etc/first.conf", root / "etc/second.conf"
+    first.write_text("1\n")
+    second.write_text("2\n")
+    put_back = host.put_back
+
+    def failing(path, snap):
+        if path == first:
+            raise OSError(30, "Read-only file system")
+        put_back(path, snap)
+    monkeypatch.setattr(host, "put_back", failing)
+    with pytest.raises(PutBackFailed) as err:
+        with host.validated([first, second], ["check"], "thing") as outcome:
+            host.write(first, "x\n")
+            host.write(second, "y\n")
+    message = str(err.value)
+    assert "`check` failed" in message  # the original error is not hidden
+    assert f"could not be put back as they were: {first} ([Errno 30] Read-only" in message
+    assert second.read_text() == "2\n" and outcome["restored"] is False
+
+
+def test_signals_inside_a_put_back_wait_for_its_end(root):
+    previous = {s: signal.signal(s, system.on_interrupt) for s in system.INTERRUPTS}
+    try:
+        done = []
+        with pytest.raises(Interrupted) as stopped:
+            with system.uninterrupted():
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGINT)
+                done.append("the whole block ran")
+        assert done == ["the whole block ran"] and stopped.value.signum == signal.SIGTERM
+        assert signal.getsignal(signal.SIGINT) is system.on_interrupt
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def nginx_host(root, runner_wraps=None):
+    host, runner = make_host(root, [(["nginx", "-v"], 0, "", "nginx version: nginx/1.22.1")],
+                             dry_run=False)
+    if runner_wraps:
+        host.runner = runner_wraps(runner)
+    site_file = root / "etc/nginx/sites-available/shop.conf"
+    site_file.parent.mkdir(parents=True)
+    site_file.write_text("loaded\n")
+    return host, runner, site_file
+
+
+def test_an_interrupted_nginx_check_restores_the_file_and_takes_its_note_away(root):
+    host, _, site_file = nginx_host(root, lambda r: interrupting(r, "nginx"))
+    with pytest.raises(Interrupted):
+        nginx.converge(host, {site_file: "unchecked\n"})
+    assert site_file.read_text() == "loaded\n"
+    assert not nginx.reload_pending(host)  # nginx still runs what is on disk
+
+
+def test_a_put_back_that_fails_leaves_the_reload_note_for_the_next_run(root, monkeypatch):
+    host, runner, site_file = nginx_host(root, lambda r: interrupting(r, "nginx"))
+    monkeypatch.setattr(host, "put_back", lambda path, snap: (_ for _ in ()).throw(
+        OSError(28, "No space left on device")))
+    with pytest.raises(PutBackFailed, match="shop.conf .*No space left"):
+        nginx.converge(host, {site_file: "unchecked\n"})
+    assert nginx.reload_pending(host)  # the next run checks and reloads
+    host.runner = runner
+    nginx.converge(host, {site_file: "unchecked\n"})
+    assert ["nginx", "-t", "-q"] in runner.calls and not nginx.reload_pending(host)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_command_interrupted_says_so_and_exits_128_plus_the_signal(root, capsys, signum,
+                                                                    code):
+    host, _ = make_host(root)
+
+    def body(_host, _args):
+        os.kill(os.getpid(), signum)
+        raise AssertionError("the signal did not stop the command")
+    parser = cli.parser("thing", "a command")
+    assert cli.main("thing", parser, body, ["--dry-run"], host) == code
+    err = capsys.readouterr().err
+    assert f"thing: interrupted by {signal.Signals(signum).name}" in err
+    assert signal.getsignal(signal.SIGTERM) is not system.on_interrupt  # handlers put back
+
+
+def test_a_single_file_is_checked_as_a_candidate_before_it_takes_its_place(root):
+    host, runner = make_host(root, [(["visudo"], 1, "", "syntax error near line 2")],
+                             dry_run=False)
+    path = root / "etc/sudoers.d/siteops-deploy"
+    path.parent.mkdir(parents=True)
+    path.write_text("working\n")
+    with pytest.raises(Exception, match="fails `visudo`'s check, so it was not written: "
+                                        "syntax error near line 2"):
+        host.write_checked(path, "broken\n", ["visudo", "-c", "-f", system.CANDIDATE], "sudoers")
+    candidate = root / "var/lib/siteops/candidates/siteops-deploy"
+    assert runner.calls == [["visudo", "-c", "-f", str(candidate)]]
+    assert path.read_text() == "working\n" and not candidate.exists()
+    runner.rules.clear()
+    assert host.write_checked(path, "fine\n", ["visudo", "-c", "-f", system.CANDIDATE], "x")
+    assert path.read_text() == "fine\n" and not candidate.exists()
+    assert host.write_checked(path, "fine\n", ["visudo", "-c", "-f", system.CANDIDATE], "x") \
+        is False and len(runner.calls) == 2  # unchanged: not checked again
