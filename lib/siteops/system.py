@@ -205,15 +205,16 @@ def gid_of(group: str) -> int:
     return grp.getgrnam(group).gr_gid
 
 
-# Test-only: SITEOPS_KILL_AFTER_STEP=K makes a command SIGKILL itself right
-# after its K-th step, as a crash or `kill -9` would (tests/box/test_crash.py
-# interrupts every command at every step this way).
-KILL_AFTER_STEP = "SITEOPS_KILL_AFTER_STEP"
+# Test-only: SITEOPS_KILL_AFTER_STEP=K makes a command send itself a signal
+# right after its K-th step: SIGKILL, as a crash or `kill -9` would, or the
+# one SITEOPS_KILL_SIGNAL names (INT: Ctrl-C, TERM: systemd stopping it).
+# tests/box/test_crash.py interrupts every command at every step this way.
+KILL_AFTER_STEP, KILL_SIGNAL = "SITEOPS_KILL_AFTER_STEP", "SITEOPS_KILL_SIGNAL"
 
 
 def crash_point(steps_done: int) -> None:
     if os.environ.get(KILL_AFTER_STEP) == str(steps_done):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.Signals["SIG" + os.environ.get(KILL_SIGNAL, "KILL")])
 
 
 @dataclass

@@ -210,11 +210,32 @@ class Load:
 
 # -- the crash harness (tests/box/test_crash.py, test_tls.py) ------------------
 
-def killed_at(box, k: int, command: str) -> subprocess.CompletedProcess:
-    """Run a siteops command that SIGKILLs itself after its k-th step
-    (SITEOPS_KILL_AFTER_STEP, a test-only switch); stdout ends "exit 137"."""
-    return box.sh(f"SITEOPS_KILL_AFTER_STEP={k} {SRC}/bin/{command}; echo \"exit $?\"",
-                  check=False)
+# How a command ends when it is sent each signal: SIGKILL (kill -9, a crash),
+# SIGINT (Ctrl-C) and SIGTERM (systemd stopping a unit, a cancelled CI job).
+EXIT = {"KILL": 137, "INT": 130, "TERM": 143}
+
+
+def signals_for(steps: int, offset: int = 0) -> list[tuple[int, str]]:
+    """(step, signal) pairs for the crash harness: after every step each signal
+    when SITEOPS_CRASH_ALL_SIGNALS=1 (on demand: about three times as long),
+    else one signal per step in turn, starting at offset, so that every step
+    and every signal are covered in each run."""
+    names = list(EXIT)
+    if os.environ.get("SITEOPS_CRASH_ALL_SIGNALS") == "1":
+        return [(k, name) for name in names for k in range(1, steps + 1)]
+    return [(k, names[(k + offset) % len(names)]) for k in range(1, steps + 1)]
+
+
+def killed_at(box, k: int, command: str, signal: str = "KILL") -> subprocess.CompletedProcess:
+    """Run a siteops command that sends itself signal after its k-th step
+    (SITEOPS_KILL_AFTER_STEP, a test-only switch); stdout ends "exit N" (EXIT)."""
+    return box.sh(f"SITEOPS_KILL_AFTER_STEP={k} SITEOPS_KILL_SIGNAL={signal} "
+                  f"{SRC}/bin/{command}; echo \"exit $?\"", check=False)
+
+
+def stopped_by(res: subprocess.CompletedProcess, signal: str) -> bool:
+    """True if the command killed_at ran ended the way signal ends it."""
+    return res.stdout.strip().endswith(f"exit {EXIT[signal]}")
 
 
 def step_count(output: str) -> int:

@@ -1,8 +1,10 @@
-"""Killed at any moment, every command leaves the sites serving and the next
-run converges. Each command that changes a site is SIGKILLed right after
-each of its steps in turn (SITEOPS_KILL_AFTER_STEP, a test-only switch), and
-deploy also at timed moments, while the site serves a steady load; the
-command is then run again. Checked: no failed request, the end state an
+"""Killed or interrupted at any moment, every command leaves the sites serving
+and the next run converges. Each command that changes a site is sent
+SIGKILL, SIGINT (Ctrl-C) or SIGTERM right after each of its steps in turn
+(SITEOPS_KILL_AFTER_STEP, a test-only switch; machine.signals_for says which
+signal after which step), and deploy also each signal at timed moments to its
+process group, while the site serves a steady load; the command is then run
+again. Checked: no failed request, the end state an
 uninterrupted run reaches, no lock left held, no secret regenerated, audit
 without a critical finding."""
 
@@ -10,8 +12,8 @@ import json
 
 import pytest
 
-from machine import (SRC, Load, commit, killed_at, registry, settled, site_state,
-                     step_count)
+from machine import (SRC, Load, commit, killed_at, registry, settled, signals_for, site_state,
+                     step_count, stopped_by)
 
 REPO = "/srv/repos/app"
 APP = """\
@@ -119,23 +121,31 @@ def test_deploy_killed_after_every_step_and_at_timed_moments(host):
     n = step_count(host.siteops("deploy app").stdout)
     assert n >= 8
     load = Load(host, "app.test")
-    kills = 0
-    for k in range(1, n + 1):
-        commit(host, REPO, {"VERSION": f"k{k}\n"}, f"k{k}")
-        res = killed_at(host, k, "deploy app")
-        kills += res.stdout.strip().endswith("exit 137")
+    plan = signals_for(n)
+    stops = 0
+    for i, (k, signal) in enumerate(plan):
+        commit(host, REPO, {"VERSION": f"k{i}\n"}, f"k{i}")
+        res = killed_at(host, k, "deploy app", signal)
+        stops += stopped_by(res, signal)
         host.siteops("deploy app")
-        assert page(host).startswith(f"k{k} "), k
-    for delay in (0.3, 0.8, 1.4, 2.0):
+        assert page(host).startswith(f"k{i} "), (k, signal)
+    timed = [(0.3, "KILL"), (0.5, "INT"), (0.8, "KILL"), (1.1, "TERM"), (1.4, "KILL"),
+             (1.7, "INT"), (2.0, "KILL"), (2.4, "TERM")]
+    for delay, signal in timed:
         commit(host, REPO, {"VERSION": f"t{delay}\n"}, f"t{delay}")
-        host.sh(f"{SRC}/bin/deploy app >/dev/null 2>&1 & pid=$!; sleep {delay}; "
-                "kill -9 $pid; wait $pid; true")
+        out = host.sh(f"setsid {SRC}/bin/deploy app >/tmp/timed.log 2>&1 & pid=$!; "
+                      f"sleep {delay}; kill -{signal} -- -$pid; wait $pid; echo \"exit $?\"; "
+                      "cat /tmp/timed.log").stdout
+        assert out.startswith("exit "), out
+        if signal != "KILL":  # it ends promptly and says so, or it had already finished
+            assert out.startswith(("exit 0", f"exit {128 + (2 if signal == 'INT' else 15)}")), out
         host.siteops("deploy app")
         assert page(host).startswith(f"t{delay} ")
     samples, failed = load.failed()
-    print(f"deploy: {n} steps, {kills} kills after a step + 4 timed, "
+    print(f"deploy: {n} steps, {stops} of {len(plan)} stops after a step "
+          f"({', '.join(sorted({s for _, s in plan}))}) + {len(timed)} timed, "
           f"{len(samples)} requests, {len(failed)} failed")
-    assert kills == n and len(samples) > 200 and failed == [], failed[:5]
+    assert stops == len(plan) and len(samples) > 200 and failed == [], failed[:5]
     settled(host, "app")
 
 
@@ -149,9 +159,9 @@ def test_rollback_killed_after_every_step(host):
     n = step_count(host.siteops(f"rollback app --to {target}").stdout)
     host.siteops(f"rollback app --to {top}")
     load = Load(host, "app.test")
-    for k in range(1, n + 1):
-        res = killed_at(host, k, f"rollback app --to {target}")
-        assert res.stdout.strip().endswith("exit 137"), res.stdout[-500:] + res.stderr[-2000:]
+    for k, signal in signals_for(n, 1):
+        res = killed_at(host, k, f"rollback app --to {target}", signal)
+        assert stopped_by(res, signal), res.stdout[-500:] + res.stderr[-2000:]
         again = host.siteops(f"rollback app --to {target}", check=False)
         assert again.returncode == 0 or "is already live" in again.stderr, again.stderr
         assert registry(host)["app"]["live"]["release"] == target
@@ -166,10 +176,11 @@ def test_config_killed_after_every_step(host):
     n = step_count(host.siteops("config app set GREETING=warm").stdout)
     env_before = host.sh("grep -v GREETING /srv/sites/app/shared/.env").stdout
     load = Load(host, "app.test")
-    for k in range(1, n + 1):
-        killed_at(host, k, f"config app set GREETING=g{k}")
-        host.siteops(f"config app set GREETING=g{k}")
-        assert page(host).endswith(f" g{k}\n"), page(host)
+    for i, (k, signal) in enumerate(signals_for(n, 2)):
+        res = killed_at(host, k, f"config app set GREETING=g{i}", signal)
+        assert stopped_by(res, signal), res.stdout[-500:] + res.stderr[-2000:]
+        host.siteops(f"config app set GREETING=g{i}")
+        assert page(host).endswith(f" g{i}\n"), page(host)
     samples, failed = load.failed()
     print(f"config: {n} steps, {len(samples)} requests, {len(failed)} failed")
     assert len(samples) > 50 and failed == [], failed[:5]
@@ -181,13 +192,13 @@ def test_config_killed_after_every_step(host):
 def test_limits_killed_after_every_step_converges(host):
     n = step_count(host.siteops("limits app --tasks-max 400").stdout)
     load = Load(host, "app.test")
-    for k in range(1, n + 1):
-        res = killed_at(host, k, f"limits app --tasks-max {400 + k}")
-        assert res.stdout.strip().endswith("exit 137"), res.stdout[-500:] + res.stderr[-1500:]
-        host.siteops(f"limits app --tasks-max {400 + k}")
-        assert registry(host)["app"]["limits"]["tasks_max"] == 400 + k
+    for i, (k, signal) in enumerate(signals_for(n, 1)):
+        res = killed_at(host, k, f"limits app --tasks-max {401 + i}", signal)
+        assert stopped_by(res, signal), res.stdout[-500:] + res.stderr[-1500:]
+        host.siteops(f"limits app --tasks-max {401 + i}")
+        assert registry(host)["app"]["limits"]["tasks_max"] == 401 + i
         assert host.sh("systemctl show -p TasksMax --value siteops-app.slice").stdout.strip() \
-            == str(400 + k)
+            == str(401 + i)
     samples, failed = load.failed()
     print(f"limits: {n} steps, {len(samples)} requests, {len(failed)} failed")
     assert len(samples) > 20 and failed == [], failed[:5]
@@ -199,10 +210,11 @@ def test_add_site_killed_after_every_step_converges(host):
     assert n >= 10
     reference = site_state(host, "ref")
     assert reference["files"] and '"state": "ready"' in reference["entry"]
-    for k in range(1, n + 1):
-        name = f"c{k}"
-        res = killed_at(host, k, f"add-site {name} --domain {name}.test --components frontend")
-        assert res.stdout.strip().endswith("exit 137"), res.stdout[-500:]
+    for i, (k, signal) in enumerate(signals_for(n)):
+        name = f"c{i}"
+        res = killed_at(host, k, f"add-site {name} --domain {name}.test --components frontend",
+                        signal)
+        assert stopped_by(res, signal), res.stdout[-500:]
         env = host.sh(f"cat /srv/sites/{name}/shared/.env 2>/dev/null || true").stdout
         host.siteops(f"add-site {name} --domain {name}.test --components frontend")
         final = host.sh(f"cat /srv/sites/{name}/shared/.env").stdout
@@ -224,11 +236,11 @@ def test_remove_site_killed_after_every_step_converges(host):
     host.siteops("add-site gone --domain gone.test --components frontend")
     n = step_count(host.siteops("remove-site gone --yes --no-backup").stdout)
     load = Load(host, "app.test")
-    for k in range(1, n + 1):
-        name = f"gone{k}"
+    for i, (k, signal) in enumerate(signals_for(n, 2)):
+        name = f"gone{i}"
         host.siteops(f"add-site {name} --domain {name}.test --components frontend")
-        res = killed_at(host, k, f"remove-site {name} --yes --no-backup")
-        assert res.stdout.strip().endswith("exit 137"), res.stdout[-500:] + res.stderr[-1500:]
+        res = killed_at(host, k, f"remove-site {name} --yes --no-backup", signal)
+        assert stopped_by(res, signal), res.stdout[-500:] + res.stderr[-1500:]
         again = host.siteops(f"remove-site {name} --yes --no-backup", check=False)
         # Killed after its last step, nothing is left to remove: said so.
         assert again.returncode == 0 or "nothing of it on this host" in again.stderr, again
@@ -249,10 +261,10 @@ def test_restore_killed_after_every_step_converges(host):
     host.siteops("backup app")
     n = step_count(host.siteops("restore app --yes").stdout)
     load = Load(host, "app.test")
-    for k in range(1, n + 1):
+    for k, signal in signals_for(n, 1):
         host.siteops("config app set GREETING=changed")
-        res = killed_at(host, k, "restore app --yes")
-        assert res.stdout.strip().endswith("exit 137"), res.stdout[-500:] + res.stderr[-1500:]
+        res = killed_at(host, k, "restore app --yes", signal)
+        assert stopped_by(res, signal), res.stdout[-500:] + res.stderr[-1500:]
         host.siteops("restore app --yes")
         assert page(host).endswith(" saved\n"), (k, page(host))
     samples, failed = load.failed()

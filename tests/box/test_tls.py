@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from machine import NODE_APP, SRC, Load, commit, killed_at, registry, settled, step_count
+from machine import (NODE_APP, SRC, Load, commit, killed_at, registry, settled, signals_for,
+                     step_count, stopped_by)
 
 PEBBLE = "https://127.0.0.1:14000/dir"
 CA = "/etc/pebble/ca.pem"
@@ -217,7 +218,7 @@ def tls_state(box, name: str) -> dict:
 
 
 def test_tls_killed_after_every_step_and_during_issuance_converges(host):
-    """Each interruption on a fresh site (HTTP only), then `tls` again: the
+    """Each interruption (SIGKILL, SIGINT, SIGTERM) on a fresh site (HTTP only), then `tls` again: the
     state an uninterrupted run leaves; the site serves throughout, another
     HTTPS site answers every request. Debian 12 only, as test_crash (CI time)."""
     if "bookworm" not in str(host.image):
@@ -232,22 +233,24 @@ def test_tls_killed_after_every_step_and_during_issuance_converges(host):
     reference = tls_state(host, "tkref")
     assert reference["names"] == {"NAME.test"} and "<h1>NAME</h1>" in reference["page"]
     load = Load(host, "secure.test", https=True)
-    interrupted = [(k, None) for k in range(1, n + 1)] + [(None, t) for t in (0.3, 0.8, 1.5, 2.5)]
-    for i, (k, delay) in enumerate(interrupted, 1):
+    interrupted = [(k, signal, None) for k, signal in signals_for(n)] + [
+        (None, signal, t) for t, signal in ((0.3, "KILL"), (0.8, "INT"), (1.5, "TERM"),
+                                            (2.5, "KILL"))]
+    for i, (k, signal, delay) in enumerate(interrupted, 1):
         name = f"tk{i}"
         page = fresh(name)
         if k is not None:
-            res = killed_at(host, k, f"tls {name} {ACME}")
-            assert res.stdout.strip().endswith("exit 137"), res.stdout[-500:] + res.stderr[-1500:]
-        else:  # SIGKILL to the whole process group (certbot too) mid-issuance
+            res = killed_at(host, k, f"tls {name} {ACME}", signal)
+            assert stopped_by(res, signal), res.stdout[-500:] + res.stderr[-1500:]
+        else:  # the signal to the whole process group, mid-issuance
             host.sh(f"setsid {SRC}/bin/tls {name} {ACME} >/dev/null 2>&1 & pid=$!; "
-                    f"sleep {delay}; kill -9 -- -$pid; wait $pid; true")
+                    f"sleep {delay}; kill -{signal} -- -$pid; wait $pid; true")
         assert f"<h1>{name}</h1>" in page(), (name, k, delay)  # still serving
         host.sh("nginx -t -q")
         host.siteops(f"tls {name} {ACME}")
         assert tls_state(host, name) == reference, (name, k, delay)
         settled(host, name)
     samples, failed = load.failed()
-    print(f"\ntls: {n} steps + 4 timed kills (certbot killed too), "
+    print(f"\ntls: {n} steps + 4 timed stops (KILL, INT, TERM, KILL to the process group), "
           f"{len(samples)} requests to another HTTPS site, {len(failed)} failed")
     assert len(samples) > 100 and failed == [], failed[:5]

@@ -260,7 +260,11 @@ def run(host: Host, args: argparse.Namespace) -> None:
 
 
 def fail(host: Host, name: str, rid: str, record: Release, exc: BaseException) -> None:
-    """Mark release rid failed, remove its files and instances' traces, log it."""
+    """Mark release rid failed, remove its files and instances' traces, log it;
+    unless the registry already has it live (stopped after its switch, by an
+    error or a signal: the next run finishes what followed)."""
+    if releases.live_id(registry.get_site(registry.load(host), name)) == rid:
+        return
     error = releases.error_text(exc)
 
     def mark(entry: Site) -> None:

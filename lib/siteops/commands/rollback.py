@@ -104,6 +104,8 @@ def run(host: Host, args: argparse.Namespace) -> None:
         try:
             instances.switch(host, site, target, record, went_live)
         except BaseException as exc:
+            if releases.live_id(registry.get_site(registry.load(host), name)) == target:
+                raise  # stopped after its switch: it is live; the next run tidies up
             error = releases.error_text(exc)
             registry.update_site(host, name, f"rollback {name}: failed",
                                  lambda entry: releases.record_event(
