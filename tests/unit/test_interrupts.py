@@ -3,13 +3,16 @@ checked is put back, a put-back is not cut short, what cannot be put back is
 named, nginx's pending-reload note stays unless its files are known back, and
 the command ends with 130 or 143."""
 
+import json
 import os
 import signal
 
 import pytest
 
 from siteops import cli, nginx, system
+from siteops.commands import deploy
 from siteops.errors import Interrupted, PutBackFailed
+from siteops.model import Release
 
 from fakes import make_host
 
@@ -139,3 +142,16 @@ def test_a_single_file_is_checked_as_a_candidate_before_it_takes_its_place(root)
     assert path.read_text() == "fine\n" and not candidate.exists()
     assert host.write_checked(path, "fine\n", ["visudo", "-c", "-f", system.CANDIDATE], "x") \
         is False and len(runner.calls) == 2  # unchanged: not checked again
+
+
+def test_a_deploy_stopped_after_its_switch_keeps_its_release_live(root):
+    (root / "var/lib/siteops").mkdir(parents=True)
+    site = {"name": "shop", "slot": 0, "state": "ready", "components": ["frontend"],
+            "ports": {"frontend": 3100, "redis": 5000},
+            "live": {"release": "20261130T090000Z", "offset": 1},
+            "releases": {"20261130T090000Z": {"result": "building"}}}
+    (root / "var/lib/siteops/registry.json").write_text(
+        json.dumps({"version": 2, "sites": {"shop": site}}))
+    host, runner = make_host(root, dry_run=False)
+    deploy.fail(host, "shop", "20261130T090000Z", Release(), Interrupted(signal.SIGTERM))
+    assert host.actions == [] and runner.calls == []  # not marked failed, not deleted
