@@ -222,6 +222,15 @@ def snapshot_id(restic_json: str) -> str:
     return ""
 
 
+def unlock_stale(host: Host) -> None:
+    """Remove the locks of restic processes that no longer run (a backup killed
+    mid-way leaves one, and it would fail every later forget and prune); a
+    running restic's lock is kept."""
+    with host.step("stale repository locks removed"):
+        if restic(host, "list", "locks", "--no-lock", change=False).out.strip():
+            restic(host, "unlock")
+
+
 def forget(host: Host, tag: str) -> None:
     """Apply the retention to one site's (or the host's) snapshots (prune() then
     frees the space, once for the whole repository)."""

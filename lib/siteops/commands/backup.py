@@ -150,6 +150,7 @@ def run(host: Host, args: argparse.Namespace) -> int:
     data = registry.load(host)
     sites = [registry.get_site(data, n) for n in args.names] if args.names else \
         [s for s in data.sites.values() if s.state == READY]
+    backup.unlock_stale(host)
     failed = []
     for site in sites:
         try:
