@@ -37,7 +37,7 @@ WORKER_SETTLE = 1.5  # a new worker must still run this long after its start
 
 def instance_units(site: Site, record: Release, offset: int) -> list[str]:
     """A release's web instances and workers at port offset."""
-    ports = registry.instance_ports(site, offset)
+    ports = registry.instance_ports(site, offset, record)
     return ([systemd.instance(site.name, c, p) for c, p in ports.items()]
             + list(systemd.worker_instances(site.name, record.workers, offset)))
 
@@ -87,7 +87,7 @@ def render_dropins(host: Host, site: Site, rid: str, record: Release,
     in the release."""
     name = site.name
     rel = host.paths.of(name).release(rid)
-    ports = registry.instance_ports(site, offset)
+    ports = registry.instance_ports(site, offset, record)
     files = {host.paths.dropin(systemd.instance(name, c, p)): systemd.render_dropin(
                 name, rid, rel, systemd.resolve_command(rel, record.commands[c]), ports)
              for c, p in ports.items()}
@@ -130,7 +130,7 @@ def ensure_dropins(host: Host, site: Site, rid: str, record: Release,
 def start(host: Host, site: Site, rid: str, record: Release, offset: int) -> list[str]:
     """Start release rid at port offset beside the live instances; return the
     new units."""
-    ports = registry.instance_ports(site, offset)
+    ports = registry.instance_ports(site, offset, record)
     busy = sorted(set(ports.values()) & network.listening_ports(host))
     if busy:
         raise SiteopsError(f"port {busy[0]} of site {site.name} is in use by "
@@ -160,7 +160,7 @@ def wait_healthy(host: Host, site: Site, record: Release, offset: int,
                  sleep: Callable[[float], None] = time.sleep) -> None:
     """Return once every new instance passes its health check and every new
     worker still runs; raise if one exits or the timeout passes."""
-    ports = registry.instance_ports(site, offset)
+    ports = registry.instance_ports(site, offset, record)
     timeout = record.health_timeout
     started = clock()
     deadline = started + timeout
@@ -257,7 +257,7 @@ def switch(host: Host, site: Site, rid: str, record: Release,
             nginx.ensure_site(host, site, logs)
             host.put_back(current, before)
             if new_units:
-                drain(host, list(registry.instance_ports(site, live.offset).values()))
+                drain(host, list(registry.instance_ports(site, live.offset, record).values()))
             stop(host, new_units)
         detail = new_log_lines(sizes)
         if isinstance(exc, SiteopsError) and detail:

@@ -41,6 +41,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from .errors import UsageError
+from .model import DEFAULT_COMMANDS
 from .validate import COMPONENTS, InvalidInput, exec_command, process_name, start_command
 
 FILE = "siteops.toml"
@@ -285,25 +286,59 @@ def reuse_steps(runtime: str, steps: list[tuple[str, str]], donor: str,
     return [("reuse", copy)] + [s for s in steps if s[0] not in INSTALL_STEPS]
 
 
-def _has_build_script(package_json: str | None) -> bool:
+def package_scripts(package_json: str | None) -> set[str]:
+    """The script names of a package.json (none when it is missing or malformed)."""
     try:
         scripts = json.loads(package_json or "{}").get("scripts") or {}
     except (json.JSONDecodeError, AttributeError):
-        return False
-    return isinstance(scripts, dict) and "build" in scripts
+        return set()
+    return set(scripts) if isinstance(scripts, dict) else set()
+
+
+def _has_build_script(package_json: str | None) -> bool:
+    return "build" in package_scripts(package_json)
+
+
+# The package.json script each component's default command (model.DEFAULT_COMMANDS) runs.
+DEFAULT_SCRIPTS = {"frontend": "start", "api": "start:api"}
 
 
 def start_commands(m: Manifest, runtime: str, components: list[str], registered: dict[str, str],
-                   overrides: dict[str, str]) -> dict[str, str]:
-    """Each component's start command: --start, then the manifest, then the site's
-    own (add-site --start); a static site serves static_dir."""
+                   overrides: dict[str, str], scripts: set[str] = frozenset(),
+                   required: bool = False) -> tuple[dict[str, str], list[str]]:
+    """What the app declares it runs: each component's start command from
+    --start, then siteops.toml, then the Procfile's web (the front component),
+    then the site's own (add-site --start), then what its runtime starts by
+    itself (node: the default `pnpm start` / `pnpm run start:api` when
+    package.json has that script; static: static_dir, served by the front
+    component). Returns (commands, components not started). A component
+    none of these gives a command is not started, unless the operator chose
+    the site's components (required) or none would run: then ManifestError
+    naming the ways to give it one."""
     static = f"python3 -m http.server --bind 127.0.0.1 --directory {m.static_dir} ${{PORT}}"
     front = "frontend" if "frontend" in components else "api"
-    commands = {}
+    commands, skipped = {}, []
     for c in components:
-        default = static if runtime == "static" else registered.get(c)
-        web = m.web if c == front else None
-        commands[c] = overrides.get(c) or m.starts.get(c) or web or default
-        if not commands[c]:
-            raise ManifestError(f"no start command for {c}: add [{c}] start = \"...\" to {FILE}")
-    return commands
+        own = registered.get(c)
+        explicit = own if own and own != DEFAULT_COMMANDS.get(c) else None
+        if runtime == "static":
+            fallback = static if c == front else explicit
+        else:
+            fallback = explicit or (DEFAULT_COMMANDS[c] if runtime == "node"
+                                    and DEFAULT_SCRIPTS[c] in scripts else None)
+        command = overrides.get(c) or m.starts.get(c) or (m.web if c == front else None) \
+            or fallback
+        if command:
+            commands[c] = command
+        else:
+            skipped.append(c)
+    if skipped and (required or not commands):
+        c = skipped[0]
+        raise ManifestError(
+            f"no start command for component {c}: give it one in {FILE} ([{c}] start = "
+            f"\"...\"), with `deploy --start {c}=COMMAND`, or with `add-site NAME --start "
+            f"{c}=COMMAND`" + (" (a Procfile's web process starts the front component)"
+                               if c == front else "")
+            + (f"; or take {c} off the site (add-site NAME --components ...)"
+               if len(components) > 1 else ""))
+    return commands, skipped

@@ -10,7 +10,10 @@ Schema 2 (the file siteops writes):
     {"version": 2, "sites": {NAME: SITE}}
     SITE     name, slot, user, database, uid (null until its user exists),
              state ("provisioning" | "ready"), created, updated, domains,
-             components, commands {component: command}, ports {component or
+             components, components_chosen (the operator named them with
+             add-site --components: a deploy must start each; otherwise one
+             the app declares no command for is not started), commands
+             {component: command}, ports {component or
              "redis": port}, repo, keep, limits {memory_max, tasks_max,
              cpu_weight, io_weight: only those set}, redis_maxmemory, tls
              {email, hsts, staging, server, ca_bundle} or null (HTTP only),
@@ -91,6 +94,7 @@ class Site:
     slot: int
     domains: list[str] = field(default_factory=list)
     components: list[str] = field(default_factory=lambda: ["frontend", "api"])
+    components_chosen: bool = False  # add-site --components: each must be started
     commands: dict[str, str] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     user: str = ""

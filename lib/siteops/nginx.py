@@ -249,9 +249,11 @@ def cert_dir(host: Host, site: Site) -> Path | None:
 
 def site_config(site: Site, version: tuple[int, ...], certs: Path | None, logs: Path) -> str:
     """Render a site's nginx file from its registry entry and live facts: the
-    upstreams are the live instances' ports, a placeholder before the first deploy."""
+    upstreams are the live instances' ports, a placeholder before the first
+    deploy. Paths of a component the live release does not run go to the one it
+    does (/api/ to the frontend, or / to the api)."""
     name, ports = site.name, registry.live_ports(site)
-    components = site.components
+    components = list(ports or ())
     upstreams = "".join(render("nginx/upstream.conf", name=name, component=c, port=ports[c])
                         for c in components) if ports else ""
     if ports:

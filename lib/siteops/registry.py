@@ -20,7 +20,7 @@ from typing import Iterator
 from . import model
 from .errors import SiteopsError, UsageError
 from .journal import now, who
-from .model import Site
+from .model import Release, Site
 from .system import Host, atomic_write
 
 MAX_SLOTS = 90  # frontend ports 3100..3999
@@ -157,15 +157,26 @@ def update_site(host: Host, name: str, purpose: str, change) -> Site:
 
 
 def live_ports(site: Site) -> dict[str, int] | None:
-    """Ports the live instance of each component listens on, or None before the
-    first deploy. A component's instances run on ports of its block of ten;
-    site.live.offset says which one serves."""
-    return instance_ports(site, site.live.offset) if site.live else None
+    """Ports the live instance of each component it runs listens on, or None
+    before the first deploy. A component's instances run on ports of its block
+    of ten; site.live.offset says which one serves."""
+    if not site.live:
+        return None
+    return instance_ports(site, site.live.offset, site.releases.get(site.live.release))
 
 
-def instance_ports(site: Site, offset: int) -> dict[str, int]:
-    """The port of each component's instance at offset in its block."""
-    return {c: site.ports[c] + offset for c in site.components}
+def served(site: Site, record: Release | None) -> list[str]:
+    """The components a release runs: those it has a start command for (the
+    app declares what it runs; a site's other components are not started)."""
+    if record is None or not record.commands:  # recorded before deploys chose: all
+        return list(site.components)
+    return [c for c in site.components if c in record.commands]
+
+
+def instance_ports(site: Site, offset: int, record: Release | None = None) -> dict[str, int]:
+    """The port of each component's instance at offset in its block (only the
+    components record runs, when given)."""
+    return {c: site.ports[c] + offset for c in served(site, record)}
 
 
 def spare_offset(site: Site, busy: set[int] | frozenset = frozenset()) -> int:

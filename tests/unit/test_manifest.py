@@ -92,12 +92,38 @@ def test_python_steps_make_a_venv():
 def test_start_commands_flags_then_manifest_then_site():
     m = manifest.parse("[api]\nstart = 'node api.js'")
     registered = {"frontend": "pnpm start", "api": "pnpm run start:api"}
-    assert manifest.start_commands(m, "node", ["frontend", "api"], registered, {}) == {
-        "frontend": "pnpm start", "api": "node api.js"}
-    assert manifest.start_commands(m, "node", ["frontend", "api"], registered,
-                                   {"api": "node other.js"})["api"] == "node other.js"
+    both = ["frontend", "api"]
+    assert manifest.start_commands(m, "node", both, registered, {}, {"start"}) == (
+        {"frontend": "pnpm start", "api": "node api.js"}, [])
+    assert manifest.start_commands(m, "node", both, registered, {"api": "node other.js"},
+                                   {"start"})[0]["api"] == "node other.js"
     static = manifest.start_commands(manifest.parse("static_dir = 'dist'"), "static",
-                                     ["frontend"], registered, {})
-    assert static == {"frontend": "python3 -m http.server --bind 127.0.0.1 --directory dist ${PORT}"}
-    with pytest.raises(ManifestError, match="no start command for api"):
+                                     both, registered, {})
+    assert static == ({"frontend": "python3 -m http.server --bind 127.0.0.1 --directory dist "
+                                   "${PORT}"}, ["api"])
+    with pytest.raises(ManifestError, match="no start command for component api: give it one "
+                                            r"in siteops.toml \(\[api\] start"):
         manifest.start_commands(manifest.parse(None), "node", ["api"], {}, {})
+
+
+def test_a_component_the_app_does_not_declare_is_not_started_unless_chosen():
+    defaults = {"frontend": "pnpm start", "api": "pnpm run start:api"}
+    web_only = manifest.load(None, "web: gunicorn app:app\nworker: python w.py\n")
+    both = ["frontend", "api"]
+    # add-site's default components: the Procfile's web runs, api is left out.
+    assert manifest.start_commands(web_only, "python", both, defaults, {}) == (
+        {"frontend": "gunicorn app:app"}, ["api"])
+    # A node app without a start:api script: the same, never pnpm's error.
+    assert manifest.start_commands(manifest.parse(None), "node", both, defaults, {},
+                                   {"start", "build"}) == ({"frontend": "pnpm start"}, ["api"])
+    # The operator named the components (add-site --components frontend,api): an error
+    # naming the component and the ways to give it a command.
+    with pytest.raises(ManifestError, match=r"component api: .*\[api\] start.*deploy --start "
+                                            r"api=COMMAND.*add-site NAME --start api=COMMAND"):
+        manifest.start_commands(web_only, "python", both, defaults, {}, required=True)
+    # Given by add-site --start, it runs.
+    assert manifest.start_commands(web_only, "python", both,
+                                   dict(defaults, api="python api.py"), {})[1] == []
+    # Nothing at all to run: an error, whatever the components.
+    with pytest.raises(ManifestError, match="no start command for component frontend"):
+        manifest.start_commands(manifest.parse(None), "python", both, defaults, {})

@@ -74,9 +74,9 @@ def test_a_procfile_gives_web_release_and_workers():
     assert m.web == "gunicorn app:app --bind 127.0.0.1:${PORT}"
     assert m.release == "./manage.py migrate && true"  # run by a shell, like build steps
     assert m.workers == {"worker": {"command": "celery -A proj worker", "count": 1}}
-    assert manifest.start_commands(m, "python", ["frontend", "api"], {"api": "x"}, {}) == {
+    assert manifest.start_commands(m, "python", ["frontend", "api"], {"api": "x"}, {})[0] == {
         "frontend": "gunicorn app:app --bind 127.0.0.1:${PORT}", "api": "x"}
-    assert manifest.start_commands(m, "python", ["api"], {}, {})["api"].startswith("gunicorn")
+    assert manifest.start_commands(m, "python", ["api"], {}, {})[0]["api"].startswith("gunicorn")
     # siteops.toml wins over a Procfile.
     assert manifest.load('[workers.a]\ncommand = "x"', "worker: y").workers == {
         "a": {"command": "x", "count": 1}}

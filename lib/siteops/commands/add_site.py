@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "one names the TLS certificate)")
     p.add_argument("--components", type=validate.components, default=None,
                    metavar="LIST", help="comma-separated: frontend, api (default: frontend,api "
-                                        "for a new site; unchanged for an existing one)")
+                                        "for a new site, each started only when the app "
+                                        "declares a command for it; named here, each must be; "
+                                        "unchanged for an existing one)")
     p.add_argument("--tls", action="store_true",
                    help="put the site on HTTPS: issue its certificate (certbot, HTTP-01 through "
                         "nginx) and serve it; see `tls --help`. A site on HTTPS gets its "
@@ -107,7 +109,7 @@ def plan_entry(host: Host, data: registry.Registry, args: argparse.Namespace) ->
         site = Site(name=name, slot=slot, created=now())
     site = site.copy(domains=args.domains)
     if args.components:
-        site.components = args.components
+        site.components, site.components_chosen = args.components, True
     site.commands = {c: site.commands.get(c, model.DEFAULT_COMMANDS[c])
                      for c in site.components}
     for component, command in args.start:

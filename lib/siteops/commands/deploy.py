@@ -148,16 +148,25 @@ def build(host: Host, site: Site, rid: str, record: Release, args: argparse.Name
     if extra:
         host.say(f"note: {manifest.FILE} describes {', '.join(extra)}, which site {name} does "
                  f"not have (add-site {name} --components ... adds it); ignored")
-    commands = manifest.start_commands(m, runtime, site.components, site.commands,
-                                       dict(args.start))
-    health = {c: m.health.get(c, "/") for c in site.components}
-    health.update(health_paths)
+    package_json = git.show(host, name, commit, "package.json")
+    if commit == git.UNFETCHED:  # a dry run before the first fetch: the site's own commands
+        commands, skipped = {**site.commands, **dict(args.start)}, []
+    else:
+        commands, skipped = manifest.start_commands(
+            m, runtime, site.components, site.commands, dict(args.start),
+            manifest.package_scripts(package_json), site.components_chosen)
+    for c in skipped:
+        to = next(iter(commands))
+        host.say(f"note: the app declares no {c} (no start command in {manifest.FILE}, a "
+                 f"Procfile, --start or add-site --start): {c} is not started, and nginx "
+                 f"sends its requests to {to}")
+    health = {c: m.health.get(c, "/") for c in commands}
+    health.update({c: p for c, p in health_paths.items() if c in commands})
     with host.step(f"export {commit[:12]} into releases/{rid}"):
         git.export(host, name, commit, rel)
     link_shared(host, name, rel)
     pnpm = have(host, "pnpm")
-    steps = manifest.build_steps(m, runtime, files, git.show(host, name, commit, "package.json"),
-                                 pnpm)
+    steps = manifest.build_steps(m, runtime, files, package_json, pnpm)
     record.deps = manifest.deps_key(
         m, runtime, steps, {f: git.show(host, name, commit, f) or ""
                             for f in manifest.LOCKFILES.get(runtime, ()) if f in files},

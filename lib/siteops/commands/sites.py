@@ -115,7 +115,7 @@ def list_lines(rows: list[dict]) -> list[str]:
     head = ("NAME", "SLOT", "PORTS", "DOMAINS", "COMPONENTS", "STATE", "LIVE", "TLS", "DISK")
     table = [head] + [(
         r["name"], str(r["slot"]),
-        ",".join(str((r["live_ports"] or r["ports"])[c]) for c in r["components"])
+        ",".join(str((r["live_ports"] or r["ports"]).get(c, "-")) for c in r["components"])
         + f",{r['ports']['redis']}",
         ",".join(r["domains"]), ",".join(r["components"]), r["state"] or "?",
         r["live_release"] or "-", r["tls_expires"] or "-", mib(r["disk_bytes"]))
