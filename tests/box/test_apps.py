@@ -251,3 +251,73 @@ def test_a_procfile_app_deploys_unchanged(host):
     assert host.sh("curl -sS -H 'Host: proc.test' http://127.0.0.1/").stdout.startswith("v?")
     assert host.sh("systemctl is-active proc-worker@worker-1-0.service").stdout.strip() == "active"
     assert host.sh("cat /srv/sites/proc/shared/uploads/release.txt").stdout == "released\n"
+
+
+WHO = """\
+import http.server, os, sys
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"{sys.argv[1]} {self.path}\\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+
+def test_the_readme_path_serves_a_web_only_app_a_web_and_api_app_and_a_static_site(host):
+    """The README's add-site (components frontend and api by default), then
+    what the app declares decides what runs: nginx sends a component's paths
+    to the one that runs."""
+    host.siteops("add-site du --domain du.test")
+    get = lambda path: host.sh(f"curl -sS -H 'Host: du.test' http://127.0.0.1{path}").stdout  # noqa: E731
+    units = lambda: sorted(host.sh("systemctl list-units --plain --no-legend --state=active "  # noqa: E731
+                                   "'du-*@*.service' | cut -d' ' -f1").stdout.split())
+
+    # A web-only Procfile app (web, release, worker): no api is started.
+    commit(host, "/srv/repos/du", {
+        "Procfile": "web: python3 who.py web\nrelease: echo migrated\n"
+                    "worker: sh -c 'exec sleep infinity'\n",
+        "who.py": WHO, "requirements.txt": ""}, "web only")
+    out = host.siteops("deploy du --repo /srv/repos/du").stdout
+    assert "note: the app declares no api" in out and "nginx sends its requests to frontend" \
+        in out, out
+    assert "ERR_PNPM" not in out
+    assert get("/") == "web /\n" and get("/api/orders") == "web /api/orders\n"
+    assert units() == ["du-frontend@3110.service", "du-worker@worker-1-0.service"], units()
+
+    # siteops.toml declares both: /api/ goes to the api, the rest to the frontend.
+    commit(host, "/srv/repos/du", {
+        "Procfile": None, "siteops.toml": '[frontend]\nstart = "python3 who.py front"\n'
+                                          '[api]\nstart = "python3 who.py api"\n'}, "web+api")
+    out = host.siteops("deploy du").stdout
+    assert "declares no" not in out, out
+    assert get("/") == "front /\n" and get("/api/orders") == "api /api/orders\n"
+    assert units() == ["du-api@4011.service", "du-frontend@3111.service"], units()
+
+    # A static site: its files, every path through the front component.
+    commit(host, "/srv/repos/du", {
+        "siteops.toml": 'runtime = "static"\nstatic_dir = "public"\n', "who.py": None,
+        "requirements.txt": None, "public/index.html": "<h1>static du</h1>\n"}, "static")
+    out = host.siteops("deploy du").stdout
+    assert "note: the app declares no api" in out, out
+    assert get("/") == "<h1>static du</h1>\n"
+    assert host.sh("curl -s -o /dev/null -w '%{http_code}' -H 'Host: du.test' "
+                   "http://127.0.0.1/api/x").stdout == "404"  # the static server's answer
+    assert units() == ["du-frontend@3110.service"], units()
+    doc = json.loads(host.siteops("audit du --json", check=False).stdout)
+    bad = [f for f in doc["findings"] if f["severity"] != "ok"]
+    assert bad == [], bad
+
+    # The operator chose both components: the app must provide each.
+    host.siteops("add-site du --domain du.test --components frontend,api")
+    res = host.siteops("deploy du", check=False)
+    assert res.returncode != 0 and "no start command for component api" in res.stderr, \
+        res.stderr
+    assert "deploy --start api=COMMAND" in res.stderr and "ERR_PNPM" not in res.stderr
+    assert get("/") == "<h1>static du</h1>\n"  # the live release kept serving
