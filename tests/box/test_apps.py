@@ -283,13 +283,14 @@ def test_the_readme_path_serves_a_web_only_app_a_web_and_api_app_and_a_static_si
     commit(host, "/srv/repos/du", {
         "Procfile": "web: python3 who.py web\nrelease: echo migrated\n"
                     "worker: sh -c 'exec sleep infinity'\n",
-        "who.py": WHO, "requirements.txt": ""}, "web only")
+        "who.py": WHO}, "web only")
     out = host.siteops("deploy du --repo /srv/repos/du").stdout
     assert "note: the app declares no api" in out and "nginx sends its requests to frontend" \
         in out, out
     assert "ERR_PNPM" not in out
     assert get("/") == "web /\n" and get("/api/orders") == "web /api/orders\n"
-    assert units() == ["du-frontend@3110.service", "du-worker@worker-1-0.service"], units()
+    front, api = (registry(host)["du"]["ports"][c] for c in ("frontend", "api"))
+    assert units() == [f"du-frontend@{front}.service", "du-worker@worker-1-0.service"], units()
 
     # siteops.toml declares both: /api/ goes to the api, the rest to the frontend.
     commit(host, "/srv/repos/du", {
@@ -298,18 +299,18 @@ def test_the_readme_path_serves_a_web_only_app_a_web_and_api_app_and_a_static_si
     out = host.siteops("deploy du").stdout
     assert "declares no" not in out, out
     assert get("/") == "front /\n" and get("/api/orders") == "api /api/orders\n"
-    assert units() == ["du-api@4011.service", "du-frontend@3111.service"], units()
+    assert units() == [f"du-api@{api + 1}.service", f"du-frontend@{front + 1}.service"], units()
 
     # A static site: its files, every path through the front component.
     commit(host, "/srv/repos/du", {
         "siteops.toml": 'runtime = "static"\nstatic_dir = "public"\n', "who.py": None,
-        "requirements.txt": None, "public/index.html": "<h1>static du</h1>\n"}, "static")
+        "public/index.html": "<h1>static du</h1>\n"}, "static")
     out = host.siteops("deploy du").stdout
     assert "note: the app declares no api" in out, out
     assert get("/") == "<h1>static du</h1>\n"
     assert host.sh("curl -s -o /dev/null -w '%{http_code}' -H 'Host: du.test' "
                    "http://127.0.0.1/api/x").stdout == "404"  # the static server's answer
-    assert units() == ["du-frontend@3110.service"], units()
+    assert units() == [f"du-frontend@{front}.service"], units()
     doc = json.loads(host.siteops("audit du --json", check=False).stdout)
     bad = [f for f in doc["findings"] if f["severity"] != "ok"]
     assert bad == [], bad
