@@ -29,8 +29,8 @@ What it does:
   firewall   UFW denies incoming except 22, 80, 443; fail2ban jails for sshd
              (journal) and nginx rate limits; nftables rules that let only a
              site's own user answer from, and connect to, its ports on loopback
-  users      a `deploy` user whose sudo is limited to deploy, rollback, audit
-             and sites (full sudo only with --deploy-full-sudo)
+  users      a `deploy` user whose sudo is limited to deploy, rollback, audit,
+             sites, config and logs (full sudo only with --deploy-full-sudo)
   ssh        key-only login, checked with `sshd -t`; refuses to run if no
              authorized key would be left to log in with
   kernel     sysctl baseline (/etc/sysctl.d/90-siteops.conf): kernel pointers

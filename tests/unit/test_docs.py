@@ -1,0 +1,58 @@
+"""The user documentation stays whole: every command in bin/, every long
+option of every command's --help, and every key siteops.toml accepts appear
+in the README or docs/. Removing one fails this test."""
+
+import argparse
+import importlib
+from pathlib import Path
+
+import pytest
+
+from siteops import manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+COMMANDS = sorted(p.name for p in (ROOT / "bin").iterdir() if p.is_file())
+
+
+def parsers(name: str):
+    """The command's parser and its subcommands' parsers."""
+    module = importlib.import_module(f"siteops.commands.{name.replace('-', '_')}")
+    stack = [module.build_parser()]
+    while stack:
+        p = stack.pop()
+        yield p
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+
+
+def test_the_readme_links_every_docs_page():
+    readme = (ROOT / "README.md").read_text()
+    pages = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
+    assert pages and [p for p in pages if f"(docs/{p})" not in readme] == []
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_and_long_option_is_documented(command):
+    assert f"`{command}" in DOCS or f"bin/{command}" in DOCS, command
+    missing = sorted({opt for p in parsers(command) for action in p._actions
+                      for opt in action.option_strings
+                      if opt.startswith("--") and opt != "--help" and opt not in DOCS})
+    assert missing == [], f"{command}: {missing} appear nowhere in README.md or docs/"
+
+
+def test_every_siteops_toml_key_is_documented():
+    keys = (manifest.TOP_KEYS - set(manifest.COMPONENTS)) | manifest.COMPONENT_KEYS \
+        | {"command", "count", "schedule"}
+    missing = sorted(k for k in keys if f"{k} =" not in DOCS and f"[{k}." not in DOCS)
+    assert missing == [], f"siteops.toml keys not documented: {missing}"
+    for component in manifest.COMPONENTS:
+        assert f"[{component}]" in DOCS or f"`[{component}]" in DOCS or component in DOCS
+
+
+def test_a_dropped_option_would_be_noticed(monkeypatch):
+    """The check itself can fail: an option the docs lack is reported."""
+    monkeypatch.setattr(f"{__name__}.DOCS", DOCS.replace("--keep-data", "--kept"))
+    with pytest.raises(AssertionError, match="--keep-data"):
+        test_every_command_and_long_option_is_documented("remove-site")
