@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import envfile, model, postgres, redis, safefs, systemd, tls
+from . import envfile, model, parts, postgres, redis, safefs, systemd
 from .errors import SiteopsError
 from .model import Site
 from .system import Host
@@ -48,7 +48,7 @@ def password_path(host: Host) -> Path:
 
 
 def staging(host: Host, name: str) -> Path:
-    return host.paths.state / "backup" / name
+    return host.paths.staging(name)
 
 
 def settings(host: Host) -> dict[str, str]:
@@ -160,18 +160,10 @@ def facts(host: Host) -> dict:
 
 def site_files(host: Host, site: Site) -> list[Path]:
     """The site's paths in its snapshot: the staged dumps (dump_site makes
-    them first), and those of its files that exist."""
-    name, p, paths = site.name, host.paths.of(site.name), host.paths
-    candidates = [p.uploads, p.env, p.redis,
-                  paths.nginx_site(name), paths.redis_conf(name), paths.logrotate(name),
-                  paths.mirror(name), paths.deploy_key(name),
-                  paths.deploy_key(name).with_suffix(".pub"),
-                  *(paths.unit(u) for u in (systemd.slice_name(name), systemd.redis_unit(name),
-                                            *(systemd.app_unit(name, c)
-                                              for c in site.components))),
-                  *(host.paths.p(f"/etc/letsencrypt/{d}/{name}") for d in ("live", "archive")),
-                  tls.renewal_conf(host, site)]
-    return [staging(host, name)] + [c for c in candidates if c.exists() or c.is_symlink()]
+    them first), and those of its data, generated and root-only files that
+    exist (parts.py)."""
+    return [staging(host, site.name)] + parts.present(
+        parts.data(host, site.name) + parts.generated(host, site) + parts.root_only(host, site))
 
 
 def dump_site(host: Host, site: Site) -> None:

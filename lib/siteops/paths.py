@@ -36,6 +36,19 @@ class Paths:
     def registry_lock(self) -> Path:
         return self.state / "registry.lock"
 
+    def site_lock(self, name: str) -> Path:
+        """A site's own lock: one deploy, rollback or restart at a time."""
+        return self.state / "locks" / f"{name}.lock"
+
+    def staging(self, name: str) -> Path:
+        """Where a site's backup stages its database dump, Redis RDB and entry."""
+        return self.state / "backup" / name
+
+    def certificate(self, name: str) -> list[Path]:
+        """A site's certbot lineage (live/NAME, archive/NAME) and renewal config."""
+        le = self.p("/etc/letsencrypt")
+        return [le / "live" / name, le / "archive" / name, le / "renewal" / f"{name}.conf"]
+
     def mirror(self, name: str) -> Path:
         """The cached bare mirror of a site's repository (root only)."""
         return self.state / "mirrors" / f"{name}.git"

@@ -133,7 +133,7 @@ def site_locked(host: Host, name: str, purpose: str) -> Iterator[Site]:
     if host.dry_run:
         yield get_site(load(host), name)
         return
-    with _flock(host.paths.state / "locks" / f"{name}.lock", purpose, 0, f"site {name}"):
+    with _flock(host.paths.site_lock(name), purpose, 0, f"site {name}"):
         yield get_site(load(host), name)
 
 

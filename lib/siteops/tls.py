@@ -58,7 +58,7 @@ def lineage(host: Host, site: Site) -> Path:
 
 
 def renewal_conf(host: Host, site: Site) -> Path:
-    return host.paths.p("/etc/letsencrypt/renewal") / f"{site.name}.conf"
+    return host.paths.certificate(site.name)[2]
 
 
 def names(host: Host, pem: Path) -> set[str]:

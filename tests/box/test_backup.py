@@ -291,10 +291,24 @@ def test_recovery_brings_back_exactly_the_host_that_was_backed_up(host, image, s
     # added after, took blog's freed slot 1. Then a full backup.
     assert "blog" not in slots(host)
     add_notes_site(host, "press")
+    # press also runs a worker and a scheduled job: their template, drop-ins
+    # and timer are part of what is backed up and restored.
+    commit(host, "/srv/repos/press", {"siteops.toml": '[workers.tick]\ncommand = "sleep infinity"\n'
+                                      '[jobs.stamp]\nschedule = "hourly"\ncommand = "true"\n'},
+           "worker and job")
+    host.siteops("deploy press")
     assert slots(host) == {"shop": 0, "press": 1}
     for i in range(20):
         curl(host, "press", f"/put?k=k{i}&v=press-value-{i}")
     host.siteops("backup")
+    # The snapshot holds every file audit expects of the site (parts.py).
+    expected = [f["id"].split(".file:", 1)[1] for f in json.loads(
+        host.siteops("audit press --json", check=False).stdout)["findings"] if ".file:" in f["id"]]
+    held = host.sh("RESTIC_REPOSITORY=/srv/share/restic RESTIC_PASSWORD_FILE=/etc/siteops/"
+                   "restic-password restic ls --no-lock latest --tag site:press").stdout.split("\n")
+    assert any("press-worker@.service" in p for p in expected)
+    assert any("press-job-stamp.timer" in p for p in expected)
+    assert [p for p in expected if p not in held] == []
     before = {site: fingerprint(host, site) for site in ("shop", "press")}
     envs = {site: env_of(host, site) for site in ("shop", "press")}
     password = host.sh("cat /etc/siteops/restic-password").stdout
@@ -323,6 +337,8 @@ def test_recovery_brings_back_exactly_the_host_that_was_backed_up(host, image, s
                 {k: v for k, v in want.items() if k != "env"}, site
             assert have["redis"] == f"db={site}-value-7 redis={site}-value-7 " \
                 f"upload={site}-value-7\n"
+        assert fresh.sh("systemctl is-active press-job-stamp.timer "
+                        "press-worker@tick-1-0.service").stdout.split() == ["active", "active"]
         # Every secret came back; only shop's Redis port follows its new slot.
         assert env_of(fresh, "press") == envs["press"]
         moved = dict(envs["shop"], REDIS_URL=envs["shop"]["REDIS_URL"].replace(

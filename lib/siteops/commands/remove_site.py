@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import (backup, cli, fail2ban, logrotate, nftables, nginx, postgres, registry, systemd,
-                tls, users, validate)
+from .. import (backup, cli, fail2ban, logrotate, nftables, nginx, parts, postgres, registry,
+                systemd, tls, users, validate)
 from ..errors import UsageError
 from ..journal import now
 from ..model import Site
@@ -53,10 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def leftovers(host: Host, name: str) -> list[str]:
     """What of a site not in the registry is still on the host."""
-    found = [str(p) for p in (host.paths.site(name), host.paths.nginx_site(name),
-                              host.paths.logrotate(name), host.paths.redis_conf(name),
-                              host.paths.mirror(name))
-             if p.exists() or p.is_symlink()]
+    site = Site(name=name, slot=-1)
+    found = [str(p) for p in parts.present([host.paths.site(name), *parts.generated(host, site),
+                                            *parts.root_only(host, site)])]
     found += [str(p) for p in systemd.site_unit_files(host, name) if p.exists()]
     account = users.lookup(host, name)
     if account is not None and account.comment == users.site_comment(name):
@@ -100,11 +99,11 @@ def remove(host: Host, site: Site, keep_data: bool) -> None:
             host.remove_tree(host.paths.site(name))
         users.remove_site_user(host, name)
     with host.step(f"mirror, deploy key and lock of {name} removed"):
-        host.remove_tree(host.paths.mirror(name))
-        host.remove_tree(backup.staging(host, name))
-        for path in (host.paths.deploy_key(name), host.paths.deploy_key(name).with_suffix(".pub"),
-                     host.paths.state / "locks" / f"{name}.lock"):
-            host.remove(path)
+        for path in parts.present([*parts.root_only(host, site), *parts.state(host, name)]):
+            if path.is_dir() and not path.is_symlink():
+                host.remove_tree(path)
+            else:
+                host.remove(path)
 
 
 def record_host_state(host: Host, name: str) -> None:

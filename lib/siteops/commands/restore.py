@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .. import (backup, cli, envfile, instances, model, network, postgres, redis, registry, systemd,
-                tls, validate)
+from .. import (backup, cli, envfile, instances, model, network, parts, postgres, redis, registry,
+                systemd, validate)
 from . import add_site
 from . import deploy as deploy_command
 from ..errors import SiteopsError, UsageError
@@ -117,12 +117,9 @@ def restore_data(host: Host, site: Site, target) -> None:
 
 def restore_config(host: Host, site: Site, target) -> None:
     """Root-only files of a recreated site: mirror, deploy key, certificate."""
-    name, paths = site.name, host.paths
-    wanted = [paths.mirror(name), paths.deploy_key(name),
-              paths.deploy_key(name).with_suffix(".pub"), tls.renewal_conf(host, site),
-              *(host.paths.p(f"/etc/letsencrypt/{d}/{name}") for d in ("live", "archive"))]
+    name = site.name
     with host.step(f"mirror, deploy key and certificate of {name}"):
-        for path in wanted:
+        for path in parts.root_only(host, site):
             saved = backup.inside(target, path)
             if saved.exists() or saved.is_symlink():
                 host.remove_tree(path)
