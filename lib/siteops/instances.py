@@ -245,7 +245,9 @@ def switch(host: Host, site: Site, rid: str, record: Release,
     try:
         new_units = start(host, site, rid, record, live.offset)
         wait_healthy(host, site, record, live.offset)
-        nginx.ensure_site(host, site.copy(live=live), logs)
+        serving = site.copy(live=live)
+        serving.releases[rid] = record  # what it runs, before the registry records it
+        nginx.ensure_site(host, serving, logs)
         with host.step(f"current -> releases/{rid}"):
             host.symlink(current, f"releases/{rid}")
     except BaseException as exc:
