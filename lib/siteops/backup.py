@@ -26,7 +26,7 @@ from pathlib import Path
 from . import envfile, model, parts, postgres, redis, safefs, systemd
 from .errors import SiteopsError
 from .model import Site
-from .system import Host
+from .host import Host
 
 DEFAULT_REPOSITORY = "/var/backups/siteops"
 RETENTION = {"KEEP_DAILY": "7", "KEEP_WEEKLY": "4", "KEEP_MONTHLY": "6"}

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 from . import layout, registry, releases, systemd, usage
 from .model import Site
-from .system import Host, redact
+from .host import Host, redact
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
 RANK = {OK: 0, WARNING: 1, CRITICAL: 2}

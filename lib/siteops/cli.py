@@ -13,7 +13,8 @@ from typing import Callable, Sequence
 
 from . import journal
 from .errors import SiteopsError
-from .system import INTERRUPTS, Host, on_interrupt
+from .host import Host
+from .signals import INTERRUPTS, on_interrupt
 
 
 class Parser(argparse.ArgumentParser):

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import SiteopsError
-from .system import Host
+from .host import Host
 
 # Supported releases and the PostgreSQL major each ships.
 SUPPORTED = {("ubuntu", "24.04"): 16, ("debian", "12"): 15, ("debian", "13"): 17}

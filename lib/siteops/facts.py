@@ -56,7 +56,7 @@ from . import (backup, distro, envfile, firewall, hardening, instances, journal,
                network, nftables, nginx, postgres, redis, sysctl, systemd, tls, usage)
 from .errors import CommandError, SiteopsError
 from .model import Site
-from .system import Host, redact
+from .host import Host, redact
 
 HBA_AND_DATABASES = """\
 SELECT json_build_object(

@@ -4,7 +4,7 @@ over every site's nginx error log; bans go through UFW."""
 from __future__ import annotations
 
 from . import systemd
-from .system import Host
+from .host import Host
 from .templates import render
 
 JAILS = ("sshd", "nginx-limit-req")
@@ -16,7 +16,7 @@ def ensure(host: Host) -> None:
     with host.step("fail2ban (sshd, nginx-limit-req)"):
         with host.validated([path], ["fail2ban-client", "-t"], "fail2ban") as outcome:
             host.write(path, render("fail2ban/jail.local", sites=host.paths.sites))
-        if outcome["changed"]:
+        if outcome.changed:
             host.run(["systemctl", "enable", "fail2ban"])
             host.run(["systemctl", "restart", "fail2ban"])
         elif not systemd.is_active(host, "fail2ban"):

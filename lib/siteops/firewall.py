@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .system import Host
+from .host import Host
 
 OPEN_PORTS = ("22/tcp", "80/tcp", "443/tcp")
 

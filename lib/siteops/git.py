@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from .errors import CommandError, SiteopsError, UsageError
-from .system import Host, clean
+from .host import Host, clean
 from .users import as_user, sudo_caller
 
 

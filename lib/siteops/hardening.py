@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 
 from . import sysctl, systemd, users
-from .system import Host
+from .host import Host
 from .templates import render
 
 AUDIT_RULES = "/etc/audit/rules.d/siteops.rules"

@@ -28,7 +28,8 @@ from . import model, network, nginx, registry, releases, systemd, users
 from .errors import CommandError, SiteopsError
 from .journal import now
 from .model import Live, Release, Site
-from .system import Host, clean, uninterrupted
+from .host import Host, clean
+from .signals import uninterrupted
 
 DRAIN_SECONDS = 30
 POLL = 0.25  # the longest wait between two health checks; the first ones come sooner
@@ -122,7 +123,7 @@ def ensure_dropins(host: Host, site: Site, rid: str, record: Release,
                         "instance drop-ins") as outcome:
         for path, text in files.items():
             host.write(path, text)
-    if outcome["changed"]:
+    if outcome.changed:
         host.run(["systemctl", "daemon-reload"])
     return units
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .system import Host
+from .host import Host
 
 
 def tree(host: Host, name: str) -> list[tuple[Path, int, str, str]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .model import Site
-from .system import CANDIDATE, Host
+from .host import CANDIDATE, Host
 from .templates import render
 
 

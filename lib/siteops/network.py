@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .system import Host
+from .host import Host
 
 
 def _port(address: str) -> int | None:

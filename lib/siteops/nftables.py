@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from . import registry, systemd, users
 from .model import Site
-from .system import CANDIDATE, Host
+from .host import CANDIDATE, Host
 from .templates import render
 
 UNIT = "siteops-nftables.service"
@@ -71,7 +71,7 @@ def ensure_boot_unit(host: Host) -> None:
     path = host.paths.unit(UNIT)
     with host.validated([path], ["systemd-analyze", "verify", path], "nftables unit") as outcome:
         host.write(path, render(f"systemd/{UNIT}", conf=conf(host)))
-    if outcome["changed"]:
+    if outcome.changed:
         host.run(["systemctl", "daemon-reload"])
     if not systemd.is_enabled(host, UNIT):
         host.run(["systemctl", "enable", "--quiet", UNIT])

@@ -15,7 +15,7 @@ from . import distro, registry, safefs, systemd
 from .errors import PutBackFailed, SiteopsError
 from .model import Site
 from .paths import TEMPLATES
-from .system import Host
+from .host import Host
 from .templates import render
 
 ACME_ROOT = "/var/www/siteops-acme"
@@ -107,18 +107,19 @@ def converge(host: Host, files: dict[Path, str], links: dict[Path, str] = {},
     file never blocks this change: a siteops site's file is rendered again
     from the registry (its header says edits are overwritten) and said so;
     a file siteops does not manage stops the change, named, nothing changed."""
-    outcomes: list[dict] = []
+    attempts = []
 
     def change() -> bool:
-        with host.validated([*files, *links, *remove], ["nginx", "-t"], "nginx") as outcome:
-            outcomes.append(outcome)
+        validation = host.validated([*files, *links, *remove], ["nginx", "-t"], "nginx")
+        attempts.append(validation)
+        with validation:
             for path, text in files.items():
                 host.write(path, text)
             for link, target in links.items():
                 host.symlink(link, target)
             for path in remove:
                 host.remove(path)
-        return outcome["changed"]
+        return validation.changed
     noted = (not host.dry_run and not reload_pending(host)
              and differs(host, files, links, remove))
     if noted:
@@ -134,7 +135,7 @@ def converge(host: Host, files: dict[Path, str], links: dict[Path, str] = {},
     except BaseException:
         # The note goes only when every file is known to be back as nginx last
         # loaded it (or none was touched); else the next run checks and reloads.
-        if noted and (not outcomes or outcomes[-1]["restored"]):
+        if noted and (not attempts or attempts[-1].restored):
             host.remove(pending_marker(host))
         raise
     if changed or reload_pending(host):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .system import Host
+from .host import Host
 
 # The same names on Ubuntu 24.04 and Debian 12/13.
 PACKAGES = (

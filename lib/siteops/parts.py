@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import systemd
 from .model import Site
-from .system import Host
+from .host import Host
 
 
 def data(host: Host, name: str) -> list[Path]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SiteopsError
-from .system import Host
+from .host import Host
 from .templates import render
 
 CONNECTION_LIMIT = 20

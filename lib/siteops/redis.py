@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from . import systemd
 from .model import Site
-from .system import Host
+from .host import Host
 from .templates import render
 
 SHARED_CONF = "/etc/redis/redis.conf"

@@ -21,7 +21,7 @@ from . import model
 from .errors import SiteopsError, UsageError
 from .journal import now, who
 from .model import Release, Site
-from .system import Host, atomic_write
+from .host import Host, atomic_write
 
 MAX_SLOTS = 90  # frontend ports 3100..3999
 FRONTEND_BASE, API_BASE, EXTRA_BASE, BLOCK = 3100, 4000, 5000, 10

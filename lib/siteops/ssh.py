@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .errors import SiteopsError, UsageError
 from . import systemd
-from .system import Host
+from .host import Host
 from .templates import render
 
 KEY_TYPES = ("ssh-", "ecdsa-", "sk-ssh-", "sk-ecdsa-")
@@ -65,7 +65,7 @@ def ensure_key_only(host: Host) -> None:
     with host.step("sshd key-only login"):
         with host.validated([path], ["sshd", "-t"], "sshd") as outcome:
             host.write(path, render("ssh/sshd_siteops.conf"), 0o644)
-        if not outcome["changed"]:
+        if not outcome.changed:
             return
         # On Ubuntu 24.04 sshd is socket-activated: each connection reads the
         # config anew and ssh.service may be inactive, so reload only if running.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .system import Host
+from .host import Host
 from .templates import render
 
 CONF = "/etc/sysctl.d/90-siteops.conf"

@@ -22,7 +22,7 @@ from pathlib import Path
 from . import registry
 from .errors import SiteopsError
 from .model import Site
-from .system import Host
+from .host import Host
 from .templates import render
 
 
@@ -286,7 +286,7 @@ def ensure_jobs(host: Host, site: Site) -> None:
                             f"jobs of {name}") as outcome:
             for unit, text in units.items():
                 host.write(paths[unit], text)
-        if outcome["changed"] or gone:
+        if outcome.changed or gone:
             host.run(["systemctl", "daemon-reload"])
         timers = [u for u in units if u.endswith(".timer")]
         if timers and not all(is_enabled(host, t) and is_active(host, t) for t in timers):
@@ -376,7 +376,7 @@ def ensure_timer(host: Host, job: str) -> None:
                             TIMERS[job]) as outcome:
             for unit, path in paths.items():
                 host.write(path, render(f"systemd/{unit}", bin=host.paths.install_dir / "bin"))
-        if outcome["changed"]:
+        if outcome.changed:
             host.run(["systemctl", "daemon-reload"])
         if not (is_enabled(host, timer) and is_active(host, timer)):
             host.run(["systemctl", "enable", "--now", timer])

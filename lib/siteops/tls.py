@@ -17,7 +17,7 @@ from . import nginx
 from .errors import CommandError, SiteopsError
 from .model import Site
 from .nginx import ACME_ROOT
-from .system import Host, clean
+from .host import Host, clean
 from .templates import render
 
 HOOK = "/etc/letsencrypt/renewal-hooks/deploy/siteops-reload-nginx"

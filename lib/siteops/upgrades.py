@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .system import Host
+from .host import Host
 from .templates import render
 
 

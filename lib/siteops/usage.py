@@ -18,7 +18,7 @@ from . import postgres, safefs, systemd
 from .errors import CommandError
 from .logfiles import backwards
 from .model import Site
-from .system import Host
+from .host import Host
 
 DISK_MAX_AGE = 900
 # audit warns at these (also documented in the README)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SiteopsError
-from .system import CANDIDATE, Host
+from .host import CANDIDATE, Host
 
 NOLOGIN = "/usr/sbin/nologin"
 DEPLOY_USER = "deploy"

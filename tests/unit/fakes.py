@@ -10,7 +10,7 @@ from typing import NamedTuple
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "lib"))
 
 from siteops.paths import Paths  # noqa: E402
-from siteops.system import Host, Result  # noqa: E402
+from siteops.host import Host, Result  # noqa: E402
 
 DEBIAN_12 = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n'
 

@@ -10,7 +10,7 @@ import pytest
 from siteops import checks, model
 from siteops.commands import audit
 from siteops.paths import Paths
-from siteops.system import Host
+from siteops.host import Host
 
 RECORDED = json.loads((Path(__file__).parent / "data/box-facts.json").read_text())
 HOST = Host(paths=Paths())

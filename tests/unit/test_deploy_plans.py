@@ -7,7 +7,9 @@ import shlex
 
 import pytest
 
-from siteops import instances, model, network, nginx, registry, system, systemd
+from siteops import instances, model, network, nginx, registry, systemd
+from siteops import host as siteops_host
+from siteops.errors import SiteopsError
 from siteops.commands import deploy, limits, rollback
 
 from fakes import Rule, make_host, planned_commands
@@ -41,8 +43,8 @@ def shop(root, monkeypatch):
     units = {3101: "shop-frontend@3101.service", 3102: "shop-frontend@3102.service",
              666: "blog-rogue.service"}
     monkeypatch.setattr(network, "unit_of", lambda pid: units.get(pid, ""))
-    monkeypatch.setattr(system, "uid_of", lambda name: os.getuid())
-    monkeypatch.setattr(system, "gid_of", lambda name: os.getgid())
+    monkeypatch.setattr(siteops_host, "uid_of", lambda name: os.getuid())
+    monkeypatch.setattr(siteops_host, "gid_of", lambda name: os.getgid())
     for rid in (R1, R2):
         (root / f"srv/sites/shop/releases/{rid}").mkdir(parents=True)
     (root / "srv/sites/shop/shared/logs").mkdir(parents=True)
@@ -101,7 +103,7 @@ def test_switch_starts_beside_checks_health_then_moves_nginx_and_current(root, s
 def test_a_failed_switch_stops_the_new_instance_and_touches_nothing_live(root, shop, rules, message):
     host, runner = prepared_host(root, shop, rules)
     conf = (root / "etc/nginx/sites-available/shop.conf").read_text()
-    with pytest.raises(system.SiteopsError, match=message):
+    with pytest.raises(SiteopsError, match=message):
         instances.switch(host, shop, R2, shop.releases[R2], lambda e: None)
     assert planned_commands(host) == [
         "systemctl daemon-reload",
@@ -130,7 +132,7 @@ def test_a_port_taken_between_the_choice_and_the_start_is_refused_naming_its_hol
     host, runner = prepared_host(root, shop, [held_by(3101, 666)] + healthy())
     runner.rules.insert(0, Rule(["ss", "-H", "-t", "-l", "-n"], 0,
                                 "LISTEN 0 5 127.0.0.1:3101 0.0.0.0:*\n"))
-    with pytest.raises(system.SiteopsError, match=r"port 3101 of site shop is in use by "
+    with pytest.raises(SiteopsError, match=r"port 3101 of site shop is in use by "
                                                   r"blog-rogue.service \(app\)"):
         instances.start(host, shop, R2, shop.releases[R2], 1)
     assert planned_commands(host) == []
@@ -243,9 +245,9 @@ def test_rollback_list_marks_live_and_target(root, shop):
     (R1, "already live"), ("20200101T000000Z", "no release 20200101T000000Z"),
 ])
 def test_rollback_refuses_impossible_targets(shop, to, message):
-    with pytest.raises(system.SiteopsError, match=message):
+    with pytest.raises(SiteopsError, match=message):
         rollback.choose(shop, to)
-    with pytest.raises(system.SiteopsError, match="no earlier good release"):
+    with pytest.raises(SiteopsError, match="no earlier good release"):
         rollback.choose(shop, None)  # R1 is live and the oldest
 
 

@@ -9,7 +9,7 @@ import pytest
 from siteops import hardening, logrotate, nftables, nginx, systemd, users
 from siteops.model import Live, Site, Tls
 from siteops.paths import TEMPLATES, Paths
-from siteops.system import Host
+from siteops.host import Host
 from siteops.templates import render
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -9,7 +9,8 @@ import signal
 
 import pytest
 
-from siteops import cli, nginx, system
+from siteops import cli, nginx, signals
+from siteops import host as siteops_host
 from siteops.commands import deploy
 from siteops.errors import Interrupted, PutBackFailed
 from siteops.model import Release
@@ -38,7 +39,7 @@ def test_an_interrupt_during_the_check_puts_the_unchecked_file_back(root, signum
             host.write(new, "unchecked\n")
     assert stopped.value.signum == signum
     assert path.read_text() == "checked before\n" and not new.exists()
-    assert outcome["restored"] is True
+    assert outcome.restored is True
 
 
 def test_a_path_that_cannot_be_put_back_is_named_and_the_others_still_are(root, monkeypatch):
@@ -60,20 +61,20 @@ def test_a_path_that_cannot_be_put_back_is_named_and_the_others_still_are(root, 
     message = str(err.value)
     assert "`check` failed" in message  # the original error is not hidden
     assert f"could not be put back as they were: {first} ([Errno 30] Read-only" in message
-    assert second.read_text() == "2\n" and outcome["restored"] is False
+    assert second.read_text() == "2\n" and outcome.restored is False
 
 
 def test_signals_inside_a_put_back_wait_for_its_end(root):
-    previous = {s: signal.signal(s, system.on_interrupt) for s in system.INTERRUPTS}
+    previous = {s: signal.signal(s, signals.on_interrupt) for s in signals.INTERRUPTS}
     try:
         done = []
         with pytest.raises(Interrupted) as stopped:
-            with system.uninterrupted():
+            with signals.uninterrupted():
                 os.kill(os.getpid(), signal.SIGTERM)
                 os.kill(os.getpid(), signal.SIGINT)
                 done.append("the whole block ran")
         assert done == ["the whole block ran"] and stopped.value.signum == signal.SIGTERM
-        assert signal.getsignal(signal.SIGINT) is system.on_interrupt
+        assert signal.getsignal(signal.SIGINT) is signals.on_interrupt
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -122,7 +123,7 @@ def test_a_command_interrupted_says_so_and_exits_128_plus_the_signal(root, capsy
     assert cli.main("thing", parser, body, ["--dry-run"], host) == code
     err = capsys.readouterr().err
     assert f"thing: interrupted by {signal.Signals(signum).name}" in err
-    assert signal.getsignal(signal.SIGTERM) is not system.on_interrupt  # handlers put back
+    assert signal.getsignal(signal.SIGTERM) is not signals.on_interrupt  # handlers put back
 
 
 def test_a_single_file_is_checked_as_a_candidate_before_it_takes_its_place(root):
@@ -133,14 +134,14 @@ def test_a_single_file_is_checked_as_a_candidate_before_it_takes_its_place(root)
     path.write_text("working\n")
     with pytest.raises(Exception, match="fails `visudo`'s check, so it was not written: "
                                         "syntax error near line 2"):
-        host.write_checked(path, "broken\n", ["visudo", "-c", "-f", system.CANDIDATE], "sudoers")
+        host.write_checked(path, "broken\n", ["visudo", "-c", "-f", siteops_host.CANDIDATE], "sudoers")
     candidate = root / "var/lib/siteops/candidates/siteops-deploy"
     assert runner.calls == [["visudo", "-c", "-f", str(candidate)]]
     assert path.read_text() == "working\n" and not candidate.exists()
     runner.rules.clear()
-    assert host.write_checked(path, "fine\n", ["visudo", "-c", "-f", system.CANDIDATE], "x")
+    assert host.write_checked(path, "fine\n", ["visudo", "-c", "-f", siteops_host.CANDIDATE], "x")
     assert path.read_text() == "fine\n" and not candidate.exists()
-    assert host.write_checked(path, "fine\n", ["visudo", "-c", "-f", system.CANDIDATE], "x") \
+    assert host.write_checked(path, "fine\n", ["visudo", "-c", "-f", siteops_host.CANDIDATE], "x") \
         is False and len(runner.calls) == 2  # unchanged: not checked again
 
 

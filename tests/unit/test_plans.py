@@ -6,7 +6,7 @@ from siteops import envfile
 from siteops.commands import add_site, bootstrap
 from siteops.packages import PACKAGES
 
-from siteops.system import Action
+from siteops.host import Action
 
 from fakes import make_host, planned_commands
 

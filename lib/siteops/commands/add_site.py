@@ -11,7 +11,7 @@ from . import tls as tls_command
 from ..errors import SiteopsError, UsageError
 from ..journal import now
 from ..model import READY, Site
-from ..system import Host
+from ..host import Host
 
 DESCRIPTION = """\
 Create a site NAME that shares nothing with the other sites, or finish one

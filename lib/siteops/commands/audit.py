@@ -11,7 +11,7 @@ from .. import (checks, cli, envfile, facts, instances, journal, layout, logrota
                 nftables, nginx, postgres, redis, registry, releases, systemd, validate)
 from ..errors import UsageError
 from ..model import Site
-from ..system import Host
+from ..host import Host
 
 DESCRIPTION = """\
 Check the host and every site (or the SITEs named) against the architecture

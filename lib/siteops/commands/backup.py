@@ -10,7 +10,7 @@ import sys
 from .. import backup, cli, envfile, registry, validate
 from ..errors import SiteopsError, UsageError
 from ..model import READY
-from ..system import Host
+from ..host import Host
 
 DESCRIPTION = """\
 Back up sites with restic: encrypted, deduplicated and incremental, so a

@@ -7,7 +7,7 @@ import argparse
 from .. import (backup, cli, distro, fail2ban, firewall, git, hardening, nftables, nginx, packages,
                 postgres, redis, registry, ssh, sysctl, systemd, tls, upgrades, users, validate)
 from ..paths import REPO
-from ..system import Host
+from ..host import Host
 
 DESCRIPTION = """\
 Turn a fresh Ubuntu 24.04 or Debian 12/13 server into a siteops host, or bring

@@ -8,7 +8,7 @@ import sys
 from .. import cli, envfile, instances, registry, safefs, systemd, validate
 from ..errors import UsageError
 from ..model import Site
-from ..system import Host
+from ..host import Host
 
 DESCRIPTION = """\
 List, set or unset the settings of site NAME: its shared/.env, which every

@@ -11,7 +11,7 @@ from .. import cli, git, instances, manifest, model, registry, releases, systemd
 from ..errors import CommandError, SiteopsError, UsageError
 from ..journal import now, who
 from ..model import Release, Site
-from ..system import Host
+from ..host import Host
 
 DESCRIPTION = """\
 Deploy a commit of the site's repository as a new release, health-gated, with

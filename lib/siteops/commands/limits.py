@@ -7,7 +7,7 @@ import re
 
 from .. import cli, instances, registry, systemd, validate
 from ..model import Site
-from ..system import Host
+from ..host import Host
 
 DESCRIPTION = f"""\
 Show or change the resource limits of site NAME. They sit on the site's

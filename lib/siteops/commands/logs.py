@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import cli, registry, safefs, validate
 from ..logfiles import tail
 from ..errors import UsageError
-from ..system import Host, clean
+from ..host import Host, clean
 
 DESCRIPTION = """\
 Print the last lines of site NAME's logs (shared/logs): its web processes

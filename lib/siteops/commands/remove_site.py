@@ -10,7 +10,7 @@ from .. import (backup, cli, fail2ban, logrotate, nftables, nginx, parts, postgr
 from ..errors import UsageError
 from ..journal import now
 from ..model import Site
-from ..system import Host
+from ..host import Host
 
 REMOVING = "removing"
 

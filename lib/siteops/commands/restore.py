@@ -12,7 +12,7 @@ from . import deploy as deploy_command
 from ..errors import SiteopsError, UsageError
 from ..journal import now
 from ..model import Site
-from ..system import Host
+from ..host import Host
 
 DESCRIPTION = """\
 Put a site's data back as a snapshot holds it (default: its newest backup;

@@ -7,7 +7,7 @@ import argparse
 from .. import cli, instances, model, registry, releases, validate
 from ..errors import SiteopsError, UsageError
 from ..model import Site
-from ..system import Host
+from ..host import Host
 
 DESCRIPTION = """\
 Switch site NAME back to an earlier release that is still on disk, with the

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import cli, facts, journal, nginx, registry, releases, safefs, systemd, tls, usage, validate
 from ..model import Site
-from ..system import Host
+from ..host import Host
 
 DESCRIPTION = """\
   sites list            one line per site: slot, ports, domains, components,

@@ -9,7 +9,7 @@ import re
 from .. import cli, nginx, registry, tls, validate
 from ..errors import UsageError
 from ..model import READY, Site, Tls
-from ..system import Host
+from ..host import Host
 
 DESCRIPTION = """\
 Put site NAME on HTTPS: certbot obtains one certificate for all the site's

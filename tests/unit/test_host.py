@@ -5,7 +5,8 @@ import stat
 
 import pytest
 
-from siteops import envfile, firewall, nginx, postgres, redis, system
+from siteops import envfile, firewall, nginx, postgres, redis
+from siteops import host as siteops_host
 from siteops.errors import CommandError, SiteopsError
 from siteops.model import Site, Tls
 
@@ -17,7 +18,7 @@ MY_GROUP = grp.getgrgid(os.getgid()).gr_name
 
 def test_atomic_write_sets_mode_first_and_leaves_no_temp(tmp_path):
     target = tmp_path / "secret"
-    system.atomic_write(target, b"s3cret\n", 0o600)
+    siteops_host.atomic_write(target, b"s3cret\n", 0o600)
     assert target.read_bytes() == b"s3cret\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert os.listdir(tmp_path) == ["secret"]
@@ -27,7 +28,7 @@ def test_atomic_write_cleans_up_on_failure(tmp_path):
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "x").write_text("keep")
     with pytest.raises(OSError):
-        system.atomic_write(tmp_path / "dir", b"data", 0o644)  # cannot replace a directory
+        siteops_host.atomic_write(tmp_path / "dir", b"data", 0o644)  # cannot replace a directory
     assert sorted(os.listdir(tmp_path)) == ["dir"]
 
 
@@ -58,7 +59,7 @@ def test_validation_is_skipped_when_nothing_changed(root):
     host, runner = make_host(root, dry_run=False)
     with host.validated([root / "etc/x"], ["check"], "thing") as outcome:
         pass
-    assert outcome == {"changed": False, "restored": False} and runner.calls == []
+    assert (outcome.changed, outcome.restored, runner.calls) == (False, False, [])
 
 
 def test_symlink_is_swapped_not_removed(root):
@@ -75,14 +76,14 @@ def test_failing_command_carries_argv_code_and_redacted_stderr(root):
     with pytest.raises(CommandError) as err:
         host.run(["psql", "-d", "x"], secrets=["hunter2"])
     assert err.value.code == 2 and err.value.argv == ["psql", "-d", "x"]
-    assert "hunter2" not in str(err.value) and system.REDACTED in str(err.value)
+    assert "hunter2" not in str(err.value) and siteops_host.REDACTED in str(err.value)
 
 
 def test_real_runner_uses_no_shell_and_c_locale():
-    res = system.run_command(["sh", "-c", 'echo "$LC_ALL" "$1"', "sh", "a; rm -rf /"])
+    res = siteops_host.run_command(["sh", "-c", 'echo "$LC_ALL" "$1"', "sh", "a; rm -rf /"])
     assert res.out == "C a; rm -rf /\n"
-    assert system.run_command(["/nonexistent/x"]).code == 127
-    assert system.run_command(["sleep", "5"], timeout=0.2).code == 124
+    assert siteops_host.run_command(["/nonexistent/x"]).code == 127
+    assert siteops_host.run_command(["sleep", "5"], timeout=0.2).code == 124
 
 
 def test_env_merge_keeps_values_and_operator_lines():
@@ -160,7 +161,7 @@ def test_redaction_masks_known_secrets_and_anything_shaped_like_one():
     diff = ("-requirepass hand-set-password\n+requirepass " + "k" * 43 + "\n maxmemory 64mb\n"
             "DATABASE_URL=postgresql://shop:pw-not-in-env@localhost:5432/shop\n"
             "API_TOKEN=abc\nNODE_ENV=production\nsecret in prose: " + "k" * 43 + "\n")
-    out = system.redact(diff, ["k" * 43])
+    out = siteops_host.redact(diff, ["k" * 43])
     for secret in ("hand-set-password", "k" * 43, "pw-not-in-env", "abc"):
         assert secret not in out
     assert "maxmemory 64mb" in out and "NODE_ENV=production" in out
@@ -173,7 +174,7 @@ def test_secrets_of_an_env_file_include_passwords_inside_urls():
 
 
 def test_control_characters_from_builds_and_apps_are_stripped():
-    assert system.clean("ok\x1b[31m red\r\x07\x9b\tx\n") == "ok[31m red\tx\n"
+    assert siteops_host.clean("ok\x1b[31m red\r\x07\x9b\tx\n") == "ok[31m red\tx\n"
 
 
 def test_certbot_issues_one_certificate_per_site_and_names_the_cause_of_a_failure(root):

@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TextIO
 
-from .errors import CommandError, Interrupted, PutBackFailed, SiteopsError
+from .errors import CommandError, SiteopsError
 from . import safefs
 from .paths import Paths
+from .signals import uninterrupted
+from .validation import Validation
 
 REDACTED = "********"
 CANDIDATE = "{candidate}"  # Host.write_checked: the candidate file in a check's argv
@@ -73,34 +75,6 @@ def redact(text: str, secrets: Sequence[str] = ()) -> str:
     for pattern, mask in _SECRET_SHAPES:
         text = pattern.sub(mask, text)
     return text
-
-
-INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
-
-
-def on_interrupt(signum: int, _frame) -> None:
-    """The SIGINT and SIGTERM handler of every command (cli.main installs it)."""
-    raise Interrupted(signum)
-
-
-@contextlib.contextmanager
-def uninterrupted() -> Iterator[None]:
-    """SIGINT and SIGTERM held back inside the block (a put-back must run to its
-    end), then delivered: as the block ends normally, or not at all when an
-    exception already ends the command."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, _f: held.append(signum))
-                for sig in INTERRUPTS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if held:
-        signal.raise_signal(held[0])
 
 
 def run_command(argv: Sequence[str], input: str | bytes | None = None, timeout: float = 600,
@@ -371,44 +345,10 @@ class Host:
         self.run(["rm", "-rf", "--one-file-system", "--", path])
         return True
 
-    @contextlib.contextmanager
-    def validated(self, paths: Sequence[Path], check: Sequence[str], what: str) -> Iterator[dict]:
-        """Change paths inside the block, then run check; if it fails, or anything
-        stops the block or the check (an error, Ctrl-C, SIGTERM), put every path
-        back as it was and raise. Yields a dict: "changed" is set when the block
-        changed something, "restored" once every path is back (see put_all_back)."""
-        snaps = {path: self.snapshot(path) for path in paths}
-        before = len(self.actions)
-        outcome = {"changed": False, "restored": False}
-        try:
-            yield outcome
-            outcome["changed"] = len(self.actions) > before
-            if outcome["changed"] and not self.dry_run:
-                res = self.query(check, ok=range(256))
-                if res.code != 0:
-                    lines = (res.err or res.out).strip().splitlines() or ["no output"]
-                    cause = [l for l in lines if "emerg" in l or "error" in l.lower()] or lines[-1:]
-                    raise SiteopsError(f"{what}: `{shlex.join(check)}` failed, previous files "
-                                       f"restored: {cause[0]}")
-        except BaseException as exc:
-            self.put_all_back(snaps, exc)
-            outcome["restored"] = True
-            raise
-
-    def put_all_back(self, snaps: dict[Path, tuple | None], cause: BaseException) -> None:
-        """Every path back as snapshotted, SIGINT and SIGTERM held back meanwhile.
-        A path that cannot be put back does not stop the others; PutBackFailed
-        then names each (as certbot's reverter does), chained to cause."""
-        failed = []
-        with uninterrupted():
-            for path, snap in snaps.items():
-                try:
-                    self.put_back(path, snap)
-                except Exception as exc:  # noqa: BLE001 - each path gets its try
-                    failed.append(f"{path} ({exc})")
-        if failed:
-            raise PutBackFailed(f"{cause or type(cause).__name__}; and these could not be put "
-                                f"back as they were: {'; '.join(failed)}") from cause
+    def validated(self, paths: Sequence[Path], check: Sequence[str], what: str) -> Validation:
+        """A change to paths that counts only once check passes; every path is put
+        back if it fails or anything stops it (validation.py)."""
+        return Validation(self, paths, check, what)
 
     def write_checked(self, path: Path, text: str, check: Sequence[str], what: str,
                       mode: int = 0o644, owner: str = "root", group: str = "root") -> bool:
