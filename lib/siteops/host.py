@@ -77,7 +77,7 @@ def redact(text: str, secrets: Sequence[str] = ()) -> str:
     return text
 
 
-def run_command(argv: Sequence[str], input: str | bytes | None = None, timeout: float = 600,
+def run_command(argv: Sequence[str | Path], input: str | bytes | None = None, timeout: float = 600,
                 env: dict[str, str] | None = None,
                 stream: Callable[[str], None] | None = None) -> Result:
     """Execute argv (no shell) with LC_ALL=C and a timeout; never raises on failure.
@@ -86,25 +86,25 @@ def run_command(argv: Sequence[str], input: str | bytes | None = None, timeout: 
     child runs in a session of its own: a Ctrl-C at the terminal reaches only
     siteops, which kills the child it waits for and then puts back what it must
     (a put-back's own commands are not cut short by a second Ctrl-C)."""
-    argv = [str(a) for a in argv]
+    args = [str(a) for a in argv]
     full_env = {**os.environ, "LC_ALL": "C", "PATH": PATH, **(env or {})}
     if stream is not None:
-        return _run_streaming(argv, input, timeout, full_env, stream)
+        return _run_streaming(args, input, timeout, full_env, stream)
     binary = isinstance(input, bytes)  # e.g. an archive piped to tar
     try:
-        proc = subprocess.run(argv, input=input, capture_output=True, text=not binary,
+        proc = subprocess.run(args, input=input, capture_output=True, text=not binary,
                               timeout=timeout, env=full_env, start_new_session=True)
     except FileNotFoundError:
-        return Result(argv, 127, "", f"{argv[0]}: command not found")
+        return Result(args, 127, "", f"{args[0]}: command not found")
     except subprocess.TimeoutExpired:
-        return Result(argv, 124, "", f"timed out after {timeout:g}s")
+        return Result(args, 124, "", f"timed out after {timeout:g}s")
     if binary:
-        return Result(argv, proc.returncode, proc.stdout.decode(errors="replace"),
+        return Result(args, proc.returncode, proc.stdout.decode(errors="replace"),
                       proc.stderr.decode(errors="replace"))
-    return Result(argv, proc.returncode, proc.stdout, proc.stderr)
+    return Result(args, proc.returncode, proc.stdout, proc.stderr)
 
 
-def _run_streaming(argv: list[str], input: str | None, timeout: float, env: dict,
+def _run_streaming(argv: list[str], input: str | bytes | None, timeout: float, env: dict,
                    stream: Callable[[str], None]) -> Result:
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
@@ -112,11 +112,16 @@ def _run_streaming(argv: list[str], input: str | None, timeout: float, env: dict
                                 errors="replace", env=env, start_new_session=True)
     except FileNotFoundError:
         return Result(argv, 127, "", f"{argv[0]}: command not found")
-    if input is not None:
-        proc.stdin.write(input)
+    assert proc.stdout is not None
+    if input is not None and proc.stdin is not None:
+        proc.stdin.write(input if isinstance(input, str) else input.decode())
         proc.stdin.close()
     timed_out = threading.Event()
-    timer = threading.Timer(timeout, lambda: (timed_out.set(), proc.kill()))
+
+    def expire() -> None:
+        timed_out.set()
+        proc.kill()
+    timer = threading.Timer(timeout, expire)
     timer.start()
     lines = []
     try:
@@ -242,34 +247,34 @@ class Host:
 
     # -- commands ----------------------------------------------------------
 
-    def query(self, argv: Sequence[str], *, input: str | None = None, ok: Sequence[int] = (0,),
+    def query(self, argv: Sequence[str | Path], *, input: str | None = None, ok: Sequence[int] = (0,),
               timeout: float = 120, secrets: Sequence[str] = (), env: dict | None = None) -> Result:
         """Run a read-only command (also in a dry run); raise unless its code is in ok."""
-        result = self.runner(list(argv), input=input, timeout=timeout, env=env)
+        result = self.runner([str(a) for a in argv], input=input, timeout=timeout, env=env)
         if result.code not in ok:
             raise CommandError(result.argv, result.code, redact(result.err or result.out, secrets))
         return result
 
-    def run(self, argv: Sequence[str], *, input: str | bytes | None = None, timeout: float = 900,
+    def run(self, argv: Sequence[str | Path], *, input: str | bytes | None = None, timeout: float = 900,
             secrets: Sequence[str] = (), env: dict | None = None, note: str = "",
             stream: bool = False) -> Result:
         """Run a command that changes the server; in a dry run only record it.
         note (never a secret) says what its standard input does. With stream (a
         build), its output is printed indented as it comes and a failure carries
         its last STREAM_TAIL lines."""
-        argv = [str(a) for a in argv]
-        self.actions.append(Action("run", note, argv=tuple(argv)))
+        args = [str(a) for a in argv]
+        self.actions.append(Action("run", note, argv=tuple(args)))
         if self.dry_run:
-            return Result(argv, 0)
+            return Result(args, 0)
         printer = {"stream": lambda line: self.say("    " + clean(line))} if stream else {}
-        result = self.runner(argv, input=input, timeout=timeout, env=env, **printer)
+        result = self.runner(args, input=input, timeout=timeout, env=env, **printer)
         if result.code != 0:
             if stream:
                 detail = clean("\n".join((result.out or result.err).rstrip("\n")
                                          .splitlines()[-STREAM_TAIL:]))
             else:
                 detail = result.err or result.out
-            raise CommandError(argv, result.code, redact(detail, secrets))
+            raise CommandError(args, result.code, redact(detail, secrets))
         return result
 
     # -- files -------------------------------------------------------------
@@ -345,7 +350,8 @@ class Host:
         self.run(["rm", "-rf", "--one-file-system", "--", path])
         return True
 
-    def validated(self, paths: Sequence[Path], check: Sequence[str], what: str) -> Validation:
+    def validated(self, paths: Sequence[Path], check: Sequence[str | Path],
+                  what: str) -> Validation:
         """A change to paths that counts only once check passes; every path is put
         back if it fails or anything stops it (validation.py)."""
         return Validation(self, paths, check, what)

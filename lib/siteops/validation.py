@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 from .errors import PutBackFailed, SiteopsError
 from .signals import uninterrupted
@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 class Validation:
     """One checked change: use as a context manager (Host.validated)."""
 
-    def __init__(self, host: "Host", paths: Sequence[Path], check: Sequence[str], what: str):
-        self.host, self.paths, self.check, self.what = host, list(paths), list(check), what
+    def __init__(self, host: "Host", paths: Sequence[Path], check: Sequence[str | Path],
+                 what: str):
+        self.host, self.paths, self.what = host, list(paths), what
+        self.check = [str(a) for a in check]
         self.changed = False   # the block changed something
         self.restored = False  # every path was put back after a failure or a stop
         self.snaps: dict[Path, tuple | None] = {}
@@ -41,7 +43,7 @@ class Validation:
         self.before = len(self.host.actions)
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         try:
             if exc is None:
                 self.changed = len(self.host.actions) > self.before

@@ -90,7 +90,8 @@ def ensure_suite(host: Host) -> None:
     with host.step(f"siteops installed in {target}"):
         for part in SUITE_PARTS:
             for src in sorted((REPO / part).rglob("*")):
-                if "__pycache__" in src.parts:
+                if any(p == "__pycache__" or p.startswith(".")  # caches, editors' files
+                       for p in src.relative_to(REPO).parts):
                     continue
                 dest = target / src.relative_to(REPO)
                 if src.is_dir():
