@@ -142,7 +142,7 @@ def tags(snapshot: dict) -> list[str]:
 
 def latest_by_site(host: Host) -> dict[str, str]:
     """{site name: UTC time of its newest snapshot}."""
-    out = {}
+    out: dict[str, str] = {}
     for snap in snapshots(host):
         for tag in tags(snap):
             if tag.startswith("site:"):

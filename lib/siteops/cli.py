@@ -31,7 +31,7 @@ class Parser(argparse.ArgumentParser):
                                   f"(see {self.prog} --help)\n")
 
 
-def parser(prog: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
+def parser(prog: str, description: str, epilog: str = "") -> Parser:
     """An argparse parser with the flags every command has."""
     p = Parser(prog=prog, description=description, epilog=epilog,
                formatter_class=argparse.RawDescriptionHelpFormatter)

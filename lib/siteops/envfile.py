@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
 from .model import Site
@@ -107,17 +108,18 @@ def quote(value: str) -> str:
     return '"' + "".join("\\" + c if c in NEED_ESCAPE else c for c in value) + '"'
 
 
-def assign(text: str, changes: dict[str, str | None]) -> str:
+def assign(text: str, changes: Mapping[str, str | None]) -> str:
     """text with each key of changes set to its value (None: removed). A key
     set keeps its place (its last line; earlier duplicates go); new keys are
     appended; every other line stays as it was."""
     last = {key: i for i, (key, _, _) in enumerate(entries(text)) if key is not None}
     lines = []
     for i, (key, _, raw) in enumerate(entries(text)):
-        if key in changes:
-            if last[key] != i or changes[key] is None:
+        if key is not None and key in changes:
+            value = changes[key]
+            if last[key] != i or value is None:
                 continue
-            raw = f"{key}={quote(changes[key])}\n"
+            raw = f"{key}={quote(value)}\n"
         lines.append(raw if raw.endswith("\n") else raw + "\n")
     lines += [f"{k}={quote(v)}\n" for k, v in changes.items() if v is not None and k not in last]
     return "".join(lines)
@@ -143,7 +145,7 @@ def redis_url(site: Site, password: str, db: str = "0", query: str = "") -> str:
             + (f"?{query}" if query else ""))
 
 
-def wanted(site: Site, db_port: int) -> dict[str, callable]:
+def wanted(site: Site, db_port: int) -> dict[str, Callable[[], str]]:
     """The keys a site's .env must have, each with a function making its first value."""
     return {
         "NODE_ENV": lambda: "production",
@@ -179,7 +181,7 @@ def bind(text: str, site: Site, db_port: int) -> str:
     their passwords and query strings kept; the other lines untouched. A site
     restored into another slot, or onto another host, would otherwise talk to
     whatever now holds its old ports: a neighbour's Redis."""
-    changes = {}
+    changes: dict[str, str] = {}
     for key, value in parse(text).items():
         if key not in ("DATABASE_URL", "REDIS_URL") or points_home(key, value, site, db_port):
             continue

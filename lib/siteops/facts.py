@@ -50,6 +50,7 @@ import re
 import socket
 import ssl
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from . import (backup, distro, envfile, firewall, hardening, instances, journal, layout, logrotate,
@@ -108,8 +109,8 @@ def stat(path: Path) -> dict | None:
         st = path.lstat()
     except FileNotFoundError:
         return None
-    out = {"mode": st.st_mode & 0o7777, "uid": st.st_uid, "gid": st.st_gid,
-           "dir": path.is_dir() and not path.is_symlink()}
+    out: dict[str, Any] = {"mode": st.st_mode & 0o7777, "uid": st.st_uid, "gid": st.st_gid,
+                           "dir": path.is_dir() and not path.is_symlink()}
     if path.is_symlink():
         out["link"] = os.readlink(path)
         out["target_exists"] = path.exists()
@@ -123,7 +124,8 @@ def tls_facts(host: Host, site: Site) -> dict | None:
         return None
     pem = (certs / "fullchain.pem").read_text()
     first = pem[:pem.index("-----END CERTIFICATE-----") + 25]
-    facts = {"disk_sha256": hashlib.sha256(ssl.PEM_cert_to_DER_cert(first)).hexdigest()}
+    facts: dict[str, Any] = {
+        "disk_sha256": hashlib.sha256(ssl.PEM_cert_to_DER_cert(first)).hexdigest()}
     facts["not_after"] = tls.not_after(host, certs / "fullchain.pem")
     if site.tls:  # siteops issued it: certbot must be able to renew it
         facts["renewal"] = host.read(tls.renewal_conf(host, site))
@@ -132,7 +134,7 @@ def tls_facts(host: Host, site: Site) -> dict | None:
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
         with socket.create_connection(("127.0.0.1", 443), timeout=5) as raw:
             with ctx.wrap_socket(raw, server_hostname=site.domains[0]) as conn:
-                facts["served_sha256"] = hashlib.sha256(conn.getpeercert(True)).hexdigest()
+                facts["served_sha256"] = hashlib.sha256(conn.getpeercert(True) or b"").hexdigest()
     except (OSError, ssl.SSLError) as exc:
         facts["served_error"] = str(exc)
     return facts

@@ -106,6 +106,7 @@ def live_dropins(host: Host, site: Site) -> dict[Path, str]:
     record = site.releases.get(site.live.release) if site.live else None
     if record is None or not record.commands:
         return {}
+    assert site.live is not None
     try:
         return render_dropins(host, site, site.live.release, record, site.live.offset)
     except SiteopsError:  # the release is gone; audit's `current` check says so
@@ -312,6 +313,7 @@ def restart(host: Host, site: Site, reason: str) -> Site:
     deploy uses (the caller holds the site lock); returns the entry. What a
     killed command left behind is cleaned up first (recover)."""
     site = recover(host, site)
+    assert site.live is not None, "restart needs a live release"
     rid = site.live.release
     host.say(f"{'':13}{reason}: moving release {rid} of {site.name} to fresh instances")
     return switch(host, site, rid, site.releases[rid],

@@ -304,7 +304,7 @@ DEFAULT_SCRIPTS = {"frontend": "start", "api": "start:api"}
 
 
 def start_commands(m: Manifest, runtime: str, components: list[str], registered: dict[str, str],
-                   overrides: dict[str, str], scripts: set[str] = frozenset(),
+                   overrides: dict[str, str], scripts: frozenset[str] | set[str] = frozenset(),
                    required: bool = False) -> tuple[dict[str, str], list[str]]:
     """What the app declares it runs: each component's start command from
     --start, then siteops.toml, then the Procfile's web (the front component),

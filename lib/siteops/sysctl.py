@@ -33,7 +33,7 @@ def in_container(host: Host) -> bool:
 
 def running(host: Host, keys) -> dict[str, str | None]:
     """The kernel's current value of each key (None if it has no such setting)."""
-    values = {}
+    values: dict[str, str | None] = {}
     for key in keys:
         try:
             text = (Path(host.paths.p("/proc/sys")) / key.replace(".", "/")).read_text()

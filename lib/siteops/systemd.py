@@ -65,8 +65,9 @@ def worker_instances(site: str, workers: dict[str, dict], offset: int) -> dict[s
 
 def live_workers(site: Site) -> dict[str, str]:
     """{instance: worker type} of the live release's workers."""
-    record = site.releases.get(site.live.release) if site.live else None
-    return worker_instances(site.name, record.workers, site.live.offset) if record else {}
+    if site.live is None or site.live.release not in site.releases:
+        return {}
+    return worker_instances(site.name, site.releases[site.live.release].workers, site.live.offset)
 
 
 def job_units(site: str, job: str) -> tuple[str, str]:
@@ -261,6 +262,7 @@ def render_jobs(host: Host, site: Site) -> dict[str, str]:
     """{unit: text} of the services and timers of the live release's jobs."""
     units: dict[str, str] = {}
     for job, spec in sorted(live_jobs(site).items()):
+        assert site.live is not None  # live_jobs is empty before the first deploy
         units.update(render_job(host, site, job, spec, site.live.release))
     return units
 

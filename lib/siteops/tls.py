@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import nginx
 from .errors import CommandError, SiteopsError
-from .model import Site
+from .model import Site, Tls
 from .nginx import ACME_ROOT
 from .host import Host, clean
 from .templates import render
@@ -76,8 +76,8 @@ def needs_issuing(host: Host, site: Site) -> bool:
 
 def certbot_argv(host: Host, site: Site) -> list[str]:
     """certbot certonly for every domain of the site in one certificate."""
-    t = site.tls
-    argv = ["certbot", "certonly", "--webroot", "-w", host.paths.p(ACME_ROOT),
+    t = site.tls or Tls()
+    argv = ["certbot", "certonly", "--webroot", "-w", str(host.paths.p(ACME_ROOT)),
             "--cert-name", site.name, "--non-interactive", "--agree-tos"]
     argv += ["-m", t.email] if t.email else ["--register-unsafely-without-email"]
     if t.staging:
@@ -95,7 +95,8 @@ def issue(host: Host, site: Site) -> bool:
     with host.step(f"certificate for {', '.join(site.domains)}"):
         if not needs_issuing(host, site):
             return False
-        env = {"REQUESTS_CA_BUNDLE": site.tls.ca_bundle} if site.tls.ca_bundle else None
+        bundle = site.tls.ca_bundle if site.tls else None
+        env = {"REQUESTS_CA_BUNDLE": bundle} if bundle else None
         if not host.dry_run:  # a re-issue keeps the file names: nginx must reload
             nginx.mark_reload_pending(host)
         try:

@@ -13,6 +13,7 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 from . import postgres, safefs, systemd
 from .errors import CommandError
@@ -93,8 +94,9 @@ def percentile(values: list[float], p: float) -> float | None:
 def traffic(host: Host, name: str, window: float, now: float) -> dict:
     """Requests in the last `window` seconds of the site's access log: counts
     by status class, 429s, and p50/p99 of the upstream's time in ms."""
-    out = {"requests": 0, "status_2xx": 0, "status_3xx": 0, "status_4xx": 0,
-           "status_5xx": 0, "status_429": 0, "upstream_p50_ms": None, "upstream_p99_ms": None}
+    out: dict[str, Any] = {"requests": 0, "status_2xx": 0, "status_3xx": 0, "status_4xx": 0,
+                           "status_5xx": 0, "status_429": 0, "upstream_p50_ms": None,
+                           "upstream_p99_ms": None}
     fh = safefs.open_read(host.paths.of(name).logs / "nginx-access.log")
     if fh is None:
         return out

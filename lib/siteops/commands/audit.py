@@ -175,7 +175,7 @@ def run(host: Host, args: argparse.Namespace) -> int:
             with host.step("loopback port-ownership rules (nftables)"):
                 nftables.ensure(host, list(registry.load(host).sites.values()))
         for site in sites:
-            kinds = {f.fix for f in broken if f.subject == site.name}
+            kinds = {f.fix for f in broken if f.subject == site.name and f.fix}
             if kinds:
                 repair(host, site, kinds)
         if broken and not host.dry_run:

@@ -136,6 +136,7 @@ def build(host: Host, site: Site, rid: str, record: Release, args: argparse.Name
     """Export, link and build release rid of record.commit; record what it runs
     (health_paths: the --health overrides, parsed)."""
     commit = record.commit
+    assert commit is not None  # resolved before the release was recorded
     name = site.name
     rel = host.paths.of(name).release(rid)
     m = manifest.load(git.show(host, name, commit, manifest.FILE),
@@ -149,8 +150,9 @@ def build(host: Host, site: Site, rid: str, record: Release, args: argparse.Name
         host.say(f"note: {manifest.FILE} describes {', '.join(extra)}, which site {name} does "
                  f"not have (add-site {name} --components ... adds it); ignored")
     package_json = git.show(host, name, commit, "package.json")
+    skipped: list[str] = []
     if commit == git.UNFETCHED:  # a dry run before the first fetch: the site's own commands
-        commands, skipped = {**site.commands, **dict(args.start)}, []
+        commands = {**site.commands, **dict(args.start)}
     else:
         commands, skipped = manifest.start_commands(
             m, runtime, site.components, site.commands, dict(args.start),

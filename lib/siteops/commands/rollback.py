@@ -90,6 +90,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
     with registry.site_locked(host, name, f"rollback {name}") as site:
         target = choose(site, args.to)
         live = releases.live_id(site)
+        assert live is not None  # choose() refuses a site with nothing live
         if not host.paths.of(name).release(target).is_dir():
             raise SiteopsError(f"release {target} is missing from disk")
         host.say(f"rollback {name}: {live} -> {target}")

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("sites", DESCRIPTION, "examples:\n  sudo sites list\n"
                    "  sudo sites show shop --json\n  sudo sites doc > registry.md\n")
     # The common flags also after the action (`sites doc --dry-run`).
-    common = argparse.ArgumentParser(add_help=False)
+    common = cli.Parser(add_help=False)
     common.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
                         help="read-only anyway; lets a non-root user try (as far as it can read)")
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
