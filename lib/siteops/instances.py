@@ -94,7 +94,7 @@ def render_dropins(host: Host, site: Site, rid: str, record: Release,
              for c, p in ports.items()}
     logs = host.paths.of(name).logs
     for unit, kind in systemd.worker_instances(name, record.workers, offset).items():
-        command = systemd.resolve_command(rel, record.workers[kind]["command"])
+        command = systemd.resolve_command(rel, record.workers[kind].command)
         files[host.paths.dropin(unit)] = systemd.render_dropin(
             name, rid, rel, command, ports, log=logs / f"worker-{kind}.log")
     return files

@@ -39,9 +39,10 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass, field
+from typing import Callable, TypeVar
 
 from .errors import UsageError
-from .model import DEFAULT_COMMANDS
+from .model import DEFAULT_COMMANDS, Job, Worker
 from .validate import COMPONENTS, InvalidInput, exec_command, process_name, start_command
 
 FILE = "siteops.toml"
@@ -54,6 +55,9 @@ MAX_WORKERS = 16
 # It reaches the unit's ExecStart: nothing systemd or a shell would interpret.
 STATIC_DIR = re.compile(r"(?![-/])[A-Za-z0-9._/-]{1,200}")
 HEALTH_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/?%-]*")
+
+
+T = TypeVar("T")
 
 
 class ManifestError(UsageError):
@@ -71,8 +75,8 @@ class Manifest:
     health: dict[str, str] = field(default_factory=dict)
     web: str | None = None      # a Procfile's web process: the front component's start
     release: str | None = None
-    workers: dict[str, dict] = field(default_factory=dict)  # type: {command, count}
-    jobs: dict[str, dict] = field(default_factory=dict)     # name: {schedule, command}
+    workers: dict[str, Worker] = field(default_factory=dict)
+    jobs: dict[str, Job] = field(default_factory=dict)
 
 
 def _text(where: str, value) -> str:
@@ -137,12 +141,12 @@ def parse(text: str | None) -> Manifest:
 
 
 def _processes(data: dict, section: str, required: set[str], optional: set[str],
-               check) -> dict[str, dict]:
+               check: Callable[[str, dict], T]) -> dict[str, T]:
     """[section.NAME] tables, each checked by check(where, table)."""
     tables = data.get(section, {})
     if not isinstance(tables, dict):
         raise ManifestError(f"{FILE}: {section} must be tables like [{section}.NAME]")
-    out = {}
+    out: dict[str, T] = {}
     for name, table in tables.items():
         where = f"[{section}.{name}]"
         try:
@@ -165,17 +169,16 @@ def _command(where: str, value) -> str:
         raise ManifestError(f"{FILE}: {exc}") from exc
 
 
-def _worker(where: str, table: dict) -> dict:
+def _worker(where: str, table: dict) -> Worker:
     count = table.get("count", 1)
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_WORKERS:
         raise ManifestError(f"{FILE}: {where} count must be a number, 1-{MAX_WORKERS}")
-    return {"command": _command(where, table["command"]), "count": count}
+    return Worker(_command(where, table["command"]), count)
 
 
-def _job(where: str, table: dict) -> dict:
+def _job(where: str, table: dict) -> Job:
     # The schedule itself is checked with `systemd-analyze calendar` by deploy.
-    return {"schedule": _text(f"{where} schedule", table["schedule"]),
-            "command": _command(where, table["command"])}
+    return Job(_text(f"{where} schedule", table["schedule"]), _command(where, table["command"]))
 
 
 def parse_procfile(text: str) -> Manifest:
@@ -197,8 +200,8 @@ def parse_procfile(text: str) -> Manifest:
             if kind == "web":
                 m.web = exec_command(f"{where} command", command)
             else:
-                m.workers[process_name("process type", kind)] = {
-                    "command": exec_command(f"{where} command", command), "count": 1}
+                m.workers[process_name("process type", kind)] = Worker(
+                    exec_command(f"{where} command", command))
         except InvalidInput as exc:
             raise ManifestError(f"{PROCFILE} line {number}: {exc}") from exc
     return m

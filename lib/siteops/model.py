@@ -30,11 +30,18 @@ Schema 2 (the file siteops writes):
 
 Schema 1 was the same without "version": 2's explicit keys (missing ones
 took defaults where they were read); upgrade() fills them in.
+
+Loading checks every value against its declared type (from_json): a
+registry with "slot": "3" or a worker without a command is one error naming
+the field (sites.shop.slot), never a KeyError later.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +71,48 @@ class Tls:
 
 
 @dataclass
+class Worker:
+    """A process type without a port (siteops.toml [workers.TYPE])."""
+    command: str
+    count: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Job:
+    """A scheduled job (siteops.toml [jobs.NAME]), run by a systemd timer."""
+    schedule: str
+    command: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Limits:
+    """The site's own slice limits; those not set take systemd.DEFAULT_LIMITS."""
+    memory_max: str | None = None
+    tasks_max: int | None = None
+    cpu_weight: int | None = None
+    io_weight: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def set(self) -> dict[str, Any]:
+        """The limits set, by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "extra" and getattr(self, f.name) is not None}
+
+
+@dataclass
+class Event:
+    """One entry of a site's history: a deploy, rollback, restart..."""
+    action: str
+    release: str | None = None
+    result: str | None = None
+    user: str | None = None
+    at: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # from, commit, ref, error, reason, ...
+
+
+@dataclass
 class Release:
     """One build of a commit into releases/<id>, and how it ended."""
     result: str = BUILDING
@@ -81,8 +130,8 @@ class Release:
     error: str | None = None
     rolled_back: bool = False
     release_command: str | None = None
-    workers: dict[str, dict] = field(default_factory=dict)
-    jobs: dict[str, dict] = field(default_factory=dict)
+    workers: dict[str, Worker] = field(default_factory=dict)
+    jobs: dict[str, Job] = field(default_factory=dict)
     deps: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -105,12 +154,12 @@ class Site:
     updated: str | None = None
     repo: str | None = None
     keep: int = DEFAULT_KEEP
-    limits: dict[str, Any] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
     redis_maxmemory: str | None = None
     tls: Tls | None = None
     live: Live | None = None
     releases: dict[str, Release] = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)
+    history: list[Event] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -122,40 +171,88 @@ class Site:
         return dataclasses.replace(site_from_json(site_to_json(self)), **changes)
 
 
-def _split(cls, data: dict) -> tuple[dict, dict]:
-    names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-    return ({k: v for k, v in data.items() if k in names},
-            {k: v for k, v in data.items() if k not in names})
+class RegistryTypeError(ValueError):
+    """A registry value of the wrong type: names the field, e.g. sites.shop.slot."""
 
 
-def release_from_json(data: dict) -> Release:
-    known, extra = _split(Release, data)
-    return Release(**known, extra=extra)
+def from_json(cls, data: Any, where: str):
+    """An instance of the dataclass cls from JSON data, each known field
+    checked against its declared type (a clear error naming the field, never
+    a KeyError later); keys it does not know are kept in `extra`."""
+    if not isinstance(data, dict):
+        raise RegistryTypeError(f"{where} must be an object, not {_shown(data)}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
+    values = {n: _checked(hints[n], data[n], f"{where}.{n}") for n in names if n in data}
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
+               and f.name != "extra" and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise RegistryTypeError(f"{where}.{missing[0]} is missing")
+    if "extra" in hints:
+        values["extra"] = {k: v for k, v in data.items() if k not in names}
+    return cls(**values)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _checked(tp: Any, value: Any, where: str) -> Any:
+    """value if it has type tp (dataclasses made from their JSON); else RegistryTypeError."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _checked(inner[0], value, where) if len(inner) == 1 else value
+    if dataclasses.is_dataclass(tp):
+        return from_json(tp, value, where)
+    if origin is list and isinstance(value, list):
+        return [_checked(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict and isinstance(value, dict):
+        return {k: _checked(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    ok = {str: isinstance(value, str), bool: isinstance(value, bool),
+          int: isinstance(value, int) and not isinstance(value, bool)}.get(tp)
+    if ok:
+        return value
+    what = {str: "a string", int: "a whole number", bool: "true or false"}.get(
+        tp, "a list" if origin is list else "an object" if origin is dict else str(tp))
+    raise RegistryTypeError(f"{where} must be {what}, not {_shown(value)}")
+
+
+def to_json(obj: Any) -> Any:
+    """JSON data of a registry type (extra keys kept; unset limits left out)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        data = {f.name: to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if f.name != "extra"}
+        if isinstance(obj, Limits):
+            data = {k: v for k, v in data.items() if v is not None}
+        return {**getattr(obj, "extra", {}), **data}
+    if isinstance(obj, list):
+        return [to_json(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_json(v) for k, v in obj.items()}
+    return obj
+
+
+def release_from_json(data: dict, where: str = "release") -> Release:
+    return from_json(Release, data, where)
 
 
 def release_to_json(rel: Release) -> dict:
-    data = {f.name: getattr(rel, f.name) for f in dataclasses.fields(Release)
-            if f.name != "extra"}
-    return {**rel.extra, **data}
+    return to_json(rel)
 
 
-def site_from_json(data: dict) -> Site:
-    known, extra = _split(Site, data)
-    live = known.pop("live", None)
-    tls = known.pop("tls", None)
-    releases = known.pop("releases", None) or {}
-    return Site(**known, extra=extra, live=Live(**live) if live else None,
-                tls=Tls(**tls) if tls else None,
-                releases={rid: release_from_json(r) for rid, r in releases.items()})
+def site_from_json(data: dict, where: str = "site") -> Site:
+    return from_json(Site, data, where)
 
 
 def site_to_json(site: Site) -> dict:
-    data = {f.name: getattr(site, f.name) for f in dataclasses.fields(Site)
-            if f.name not in ("extra", "live", "tls", "releases")}
-    data["live"] = dataclasses.asdict(site.live) if site.live else None
-    data["tls"] = dataclasses.asdict(site.tls) if site.tls else None
-    data["releases"] = {rid: release_to_json(r) for rid, r in site.releases.items()}
-    return {**site.extra, **data}
+    return to_json(site)
 
 
 def upgrade(data: dict) -> dict:

@@ -56,7 +56,8 @@ def load(host: Host) -> Registry:
         raise SiteopsError(f"registry {path} has schema version {data.get('version')!r}; "
                            f"this siteops reads version {model.SCHEMA_VERSION}")
     try:
-        return Registry({name: model.site_from_json(s) for name, s in data["sites"].items()})
+        return Registry({name: model.site_from_json(s, f"sites.{name}")
+                         for name, s in data["sites"].items()})
     except (TypeError, KeyError, ValueError) as exc:
         raise SiteopsError(f"registry {path} is corrupt ({exc}); nothing was changed") from exc
 

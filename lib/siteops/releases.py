@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 
 from .journal import now, who
-from .model import BUILDING, FAILED, OK, Site
+from .model import BUILDING, FAILED, OK, Event, Site
 
 HISTORY_LIMIT = 200
 
@@ -86,8 +86,7 @@ def to_prune(site: Site, keep: int) -> list[str]:
 def record_event(site: Site, action: str, release: str, result: str, **fields) -> None:
     """Append an event, stamped with the time and who ran it, to the site's
     history, keeping the last HISTORY_LIMIT events."""
-    event = {"action": action, "release": release, "result": result, "user": who(),
-             "at": now(), **fields}
+    event = Event(action, release, result, who(), now(), extra=fields)
     site.history = (site.history + [event])[-HISTORY_LIMIT:]
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import registry
 from .errors import SiteopsError
-from .model import Site
+from .model import Job, Site, Worker
 from .host import Host
 from .templates import render
 
@@ -55,12 +55,12 @@ def worker_unit(site: str) -> str:
     return f"{site}-worker@.service"
 
 
-def worker_instances(site: str, workers: dict[str, dict], offset: int) -> dict[str, str]:
+def worker_instances(site: str, workers: dict[str, Worker], offset: int) -> dict[str, str]:
     """{instance: worker type} of a release's workers started with its web
     instances at port offset (TYPE-N-OFFSET: the next release's workers run
     beside them at another offset)."""
     return {f"{site}-worker@{kind}-{i}-{offset}.service": kind
-            for kind, spec in sorted(workers.items()) for i in range(1, spec["count"] + 1)}
+            for kind, spec in sorted(workers.items()) for i in range(1, spec.count + 1)}
 
 
 def live_workers(site: Site) -> dict[str, str]:
@@ -93,7 +93,7 @@ DEFAULT_LIMITS = {"memory_max": "1G", "tasks_max": 512, "cpu_weight": 100, "io_w
 
 def limits(site: Site) -> dict:
     """The site's slice limits: its own settings over the defaults."""
-    return {**DEFAULT_LIMITS, **site.limits}
+    return {**DEFAULT_LIMITS, **site.limits.set()}
 
 
 def limit_properties(site: Site) -> list[str]:
@@ -229,7 +229,7 @@ def render_dropin(site: str, release_id: str, release: Path, command: str,
                   output=output)
 
 
-def render_job(host: Host, site: Site, job: str, spec: dict, release_id: str) -> dict[str, str]:
+def render_job(host: Host, site: Site, job: str, spec: Job, release_id: str) -> dict[str, str]:
     """{unit: text} of a job's service (in release release_id) and timer."""
     name, root = site.name, host.paths.site(site.name)
     release = host.paths.of(name).release(release_id)
@@ -238,10 +238,10 @@ def render_job(host: Host, site: Site, job: str, spec: dict, release_id: str) ->
         service: render("systemd/job.service", name=name, job=job, root=root,
                         release=release, release_id=release_id,
                         search_path=":".join(search_path(release)),
-                        command=resolve_command(release, spec["command"]),
+                        command=resolve_command(release, spec.command),
                         hardening=render("systemd/hardening.conf"),
                         socket_bind="\n".join(socket_bind(site))),
-        timer: render("systemd/job.timer", name=name, job=job, schedule=spec["schedule"]),
+        timer: render("systemd/job.timer", name=name, job=job, schedule=spec.schedule),
     }
 
 
@@ -252,7 +252,7 @@ def job_files(host: Host, name: str) -> dict[str, Path]:
             for p in sorted(host.paths.unit("").glob(f"{name}-job-*{suffix}"))}
 
 
-def live_jobs(site: Site) -> dict[str, dict]:
+def live_jobs(site: Site) -> dict[str, Job]:
     """{job: spec} the live release declares (none before the first deploy)."""
     record = site.releases.get(site.live.release) if site.live else None
     return record.jobs if record else {}
@@ -310,7 +310,7 @@ def job_results(host: Host, site: Site) -> dict[str, dict]:
         if ran and props.get("ActiveState") != "activating":
             result = ("success" if props.get("Result") == "success" else
                       f"{props.get('Result')} (exit {props.get('ExecMainStatus')})")
-        out[job] = {"schedule": spec["schedule"], "running": props.get("ActiveState") == "activating",
+        out[job] = {"schedule": spec.schedule, "running": props.get("ActiveState") == "activating",
                     "last": props.get("ExecMainStartTimestamp") if ran else None,
                     "result": result, "timer": tprops.get("ActiveState", "unknown"),
                     "next": tprops.get("NextElapseUSecRealtime") or None}

@@ -261,7 +261,7 @@ def test_refresh_switches_only_when_a_component_template_changed(root, shop):
     start = plan.index("systemctl start shop-frontend@3101.service")
     assert plan[start - 1] == "systemctl daemon-reload"
     assert plan.index("systemctl enable --now shop-frontend@3100.service") < start
-    assert registry.load(host).sites["shop"].history[-1]["action"] == "restart"
+    assert registry.load(host).sites["shop"].history[-1].action == "restart"
     assert (root / "srv/sites/shop/current").readlink().as_posix() == f"releases/{R1}"
 
 
@@ -280,7 +280,7 @@ def test_limits_rewrite_the_slice_and_apply_to_the_running_site(root, shop):
     ]
     text = (root / "etc/systemd/system/siteops-shop.slice").read_text()
     assert "MemoryMax=512M\n" in text and "TasksMax=128\n" in text
-    assert registry.load(host).sites["shop"].limits == {"memory_max": "512M",
+    assert registry.load(host).sites["shop"].limits.set() == {"memory_max": "512M",
                                                               "tasks_max": 128}
     with pytest.raises(SystemExit) as bad:
         limits.main(["shop", "--memory-max", "1T"], host)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from siteops import hardening, logrotate, nftables, nginx, systemd, users
-from siteops.model import Live, Site, Tls
+from siteops.model import Job, Limits, Live, Site, Tls
 from siteops.paths import TEMPLATES, Paths
 from siteops.host import Host
 from siteops.templates import render
@@ -45,8 +45,8 @@ def renders():
     yield "systemd-shop-worker@mail-1-1.service.d-siteops-release.conf", systemd.render_dropin(
         "shop", release.name, release, "/usr/bin/python3 worker.py", {"frontend": 3121, "api": 4021},
         log=LOGS / "worker-mail.log")
-    for unit, text in systemd.render_job(HOST, SITE, "cleanup", {
-            "schedule": "*-*-* 03:00:00", "command": "python3 cleanup.py"}, release.name).items():
+    for unit, text in systemd.render_job(HOST, SITE, "cleanup", Job(
+            "*-*-* 03:00:00", "python3 cleanup.py"), release.name).items():
         yield f"systemd-{unit}", text
     yield "redis-shop.conf", render("redis/site.conf", name="shop", port=5020, password="PASSWORD",
                                     dir="/srv/sites/shop/shared/redis", maxmemory="64mb")
@@ -62,7 +62,7 @@ def renders():
         [SITE.copy(uid=1003), API_ONLY.copy(slot=3, uid=1004), SITE.copy(name="new", slot=4)],
         33)
     yield "systemd-siteops-big.slice", systemd.render_units(HOST, SITE.copy(
-        name="big", limits={"memory_max": "4G", "cpu_weight": 400}))["siteops-big.slice"]
+        name="big", limits=Limits(memory_max="4G", cpu_weight=400)))["siteops-big.slice"]
     for name in ("postgres/siteops.conf", "postgres/pg_hba.conf", "ssh/sshd_siteops.conf",
                  "certbot/reload-nginx", "apt/20auto-upgrades"):
         yield name.replace("/", "-"), render(name)

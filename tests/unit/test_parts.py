@@ -20,8 +20,8 @@ def full_site() -> model.Site:
         releases={RID: model.Release(
             result="ok", commands={"frontend": "python3 web.py", "api": "python3 api.py"},
             health={"frontend": "/", "api": "/"},
-            workers={"mail": {"command": "python3 mail.py", "count": 2}},
-            jobs={"cleanup": {"schedule": "daily", "command": "python3 clean.py"}})})
+            workers={"mail": model.Worker("python3 mail.py", 2)},
+            jobs={"cleanup": model.Job("daily", "python3 clean.py")})})
 
 
 def test_audit_expects_exactly_the_generated_files_the_declaration_names(root):

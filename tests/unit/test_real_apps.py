@@ -11,7 +11,7 @@ from siteops.commands import audit, config, logs
 from siteops.errors import UsageError
 from siteops.logfiles import tail
 from siteops.manifest import ManifestError
-from siteops.model import OK, Release, Site
+from siteops.model import OK, Job, Release, Site, Worker
 
 import test_deploy_plans
 from test_deploy_plans import R1, R2, healthy, prepared_host
@@ -48,8 +48,8 @@ def test_workers_jobs_and_release_parse():
                        '[workers.mail]\ncommand = "python worker.py"\ncount = 2\n'
                        '[jobs.tick]\nschedule = "*:*:0/5"\ncommand = "python tick.py"\n')
     assert m.release == "python manage.py migrate"
-    assert m.workers == {"mail": {"command": "python worker.py", "count": 2}}
-    assert m.jobs == {"tick": {"schedule": "*:*:0/5", "command": "python tick.py"}}
+    assert m.workers == {"mail": Worker("python worker.py", 2)}
+    assert m.jobs == {"tick": Job("*:*:0/5", "python tick.py")}
 
 
 @pytest.mark.parametrize("text, message", [
@@ -73,13 +73,13 @@ def test_a_procfile_gives_web_release_and_workers():
                             "worker: celery -A proj worker\n\nrelease: ./manage.py migrate && true\n")
     assert m.web == "gunicorn app:app --bind 127.0.0.1:${PORT}"
     assert m.release == "./manage.py migrate && true"  # run by a shell, like build steps
-    assert m.workers == {"worker": {"command": "celery -A proj worker", "count": 1}}
+    assert m.workers == {"worker": Worker("celery -A proj worker", 1)}
     assert manifest.start_commands(m, "python", ["frontend", "api"], {"api": "x"}, {})[0] == {
         "frontend": "gunicorn app:app --bind 127.0.0.1:${PORT}", "api": "x"}
     assert manifest.start_commands(m, "python", ["api"], {}, {})[0]["api"].startswith("gunicorn")
     # siteops.toml wins over a Procfile.
     assert manifest.load('[workers.a]\ncommand = "x"', "worker: y").workers == {
-        "a": {"command": "x", "count": 1}}
+        "a": Worker("x", 1)}
     with pytest.raises(ManifestError, match="Procfile line 1: expected 'type: command'"):
         manifest.parse_procfile("web gunicorn\n")
     with pytest.raises(ManifestError, match="Procfile line 2: .*without a shell"):
@@ -111,7 +111,7 @@ def test_dependencies_are_reused_only_for_the_same_lockfiles_commands_and_runtim
 
 
 def test_worker_instances_are_named_by_type_number_and_offset():
-    workers = {"mail": {"command": "x", "count": 2}, "cron": {"command": "y", "count": 1}}
+    workers = {"mail": Worker("x", 2), "cron": Worker("y", 1)}
     assert systemd.worker_instances("shop", workers, 1) == {
         "shop-worker@cron-1-1.service": "cron", "shop-worker@mail-1-1.service": "mail",
         "shop-worker@mail-2-1.service": "mail"}
@@ -120,7 +120,7 @@ def test_worker_instances_are_named_by_type_number_and_offset():
 def test_the_switch_starts_new_workers_beside_the_old_and_stops_the_old_after(root, shop):
     workers = {"mail": {"command": "/bin/true", "count": 1}}
     for rid in (R1, R2):
-        shop.releases[rid].workers = workers
+        shop.releases[rid].workers = {"mail": Worker("/bin/true")}
     path = root / "var/lib/siteops/registry.json"
     doc = json.loads(path.read_text())
     for rid in (R1, R2):
@@ -202,7 +202,7 @@ def test_tail_reads_only_the_end():
 
 def test_audit_compares_the_live_releases_job_units_and_fix_renders_them(root, shop):
     jobs = {"tick": {"schedule": "hourly", "command": "/bin/true"}}
-    shop.releases[R1].jobs = jobs
+    shop.releases[R1].jobs = {"tick": Job("hourly", "/bin/true")}
     path = root / "var/lib/siteops/registry.json"
     doc = json.loads(path.read_text())
     doc["sites"]["shop"]["releases"][R1]["jobs"] = jobs

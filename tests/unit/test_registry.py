@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from siteops import registry
+from siteops import model, registry
 from siteops.model import Site
 from siteops.errors import SiteopsError
 
@@ -98,7 +98,8 @@ def test_a_schema_1_file_is_upgraded_with_its_defaults_and_unknown_keys_kept(roo
         "releases": {"20261125T200000Z": {"result": "ok", "commit": "abc", "note": "x"}}}}}
     host.paths.registry.write_text(json.dumps(v1))
     shop = registry.load(host).sites["shop"]
-    assert (shop.database, shop.user, shop.keep, shop.limits, shop.repo) == ("shop", "shop", 5, {}, None)
+    assert (shop.database, shop.user, shop.keep, shop.limits.set(), shop.repo) == (
+        "shop", "shop", 5, {}, None)
     assert shop.live.release == "20261125T200000Z" and shop.live.offset == 1
     assert shop.releases["20261125T200000Z"].health_timeout == 60
     with registry.locked(host, "upgrade") as data:
@@ -108,3 +109,59 @@ def test_a_schema_1_file_is_upgraded_with_its_defaults_and_unknown_keys_kept(roo
     assert saved["sites"]["shop"]["keep"] == 5
     assert saved["sites"]["shop"]["releases"]["20261125T200000Z"]["note"] == "x"
     assert registry.load(host) == data  # the round trip loses nothing
+
+
+RID = "20261125T200000Z"
+FULL = {"version": 2, "sites": {"shop": {
+    "name": "shop", "slot": 0, "state": "ready", "domains": ["shop.test"],
+    "components": ["frontend"], "components_chosen": False, "commands": {"frontend": "node s.js"},
+    "ports": {"frontend": 3100, "redis": 5000}, "uid": 1001, "user": "shop", "database": "shop",
+    "created": None, "updated": None, "repo": None, "keep": 5, "redis_maxmemory": None,
+    "tls": None, "limits": {"memory_max": "512M", "tasks_max": 128},
+    "live": {"release": RID, "offset": 1},
+    "history": [{"action": "deploy", "release": RID, "result": "ok", "user": "root",
+                 "at": "2026-11-25T20:00:00Z", "from": None, "commit": "abc"}],
+    "releases": {RID: {**{k: v for k, v in model.release_to_json(model.Release()).items()},
+                       "result": "ok", "commit": "abc",
+                       "workers": {"mail": {"command": "python3 mail.py", "count": 2}},
+                       "jobs": {"tick": {"schedule": "hourly", "command": "python3 t.py"}}}}}}}
+
+
+def test_a_registry_with_workers_jobs_limits_and_history_round_trips_byte_for_byte(root):
+    host, _ = make_host(root, dry_run=False)
+    host.paths.state.mkdir(parents=True)
+    text = json.dumps(FULL, indent=2, sort_keys=True) + "\n"
+    host.paths.registry.write_text(text)
+    site = registry.load(host).sites["shop"]
+    assert site.releases[RID].workers["mail"].count == 2
+    assert site.releases[RID].jobs["tick"].schedule == "hourly"
+    assert site.limits.memory_max == "512M" and site.history[0].extra["commit"] == "abc"
+    with registry.locked(host, "test") as data:
+        data.sites["shop"].updated = None
+        registry.save(host, data)
+    assert host.paths.registry.read_text() == text
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda s: s.update(slot="3"), "sites.shop.slot must be a whole number, not \"3\""),
+    (lambda s: s.update(slot=True), "sites.shop.slot must be a whole number, not true"),
+    (lambda s: s.update(domains="shop.test"), "sites.shop.domains must be a list"),
+    (lambda s: s["releases"][RID]["workers"]["mail"].update(count="2"),
+     f"sites.shop.releases.{RID}.workers.mail.count must be a whole number"),
+    (lambda s: s["releases"][RID]["workers"]["mail"].pop("command"),
+     f"sites.shop.releases.{RID}.workers.mail.command is missing"),
+    (lambda s: s["releases"][RID]["jobs"].update(tick="hourly"),
+     f"sites.shop.releases.{RID}.jobs.tick must be an object"),
+    (lambda s: s["limits"].update(tasks_max="many"), "sites.shop.limits.tasks_max must be"),
+    (lambda s: s["history"].append(["deploy"]), "sites.shop.history[1] must be an object"),
+    (lambda s: s.update(live={"release": RID, "offset": "1"}), "sites.shop.live.offset must be"),
+])
+def test_a_value_of_the_wrong_type_is_one_clear_error_naming_its_field(root, change, field):
+    host, _ = make_host(root, dry_run=False)
+    host.paths.state.mkdir(parents=True)
+    doc = json.loads(json.dumps(FULL))
+    change(doc["sites"]["shop"])
+    host.paths.registry.write_text(json.dumps(doc))
+    with pytest.raises(SiteopsError) as err:
+        registry.load(host)
+    assert field in str(err.value) and "nothing was changed" in str(err.value), str(err.value)

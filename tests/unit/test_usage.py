@@ -8,13 +8,13 @@ import pytest
 
 from siteops import checks, usage
 from siteops.commands import sites
-from siteops.model import Site
+from siteops.model import Limits, Site
 
 from fakes import make_host
 
 NOW = 1_790_000_000.0
 SHOP = Site(name="shop", slot=0, ports={"frontend": 3100, "redis": 5000}, components=["frontend"],
-            limits={"memory_max": "256M"})
+            limits=Limits(memory_max="256M"))
 
 
 def line(t, status=200, urt="0.012", path="/"):

@@ -220,10 +220,10 @@ def toolchain(host: Host, runtime: str, pnpm: bool) -> str:
 def check_schedules(host: Host, m: manifest.Manifest) -> None:
     """Every job's schedule must be a calendar spec systemd accepts."""
     for job, spec in sorted(m.jobs.items()):
-        res = host.query(["systemd-analyze", "calendar", spec["schedule"]], ok=range(256))
+        res = host.query(["systemd-analyze", "calendar", spec.schedule], ok=range(256))
         if res.code != 0:
             raise manifest.ManifestError(
-                f"{manifest.FILE}: [jobs.{job}] schedule {spec['schedule']!r} is not a systemd "
+                f"{manifest.FILE}: [jobs.{job}] schedule {spec.schedule!r} is not a systemd "
                 "calendar spec (see `man systemd.time`, e.g. \"*-*-* 03:00:00\", \"hourly\", "
                 "\"*:0/5\")")
 

@@ -74,9 +74,11 @@ def run(host: Host, args: argparse.Namespace) -> None:
     if not wanted:
         show(host, registry.get_site(registry.load(host), args.name))
         return
+    def change(entry: Site) -> None:  # a dry run saves nothing
+        for key, value in wanted.items():
+            setattr(entry.limits, key, value)
     with registry.site_locked(host, args.name, f"limits {args.name}"):
-        site = registry.update_site(host, args.name, f"limits {args.name}",
-                                    lambda e: e.limits.update(wanted))  # a dry run saves nothing
+        site = registry.update_site(host, args.name, f"limits {args.name}", change)
         with host.step(f"limits of {args.name}: " + ", ".join(f"{k} {v}" for k, v in wanted.items())):
             changed = systemd.ensure_units(host, site)
     instances.refresh(host, site, changed)  # only if an older siteops left other unit files

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .. import cli, facts, journal, nginx, registry, releases, safefs, systemd, tls, usage, validate
+from .. import (cli, facts, journal, model, nginx, registry, releases, safefs, systemd, tls, usage,
+                validate)
 from ..model import Site
 from ..host import Host
 
@@ -93,7 +94,7 @@ def summary(host: Host, site: Site, du: dict, states: dict) -> dict:
         "tls_expires": tls_expiry(host, site),
         "disk_bytes": du.get(str(host.paths.site(name))),
         "units": {u: states.get(u, {}).get("active", "?") for u in systemd.live_units(site)},
-        "workers": {kind: spec["count"] for kind, spec in (record.workers if record else {}).items()},
+        "workers": {kind: spec.count for kind, spec in (record.workers if record else {}).items()},
         "jobs": systemd.job_results(host, site),
     }
 
@@ -144,8 +145,8 @@ def show_lines(r: dict, site: Site) -> list[str]:
     history = site.history[-10:]
     if history:
         lines.append("history:")
-        lines += [f"  {e.get('at', '')}  {e['action']:<8} {e['release']}  {e['result']}"
-                  f"  {e.get('user', '')}  {e.get('error', '')}".rstrip() for e in history]
+        lines += [f"  {e.at or ''}  {e.action:<8} {e.release}  {e.result}"
+                  f"  {e.user or ''}  {e.extra.get('error', '')}".rstrip() for e in history]
     return lines
 
 
@@ -252,7 +253,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
         site = registry.get_site(data, args.name)
         row = gather(host, [site])[0]
         if args.json:
-            print(json.dumps(dict(row, history=site.history), indent=2))
+            print(json.dumps(dict(row, history=model.to_json(site.history)), indent=2))
         else:
             for line in show_lines(row, site):
                 host.say(line)
