@@ -28,7 +28,6 @@ from .errors import SiteopsError
 from .model import Site
 from .host import Host
 
-DEFAULT_REPOSITORY = "/var/backups/siteops"
 RETENTION = {"KEEP_DAILY": "7", "KEEP_WEEKLY": "4", "KEEP_MONTHLY": "6"}
 HOST_TAG = "host"
 SAFETY_TAG = "before-restore"
@@ -53,7 +52,7 @@ def staging(host: Host, name: str) -> Path:
 
 def settings(host: Host) -> dict[str, str]:
     """backup.env's values over the defaults (repository, retention)."""
-    values = {"RESTIC_REPOSITORY": str(host.paths.p(DEFAULT_REPOSITORY)), **RETENTION}
+    values = {"RESTIC_REPOSITORY": str(host.paths.backup_repository), **RETENTION}
     values.update(envfile.parse(host.read(conf_path(host)) or ""))
     for key in RETENTION:
         if not values[key].isdigit():
@@ -66,7 +65,7 @@ def restic_env(host: Host) -> dict[str, str]:
     """restic's environment: repository, password file, cache, credentials."""
     env = {k: v for k, v in settings(host).items() if k not in RETENTION}
     env["RESTIC_PASSWORD_FILE"] = str(password_path(host))
-    env["RESTIC_CACHE_DIR"] = str(host.paths.p("/var/cache/siteops/restic"))
+    env["RESTIC_CACHE_DIR"] = str(host.paths.restic_cache)
     return env
 
 

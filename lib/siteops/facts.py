@@ -82,7 +82,7 @@ def unit_states(host: Host, units: list[str]) -> dict[str, dict]:
     disk: the manager's UnitFileState lags behind `enable --no-reload`)."""
     out = host.query(["systemctl", "show", "-p", "ActiveState", "--", *units], ok=range(256)).out
     active = [line.partition("=")[2] for line in out.splitlines() if line.startswith("ActiveState=")]
-    wants = host.paths.p("/etc/systemd/system/multi-user.target.wants")
+    wants = host.paths.boot_wants
     return {u: {"active": a, "enabled": "enabled" if (wants / u).exists() else "not enabled"}
             for u, a in zip(units, active)}
 
@@ -243,9 +243,8 @@ def gather(host: Host, sites: list[Site]) -> dict:
                      host.query(["sshd", "-T"], ok=range(256)).out.splitlines() if " " in line),
         "nginx_t": {"ok": nginx_t.code == 0,
                     "detail": (nginx_t.err or nginx_t.out).strip().splitlines()[-1:]},
-        "upgrades": host.read(host.paths.p("/etc/apt/apt.conf.d/20auto-upgrades")) or "",
-        "certbot_hook": host.paths.p(
-            "/etc/letsencrypt/renewal-hooks/deploy/siteops-reload-nginx").exists(),
+        "upgrades": host.read(host.paths.auto_upgrades) or "",
+        "certbot_hook": host.paths.certbot_hook.exists(),
         "listeners": network.listeners(host),
         "nftables": nftables.loaded(host),
         "sysctl": None if sysctl.in_container(host) else sysctl.facts(host),

@@ -12,7 +12,7 @@ JAILS = ("sshd", "nginx-limit-req")
 
 def ensure(host: Host) -> None:
     """Install the jail settings, checked with `fail2ban-client -t`, and run fail2ban."""
-    path = host.paths.p("/etc/fail2ban/jail.d/siteops.local")
+    path = host.paths.fail2ban_jail
     with host.step("fail2ban (sshd, nginx-limit-req)"):
         with host.validated([path], ["fail2ban-client", "-t"], "fail2ban") as outcome:
             host.write(path, render("fail2ban/jail.local", sites=host.paths.sites))

@@ -14,12 +14,11 @@ from pathlib import Path
 from . import distro, registry, safefs, systemd
 from .errors import PutBackFailed, SiteopsError
 from .model import Site
-from .paths import TEMPLATES
+from .paths import TEMPLATES, Paths
 from .host import Host
 from .templates import render
 
-ACME_ROOT = "/var/www/siteops-acme"
-PLACEHOLDERS = "/var/www/siteops-placeholder"
+SERVER = Paths()  # paths as nginx's files name them, whatever root the suite writes under
 CLOUDFLARE_LIST = TEMPLATES / "nginx" / "cloudflare-ips.txt"
 HTTP2_DIRECTIVE = (1, 25, 1)  # `http2 on;` replaces `listen ... http2` from here on
 DEFAULT_SITE = "000-siteops-default.conf"
@@ -198,7 +197,7 @@ def heal_other_site(host: Host, error: str, ours: set[Path]) -> bool:
 
 def serving_workers(host: Host) -> set[str]:
     """PIDs of nginx workers that accept new connections (not shutting down)."""
-    master = (host.read(host.paths.p("/run/nginx.pid")) or "").strip()
+    master = (host.read(host.paths.nginx_pid) or "").strip()
     if not master.isdigit():
         return set()
     out = host.query(["ps", "-o", "pid=,args=", "--ppid", master], ok=(0, 1)).out
@@ -227,7 +226,7 @@ def ensure_base(host: Host) -> None:
     """Install the shared nginx base and refuse unknown Host headers."""
     version = distro.nginx_version(host)
     with host.step("nginx base (default server, snippets, Cloudflare real IP)"):
-        host.ensure_dir(host.paths.p(ACME_ROOT), 0o755)
+        host.ensure_dir(host.paths.acme_root, 0o755)
         n = host.paths.nginx
         converge(host, base_files(host, version),
                  links={n / "sites-enabled" / DEFAULT_SITE: f"../sites-available/{DEFAULT_SITE}"},
@@ -241,7 +240,7 @@ def cert_dir(host: Host, site: Site) -> Path | None:
     """The site's certificate directory, if a certificate is there: siteops's
     lineage (live/NAME), else one made by hand for its first domain (certbot
     --nginx -d DOMAIN, as the reference architecture does)."""
-    live = host.paths.p("/etc/letsencrypt/live")
+    live = host.paths.letsencrypt_live
     for d in (live / site.name, live / site.domains[0]):
         if (d / "fullchain.pem").exists():
             return d
@@ -268,8 +267,9 @@ def site_config(site: Site, version: tuple[int, ...], certs: Path | None, logs: 
                             burst=burst, component=front)
     else:
         locations = render("nginx/location-placeholder.conf", name=name,
-                           placeholder_dir=f"{PLACEHOLDERS}/{name}")
-    common = dict(name=name, domains=" ".join(site.domains), logs=logs, acme_root=ACME_ROOT)
+                           placeholder_dir=SERVER.placeholder(name))
+    common = dict(name=name, domains=" ".join(site.domains), logs=logs,
+                  acme_root=SERVER.acme_root)
     https = ""
     if certs:
         hsts = ('    add_header Strict-Transport-Security "max-age=63072000" always;\n'
@@ -287,7 +287,7 @@ def ensure_site(host: Host, site: Site, logs: Path) -> bool:
     name = site.name
     text = site_config(site, distro.nginx_version(host), cert_dir(host, site), logs)
     with host.step(f"nginx site {name}"):
-        page = host.paths.p(PLACEHOLDERS) / name / "index.html"
+        page = host.paths.placeholder(name) / "index.html"
         host.ensure_dir(page.parent, 0o755)
         host.write(page, render("nginx/placeholder.html", name=name))
         return converge(host, {host.paths.nginx_site(name): text},
@@ -302,7 +302,7 @@ def remove_site(host: Host, name: str) -> None:
         if not host.dry_run and differs(host, {}, {}, files):
             mark_reload_pending(host)
         gone = [host.remove(p) for p in files]
-        host.remove_tree(host.paths.p(PLACEHOLDERS) / name)
+        host.remove_tree(host.paths.placeholder(name))
         if any(gone) or reload_pending(host):
             host.run(["nginx", "-t", "-q"])
             reload(host)

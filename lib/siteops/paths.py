@@ -46,8 +46,70 @@ class Paths:
 
     def certificate(self, name: str) -> list[Path]:
         """A site's certbot lineage (live/NAME, archive/NAME) and renewal config."""
-        le = self.p("/etc/letsencrypt")
-        return [le / "live" / name, le / "archive" / name, le / "renewal" / f"{name}.conf"]
+        return [self.letsencrypt_live / name, self.letsencrypt / "archive" / name,
+                self.letsencrypt / "renewal" / f"{name}.conf"]
+
+    # Files and directories of the host's services that siteops writes or reads.
+    @property
+    def letsencrypt(self) -> Path:
+        return self.p("/etc/letsencrypt")
+
+    @property
+    def letsencrypt_live(self) -> Path:
+        return self.letsencrypt / "live"
+
+    @property
+    def certbot_hook(self) -> Path:
+        """certbot's deploy hook: `nginx -t` and a reload after each renewal."""
+        return self.letsencrypt / "renewal-hooks" / "deploy" / "siteops-reload-nginx"
+
+    @property
+    def auto_upgrades(self) -> Path:
+        return self.p("/etc/apt/apt.conf.d/20auto-upgrades")
+
+    @property
+    def boot_wants(self) -> Path:
+        """Where `systemctl enable` links what starts at boot."""
+        return self.unit("multi-user.target.wants")
+
+    @property
+    def sudoers(self) -> Path:
+        """The deploy user's sudo rule."""
+        return self.p("/etc/sudoers.d/siteops-deploy")
+
+    @property
+    def sshd_conf(self) -> Path:
+        return self.p("/etc/ssh/sshd_config.d/00-siteops.conf")
+
+    @property
+    def fail2ban_jail(self) -> Path:
+        return self.p("/etc/fail2ban/jail.d/siteops.local")
+
+    @property
+    def nginx_pid(self) -> Path:
+        return self.p("/run/nginx.pid")
+
+    @property
+    def acme_root(self) -> Path:
+        """The webroot of every site's /.well-known/acme-challenge/."""
+        return self.p("/var/www/siteops-acme")
+
+    def placeholder(self, name: str) -> Path:
+        """The page a site serves until its first deploy."""
+        return self.p("/var/www/siteops-placeholder") / name
+
+    @property
+    def backup_repository(self) -> Path:
+        """restic's repository unless /etc/siteops/backup.env names another."""
+        return self.p("/var/backups/siteops")
+
+    @property
+    def restic_cache(self) -> Path:
+        return self.p("/var/cache/siteops/restic")
+
+    def cgroup(self, slice_: str) -> Path:
+        """A site slice's cgroup (cgroup v2)."""
+        return self.p("/sys/fs/cgroup/siteops.slice") / slice_
 
     def mirror(self, name: str) -> Path:
         """The cached bare mirror of a site's repository (root only)."""

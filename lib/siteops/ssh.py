@@ -61,7 +61,7 @@ def preflight(host: Host, deploy_home: str, key_file: Path | None, allow_lockout
 
 def ensure_key_only(host: Host) -> None:
     """Install the key-only sshd drop-in, `sshd -t` first, then reload sshd."""
-    path = host.paths.p("/etc/ssh/sshd_config.d/00-siteops.conf")
+    path = host.paths.sshd_conf
     with host.step("sshd key-only login"):
         with host.validated([path], ["sshd", "-t"], "sshd") as outcome:
             host.write(path, render("ssh/sshd_siteops.conf"), 0o644)

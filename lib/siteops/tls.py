@@ -16,11 +16,9 @@ from pathlib import Path
 from . import nginx
 from .errors import CommandError, SiteopsError
 from .model import Site, Tls
-from .nginx import ACME_ROOT
 from .host import Host, clean
 from .templates import render
 
-HOOK = "/etc/letsencrypt/renewal-hooks/deploy/siteops-reload-nginx"
 
 # certbot's error output -> what the operator should look at.
 CAUSES = [
@@ -39,7 +37,7 @@ CAUSES = [
 def ensure_renewal_hook(host: Host) -> None:
     """Install the deploy hook: `nginx -t` then reload, so a bad config never reloads."""
     with host.step("certbot renewal hook (nginx -t, reload)"):
-        host.write(host.paths.p(HOOK), render("certbot/reload-nginx"), 0o755)
+        host.write(host.paths.certbot_hook, render("certbot/reload-nginx"), 0o755)
 
 
 def not_after(host: Host, pem: Path) -> str | None:
@@ -54,7 +52,7 @@ def not_after(host: Host, pem: Path) -> str | None:
 
 def lineage(host: Host, site: Site) -> Path:
     """certbot's live directory for the site's certificate."""
-    return host.paths.p("/etc/letsencrypt/live") / site.name
+    return host.paths.certificate(site.name)[0]
 
 
 def renewal_conf(host: Host, site: Site) -> Path:
@@ -77,7 +75,7 @@ def needs_issuing(host: Host, site: Site) -> bool:
 def certbot_argv(host: Host, site: Site) -> list[str]:
     """certbot certonly for every domain of the site in one certificate."""
     t = site.tls or Tls()
-    argv = ["certbot", "certonly", "--webroot", "-w", str(host.paths.p(ACME_ROOT)),
+    argv = ["certbot", "certonly", "--webroot", "-w", str(host.paths.acme_root),
             "--cert-name", site.name, "--non-interactive", "--agree-tos"]
     argv += ["-m", t.email] if t.email else ["--register-unsafely-without-email"]
     if t.staging:

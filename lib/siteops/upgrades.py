@@ -9,5 +9,5 @@ from .templates import render
 def ensure(host: Host) -> None:
     """Turn on the daily package list update and unattended upgrade."""
     with host.step("unattended-upgrades"):
-        host.write(host.paths.p("/etc/apt/apt.conf.d/20auto-upgrades"),
+        host.write(host.paths.auto_upgrades,
                    render("apt/20auto-upgrades"))

@@ -32,7 +32,7 @@ _LINE = re.compile(rb'" (\d{3}) \d+ "(?:[^"\\]|\\.)*" "(?:[^"\\]|\\.)*" '
 
 
 def cgroup_dir(host: Host, name: str) -> Path:
-    return host.paths.p("/sys/fs/cgroup/siteops.slice") / systemd.slice_name(name)
+    return host.paths.cgroup(systemd.slice_name(name))
 
 
 def _read(path: Path) -> str | None:

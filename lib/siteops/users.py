@@ -83,7 +83,7 @@ def sudoers_text(bin_dir: Path, full: bool) -> str:
 
 def ensure_sudoers(host: Host, bin_dir: Path, full: bool) -> None:
     """Install the sudoers drop-in, checked with visudo before it takes effect."""
-    path = host.paths.p("/etc/sudoers.d/siteops-deploy")
+    path = host.paths.sudoers
     with host.step("sudo for deploy" + (" (full)" if full else f" ({', '.join(DEPLOY_COMMANDS)})")):
         host.write_checked(path, sudoers_text(bin_dir, full),
                            ["visudo", "-c", "-q", "-f", CANDIDATE], "sudoers", 0o440)
