@@ -9,7 +9,7 @@ process.
 
 A site's snapshot (tag site:NAME) holds a consistent `pg_dump` of its
 database, a fresh Redis RDB, its registry entry (site.json), shared/uploads,
-shared/.env, its generated config (nginx, units, Redis, logrotate), its
+shared/.env, every file siteops generates for it (parts.py), its
 certificate, its repository mirror and deploy key: enough to bring the site
 back on a new host. The host's snapshot (tag host) holds /etc/siteops and the
 registry. The dump, the RDB and site.json are staged in

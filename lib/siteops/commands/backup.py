@@ -21,7 +21,9 @@ What a site's snapshot holds:
   database   a consistent pg_dump of its PostgreSQL database
   redis      a fresh RDB of its Redis (SAVE)
   files      shared/uploads, shared/.env
-  config     its registry entry, nginx site, units, Redis config, logrotate,
+  config     its registry entry and every file siteops generates for it
+             (nginx site and link, unit templates, the live release's
+             drop-ins and job units, Redis config, logrotate: parts.py),
              its certificate, its repository mirror and deploy key
 Each snapshot is tagged site:NAME; after it, the retention is applied to the
 site's snapshots (and, after a run over every site, the space of forgotten
