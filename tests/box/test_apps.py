@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from machine import Load, commit
+from machine import PYTHON_APP, Load, commit
 
 REPO = "/srv/repos/app"
 SITE = "/srv/sites/app"
@@ -253,37 +253,24 @@ def test_a_procfile_app_deploys_unchanged(host):
     assert host.sh("cat /srv/sites/proc/shared/uploads/release.txt").stdout == "released\n"
 
 
-WHO = """\
-import http.server, os, sys
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = f"{sys.argv[1]} {self.path}\\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-
-http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
-"""
-
-
 def test_the_readme_path_serves_a_web_only_app_a_web_and_api_app_and_a_static_site(host):
     """The README's add-site (components frontend and api by default), then
     what the app declares decides what runs: nginx sends a component's paths
     to the one that runs."""
     host.siteops("add-site du --domain du.test")
-    get = lambda path: host.sh(f"curl -sS -H 'Host: du.test' http://127.0.0.1{path}").stdout  # noqa: E731
+
+    def get(path: str) -> str:  # who answered (PYTHON_APP: its SITE variable) and for what
+        answer = host.sh(f"curl -sS -H 'Host: du.test' http://127.0.0.1{path}").stdout.split()
+        return f"{answer[0]} {answer[-1]}\n" if "python" in answer else " ".join(answer) + "\n"
+
     units = lambda: sorted(host.sh("systemctl list-units --plain --no-legend --state=active "  # noqa: E731
                                    "'du-*@*.service' | cut -d' ' -f1").stdout.split())
 
     # A web-only Procfile app (web, release, worker): no api is started.
     commit(host, "/srv/repos/du", {
-        "Procfile": "web: python3 who.py web\nrelease: echo migrated\n"
+        "Procfile": "web: env SITE=web python3 app.py\nrelease: echo migrated\n"
                     "worker: sh -c 'exec sleep infinity'\n",
-        "who.py": WHO}, "web only")
+        "app.py": PYTHON_APP}, "web only")
     out = host.siteops("deploy du --repo /srv/repos/du").stdout
     assert "note: the app declares no api" in out and "nginx sends its requests to frontend" \
         in out, out
@@ -294,8 +281,9 @@ def test_the_readme_path_serves_a_web_only_app_a_web_and_api_app_and_a_static_si
 
     # siteops.toml declares both: /api/ goes to the api, the rest to the frontend.
     commit(host, "/srv/repos/du", {
-        "Procfile": None, "siteops.toml": '[frontend]\nstart = "python3 who.py front"\n'
-                                          '[api]\nstart = "python3 who.py api"\n'}, "web+api")
+        "Procfile": None, "siteops.toml": '[frontend]\nstart = "env SITE=front python3 app.py"\n'
+                                          '[api]\nstart = "env SITE=api python3 app.py"\n'},
+           "web+api")
     out = host.siteops("deploy du").stdout
     assert "declares no" not in out, out
     assert get("/") == "front /\n" and get("/api/orders") == "api /api/orders\n"
@@ -303,7 +291,7 @@ def test_the_readme_path_serves_a_web_only_app_a_web_and_api_app_and_a_static_si
 
     # A static site: its files, every path through the front component.
     commit(host, "/srv/repos/du", {
-        "siteops.toml": 'runtime = "static"\nstatic_dir = "public"\n', "who.py": None,
+        "siteops.toml": 'runtime = "static"\nstatic_dir = "public"\n', "app.py": None,
         "public/index.html": "<h1>static du</h1>\n"}, "static")
     out = host.siteops("deploy du").stdout
     assert "note: the app declares no api" in out, out
