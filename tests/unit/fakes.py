@@ -25,9 +25,20 @@ class Rule(NamedTuple):
     stdin: str | None = None
 
 
+# Programs whose every run succeeds with no output: a test that executes
+# changes (not a dry run) adds these after its own rules. Anything else the
+# suite runs must be told to the fake runner, or the test fails.
+CHANGES = [Rule([program]) for program in (
+    "nginx", "systemctl", "systemd-analyze", "systemd-run", "runuser", "rm", "ln", "cp",
+    "useradd", "usermod", "userdel", "groupdel", "restic", "redis-cli", "bash", "nft", "ufw",
+    "visudo", "sshd", "certbot", "sysctl", "git", "chown", "logrotate", "fail2ban-client",
+    "systemd-detect-virt", "curl", "ss", "apt-get", "npm", "pnpm")]
+
+
 class FakeRunner:
     """Records every argv; answers from rules (Rule, or a tuple in Rule's
-    order), first match wins, default success with no output."""
+    order), first match wins. A command no rule matches fails the test: the
+    fake never pretends a command it was not told about succeeded."""
 
     def __init__(self, rules=()):
         self.rules = [Rule(*r) for r in rules]
@@ -35,12 +46,13 @@ class FakeRunner:
 
     def __call__(self, argv, input=None, timeout=None, env=None, stream=None):
         self.calls.append(list(argv))
-        result = Result(list(argv), 0, "", "")
         for rule in self.rules:
             if list(argv[:len(rule.prefix)]) == list(rule.prefix) and (
                     rule.stdin is None or rule.stdin in (input or "")):
                 result = Result(list(argv), rule.code, rule.out, rule.err)
                 break
+        else:
+            raise AssertionError(f"the fake runner was not told about: {argv}")
         if stream:
             for line in result.out.splitlines():
                 stream(line)

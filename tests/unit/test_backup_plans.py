@@ -86,7 +86,8 @@ def test_backup_of_a_site_dumps_then_snapshots_then_applies_retention(root):
     (root / "srv/sites/shop/shared/uploads").mkdir(parents=True)
     (root / "srv/sites/shop/shared/.env").write_text(
         "REDIS_URL=redis://default:r3dispass@127.0.0.1:5000/0\n")
-    host, runner = make_host(root, [(["getent"], 2, ""), (["systemctl", "is-active"], 0, "")])
+    host, runner = make_host(root, [(["getent"], 2, ""), (["systemctl", "is-active"], 0, ""),
+                                    (["restic"], 0, "")])
     assert backup_command.main(["shop", "--dry-run"], host) == 0
     plan = planned_commands(host)
     stage = root / "var/lib/siteops/backup/shop"
@@ -174,6 +175,7 @@ def test_a_login_user_is_never_deleted_as_a_site(root, capsys):
     (root / "srv/sites/alice").mkdir(parents=True)
     host, _ = make_host(root, [(["getent", "passwd"], 0,
                                 "alice:x:1000:1000:Alice:/home/alice:/bin/bash\n"),
+                               (["systemctl", "is-active"], 3, ""),
                                (["runuser"], 0, ""), (["nft", "list"], 1, "")])
     assert remove_site.main(["alice", "--yes", "--no-backup", "--dry-run"], host) == 1
     assert "not a site's user" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from siteops import host as siteops_host
 from siteops.errors import SiteopsError
 from siteops.commands import deploy, limits, rollback
 
-from fakes import Rule, make_host, planned_commands
+from fakes import CHANGES, Rule, make_host, planned_commands
 
 R1, R2, R3 = "20261125T200000Z", "20261125T201000Z", "20261125T202000Z"
 RUNS = {"commands": {"frontend": "/usr/bin/env node server.js"},
@@ -33,7 +33,7 @@ def healthy(curl="200", restarts=0, listener_pid=3101):
             (["systemctl", "show"], 0, f"ActiveState=active\nNRestarts={restarts}\n"),
             (["curl"], 0, curl),
             (["nginx", "-v"], 0, "", "nginx version: nginx/1.22.1"),
-            (["systemctl", "is-active"], 3, "")]
+            (["systemctl", "is-active"], 3, "")] + CHANGES
 
 
 @pytest.fixture
@@ -157,6 +157,8 @@ def test_deploy_dry_run_is_the_recording_of_the_real_run(root, shop):
                   '{"scripts": {"build": "node build.js"}}'),
              Rule([*GIT, mirror, "config"], 0, "/srv/repos/shop\n"),
              Rule(["which", "pnpm"], 0, "/usr/local/bin/pnpm\n"),
+             Rule(["which", "node"], 0, "/usr/bin/node\n"),
+             Rule(["node", "--version"], 0, "v18.19.0\n"),
              Rule(["systemctl", "list-units"], 0, "shop-frontend@3100.service loaded active\n")
              ] + healthy()
     host, runner = make_host(root, rules)
@@ -211,7 +213,8 @@ def test_deploy_dry_run_is_the_recording_of_the_real_run(root, shop):
 
 
 def test_a_first_dry_run_before_any_fetch_plans_with_an_empty_tree(root, shop):
-    host, runner = make_host(root, [Rule(["git"], 128, "", "fatal: not a git repository")]
+    host, runner = make_host(root, [Rule(["git"], 128, "", "fatal: not a git repository"),
+                                    Rule(["which"], 0, "/usr/bin/program\n")]
                              + healthy())
     assert deploy.main(["shop", "--repo", "/srv/repos/other", "--dry-run"], host) == 0
     out = host.out.getvalue()
@@ -268,7 +271,7 @@ def test_refresh_switches_only_when_a_component_template_changed(root, shop):
 @pytest.mark.skipif(os.geteuid() != 0, reason="limits changes need root")
 def test_limits_rewrite_the_slice_and_apply_to_the_running_site(root, shop):
     rules = [(["systemctl", "is-active", "--quiet", "siteops-shop.slice"], 0, ""),
-             (["systemctl", "is-active"], 3, "")]
+             (["systemctl", "is-active"], 3, "")] + CHANGES
     host, runner = make_host(root, rules, dry_run=False)
     systemd.ensure_units(host, shop)  # as add-site left them
     host.actions.clear()
@@ -301,7 +304,7 @@ def test_recovery_moves_traffic_back_before_it_removes_the_interrupted_release(r
         (["systemctl", "list-units"], 0, "shop-frontend@3101.service loaded active running x\n"),
         (["systemctl", "show"], 0, "ActiveState=active\nNRestarts=0\n"),
         (["systemctl", "is-enabled"], 0, ""), (["systemctl", "is-active"], 0, ""),
-        (["nginx", "-v"], 0, "", "nginx version: nginx/1.22.1")])
+        (["nginx", "-v"], 0, "", "nginx version: nginx/1.22.1"), *CHANGES])
     (root / "srv/sites/shop/current").unlink()
     (root / "srv/sites/shop/current").symlink_to(f"releases/{R2}")
     assert "127.0.0.1:3101" in (root / "etc/nginx/sites-available/shop.conf").read_text()

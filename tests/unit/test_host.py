@@ -218,3 +218,10 @@ def test_nginx_conf_keeps_everything_but_weak_tls_and_gets_enough_descriptors():
     assert [l for l in edited.splitlines() if "siteops" not in l] == \
         [l for l in DEBIAN_12_NGINX.splitlines() if not l.strip().startswith("ssl_")]
     assert nginx.main_conf(edited) == edited  # a second bootstrap changes nothing
+
+
+def test_the_fake_runner_refuses_a_command_it_was_not_told_about(root):
+    host, runner = make_host(root, [(["systemctl", "is-active"], 3, "")], dry_run=False)
+    assert host.query(["systemctl", "is-active", "x"], ok=(3,)).code == 3
+    with pytest.raises(AssertionError, match="not told about: \\['systemctl', 'restart'"):
+        host.run(["systemctl", "restart", "x"])

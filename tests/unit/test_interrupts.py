@@ -15,7 +15,7 @@ from siteops.commands import deploy
 from siteops.errors import Interrupted, PutBackFailed
 from siteops.model import Release
 
-from fakes import make_host
+from fakes import CHANGES, Rule, make_host
 
 
 def interrupting(runner, program: str, signum: int = signal.SIGINT):
@@ -81,8 +81,8 @@ def test_signals_inside_a_put_back_wait_for_its_end(root):
 
 
 def nginx_host(root, runner_wraps=None):
-    host, runner = make_host(root, [(["nginx", "-v"], 0, "", "nginx version: nginx/1.22.1")],
-                             dry_run=False)
+    host, runner = make_host(root, [(["nginx", "-v"], 0, "", "nginx version: nginx/1.22.1"),
+                                    *CHANGES], dry_run=False)
     if runner_wraps:
         host.runner = runner_wraps(runner)
     site_file = root / "etc/nginx/sites-available/shop.conf"
@@ -138,7 +138,7 @@ def test_a_single_file_is_checked_as_a_candidate_before_it_takes_its_place(root)
     candidate = root / "var/lib/siteops/candidates/siteops-deploy"
     assert runner.calls == [["visudo", "-c", "-f", str(candidate)]]
     assert path.read_text() == "working\n" and not candidate.exists()
-    runner.rules.clear()
+    runner.rules[:] = [Rule(["visudo"])]
     assert host.write_checked(path, "fine\n", ["visudo", "-c", "-f", siteops_host.CANDIDATE], "x")
     assert path.read_text() == "fine\n" and not candidate.exists()
     assert host.write_checked(path, "fine\n", ["visudo", "-c", "-f", siteops_host.CANDIDATE], "x") \

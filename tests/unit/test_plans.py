@@ -19,6 +19,7 @@ NEW_SERVER = [
     (["dpkg-query"], 1, "".join(f"{p} installed\n" for p in PACKAGES if p != "fail2ban")
      + "fail2ban not-installed\n"),
     (["sh", "-c", "command -v pnpm"], 1, ""),
+    (["systemd-detect-virt", "--container"], 0, "systemd-nspawn\n"),
     (["nginx", "-v"], 0, "", "nginx version: nginx/1.22.1"),
     (["pg_lsclusters"], 0, "15 main 5432 online postgres /var/lib/postgresql/15/main x\n"),
     (["runuser"], 0, "default", "", "datacl"),
