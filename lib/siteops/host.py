@@ -10,6 +10,7 @@ recorded plan from `Host.actions`.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import grp
 import os
 import pwd
@@ -77,6 +78,19 @@ def redact(text: str, secrets: Sequence[str] = ()) -> str:
     return text
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In a child, before exec: SIGKILL when siteops dies, even by kill -9 (in a
+    session of its own, a kill of siteops's process group no longer reaches it,
+    and an orphan would race the run that finishes the job)."""
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # siteops died before the request took effect
+        os._exit(137)
+
+
 def run_command(argv: Sequence[str | Path], input: str | bytes | None = None, timeout: float = 600,
                 env: dict[str, str] | None = None,
                 stream: Callable[[str], None] | None = None) -> Result:
@@ -85,7 +99,8 @@ def run_command(argv: Sequence[str | Path], input: str | bytes | None = None, ti
     arrives (a build's progress); the result then holds the whole output. The
     child runs in a session of its own: a Ctrl-C at the terminal reaches only
     siteops, which kills the child it waits for and then puts back what it must
-    (a put-back's own commands are not cut short by a second Ctrl-C)."""
+    (a put-back's own commands are not cut short by a second Ctrl-C); and it is
+    killed if siteops dies."""
     args = [str(a) for a in argv]
     full_env = {**os.environ, "LC_ALL": "C", "PATH": PATH, **(env or {})}
     if stream is not None:
@@ -93,7 +108,8 @@ def run_command(argv: Sequence[str | Path], input: str | bytes | None = None, ti
     binary = isinstance(input, bytes)  # e.g. an archive piped to tar
     try:
         proc = subprocess.run(args, input=input, capture_output=True, text=not binary,
-                              timeout=timeout, env=full_env, start_new_session=True)
+                              timeout=timeout, env=full_env, start_new_session=True,
+                              preexec_fn=_die_with_parent)
     except FileNotFoundError:
         return Result(args, 127, "", f"{args[0]}: command not found")
     except subprocess.TimeoutExpired:
@@ -109,7 +125,8 @@ def _run_streaming(argv: list[str], input: str | bytes | None, timeout: float, e
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", env=env, start_new_session=True)
+                                errors="replace", env=env, start_new_session=True,
+                                preexec_fn=_die_with_parent)
     except FileNotFoundError:
         return Result(argv, 127, "", f"{argv[0]}: command not found")
     assert proc.stdout is not None

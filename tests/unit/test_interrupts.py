@@ -6,6 +6,7 @@ the command ends with 130 or 143."""
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -156,3 +157,34 @@ def test_a_deploy_stopped_after_its_switch_keeps_its_release_live(root):
     host, runner = make_host(root, dry_run=False)
     deploy.fail(host, "shop", "20261130T090000Z", Release(), Interrupted(signal.SIGTERM))
     assert host.actions == [] and runner.calls == []  # not marked failed, not deleted
+
+
+def test_a_command_siteops_runs_dies_with_siteops_even_by_kill_9(tmp_path):
+    """Children run in a session of their own (a terminal's Ctrl-C reaches only
+    siteops), yet never outlive it: an orphan would race the run that finishes
+    the job (found by the remove-site box test, killed during its backup)."""
+    import subprocess
+    import sys
+    import time
+    marker = tmp_path / "child.pid"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from siteops import host; "
+            "host.run_command(['sh', '-c', 'echo $$ > ' + sys.argv[2] + '; exec sleep 30'])")
+    parent = subprocess.Popen([sys.executable, "-c", code, str(Path(siteops_host.__file__).parents[1]),
+                               str(marker)])
+    for _ in range(100):
+        if marker.exists() and marker.read_text().strip():
+            break
+        time.sleep(0.05)
+    child = int(marker.read_text())
+    assert os.getsid(child) == child  # a session of its own
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the child outlived siteops")
