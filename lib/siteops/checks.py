@@ -164,6 +164,7 @@ def site_checks(host: Host, site: Site, facts: dict) -> list[Finding]:
     out = [user_check(site, sf)]
     out += tree_checks(host, site, sf)
     out += drift_checks(site, sf)
+    out.append(parts_check(site, sf))
     out += unit_checks(site, facts)
     out.append(listen_check(site, facts))
     out.append(ports_check(site, facts))
@@ -243,6 +244,16 @@ def drift_checks(site: Site, sf: dict) -> list[Finding]:
                       remedy="audit --fix re-renders it (nginx -t first)", fix="render",
                       diff=diff))
     return out
+
+
+def parts_check(site: Site, sf: dict) -> Finding:
+    """Every part parts.py declares for the site is there (nginx's enabled
+    link included, which the drift check does not read)."""
+    gone = sf["missing_parts"]
+    return _f(f"site.{site.name}.parts", not gone, site.name,
+              "every file siteops generates for it is there",
+              "missing: " + ", ".join(gone), remedy="audit --fix renders them again",
+              fix="render")
 
 
 def unit_checks(site: Site, facts: dict) -> list[Finding]:

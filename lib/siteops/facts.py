@@ -54,7 +54,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import (backup, distro, envfile, firewall, hardening, instances, journal, layout, logrotate,
-               network, nftables, nginx, postgres, redis, sysctl, systemd, tls, usage)
+               network, nftables, nginx, parts, postgres, redis, sysctl, systemd, tls, usage)
 from .errors import CommandError, SiteopsError
 from .model import Site
 from .host import Host, redact
@@ -207,6 +207,7 @@ def site_facts(host: Host, site: Site, nginx_version: tuple[int, ...], db_port: 
                            if p.is_dir()) if host.paths.of(name).releases.is_dir() else [],
         "expected": expected,
         "actual": {path: host.read(Path(path)) for path in expected},
+        "missing_parts": [str(p) for p in parts.missing(host, site)],
         "secrets": envfile.secrets_of(env_text or ""),
         "tls": tls_facts(host, site),
         "jobs": systemd.job_results(host, site),

@@ -67,6 +67,12 @@ def state(host: Host, name: str) -> list[Path]:
     return [host.paths.site_lock(name), host.paths.staging(name)]
 
 
+def missing(host: Host, site: Site) -> list[Path]:
+    """The generated parts the site should have and lacks (add-site's and
+    audit's check that every declared part is there)."""
+    return [p for p in generated(host, site) if not (p.exists() or p.is_symlink())]
+
+
 def present(paths: list[Path]) -> list[Path]:
     """Those of paths that exist (a link counts, even a dangling one)."""
     return [p for p in paths if p.exists() or p.is_symlink()]

@@ -37,7 +37,7 @@ def problems(found):
 def test_the_recorded_box_is_clean():
     found = findings()
     assert problems(found) == {} and checks.exit_code(found) == 0
-    assert len(found) == 65 and len({f.id for f in found}) == 65
+    assert len(found) == 67 and len({f.id for f in found}) == 67
 
 
 def listen(proto, addr, port, units, programs):
@@ -121,6 +121,9 @@ BREAKAGES = [
      {"site.beta.env.urls": "critical"}),
     (lambda f: f["sites"]["beta"]["urls"]["DATABASE_URL"].update(have=None, home=False),
      {"site.beta.env.urls": "critical"}),
+    # nginx's enabled link gone: the site is not served; audit --fix renders it.
+    (lambda f: f["sites"]["alpha"]["missing_parts"].append("/etc/nginx/sites-enabled/alpha.conf"),
+     {"site.alpha.parts": "critical"}),
     # Redis not answering: its unit finding says so; the URL itself is right.
     (lambda f: f["sites"]["beta"]["urls"]["REDIS_URL"].update(auth=None), {}),
 ]
@@ -190,13 +193,13 @@ def test_json_document_and_text_report():
     assert set(doc) == {"version", "time", "host", "status", "exit_code", "counts", "sites",
                         "fixed", "findings"}
     assert (doc["status"], doc["exit_code"], doc["counts"]) == (
-        "critical", 2, {"ok": 63, "warning": 1, "critical": 1})
+        "critical", 2, {"ok": 65, "warning": 1, "critical": 1})
     first = next(f for f in doc["findings"] if f["id"] == "site.alpha.env")
     assert set(first) >= {"id", "severity", "subject", "message", "remedy"}
     lines = audit.text_report(found, [])
     assert lines[0].startswith("CRITICAL site.alpha.env: .env is 0644")
     assert lines[2].startswith("WARNING  host.disk: disk 85.0% used")
-    assert lines[-1] == "audit CRITICAL: 65 checks, 63 ok, 1 warning(s), 1 critical"
+    assert lines[-1] == "audit CRITICAL: 67 checks, 65 ok, 1 warning(s), 1 critical"
 
 
 RENEWAL = ("version = 2.1.0\narchive_dir = /etc/letsencrypt/archive/shop\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import (cli, distro, envfile, fail2ban, instances, layout, logrotate, model, network,
-                nftables, nginx, postgres, redis, registry, systemd, users,
+                nftables, nginx, parts, postgres, redis, registry, systemd, users,
                 validate)
 from . import tls as tls_command
 from ..errors import SiteopsError, UsageError
@@ -152,6 +152,11 @@ def provision(host: Host, site: Site, db_port: int, sites: list[Site]) -> list[s
     if f"nginx site {name}" in host.changed_steps:
         with host.step("fail2ban watches the site's nginx error log"):
             fail2ban.reload(host)
+    # Every part parts.py declares that add-site makes (a release's drop-ins and
+    # job units are deploy's), made: else a bug, said plainly.
+    gone = [] if host.dry_run else parts.missing(host, site.copy(live=None))
+    if gone:
+        raise SiteopsError(f"site {name} lacks {', '.join(map(str, gone))} after provisioning")
     return changed
 
 
