@@ -181,3 +181,22 @@ def test_redis_accepts_is_none_when_nothing_listens():
     port = sock.getsockname()[1]
     sock.close()
     assert redis.accepts(port, "default", "x", timeout=0.5) is None
+
+
+def test_restore_all_dry_run_prints_the_plan_and_changes_nothing(root):
+    snaps = [snap("a", "2026-11-29T00:10:00Z", "site:shop"),
+             snap("c", "2026-11-29T00:10:09Z", "host")]
+    dump = json.dumps({"version": 2, "sites": {"shop": {"state": "ready"}}})
+    (root / "etc/siteops").mkdir(parents=True)
+    (root / "etc/siteops/restic-password").write_text("pw\n")
+    host, runner = make_host(root, [
+        (["restic", "--quiet", "snapshots", "--json", "--no-lock", "--tag", "site:shop"], 0,
+         json.dumps(snaps[:1])),
+        (["restic", "--quiet", "snapshots"], 0, json.dumps(snaps)),
+        (["restic", "--quiet", "dump"], 0, dump),
+        (["restic", "--quiet", "cat", "config"], 0, "{}")])
+    assert restore.main(["--all", "--yes", "--dry-run"], host) == 0
+    out = host.out.getvalue()
+    assert "recreate     shop" in out and "restore shop from snapshot aaaaaaaa" in out
+    assert out.rstrip().endswith("would restore 1 site(s)")
+    assert host.actions == [] and all(c[2] in ("snapshots", "dump", "cat") for c in runner.calls)

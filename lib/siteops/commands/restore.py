@@ -221,8 +221,12 @@ def run(host: Host, args: argparse.Namespace) -> None:
         snapshot = backup.find_snapshot(host, name, args.snapshot)
         host.say(f"restore {name} from snapshot {snapshot['short_id']} of "
                  f"{snapshot['time'][:19].replace('T', ' ')}")
+        if host.dry_run:  # what a snapshot holds is known only once extracted
+            host.say(f"{'':13}(dry run: the snapshot is not extracted, so its steps are not "
+                     "listed)")
+            continue
         restore_one(host, name, snapshot)
-    host.say(f"restored {len(names)} site(s)")
+    host.say(f"{'would restore' if host.dry_run else 'restored'} {len(names)} site(s)")
     if plan and plan.missing:
         raise SiteopsError(f"{', '.join(plan.missing)} had no backup and could not be restored "
                            "(the other sites were)")
