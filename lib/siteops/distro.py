@@ -35,7 +35,7 @@ def parse_os_release(text: str) -> dict[str, str]:
 
 def detect(host: Host) -> Distro:
     """Read /etc/os-release; refuse anything siteops does not support."""
-    fields = parse_os_release(host.read(host.paths.p("/etc/os-release")) or "")
+    fields = parse_os_release(host.read(host.paths.os_release) or "")
     key = (fields.get("ID", "?"), fields.get("VERSION_ID", "?"))
     if key not in SUPPORTED:
         names = ", ".join(f"{i} {v}" for i, v in SUPPORTED)

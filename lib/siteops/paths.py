@@ -107,6 +107,25 @@ class Paths:
     def restic_cache(self) -> Path:
         return self.p("/var/cache/siteops/restic")
 
+    @property
+    def sysctl_conf(self) -> Path:
+        return self.p("/etc/sysctl.d/90-siteops.conf")
+
+    @property
+    def shared_redis_conf(self) -> Path:
+        """The distribution's Redis (stopped: sites never share one)."""
+        return self.p("/etc/redis/redis.conf")
+
+    @property
+    def os_release(self) -> Path:
+        return self.p("/etc/os-release")
+
+    def postgres_conf(self, version: str, cluster: str) -> Path:
+        return self.p(f"/etc/postgresql/{version}/{cluster}")
+
+    def authorized_keys(self, home: str) -> Path:
+        return self.p(home) / ".ssh" / "authorized_keys"
+
     def cgroup(self, slice_: str) -> Path:
         """A site slice's cgroup (cgroup v2)."""
         return self.p("/sys/fs/cgroup/siteops.slice") / slice_

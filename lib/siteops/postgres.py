@@ -36,7 +36,7 @@ class Cluster:
         return f"postgresql@{self.version}-{self.name}.service"
 
     def conf_dir(self, host: Host) -> Path:
-        return host.paths.p(f"/etc/postgresql/{self.version}/{self.name}")
+        return host.paths.postgres_conf(self.version, self.name)
 
 
 def scram_verifier(password: str, salt: bytes | None = None,

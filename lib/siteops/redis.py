@@ -17,7 +17,6 @@ from .model import Site
 from .host import Host
 from .templates import render
 
-SHARED_CONF = "/etc/redis/redis.conf"
 SHARED_SETTINGS = {"bind": "127.0.0.1 -::1", "protected-mode": "yes"}
 DEFAULT_MAXMEMORY = "64mb"
 
@@ -35,7 +34,7 @@ def set_directives(text: str, settings: dict[str, str]) -> str:
 
 def ensure_shared(host: Host) -> None:
     """Bind the shared instance to loopback, protected; stop it: sites never share one."""
-    path = host.paths.p(SHARED_CONF)
+    path = host.paths.shared_redis_conf
     with host.step("redis shared instance (loopback, protected, disabled)"):
         current = host.read(path)
         if current is not None:

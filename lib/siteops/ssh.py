@@ -22,7 +22,7 @@ def has_key(text: str | None) -> bool:
 
 
 def authorized_keys(host: Host, home: str) -> Path:
-    return host.paths.p(home) / ".ssh" / "authorized_keys"
+    return host.paths.authorized_keys(home)
 
 
 def ensure_deploy_keys(host: Host, deploy_home: str, key_file: Path | None) -> None:

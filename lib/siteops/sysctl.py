@@ -11,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .host import Host
+from .paths import Paths
 from .templates import render
 
-CONF = "/etc/sysctl.d/90-siteops.conf"
+CONF = str(Paths().sysctl_conf)  # as the server names it (ufw's IPT_SYSCTL)
 
 
 def baseline(text: str | None = None) -> dict[str, str]:
@@ -53,9 +54,9 @@ def ensure(host: Host) -> None:
     """Write the baseline and apply it (outside a container)."""
     with host.step(f"kernel settings ({CONF})"):
         text = render("sysctl/90-siteops.conf")
-        changed = host.write(host.paths.p(CONF), text)
+        changed = host.write(host.paths.sysctl_conf, text)
         if in_container(host):
             return
         want = baseline(text)
         if changed or running(host, want) != want:
-            host.run(["sysctl", "-q", "-e", "-p", host.paths.p(CONF)])  # -e: keys a kernel lacks
+            host.run(["sysctl", "-q", "-e", "-p", host.paths.sysctl_conf])  # -e: keys a kernel lacks
