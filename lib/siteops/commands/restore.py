@@ -96,7 +96,8 @@ def restore_data(host: Host, site: Site, target) -> None:
     env_text = envfile.merge(saved_env, site, postgres.clusters(host)[0].port)
     with host.step(f"{paths.env} of {name}"):
         host.write(paths.env, env_text, 0o600, name, name)
-    moved = [k for k, v in envfile.parse(env_text).items() if envfile.parse(saved_env).get(k) != v]
+    before, after = envfile.parse(saved_env), envfile.parse(env_text)
+    moved = [k for k in ("DATABASE_URL", "REDIS_URL") if before.get(k) != after.get(k)]
     if moved:
         host.say(f"{'':13}{', '.join(moved)} now point(s) at {name}'s own services here "
                  f"(slot {site.slot}; the snapshot's pointed elsewhere)")
@@ -140,8 +141,9 @@ def recreate(host: Host, saved: Site) -> Site:
             and not listening.intersection(registry.block_ports(saved.slot))
         slot = saved.slot if free else registry.allocate_slot(data, listening)
         if slot != saved.slot:
+            ports = registry.ports_for(slot, saved.components).values()
             host.say(f"{'':13}slot {saved.slot} of {saved.name} is taken here: it gets slot "
-                     f"{slot} (ports {', '.join(map(str, registry.ports_for(slot, saved.components).values()))})")
+                     f"{slot} (ports {', '.join(map(str, ports))})")
         site = saved.copy(slot=slot, uid=None, state=model.PROVISIONING, live=None,
                           releases={}, history=[], created=now(), updated=now())
         site.ports = registry.ports_for(slot, site.components)
