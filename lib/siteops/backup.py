@@ -46,10 +46,6 @@ def password_path(host: Host) -> Path:
     return host.paths.etc / "restic-password"
 
 
-def staging(host: Host, name: str) -> Path:
-    return host.paths.staging(name)
-
-
 def settings(host: Host) -> dict[str, str]:
     """backup.env's values over the defaults (repository, retention)."""
     values = {"RESTIC_REPOSITORY": str(host.paths.backup_repository), **RETENTION}
@@ -161,13 +157,13 @@ def site_files(host: Host, site: Site) -> list[Path]:
     """The site's paths in its snapshot: the staged dumps (dump_site makes
     them first), and those of its data, generated and root-only files that
     exist (parts.py)."""
-    return [staging(host, site.name)] + parts.present(
+    return [host.paths.staging(site.name)] + parts.present(
         parts.data(host, site.name) + parts.generated(host, site) + parts.root_only(host, site))
 
 
 def dump_site(host: Host, site: Site) -> None:
     """Stage the database dump, a fresh Redis RDB and the registry entry."""
-    name, stage = site.name, staging(host, site.name)
+    name, stage = site.name, host.paths.staging(site.name)
     host.ensure_dir(stage.parent, 0o700)
     host.ensure_dir(stage, 0o700)
     host.write(stage / "site.json", json.dumps(model.site_to_json(site), indent=2,

@@ -104,7 +104,7 @@ def restore_data(host: Host, site: Site, target) -> None:
     db_password, redis_password = envfile.passwords(env_text)
     postgres.ensure_site_database(host, name, db_password)  # the role's password is .env's
     with host.step(f"database {site.database}"):
-        backup.restore_database(host, site, saved(backup.staging(host, name) / "database.dump"))
+        backup.restore_database(host, site, saved(host.paths.staging(name) / "database.dump"))
     postgres.ensure_site_database(host, name, db_password)  # grants on the restored one
     with host.step(f"{paths.uploads}"):
         backup.replace_dir_as_user(host, saved(paths.uploads), paths.uploads, name, 0o750)
@@ -163,7 +163,7 @@ def restore_one(host: Host, name: str, snapshot: dict) -> None:
     backup.extract(host, snapshot["id"], target)
     try:
         saved = model.site_from_json(json.loads(
-            backup.inside(target, backup.staging(host, name) / "site.json").read_text()))
+            backup.inside(target, host.paths.staging(name) / "site.json").read_text()))
         data = registry.load(host)
         recreated = name not in data.sites
         if recreated:  # its certificate first: nginx's config is made with it
