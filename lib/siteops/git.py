@@ -113,6 +113,11 @@ def _fetch(host: Host, name: str, url: str) -> None:
              env=env(host, name), timeout=1800)
 
 
+# The repository of a site deployed by `git push` (a tenant key): the mirror
+# is what was pushed, and nothing is fetched.
+PUSHED = "push"
+
+
 # A dry run does not fetch: a ref the mirror does not have yet stands for this
 # commit, which has no files (so the plan shows the defaults of an empty tree).
 UNFETCHED = "0" * 40

@@ -17,8 +17,11 @@ def now() -> str:
 
 
 def who() -> str:
-    """Who runs this command: the user who called sudo, or root."""
-    return sudo_caller() or "root"
+    """Who runs this command: the user who called sudo, or root; for a tenant
+    key, its label and fingerprint (set by the tenant command, as root: sudo
+    passes no variable of its caller's by that name)."""
+    key = os.environ.get("SITEOPS_KEY")
+    return (sudo_caller() or "root") + (f" (key {key})" if key else "")
 
 
 def append(path: Path, entry: dict) -> None:

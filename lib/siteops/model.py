@@ -18,13 +18,15 @@ Schema 2 (the file siteops writes):
              cpu_weight, io_weight: only those set}, redis_maxmemory, tls
              {email, hsts, staging, server, ca_bundle} or null (HTTP only),
              live {release, offset} or null, releases {id: RELEASE},
-             history [EVENT]
+             history [EVENT], keys [KEY]
     RELEASE  result ("building" | "ok" | "failed"), ref, repo, user, started,
              finished, commit, subject, runtime, commands, health,
              health_timeout, error, rolled_back, release_command (run before
              its switch), workers {type: {command, count}}, jobs {name:
              {schedule, command}}, deps (the key of its installed
              dependencies: a later release with the same key copies them)
+    KEY      a tenant's SSH key (access add): fingerprint (SHA256:...), key
+             ("TYPE BASE64"), label, role ("deploy" | "read"), added, by
     EVENT    action, release, result, user, at, and what the action adds
              (from, commit, ref, error, reason, started)
 
@@ -112,6 +114,21 @@ class Event:
     extra: dict[str, Any] = field(default_factory=dict)  # from, commit, ref, error, reason, ...
 
 
+DEPLOY_ROLE, READ_ROLE = "deploy", "read"
+
+
+@dataclass
+class Key:
+    """A tenant's SSH key: acts on this site only, with its role's commands."""
+    fingerprint: str
+    key: str
+    label: str = ""
+    role: str = DEPLOY_ROLE
+    added: str | None = None
+    by: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class Release:
     """One build of a commit into releases/<id>, and how it ended."""
@@ -160,6 +177,7 @@ class Site:
     live: Live | None = None
     releases: dict[str, Release] = field(default_factory=dict)
     history: list[Event] = field(default_factory=list)
+    keys: list[Key] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -3,6 +3,7 @@
 Tests point the suite at a temporary tree by building Paths(root=tmp).
 """
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,21 @@ class Paths:
     @property
     def sshd_conf(self) -> Path:
         return self.p("/etc/ssh/sshd_config.d/00-siteops.conf")
+
+    @property
+    def tenant_keys(self) -> Path:
+        """The deploy user's tenant keys, each with its forced command (sshd reads
+        it after ~/.ssh/authorized_keys: AuthorizedKeysFile in sshd_conf)."""
+        return self.p("/etc/ssh/siteops-keys/deploy")
+
+    @property
+    def operator_keys(self) -> Path:
+        """Fingerprints of the keys bootstrap left in deploy's authorized_keys."""
+        return self.etc / "operator-keys"
+
+    def key_used(self, fingerprint: str) -> Path:
+        """A file whose mtime is the last use of a tenant key."""
+        return self.state / "keys-used" / hashlib.sha256(fingerprint.encode()).hexdigest()[:32]
 
     @property
     def fail2ban_jail(self) -> Path:

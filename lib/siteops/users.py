@@ -73,11 +73,15 @@ def ensure_deploy_user(host: Host) -> None:
 
 
 def sudoers_text(bin_dir: Path, full: bool) -> str:
-    """The deploy user's sudoers drop-in: the suite's commands only, unless full."""
-    head = "# Managed by siteops bootstrap.\n"
+    """The deploy user's sudoers drop-in: the suite's commands only, unless
+    full; and the tenant keys' forced command, which reads what the tenant
+    asked from SSH_ORIGINAL_COMMAND (sudo keeps that variable for it alone)."""
+    tenant = bin_dir / "tenant"
+    head = ("# Managed by siteops bootstrap.\n"
+            f'Defaults!{tenant} env_keep += "SSH_ORIGINAL_COMMAND SSH_CONNECTION"\n')
     if full:
         return head + f"{DEPLOY_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n"
-    cmds = ", ".join(str(bin_dir / c) for c in DEPLOY_COMMANDS)
+    cmds = ", ".join(str(bin_dir / c) for c in (*DEPLOY_COMMANDS, "tenant"))
     return head + f"{DEPLOY_USER} ALL=(root) NOPASSWD: {cmds}\n"
 
 

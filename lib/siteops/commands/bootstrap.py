@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import (backup, cli, distro, fail2ban, firewall, git, hardening, nftables, nginx, packages,
+from .. import (access, backup, cli, distro, fail2ban, firewall, git, hardening, nftables, nginx, packages,
                 postgres, redis, registry, ssh, sysctl, systemd, tls, upgrades, users, validate)
 from ..paths import REPO
 from ..host import Host
@@ -97,7 +97,7 @@ def ensure_suite(host: Host) -> None:
                 if src.is_dir():
                     host.ensure_dir(dest, 0o755)
                 else:
-                    mode = 0o755 if part == "bin" else 0o644
+                    mode = 0o755 if src.stat().st_mode & 0o111 else 0o644  # bin/, git hooks
                     host.write(dest, src.read_text(), mode)
 
 
@@ -147,6 +147,9 @@ def run(host: Host, args: argparse.Namespace) -> None:
     sysctl.ensure(host)
     users.ensure_deploy_user(host)
     ssh.ensure_deploy_keys(host, deploy_home, args.deploy_key)
+    with host.step("deploy's keys: the operator's recorded, tenants' file"):
+        access.record_operator_keys(host, deploy_home)
+        access.write(host, list(registry.load(host).sites.values()))
     users.ensure_sudoers(host, host.paths.install_dir / "bin", args.deploy_full_sudo)
     ensure_repo_dirs(host, args.repo_dir)
     ssh.ensure_key_only(host)

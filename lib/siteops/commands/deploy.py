@@ -231,7 +231,8 @@ def check_schedules(host: Host, m: manifest.Manifest) -> None:
 def run(host: Host, args: argparse.Namespace) -> None:
     name = args.name
     with registry.site_locked(host, name, f"deploy {name}") as site:
-        repo = args.repo or site.repo
+        pushed = getattr(args, "pushed", None)  # a tenant's git push (commands/tenant.py)
+        repo = git.PUSHED if pushed else args.repo or site.repo
         if not repo:
             raise UsageError(f"site {name} has no repository yet: pass --repo URL")
         preflight(host, site, args.min_free_mb)
@@ -239,12 +240,13 @@ def run(host: Host, args: argparse.Namespace) -> None:
         site = instances.recover(host, site)
         started = now()
         # A ref the repository lacks changes nothing: resolved before a release is recorded.
-        if not args.no_fetch:
+        if not args.no_fetch and repo != git.PUSHED:
             with host.step(f"fetch {repo}"):
                 git.fetch(host, name, repo)
         commit = git.resolve(host, name, args.ref)
         rid = releases.new_id(site)
-        record = Release(ref=args.ref, repo=repo, user=who(), started=started, commit=commit,
+        record = Release(ref=pushed or args.ref, repo=repo, user=who(), started=started,
+                         commit=commit,
                          subject=git.subject(host, name, commit))
         site = registry.update_site(host, name, f"deploy {name}",
                                     lambda e: e.releases.update({rid: copy.deepcopy(record)}))
@@ -301,5 +303,6 @@ def prune(host: Host, site: Site) -> None:
                          lambda e: [e.releases.pop(r, None) for r in doomed])
 
 
-def main(argv: list[str] | None = None, host: Host | None = None) -> int:
-    return cli.main("deploy", build_parser(), run, argv, host)
+def main(argv: list[str] | None = None, host: Host | None = None,
+         parser: argparse.ArgumentParser | None = None) -> int:
+    return cli.main("deploy", parser or build_parser(), run, argv, host)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import (backup, cli, fail2ban, logrotate, nftables, nginx, parts, postgres, registry,
+from .. import (access, backup, cli, fail2ban, logrotate, nftables, nginx, parts, postgres, registry,
                 systemd, tls, users, validate)
 from ..errors import UsageError
 from ..journal import now
@@ -148,6 +148,8 @@ def run(host: Host, args: argparse.Namespace) -> None:
         if name in data.sites:
             del data.sites[name]
             registry.save(host, data)
+        with host.step(f"tenant keys of {name} removed"):
+            access.write(host, others)
     with host.step("fail2ban forgets the site's log"):
         fail2ban.reload(host)
     record_host_state(host, name)

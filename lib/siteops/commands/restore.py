@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .. import (backup, cli, envfile, instances, model, network, parts, postgres, redis, registry,
+from .. import (access, backup, cli, envfile, instances, model, network, parts, postgres, redis, registry,
                 systemd, validate)
 from . import add_site
 from . import deploy as deploy_command
@@ -153,6 +153,7 @@ def recreate(host: Host, saved: Site) -> Site:
         add_site.provision(host, site, db_port, list(data.sites.values()))
         site.state = model.READY
         registry.save(host, data)
+        access.write(host, list(data.sites.values()))  # its tenants' keys come back with it
         return site
 
 
