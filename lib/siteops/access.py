@@ -196,3 +196,19 @@ def last_used(host: Host, fingerprint_: str) -> str | None:
         return None
     return datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).strftime(
         "%Y-%m-%dT%H:%M:%SZ")
+
+
+def facts(host: Host, sites: list[Site], deploy_home: str | None) -> dict:
+    """What audit checks of SSH access: the tenant keys file against the
+    registry (all sites), and deploy's own keys against those bootstrap recorded."""
+    tenants = {k.fingerprint for s in sites for k in s.keys}
+    own = operator_keys(host, deploy_home) if deploy_home else []
+    known = known_operator_keys(host)
+    return {
+        "file": host.read(host.paths.tenant_keys),
+        "expected": render(host, sites),
+        "tenant_in_operator": sorted({k.fingerprint for k in own} & tenants),
+        "unknown_operator": sorted({f"{k.fingerprint} {k.comment}".strip() for k in own
+                                    if k.fingerprint not in known | tenants}),
+        "last_used": {f: last_used(host, f) for f in sorted(tenants)},
+    }

@@ -10,7 +10,7 @@ import datetime
 import difflib
 from dataclasses import asdict, dataclass
 
-from . import layout, registry, releases, systemd, usage
+from . import access, layout, registry, releases, systemd, usage
 from .model import Site
 from .host import Host, redact
 
@@ -95,6 +95,7 @@ def host_checks(facts: dict) -> list[Finding]:
     out.append(nftables_check(facts))
     out.append(sysctl_check(facts))
     out.append(hardening_check(facts))
+    out += access_host_checks(facts["access"])
     out.append(backup_host_check(facts))
     out += postgres_checks(facts)
     out.append(_f("host.certbot", facts["certbot_hook"] and
@@ -174,6 +175,7 @@ def site_checks(host: Host, site: Site, facts: dict) -> list[Finding]:
     out += tls_checks(site, sf, facts["time"])
     out.append(database_check(site, facts))
     out.append(urls_check(site, sf))
+    out.append(access_check(site, facts["access"], facts["time"]))
     if not facts["backup"]["error"]:
         out.append(backup_check(site, facts))
     du = facts["du"].get(str(host.paths.site(name)))
@@ -350,6 +352,57 @@ def hardening_check(facts: dict) -> Finding:
     return _f("host.hardening", not problems, "host", "hardening baseline in place",
               "hardening baseline: " + "; ".join(problems), WARNING,
               remedy="sudo bootstrap (it rewrites the files and loads the audit rules)")
+
+
+def access_host_checks(af: dict) -> list[Finding]:
+    """The tenant keys file is what the registry says, and deploy's own
+    authorized_keys holds no tenant key (unrestricted there) and no key
+    bootstrap did not record."""
+    h = "host"
+    extra = [line for line in (af["file"] or "").splitlines()
+             if line and not line.startswith("#") and line + "\n" not in af["expected"]]
+    out = [_f("host.ssh.tenant_keys", af["file"] == af["expected"] or
+              (af["file"] is None and not af["last_used"]), h,
+              "tenant keys file matches the registry",
+              ("tenant keys file has lines siteops did not write: "
+               + "; ".join(redact(line[:120]) for line in extra)) if extra else
+              "tenant keys file " + ("is missing" if af["file"] is None
+                                     else "differs from the registry"),
+              remedy="sudo audit --fix rewrites it from the registry (access NAME add "
+                     "gives a key access)", fix="tenant_keys")]
+    bad = af["tenant_in_operator"]
+    unknown = af["unknown_operator"]
+    out.append(_f("host.ssh.deploy_keys", not bad and not unknown, h,
+                  "deploy's authorized_keys holds the operator keys bootstrap recorded",
+                  (f"tenant key(s) {', '.join(bad)} also in deploy's own authorized_keys, "
+                   "where nothing restricts them: full access") if bad else
+                  f"deploy's authorized_keys has key(s) siteops did not write: "
+                  f"{'; '.join(unknown)} (full access)",
+                  CRITICAL if bad else WARNING,
+                  remedy="remove the line(s) from ~deploy/.ssh/authorized_keys; if a key is "
+                         "an operator's, run bootstrap to record the keys there"))
+    return out
+
+
+def access_check(site: Site, af: dict, now: str) -> Finding:
+    """The site's tenant keys, each with its role and last use; a warning for
+    a key unused (since it was added) for access.UNUSED_DAYS."""
+    def unused_days(key) -> float:
+        when = af["last_used"].get(key.fingerprint) or key.added
+        return _days(when, now) if when else 0
+    stale = [k for k in site.keys if unused_days(k) > access.UNUSED_DAYS]
+    listed = ", ".join(f"{k.label or k.fingerprint} ({k.role}, last used "
+                       f"{(af['last_used'].get(k.fingerprint) or 'never')[:10]})"
+                       for k in site.keys) or "none"
+    return _f(f"site.{site.name}.access", not stale, site.name, f"tenant keys: {listed}",
+              f"tenant key(s) unused for {access.UNUSED_DAYS} days: "
+              + ", ".join(f"{k.label or '-'} {k.fingerprint}" for k in stale), WARNING,
+              remedy=f"access {site.name} remove FINGERPRINT if it is no longer needed")
+
+
+def _days(then: str, now: str) -> float:
+    a = datetime.datetime.strptime(then, ISO)
+    return (datetime.datetime.strptime(now, ISO) - a).total_seconds() / 86400
 
 
 BACKUP_WARN_HOURS, BACKUP_CRIT_HOURS = 26, 48

@@ -53,8 +53,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import (backup, distro, envfile, firewall, hardening, instances, journal, layout, logrotate,
-               network, nftables, nginx, parts, postgres, redis, sysctl, systemd, tls, usage)
+from . import (access, backup, distro, envfile, firewall, hardening, instances, journal, layout,
+               logrotate, network, nftables, nginx, parts, postgres, redis, registry, sysctl,
+               systemd, tls, usage, users)
 from .errors import CommandError, SiteopsError
 from .model import Site
 from .host import Host, redact
@@ -234,6 +235,7 @@ def gather(host: Host, sites: list[Site]) -> dict:
     for names in site_units.values():
         units += names
     nginx_t = host.query(["nginx", "-t"], ok=range(256))
+    deploy = users.lookup(host, users.DEPLOY_USER)
     root_stat = os.statvfs(host.paths.p("/"))
     version = distro.nginx_version(host)
     return {
@@ -251,6 +253,8 @@ def gather(host: Host, sites: list[Site]) -> dict:
         "sysctl": None if sysctl.in_container(host) else sysctl.facts(host),
         "hardening": hardening.facts(host),
         "backup": backup.facts(host),
+        "access": access.facts(host, list(registry.load(host).sites.values()),
+                               deploy.home if deploy else None),
         "units": unit_states(host, units),
         "exposure": exposure(host, [u for names in site_units.values() for u in names]),
         "postgres": postgres_facts(host),

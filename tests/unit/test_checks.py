@@ -37,7 +37,7 @@ def problems(found):
 def test_the_recorded_box_is_clean():
     found = findings()
     assert problems(found) == {} and checks.exit_code(found) == 0
-    assert len(found) == 67 and len({f.id for f in found}) == 67
+    assert len(found) == 71 and len({f.id for f in found}) == 71
 
 
 def listen(proto, addr, port, units, programs):
@@ -126,6 +126,16 @@ BREAKAGES = [
      {"site.alpha.parts": "critical"}),
     # Redis not answering: its unit finding says so; the URL itself is right.
     (lambda f: f["sites"]["beta"]["urls"]["REDIS_URL"].update(auth=None), {}),
+    # A line added to the tenant keys file by hand: access siteops did not give.
+    (lambda f: f["access"].update(file=f["access"]["file"] + "ssh-ed25519 AAAAC3Nza x\n"),
+     {"host.ssh.tenant_keys": "critical"}),
+    (lambda f: f["access"].update(file=None, last_used={"SHA256:x": None}),
+     {"host.ssh.tenant_keys": "critical"}),
+    # A tenant key copied into deploy's own file has no restriction there.
+    (lambda f: f["access"].update(tenant_in_operator=["SHA256:x"]),
+     {"host.ssh.deploy_keys": "critical"}),
+    (lambda f: f["access"].update(unknown_operator=["SHA256:y eve"]),
+     {"host.ssh.deploy_keys": "warning"}),
 ]
 
 
@@ -193,13 +203,13 @@ def test_json_document_and_text_report():
     assert set(doc) == {"version", "time", "host", "status", "exit_code", "counts", "sites",
                         "fixed", "findings"}
     assert (doc["status"], doc["exit_code"], doc["counts"]) == (
-        "critical", 2, {"ok": 65, "warning": 1, "critical": 1})
+        "critical", 2, {"ok": 69, "warning": 1, "critical": 1})
     first = next(f for f in doc["findings"] if f["id"] == "site.alpha.env")
     assert set(first) >= {"id", "severity", "subject", "message", "remedy"}
     lines = audit.text_report(found, [])
     assert lines[0].startswith("CRITICAL site.alpha.env: .env is 0644")
     assert lines[2].startswith("WARNING  host.disk: disk 85.0% used")
-    assert lines[-1] == "audit CRITICAL: 67 checks, 65 ok, 1 warning(s), 1 critical"
+    assert lines[-1] == "audit CRITICAL: 71 checks, 69 ok, 1 warning(s), 1 critical"
 
 
 RENEWAL = ("version = 2.1.0\narchive_dir = /etc/letsencrypt/archive/shop\n"
@@ -219,3 +229,18 @@ def test_a_certificate_certbot_cannot_renew_is_critical(conf, problem):
         assert f.severity == checks.OK
     else:
         assert f.severity == checks.CRITICAL and problem in f.message and "tls shop" in f.remedy
+
+
+def test_tenant_keys_are_listed_and_one_unused_for_90_days_is_a_warning():
+    key = {"fingerprint": "SHA256:" + "a" * 43, "key": "ssh-ed25519 AAAA", "label": "alice",
+           "role": "read", "added": "2026-08-01T00:00:00Z"}
+
+    def give(sites):
+        sites["beta"]["keys"] = [key]
+    fresh = lambda f: f["access"]["last_used"].update({key["fingerprint"]: "2026-11-20T10:00:00Z"})  # noqa: E731
+    found = {f.id: f for f in findings(fresh, give)}
+    assert found["site.beta.access"].severity == "ok"
+    assert found["site.beta.access"].message == "tenant keys: alice (read, last used 2026-11-20)"
+    assert found["site.alpha.access"].message == "tenant keys: none"
+    stale = {f.id: f for f in findings(None, give)}["site.beta.access"]
+    assert stale.severity == "warning" and "alice SHA256:aaa" in stale.message, stale

@@ -119,6 +119,8 @@ FULL = {"version": 2, "sites": {"shop": {
     "created": None, "updated": None, "repo": None, "keep": 5, "redis_maxmemory": None,
     "tls": None, "limits": {"memory_max": "512M", "tasks_max": 128},
     "live": {"release": RID, "offset": 1},
+    "keys": [{"fingerprint": "SHA256:" + "k" * 43, "key": "ssh-ed25519 AAAA", "label": "ci",
+              "role": "read", "added": "2026-11-30T10:00:00Z", "by": "root"}],
     "history": [{"action": "deploy", "release": RID, "result": "ok", "user": "root",
                  "at": "2026-11-25T20:00:00Z", "from": None, "commit": "abc"}],
     "releases": {RID: {**{k: v for k, v in model.release_to_json(model.Release()).items()},
@@ -136,6 +138,7 @@ def test_a_registry_with_workers_jobs_limits_and_history_round_trips_byte_for_by
     assert site.releases[RID].workers["mail"].count == 2
     assert site.releases[RID].jobs["tick"].schedule == "hourly"
     assert site.limits.memory_max == "512M" and site.history[0].extra["commit"] == "abc"
+    assert site.keys[0].role == "read" and site.keys[0].label == "ci"
     with registry.locked(host, "test") as data:
         data.sites["shop"].updated = None
         registry.save(host, data)

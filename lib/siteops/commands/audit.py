@@ -7,7 +7,7 @@ import json
 import socket
 import sys
 
-from .. import (checks, cli, envfile, facts, instances, journal, layout, logrotate, model,
+from .. import (access, checks, cli, envfile, facts, instances, journal, layout, logrotate, model,
                 nftables, nginx, postgres, redis, registry, releases, systemd, validate)
 from ..errors import UsageError
 from ..model import Site
@@ -174,6 +174,9 @@ def run(host: Host, args: argparse.Namespace) -> int:
         if any(f.fix == "nftables" for f in broken):
             with host.step("loopback port-ownership rules (nftables)"):
                 nftables.ensure(host, list(registry.load(host).sites.values()))
+        if any(f.fix == "tenant_keys" for f in broken):
+            with host.step("tenant keys file (from the registry)"):
+                access.write(host, list(registry.load(host).sites.values()))
         for site in sites:
             kinds = {f.fix for f in broken if f.subject == site.name and f.fix}
             if kinds:

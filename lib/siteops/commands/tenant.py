@@ -23,6 +23,7 @@ in one line with nothing changed. Every use is appended to the action log.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import re
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .. import access, git, journal, registry, validate
+from .. import access, cli, git, journal, registry, validate
 from ..errors import SiteopsError
 from ..host import Host, PATH
 from ..model import DEPLOY_ROLE, READ_ROLE, Key
@@ -42,6 +43,7 @@ from .config import public_argv
 
 MAX_COMMAND = 2000
 PROCESS = re.compile(r"[a-z0-9][a-z0-9_.@-]{0,63}")
+REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
 ZERO = "0" * 40
 # Git's limits for a push: objects checked as they arrive, at most this much.
 MAX_PUSH = "1g"
@@ -88,12 +90,19 @@ def _process(words: list[str]) -> None:
         raise Refused(f"logs takes at most one process name, not {' '.join(words)!r}")
 
 
+def _ref(value: str) -> str:
+    """A branch, tag or commit, spelt with no character a shell would read."""
+    if not REF.fullmatch(value):
+        raise Refused(f"invalid ref {value!r}: letters, digits and ._/- only")
+    return validate.git_ref(value)
+
+
 def _lines(value: str) -> int:
     return validate.number("-n", 1, 100000)(value)
 
 
 GRAMMARS: dict[str, Grammar] = {
-    "deploy": Grammar(DEPLOY_ROLE, frozenset({"--dry-run"}), {"--ref": validate.git_ref}),
+    "deploy": Grammar(DEPLOY_ROLE, frozenset({"--dry-run"}), {"--ref": _ref}),
     "rollback": Grammar(DEPLOY_ROLE, frozenset({"--dry-run", "--list"}),
                         {"--to": validate.release_id}),
     "config": Grammar(DEPLOY_ROLE, frozenset({"--show", "--no-restart", "--dry-run"}),
@@ -254,9 +263,19 @@ def log(host: Host, fingerprint: str, label: str, request: Request | None, asked
         "from": (os.environ.get("SSH_CONNECTION") or "").split(" ")[0]})
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.Parser(prog="tenant", description=__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("fingerprint", help="the key sshd authenticated (its forced command says it)")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     prog = "tenant"
+    if argv in (["-h"], ["--help"]):
+        build_parser().print_help()
+        return 0
     if len(argv) != 1 or not access.FINGERPRINT.fullmatch(argv[0]) or os.geteuid() != 0 \
             or sudo_caller() not in (DEPLOY_USER, None):
         print(f"{prog}: the forced command of tenant keys (see access --help); "
