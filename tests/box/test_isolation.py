@@ -261,3 +261,172 @@ def test_build_output_and_commit_subjects_lose_their_control_characters(host):
     out = host.siteops("deploy blog --repo /srv/repos/blog").stdout
     assert "\x1b" not in out and "\x07" not in out
     assert "evil[2J]0;title done" in out and "subject [31mred" in out
+
+
+# -- tenants: keys that act on their own site only ------------------------------
+
+SSH_OPTS = ("-o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+            "-o LogLevel=ERROR")
+
+
+def ssh(box, key: str, command: str, check: bool = False, options: str = "", input=None):
+    """Run command over SSH as the deploy user with tenant key /root/t/KEY."""
+    return box.sh(f"ssh {SSH_OPTS} {options} -i /root/t/{key} deploy@127.0.0.1 {command}",
+                  check=check, input=input)
+
+
+def push(box, key: str, work: str, target: str, ref: str = "main"):
+    return box.sh(f"cd {work} && GIT_SSH_COMMAND='ssh {SSH_OPTS} -i /root/t/{key}' "
+                  f"git push --quiet deploy@127.0.0.1:{target} {ref} 2>&1", check=False)
+
+
+def fingerprint(box, key: str) -> str:
+    return box.sh(f"ssh-keygen -l -f /root/t/{key}.pub").stdout.split()[1]
+
+
+@pytest.fixture(scope="module")
+def tenants(host):
+    """alice deploys blog, bob deploys shop, rita reads blog."""
+    host.sh("mkdir -p /root/t && for k in alice bob rita; do "
+            "ssh-keygen -q -t ed25519 -N '' -C $k@laptop -f /root/t/$k; done")
+    host.siteops("access blog add /root/t/alice.pub")
+    host.siteops("access shop add /root/t/bob.pub --label bob")
+    host.siteops("access blog add /root/t/rita.pub --role read --label rita")
+    host.sh(f"git clone -q {BLOG} /root/t/work && git -C /root/t/work checkout -q -B main")
+    return host
+
+
+def test_a_tenant_key_runs_its_sites_commands_and_git_push_deploys_under_load(tenants):
+    from machine import Load
+    box = tenants
+    show = json.loads(ssh(box, "alice", "sites show blog --json", check=True).stdout)
+    assert show["name"] == "blog"
+    res = ssh(box, "alice", "config blog set TENANT_SECRET", input="s3cr3t-tenant")
+    assert res.returncode == 0, res.stderr
+    listing = ssh(box, "alice", "config blog", check=True).stdout
+    assert "TENANT_SECRET=********" in listing and "s3cr3t-tenant" not in listing
+    assert ssh(box, "alice", "logs blog -n 5").returncode == 0
+    assert ssh(box, "rita", "logs blog -n 5").returncode == 0
+    # git push deploys the pushed commit, streamed back; no request fails meanwhile.
+    pushed = commit(box, "/root/t/work", {"PUSHED": "1\n"}, "pushed by alice")
+    load = Load(box, "blog.test")
+    out = push(box, "alice", "/root/t/work", "blog")
+    samples, failed = load.failed()
+    assert out.returncode == 0, out.stdout
+    assert "remote: siteops: deploying main" in out.stdout and "remote: " in out.stdout
+    entry = registry(box)["blog"]
+    live = entry["releases"][entry["live"]["release"]]
+    assert live["commit"] == pushed and live["ref"] == "main" and entry["repo"] == "push"
+    assert "(key alice@laptop" in live["user"], live["user"]
+    assert failed == [] and len(samples) > 20, failed[:5]
+    # A deploy that fails refuses the push: the branch stays where it was.
+    commit(box, "/root/t/work", {"app.py": "raise SystemExit('broken')\n"}, "broken")
+    out = push(box, "alice", "/root/t/work", "blog")
+    assert out.returncode != 0 and "pre-receive hook declined" in out.stdout, out.stdout
+    assert box.sh("git --git-dir=/var/lib/siteops/mirrors/blog.git rev-parse main"
+                  ).stdout.strip() == pushed
+    assert curl(box, "blog").startswith("blog python ")
+    box.sh("git -C /root/t/work reset -q --hard HEAD~1")
+    # The repository on the host stays root's, with no hook of the pusher's.
+    assert box.sh("stat -c %U /var/lib/siteops/mirrors/blog.git").stdout.strip() == "root"
+    # A malformed pack fails cleanly and changes nothing.
+    res = ssh(box, "alice", "git-receive-pack blog", input="00a4garbage" * 100)
+    assert res.returncode != 0
+    assert box.sh("git --git-dir=/var/lib/siteops/mirrors/blog.git rev-parse main"
+                  ).stdout.strip() == pushed
+    # Every use is in the action log, with the key, the site and the result.
+    log = [json.loads(line) for line in box.sh(
+        "grep '\"command\": \"tenant\"' /var/log/siteops/actions.jsonl").stdout.splitlines()]
+    alice = fingerprint(box, "alice")
+    assert {"config blog set TENANT_SECRET", "sites show blog --json"} <= {
+        e["argv"] for e in log if e["key"] == alice and e["result"] == "ok"}
+    assert "s3cr3t-tenant" not in box.sh("cat /var/log/siteops/actions.jsonl").stdout
+    listed = json.loads(box.siteops("access blog list --json").stdout)["keys"]
+    assert {k["label"]: (k["role"], bool(k["last_used"])) for k in listed} == {
+        "alice@laptop": ("deploy", True), "rita": ("read", True)}
+
+
+@pytest.mark.parametrize("key, command, why", [
+    ("alice", "deploy shop", "does not act on site 'shop'"),
+    ("alice", "logs shop", "does not act on site 'shop'"),
+    ("alice", "config shop --show", "does not act on site 'shop'"),
+    ("alice", "sites usage shop", "does not act on site 'shop'"),
+    ("alice", "deploy ../shop", "invalid site name"),
+    ("alice", "deploy Blog", "invalid site name"),
+    ("alice", "bash", "not a command a tenant key may run"),
+    ("alice", "'id; touch /tmp/pwned'", "not a command"),
+    ("alice", "'deploy blog; touch /tmp/pwned'", "invalid site name"),
+    ("alice", "'deploy $(touch /tmp/pwned)'", "invalid site name"),
+    ("alice", "'deploy blog --ref `touch /tmp/pwned`'", "invalid ref"),
+    ("alice", "deploy blog --repo /root/secret", "does not take '--repo'"),
+    ("alice", "'git-upload-pack blog'", "not a command"),
+    ("alice", "sites list", "not a command"),
+    ("rita", "deploy blog", "read role on blog"),
+    ("rita", "config blog", "read role on blog"),
+    ("rita", "config blog set X=1", "read role on blog"),
+    ("bob", "logs blog", "does not act on site 'blog'"),
+])
+def test_a_tenant_key_is_refused_everything_else_in_one_line(tenants, key, command, why):
+    before = tenants.sh("cat /var/lib/siteops/registry.json /srv/sites/*/shared/.env | md5sum").stdout
+    res = ssh(tenants, key, command)
+    assert res.returncode == 2 and why in res.stderr, (res.returncode, res.stderr)
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert tenants.sh("test -e /tmp/pwned", check=False).returncode == 1
+    assert tenants.sh("cat /var/lib/siteops/registry.json /srv/sites/*/shared/.env | md5sum"
+                      ).stdout == before
+
+
+def test_a_tenant_key_gets_no_shell_pty_forwarding_rc_or_other_sites_repository(tenants):
+    box = tenants
+    # A pty is refused; the forced command still runs (help), never a shell.
+    res = ssh(box, "alice", "", options="-tt")
+    assert "This key acts on: blog (deploy)" in res.stdout and "$ " not in res.stdout
+    # Port forwarding, local, remote and dynamic: all refused.
+    for flag in ("-L 15432:127.0.0.1:5432", "-R 127.0.0.1:15999:127.0.0.1:22", "-D 11080"):
+        res = ssh(box, "alice", "help", options=f"-o ExitOnForwardFailure=yes {flag}")
+        assert res.returncode != 0, flag
+    # ~/.ssh/rc never runs for a tenant key.
+    box.sh("printf 'touch /tmp/rc-ran\\n' > /home/deploy/.ssh/rc && chown deploy: /home/deploy/.ssh/rc")
+    try:
+        assert ssh(box, "alice", "help").returncode == 0
+        assert box.sh("test -e /tmp/rc-ran", check=False).returncode == 1
+    finally:
+        box.sh("rm -f /home/deploy/.ssh/rc")
+    # Environment passed by the client reaches nothing (LC_* is accepted by sshd).
+    res = ssh(box, "alice", "sites show blog", options="-o SetEnv=LC_ALL=xx_XX.bad "
+              "-o SetEnv=PYTHONPATH=/tmp -o SetEnv=LD_PRELOAD=/tmp/x.so")
+    assert res.returncode == 0, res.stderr
+    # Pushing to another site's repository, by any spelling.
+    for target in ("shop", "/shop.git", "../shop", "blog/../shop", "/srv/sites/shop"):
+        out = push(box, "alice", "/root/t/work", target)
+        assert out.returncode != 0 and "refused" in out.stdout, (target, out.stdout)
+
+
+def test_a_removed_key_stops_at_once_and_audit_reports_keys_siteops_did_not_write(tenants):
+    box = tenants
+    doc = json.loads(box.siteops("audit --json", check=False).stdout)
+    found = {f["id"]: f for f in doc["findings"]}
+    assert found["site.blog.access"]["severity"] == "ok"
+    assert "alice@laptop (deploy" in found["site.blog.access"]["message"]
+    assert found["host.ssh.tenant_keys"]["severity"] == "ok"
+    assert found["host.ssh.deploy_keys"]["severity"] == "ok", found["host.ssh.deploy_keys"]
+    # A line added by hand to the tenant file, a key added to deploy's own file.
+    box.sh("ssh-keygen -q -t ed25519 -N '' -f /root/t/eve && "
+           "cat /root/t/eve.pub >> /etc/ssh/siteops-keys/deploy && "
+           "cat /root/t/eve.pub >> /home/deploy/.ssh/authorized_keys")
+    try:
+        found = {f["id"]: f for f in json.loads(
+            box.siteops("audit --json", check=False).stdout)["findings"]}
+        assert found["host.ssh.tenant_keys"]["severity"] == "critical"
+        assert found["host.ssh.deploy_keys"]["severity"] == "warning"
+        assert fingerprint(box, "eve") in found["host.ssh.deploy_keys"]["message"]
+        box.siteops("audit --fix", check=False)
+        assert "eve" not in box.sh("cat /etc/ssh/siteops-keys/deploy").stdout
+    finally:
+        box.sh("sed -i '/eve/d; /'\"$(cut -d' ' -f2 /root/t/eve.pub | cut -c1-30)\"'/d' "
+               "/home/deploy/.ssh/authorized_keys")
+    # Removed: the next login with it is refused by sshd itself.
+    box.siteops(f"access blog remove {fingerprint(box, 'rita')}")
+    res = ssh(box, "rita", "logs blog")
+    assert res.returncode == 255 and "Permission denied" in res.stderr, res.stderr
+    assert ssh(box, "alice", "logs blog -n 1").returncode == 0
