@@ -381,10 +381,19 @@ def test_a_tenant_key_gets_no_shell_pty_forwarding_rc_or_other_sites_repository(
     # A pty is refused; the forced command still runs (help), never a shell.
     res = ssh(box, "alice", "", options="-tt")
     assert "This key acts on: blog (deploy)" in res.stdout and "$ " not in res.stdout
-    # Port forwarding, local, remote and dynamic: all refused.
-    for flag in ("-L 15432:127.0.0.1:5432", "-R 127.0.0.1:15999:127.0.0.1:22", "-D 11080"):
-        res = ssh(box, "alice", "help", options=f"-o ExitOnForwardFailure=yes {flag}")
-        assert res.returncode != 0, flag
+    # Port forwarding, local, dynamic and remote: all refused (root's key may -L:
+    # test_foundation).
+    box.sh(f"ssh {SSH_OPTS} -i /root/t/alice -f -N -L 15433:127.0.0.1:5432 -D 11080 "
+           "deploy@127.0.0.1")
+    try:
+        assert "accepting" not in box.sh("pg_isready -h 127.0.0.1 -p 15433", check=False).stdout
+        assert box.sh("curl -sS -m 5 --socks5 127.0.0.1:11080 -H 'Host: blog.test' "
+                      "http://127.0.0.1/", check=False).returncode != 0
+    finally:
+        box.sh("pkill -f 'ssh .*-N -L 15433' || true")
+    res = ssh(box, "alice", "help",
+              options="-o ExitOnForwardFailure=yes -R 127.0.0.1:15999:127.0.0.1:22")
+    assert res.returncode != 0
     # ~/.ssh/rc never runs for a tenant key.
     box.sh("printf 'touch /tmp/rc-ran\\n' > /home/deploy/.ssh/rc && chown deploy: /home/deploy/.ssh/rc")
     try:
@@ -411,7 +420,8 @@ def test_a_removed_key_stops_at_once_and_audit_reports_keys_siteops_did_not_writ
     assert found["host.ssh.tenant_keys"]["severity"] == "ok"
     assert found["host.ssh.deploy_keys"]["severity"] == "ok", found["host.ssh.deploy_keys"]
     # A line added by hand to the tenant file, a key added to deploy's own file.
-    box.sh("ssh-keygen -q -t ed25519 -N '' -f /root/t/eve && "
+    box.sh("cp -p /home/deploy/.ssh/authorized_keys /root/t/deploy-keys && "
+           "ssh-keygen -q -t ed25519 -N '' -f /root/t/eve && "
            "cat /root/t/eve.pub >> /etc/ssh/siteops-keys/deploy && "
            "cat /root/t/eve.pub >> /home/deploy/.ssh/authorized_keys")
     try:
@@ -423,8 +433,7 @@ def test_a_removed_key_stops_at_once_and_audit_reports_keys_siteops_did_not_writ
         box.siteops("audit --fix", check=False)
         assert "eve" not in box.sh("cat /etc/ssh/siteops-keys/deploy").stdout
     finally:
-        box.sh("sed -i '/eve/d; /'\"$(cut -d' ' -f2 /root/t/eve.pub | cut -c1-30)\"'/d' "
-               "/home/deploy/.ssh/authorized_keys")
+        box.sh("cp -p /root/t/deploy-keys /home/deploy/.ssh/authorized_keys")
     # Removed: the next login with it is refused by sshd itself.
     box.siteops(f"access blog remove {fingerprint(box, 'rita')}")
     res = ssh(box, "rita", "logs blog")
