@@ -143,13 +143,13 @@ def render(host: Host, sites: list[Site]) -> str:
     return HEADER + "".join(seen.values())
 
 
-def write(host: Host, sites: list[Site]) -> bool:
+def write(host: Host, sites: list[Site], create: bool = False) -> bool:
     """Write the tenant keys file (0640 root:deploy: sshd reads it as deploy);
-    True if it changed. Takes effect for the next login, no reload."""
+    True if it changed. Takes effect for the next login, no reload. Without
+    create (bootstrap's), a host that has no such file and no key is left alone."""
     path = host.paths.tenant_keys
-    if not any(s.keys for s in sites) and host.read(path) is None and not host.dry_run \
-            and not path.parent.is_dir():
-        return False  # not bootstrapped with tenant keys yet, and none to write
+    if not create and not any(s.keys for s in sites) and not path.parent.is_dir():
+        return False
     host.ensure_dir(path.parent, 0o755)
     return host.write(path, render(host, sites), 0o640, "root", "deploy")
 

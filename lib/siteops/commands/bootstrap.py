@@ -149,7 +149,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
     ssh.ensure_deploy_keys(host, deploy_home, args.deploy_key)
     with host.step("deploy's keys: the operator's recorded, tenants' file"):
         access.record_operator_keys(host, deploy_home)
-        access.write(host, list(registry.load(host).sites.values()))
+        access.write(host, list(registry.load(host).sites.values()), create=True)
     users.ensure_sudoers(host, host.paths.install_dir / "bin", args.deploy_full_sudo)
     ensure_repo_dirs(host, args.repo_dir)
     ssh.ensure_key_only(host)
