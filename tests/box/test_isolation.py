@@ -378,9 +378,12 @@ def test_a_tenant_key_is_refused_everything_else_in_one_line(tenants, key, comma
 
 def test_a_tenant_key_gets_no_shell_pty_forwarding_rc_or_other_sites_repository(tenants):
     box = tenants
-    # A pty is refused; the forced command still runs (help), never a shell.
+    # A login without a command gets the forced command's help, never a shell;
+    # a pty is refused.
+    res = ssh(box, "alice", "")
+    assert res.returncode == 0 and "This key acts on: blog (deploy)" in res.stdout, res
     res = ssh(box, "alice", "", options="-tt")
-    assert "This key acts on: blog (deploy)" in res.stdout and "$ " not in res.stdout
+    assert "PTY allocation request failed" in res.stderr and "deploy@" not in res.stdout
     # Port forwarding, local, dynamic and remote: all refused (root's key may -L:
     # test_foundation).
     box.sh(f"ssh {SSH_OPTS} -i /root/t/alice -f -N -L 15433:127.0.0.1:5432 -D 11080 "
