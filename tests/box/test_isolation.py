@@ -393,7 +393,7 @@ def test_a_tenant_key_gets_no_shell_pty_forwarding_rc_or_other_sites_repository(
         assert box.sh("curl -sS -m 5 --socks5 127.0.0.1:11080 -H 'Host: blog.test' "
                       "http://127.0.0.1/", check=False).returncode != 0
     finally:
-        box.sh("pkill -f 'ssh .*-N -L 15433' || true")
+        box.sh("pkill -f 'ssh .*-N -[L] 15433' || true")
     res = ssh(box, "alice", "help",
               options="-o ExitOnForwardFailure=yes -R 127.0.0.1:15999:127.0.0.1:22")
     assert res.returncode != 0
