@@ -205,6 +205,33 @@ def test_limits_killed_after_every_step_converges(host):
     settled(host, "app")
 
 
+def test_access_killed_after_every_step_converges(host):
+    host.sh("rm -f /root/ck /root/ck.pub && ssh-keygen -q -t ed25519 -N '' -f /root/ck")
+    fp = host.sh("ssh-keygen -l -f /root/ck.pub").stdout.split()[1]
+    n = step_count(host.siteops("access app add /root/ck.pub").stdout)
+    host.siteops(f"access app remove {fp}")
+    assert n >= 2
+    keys = lambda: host.sh("cat /etc/ssh/siteops-keys/deploy").stdout  # noqa: E731
+
+    def clean(action: str, k: int) -> None:
+        doc = json.loads(host.siteops("audit app --json", check=False).stdout)
+        bad = [f for f in doc["findings"] if f["severity"] != "ok"]
+        assert bad == [], (action, k, bad)
+    for k, signal in signals_for(n):
+        res = killed_at(host, k, "access app add /root/ck.pub", signal)
+        assert stopped_by(res, signal), res.stdout[-500:] + res.stderr[-1500:]
+        host.siteops("access app add /root/ck.pub")
+        assert fp in keys() and [e["fingerprint"] for e in registry(host)["app"]["keys"]] == [fp]
+        clean("add", k)
+        res = killed_at(host, k, f"access app remove {fp}", signal)
+        assert stopped_by(res, signal), res.stdout[-500:] + res.stderr[-1500:]
+        again = host.siteops(f"access app remove {fp}", check=False)
+        assert again.returncode == 0 or "has no key" in again.stderr, again
+        assert fp not in keys() and registry(host)["app"]["keys"] == []
+        clean("remove", k)
+    print(f"access: {n} steps, add and remove each interrupted and run again, audit clean")
+
+
 def test_add_site_killed_after_every_step_converges(host):
     n = step_count(host.siteops("add-site ref --domain ref.test --components frontend").stdout)
     assert n >= 10

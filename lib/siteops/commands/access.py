@@ -117,10 +117,18 @@ def add(host: Host, args: argparse.Namespace) -> None:
             old.role = args.role or old.role
             said = f"{key.fingerprint} on {args.name}: role {old.role}, label {old.label!r}"
         site.updated = now()
-        with host.step(f"tenant key {key.fingerprint[:20]}... of {args.name}"):
-            registry.save(host, data)
-            access.write(host, list(data.sites.values()))
+        save(host, data, f"tenant key {key.fingerprint[:20]}... of {args.name}")
     host.say(said)
+
+
+def save(host: Host, data: registry.Registry, what: str) -> None:
+    """The registry first, then the keys file from it (under the registry
+    lock): stopped between the two, the registry is right (it is what the
+    tenant command obeys) and a run again, or audit --fix, rewrites the file."""
+    with host.step(f"{what} (registry)"):
+        registry.save(host, data)
+    with host.step("tenant keys file"):
+        access.write(host, list(data.sites.values()))
 
 
 def remove(host: Host, args: argparse.Namespace) -> None:
@@ -131,12 +139,18 @@ def remove(host: Host, args: argparse.Namespace) -> None:
         site = registry.get_site(data, args.name)
         kept = [k for k in site.keys if k.fingerprint != args.what]
         if len(kept) == len(site.keys):
-            raise UsageError(f"site {args.name} has no key {args.what}; nothing was changed")
-        site.keys = kept
-        site.updated = now()
-        with host.step(f"tenant key {args.what[:20]}... of {args.name} removed"):
-            registry.save(host, data)
-            access.write(host, list(data.sites.values()))
+            # A run stopped after the registry step left the file behind: finish it.
+            leftover = args.what in (host.read(host.paths.tenant_keys) or "") and \
+                not access.sites_of(list(data.sites.values()), args.what)
+            if not leftover:
+                raise UsageError(f"site {args.name} has no key {args.what}; nothing was "
+                                 "changed")
+            with host.step("tenant keys file"):
+                access.write(host, list(data.sites.values()))
+        else:
+            site.keys = kept
+            site.updated = now()
+            save(host, data, f"tenant key {args.what[:20]}... of {args.name} removed")
     host.say(f"removed {args.what} from {args.name}: logins with it no longer act on it")
 
 
