@@ -346,6 +346,30 @@ def test_a_tenant_key_runs_its_sites_commands_and_git_push_deploys_under_load(te
         "alice@laptop": ("deploy", True), "rita": ("read", True)}
 
 
+def test_the_second_tenant_pushes_rolls_back_and_backs_up_its_own_site(tenants):
+    box = tenants
+    box.sh(f"git clone -q {SHOP} /root/t/shop && git -C /root/t/shop checkout -q -B main")
+    before = registry(box)["shop"]["live"]["release"]
+    pushed = commit(box, "/root/t/shop", {"PUSHED": "bob\n"}, "pushed by bob")
+    out = push(box, "bob", "/root/t/shop", "shop")
+    assert out.returncode == 0, out.stdout
+    entry = registry(box)["shop"]
+    assert entry["releases"][entry["live"]["release"]]["commit"] == pushed
+    # The pushed branch deploys again by name, without fetching from anywhere.
+    res = ssh(box, "bob", "deploy shop --ref main")
+    assert res.returncode == 0 and "fetch" not in res.stdout, res.stdout + res.stderr
+    assert before in ssh(box, "bob", "rollback shop --list", check=True).stdout
+    res = ssh(box, "bob", f"rollback shop --to {before}")
+    assert res.returncode == 0, res.stderr
+    assert registry(box)["shop"]["live"]["release"] == before
+    assert curl(box, "shop").startswith("shop python ")
+    assert ssh(box, "bob", "backup shop").returncode == 0
+    snaps = json.loads(ssh(box, "bob", "backup --list shop --json", check=True).stdout)
+    assert snaps and all("shop" in json.dumps(s) for s in snaps)
+    usage = json.loads(ssh(box, "bob", "sites usage shop --json", check=True).stdout)
+    assert [row["name"] for row in usage] == ["shop"], usage
+
+
 @pytest.mark.parametrize("key, command, why", [
     ("alice", "deploy shop", "does not act on site 'shop'"),
     ("alice", "logs shop", "does not act on site 'shop'"),
