@@ -176,6 +176,10 @@ def site_checks(host: Host, site: Site, facts: dict) -> list[Finding]:
     out.append(database_check(site, facts))
     out.append(urls_check(site, sf))
     out.append(access_check(site, facts["access"], facts["time"]))
+    m = site.maintenance
+    out.append(_f(f"site.{name}.maintenance", m is None, name, "serving (not in maintenance)",
+                  f"in maintenance since {m and m.since} ({m and m.by}): visitors get a 503",
+                  WARNING, remedy=f"sudo maintenance {name} off, once the work is done"))
     if not facts["backup"]["error"]:
         out.append(backup_check(site, facts))
     du = facts["du"].get(str(host.paths.site(name)))

@@ -18,7 +18,8 @@ Schema 2 (the file siteops writes):
              cpu_weight, io_weight: only those set}, redis_maxmemory, tls
              {email, hsts, staging, server, ca_bundle} or null (HTTP only),
              live {release, offset} or null, releases {id: RELEASE},
-             history [EVENT], keys [KEY]
+             history [EVENT], keys [KEY], maintenance {message,
+             retry_after, since, by} or null (serving)
     RELEASE  result ("building" | "ok" | "failed"), ref, repo, user, started,
              finished, commit, subject, runtime, commands, health,
              health_timeout, error, rolled_back, release_command (run before
@@ -114,6 +115,15 @@ class Event:
     extra: dict[str, Any] = field(default_factory=dict)  # from, commit, ref, error, reason, ...
 
 
+@dataclass
+class Maintenance:
+    """The site answers 503 with this message (maintenance NAME on)."""
+    message: str = ""
+    retry_after: int = 300
+    since: str | None = None
+    by: str | None = None
+
+
 DEPLOY_ROLE, READ_ROLE = "deploy", "read"
 
 
@@ -178,6 +188,7 @@ class Site:
     releases: dict[str, Release] = field(default_factory=dict)
     history: list[Event] = field(default_factory=list)
     keys: list[Key] = field(default_factory=list)
+    maintenance: Maintenance | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

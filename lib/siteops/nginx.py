@@ -6,6 +6,7 @@ keeps serving."""
 from __future__ import annotations
 
 import datetime
+import html
 import ipaddress
 import re
 import time
@@ -268,17 +269,33 @@ def site_config(site: Site, version: tuple[int, ...], certs: Path | None, logs: 
     else:
         locations = render("nginx/location-placeholder.conf", name=name,
                            placeholder_dir=SERVER.placeholder(name))
+    hsts = ('    add_header Strict-Transport-Security "max-age=63072000" always;\n'
+            if certs and site.tls and site.tls.hsts else "")
+    if site.maintenance:
+        # A location's add_header replaces the server's: HSTS is said again.
+        locations = render("nginx/location-maintenance.conf", name=name,
+                           placeholder_dir=SERVER.placeholder(name),
+                           retry_after=site.maintenance.retry_after,
+                           hsts=hsts.replace("    add_header", "        add_header"))
     common = dict(name=name, domains=" ".join(site.domains), logs=logs,
                   acme_root=SERVER.acme_root)
     https = ""
     if certs:
-        hsts = ('    add_header Strict-Transport-Security "max-age=63072000" always;\n'
-                if site.tls and site.tls.hsts else "")
         https = render("nginx/https-server.conf", listen_https=listen_https(version),
                        cert_dir=certs, locations=locations, hsts=hsts, **common)
         locations = render("nginx/location-redirect.conf")
     return render("nginx/site.conf", upstreams=upstreams, http_locations=locations,
                   https_server=https, **common)
+
+
+MAINTENANCE_PAGE = "siteops-maintenance.html"
+
+
+def maintenance_page(site: Site) -> str:
+    assert site.maintenance is not None
+    return render("nginx/maintenance.html", name=site.name,
+                  message=html.escape(site.maintenance.message or
+                                      "This site is down for maintenance; back shortly."))
 
 
 def ensure_site(host: Host, site: Site, logs: Path) -> bool:
@@ -290,6 +307,8 @@ def ensure_site(host: Host, site: Site, logs: Path) -> bool:
         page = host.paths.placeholder(name) / "index.html"
         host.ensure_dir(page.parent, 0o755)
         host.write(page, render("nginx/placeholder.html", name=name))
+        if site.maintenance:
+            host.write(page.parent / MAINTENANCE_PAGE, maintenance_page(site))
         return converge(host, {host.paths.nginx_site(name): text},
                         links={host.paths.nginx_enabled(name): f"../sites-available/{name}.conf"})
 

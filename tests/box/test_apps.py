@@ -310,3 +310,42 @@ def test_the_readme_path_serves_a_web_only_app_a_web_and_api_app_and_a_static_si
         res.stderr
     assert "deploy --start api=COMMAND" in res.stderr and "ERR_PNPM" not in res.stderr
     assert get("/") == "<h1>static du</h1>\n"  # the live release kept serving
+
+
+def test_maintenance_answers_503_with_retry_after_while_the_app_keeps_running(host):
+    def get(path: str = "/") -> tuple[str, str]:
+        out = host.sh(f"curl -sS -i -H 'Host: app.test' http://127.0.0.1{path}").stdout
+        head, _, body = out.partition("\r\n\r\n")
+        return head, body
+    load = Load(host, "app.test")
+    host.siteops("maintenance app on --message 'Moving the <b>database</b>' --retry-after 120")
+    head, body = get()
+    assert head.startswith("HTTP/1.1 503") and "Retry-After: 120" in head, head
+    assert "Cache-Control: no-store" in head
+    assert "Moving the &lt;b&gt;database&lt;/b&gt;" in body
+    assert get("/api/x")[0].startswith("HTTP/1.1 503")
+    # The ACME challenge path still answers; the app itself still runs.
+    host.sh("mkdir -p /var/www/siteops-acme/.well-known/acme-challenge && "
+            "echo token > /var/www/siteops-acme/.well-known/acme-challenge/t")
+    assert get("/.well-known/acme-challenge/t")[1] == "token\n"
+    entry = registry(host)["app"]
+    port = entry["ports"]["frontend"] + entry["live"]["offset"]
+    assert host.sh(f"curl -sS -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/"
+                   ).stdout == "200"
+    # A deploy keeps the site in maintenance; audit says it is left there.
+    host.siteops("deploy app")
+    assert get()[0].startswith("HTTP/1.1 503")
+    doc = json.loads(host.siteops("audit app --json", check=False).stdout)
+    found = {f["id"]: f["severity"] for f in doc["findings"]}
+    assert found["site.app.maintenance"] == "warning"
+    assert [i for i, sev in found.items() if i.startswith("site.app.file:") and sev != "ok"] == []
+    assert "in maintenance since" in host.siteops("maintenance app").stdout
+    host.siteops("maintenance app off")
+    head, _ = get()
+    assert head.startswith("HTTP/1.1 200"), head
+    samples, failed = load.failed()
+    # Only 503s while it was on: no connection failed, no 5xx but the page's.
+    assert {s[2] for s in failed} <= {503} and len(samples) > len(failed) > 0, \
+        {s[2] for s in failed}
+    doc = json.loads(host.siteops("audit app --json", check=False).stdout)
+    assert [f for f in doc["findings"] if f["id"] == "site.app.maintenance"][0]["severity"] == "ok"

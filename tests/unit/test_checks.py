@@ -37,7 +37,7 @@ def problems(found):
 def test_the_recorded_box_is_clean():
     found = findings()
     assert problems(found) == {} and checks.exit_code(found) == 0
-    assert len(found) == 71 and len({f.id for f in found}) == 71
+    assert len(found) == 73 and len({f.id for f in found}) == 73
 
 
 def listen(proto, addr, port, units, programs):
@@ -203,13 +203,13 @@ def test_json_document_and_text_report():
     assert set(doc) == {"version", "time", "host", "status", "exit_code", "counts", "sites",
                         "fixed", "findings"}
     assert (doc["status"], doc["exit_code"], doc["counts"]) == (
-        "critical", 2, {"ok": 69, "warning": 1, "critical": 1})
+        "critical", 2, {"ok": 71, "warning": 1, "critical": 1})
     first = next(f for f in doc["findings"] if f["id"] == "site.alpha.env")
     assert set(first) >= {"id", "severity", "subject", "message", "remedy"}
     lines = audit.text_report(found, [])
     assert lines[0].startswith("CRITICAL site.alpha.env: .env is 0644")
     assert lines[2].startswith("WARNING  host.disk: disk 85.0% used")
-    assert lines[-1] == "audit CRITICAL: 71 checks, 69 ok, 1 warning(s), 1 critical"
+    assert lines[-1] == "audit CRITICAL: 73 checks, 71 ok, 1 warning(s), 1 critical"
 
 
 RENEWAL = ("version = 2.1.0\narchive_dir = /etc/letsencrypt/archive/shop\n"
@@ -244,3 +244,13 @@ def test_tenant_keys_are_listed_and_one_unused_for_90_days_is_a_warning():
     assert found["site.alpha.access"].message == "tenant keys: none"
     stale = {f.id: f for f in findings(None, give)}["site.beta.access"]
     assert stale.severity == "warning" and "alice SHA256:aaa" in stale.message, stale
+
+
+def test_a_site_left_in_maintenance_is_a_warning():
+    def on(sites):
+        sites["beta"]["maintenance"] = {"message": "db", "retry_after": 60,
+                                        "since": "2026-11-30T10:00:00Z", "by": "root"}
+    found = {f.id: f for f in findings(None, on)}
+    assert found["site.beta.maintenance"].severity == "warning"
+    assert "since 2026-11-30T10:00:00Z" in found["site.beta.maintenance"].message
+    assert found["site.alpha.maintenance"].severity == "ok"

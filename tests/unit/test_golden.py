@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from siteops import hardening, logrotate, nftables, nginx, systemd, users
-from siteops.model import Job, Limits, Live, Site, Tls
+from siteops.model import Job, Limits, Live, Maintenance, Site, Tls
 from siteops.paths import TEMPLATES, Paths
 from siteops.host import Host
 from siteops.templates import render
@@ -33,6 +33,9 @@ def renders():
     yield "nginx-site-live-tls-1.22.conf", nginx.site_config(LIVE.copy(tls=Tls(hsts=True)),
                                                              (1, 22, 1), CERTS, LOGS)
     yield "nginx-site-api-only-tls-1.26.conf", nginx.site_config(API_ONLY_LIVE, (1, 26, 3), CERTS, LOGS)
+    down = LIVE.copy(maintenance=Maintenance("Back at <b>14:00</b>", 600), tls=Tls(hsts=True))
+    yield "nginx-site-maintenance-tls-1.26.conf", nginx.site_config(down, (1, 26, 3), CERTS, LOGS)
+    yield "nginx-maintenance.html", nginx.maintenance_page(down)
     for version in ((1, 22, 1), (1, 26, 3)):
         for path, text in nginx.base_files(NO_SERVER, version).items():
             yield f"nginx-base-{'.'.join(map(str, version[:2]))}-{path.name}", text

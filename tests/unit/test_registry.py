@@ -121,6 +121,8 @@ FULL = {"version": 2, "sites": {"shop": {
     "live": {"release": RID, "offset": 1},
     "keys": [{"fingerprint": "SHA256:" + "k" * 43, "key": "ssh-ed25519 AAAA", "label": "ci",
               "role": "read", "added": "2026-11-30T10:00:00Z", "by": "root"}],
+    "maintenance": {"message": "db", "retry_after": 60, "since": "2026-11-30T10:00:00Z",
+                    "by": "root"},
     "history": [{"action": "deploy", "release": RID, "result": "ok", "user": "root",
                  "at": "2026-11-25T20:00:00Z", "from": None, "commit": "abc"}],
     "releases": {RID: {**{k: v for k, v in model.release_to_json(model.Release()).items()},

@@ -13,6 +13,7 @@ in one line with nothing changed. Every use is appended to the action log.
   config NAME set KEY[=VALUE]... [--no-restart]    values also from stdin
   config NAME unset KEY... [--no-restart]
   backup NAME
+  maintenance NAME [on [--message TEXT] [--retry-after S] | off]
   git push deploy@HOST:NAME REF                    deploys the pushed commit
   logs NAME [PROCESS] [-n N] [-f]                  role read
   sites show NAME [--json]
@@ -97,6 +98,16 @@ def _ref(value: str) -> str:
     return validate.git_ref(value)
 
 
+def _maintenance():
+    from . import maintenance
+    return maintenance
+
+
+def _on_off(words: list[str]) -> None:
+    if words not in ([], ["on"], ["off"]):
+        raise Refused("maintenance takes: maintenance NAME [on|off]")
+
+
 def _lines(value: str) -> int:
     return validate.number("-n", 1, 100000)(value)
 
@@ -110,6 +121,10 @@ GRAMMARS: dict[str, Grammar] = {
     "backup": Grammar(DEPLOY_ROLE, frozenset({"--list", "--json"}), read_flags=frozenset({"--list"})),
     "logs": Grammar(READ_ROLE, frozenset({"-f", "--follow"}), {"-n": _lines, "--lines": _lines},
                     words=_process),
+    "maintenance": Grammar(DEPLOY_ROLE, frozenset({"--dry-run"}),
+                           {"--message": lambda v: _maintenance().message(v),
+                            "--retry-after": validate.number("--retry-after", 1, 7 * 86400)},
+                           words=lambda w: _on_off(w)),
     "sites show": Grammar(READ_ROLE, frozenset({"--json"})),
     "sites usage": Grammar(READ_ROLE, frozenset({"--json"})),
 }
@@ -160,11 +175,13 @@ def parse(command: str | None) -> Request:
     it = iter(rest)
     for word in it:
         if word.startswith("-"):
-            name, eq, value = word.partition("=")
+            name, eq, given = word.partition("=")
             if name in grammar.flags and not eq:
                 flags.append(name)
             elif name in grammar.options:
-                value = value if eq else next(it, "")
+                value = given if eq else next(it, None)
+                if value is None:
+                    raise Refused(f"{name} needs a value")
                 try:
                     grammar.options[name](value)
                 except (SiteopsError, ValueError) as exc:
