@@ -313,3 +313,16 @@ print(json.dumps(out, sort_keys=True))
 def site_state(box, name: str) -> dict:
     """What add-site made for the site (SITE_STATE), to compare with another."""
     return json.loads(box.sh(f"python3 - {name}", input=SITE_STATE).stdout)
+
+
+def link(a: "Box", b: "Box", a_addr: str, b_addr: str, name: str) -> None:
+    """A private link between two booted boxes (a veth pair whose two ends both
+    leave the host's namespace): a_addr and b_addr (a /24 of the tests' own,
+    e.g. 192.0.2.1 and 192.0.2.2), device `name` in each, no route anywhere else."""
+    ends = (f"{name}a{a.leader % 10000}", f"{name}b{b.leader % 10000}")
+    subprocess.run(["ip", "link", "add", ends[0], "type", "veth", "peer", "name", ends[1]],
+                   check=True)
+    for box, end, addr in ((a, ends[0], a_addr), (b, ends[1], b_addr)):
+        subprocess.run(["ip", "link", "set", end, "netns", str(box.leader)], check=True)
+        box.sh(f"ip link set {end} name {name} && ip addr add {addr}/24 dev {name} && "
+               f"ip link set {name} up")

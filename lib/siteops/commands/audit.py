@@ -7,7 +7,7 @@ import json
 import socket
 import sys
 
-from .. import (access, checks, cli, envfile, facts, instances, journal, layout, logrotate, model,
+from .. import (access, checks, cli, fleet, envfile, facts, instances, journal, layout, logrotate, model,
                 nftables, nginx, postgres, redis, registry, releases, systemd, validate)
 from ..errors import UsageError
 from ..model import Site
@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sites to check (default: all); the host is always checked")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--fix", action="store_true", help="repair what is safe, then audit again")
+    p.add_argument("--all-hosts", action="store_true",
+                   help="also audit every host of the inventory (hosts list) at once: one "
+                        "line and one result for the fleet; an unreachable host is CRITICAL")
+    p.add_argument("--host-timeout", type=validate.number("--host-timeout", 5, 3600),
+                   default=120, metavar="S",
+                   help="with --all-hosts: seconds each host has to answer (default 120)")
     p.exit_code = UNKNOWN  # bad arguments are UNKNOWN to a monitor, not CRITICAL
     return p
 
@@ -188,12 +194,39 @@ def run(host: Host, args: argparse.Namespace) -> int:
             fixed = sorted({f.id for f in broken} - still)
     doc = document(findings, fixed, sites, time)
     append_log(host, doc)
+    if args.all_hosts:
+        return fleet_report(host, doc, args)
     if args.json:
         print(json.dumps(doc, indent=2, sort_keys=True))
     else:
         for line in text_report(findings, fixed):
             host.say(line)
     return doc["exit_code"]
+
+
+def fleet_report(host: Host, doc: dict, args: argparse.Namespace) -> int:
+    """This host's audit and every inventory host's, one line each; the
+    fleet's result is the worst, an unreachable host counting as CRITICAL."""
+    docs, errors = fleet.gather(host, doc, ["audit", *(["--fix"] if args.fix else [])],
+                                args.host_timeout)
+    code = max([d["exit_code"] for d in docs.values() if isinstance(d, dict)]
+               + [checks.RANK[checks.CRITICAL]] * bool(errors))
+    status = ["ok", "warning", "critical", "unknown"][code]
+    if args.json:
+        print(json.dumps({"version": 1, "status": status, "exit_code": code, "hosts": docs,
+                          "unreachable": errors}, indent=2, sort_keys=True))
+        return code
+    for name, d in docs.items():
+        assert isinstance(d, dict)
+        worst = [f for f in d["findings"] if f["severity"] == d["status"] != checks.OK][:1]
+        host.say(f"{name:16} {d['status'].upper():9} {d['counts']['warning']} warning(s), "
+                 f"{d['counts']['critical']} critical" +
+                 (f"; e.g. {worst[0]['id']}: {worst[0]['message'][:100]}" if worst else ""))
+    for name, why in errors.items():
+        host.say(f"{name:16} CRITICAL  {why}")
+    host.say(f"fleet {status.upper()}: {len(docs) + len(errors)} host(s), "
+             f"{len(errors)} unreachable")
+    return code
 
 
 def main(argv: list[str] | None = None, host: Host | None = None) -> int:

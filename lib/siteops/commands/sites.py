@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from .. import (cli, facts, journal, model, nginx, registry, releases, safefs, systemd, tls, usage,
-                validate)
+from .. import (cli, facts, fleet, journal, model, nginx, registry, releases, safefs, systemd,
+                tls, usage, validate)
 from ..model import Site
 from ..host import Host
 
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "show":
             sp.add_argument("name", type=validate.site_name)
         sp.add_argument("--json", action="store_true", help="print JSON")
+        if action == "list":
+            all_hosts(sp)
     sub.add_parser("doc", help="Markdown for the architecture document's registry section",
                    parents=[common])
     sp = sub.add_parser("usage", help="what each site uses", parents=[common])
@@ -59,7 +62,36 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds of access log the traffic figures cover (default 300)")
     sp.add_argument("--prometheus-dir", type=Path, metavar="DIR",
                     help="write siteops.prom into DIR (if DIR exists) instead of printing")
+    all_hosts(sp)
     return p
+
+
+def all_hosts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--all-hosts", action="store_true",
+                   help="also every host of the inventory (hosts list), asked at once; "
+                        "a HOST column says which")
+    p.add_argument("--host-timeout", type=validate.number("--host-timeout", 5, 3600),
+                   default=60, metavar="S",
+                   help="with --all-hosts: seconds each host has to answer (default 60)")
+
+
+def fleet_rows(host: Host, rows: list[dict], command: list[str],
+               timeout: int) -> tuple[list[dict], dict[str, str]]:
+    """rows of this host and of every inventory host, each with its host's
+    name; and the hosts that did not answer, with why."""
+    docs, errors = fleet.gather(host, rows, command, timeout)
+    return [dict(row, host=name) for name, doc in docs.items()
+            for row in (doc if isinstance(doc, list) else [])], errors
+
+
+def table(head: tuple[str, ...], cells: list[tuple[str, ...]], rows: list[dict]) -> list[str]:
+    """Aligned columns; a HOST column first when the rows come from several hosts."""
+    if any("host" in r for r in rows):
+        head = ("HOST", *head)
+        cells = [(r.get("host", fleet.LOCAL), *c) for r, c in zip(rows, cells)]
+    grid = [head, *cells]
+    widths = [max(len(row[i]) for row in grid) for i in range(len(head))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in grid]
 
 
 def seconds(value: str) -> float:
@@ -114,15 +146,13 @@ def mib(n: int | None) -> str:
 
 def list_lines(rows: list[dict]) -> list[str]:
     head = ("NAME", "SLOT", "PORTS", "DOMAINS", "COMPONENTS", "STATE", "LIVE", "TLS", "DISK")
-    table = [head] + [(
+    return table(head, [(
         r["name"], str(r["slot"]),
         ",".join(str((r["live_ports"] or r["ports"]).get(c, "-")) for c in r["components"])
         + f",{r['ports']['redis']}",
         ",".join(r["domains"]), ",".join(r["components"]), r["state"] or "?",
         r["live_release"] or "-", r["tls_expires"] or "-", mib(r["disk_bytes"]))
-        for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+        for r in rows], rows)
 
 
 def show_lines(r: dict, site: Site) -> list[str]:
@@ -212,7 +242,7 @@ def usage_lines(rows: list[dict]) -> list[str]:
         return f"{size(r['memory_bytes'])} / {size(top) if top else 'no limit'}"
     head = ("NAME", "MEMORY / LIMIT", "PEAK", "CPU%", "TASKS", "IO R/W", "DISK", "DB", "REDIS",
             "REQ", "4xx", "5xx", "429", "p50/p99 ms")
-    table = [head] + [(
+    lines = table(head, [(
         r["name"], limit(r), size(r["memory_peak_bytes"]),
         "-" if r["cpu_percent"] is None else f"{r['cpu_percent']:.1f}",
         f"{r['tasks'] if r['tasks'] is not None else '-'}/{r['limits']['tasks_max']}",
@@ -220,35 +250,38 @@ def usage_lines(rows: list[dict]) -> list[str]:
         size(r["database_bytes"]), size(r["redis_memory_bytes"]), str(r["requests"]),
         str(r["status_4xx"]), str(r["status_5xx"]), str(r["status_429"]),
         "-" if r["upstream_p50_ms"] is None
-        else f"{r['upstream_p50_ms']:.0f}/{r['upstream_p99_ms']:.0f}") for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+        else f"{r['upstream_p50_ms']:.0f}/{r['upstream_p99_ms']:.0f}") for r in rows], rows)
     if rows:
         lines.append(f"traffic over the last {rows[0]['window_seconds']:g} s of each access log")
     return lines
 
 
-def show_usage(host: Host, data, args: argparse.Namespace) -> None:
+def show_usage(host: Host, data, args: argparse.Namespace) -> dict[str, str]:
     names = args.names or sorted(data.sites, key=lambda n: data.sites[n].slot)
     sites = [registry.get_site(data, n) for n in names]
     rows = usage.collect(host, sites, 0 if args.prometheus_dir else args.interval, args.window)
+    errors: dict[str, str] = {}
+    if args.all_hosts:
+        rows, errors = fleet_rows(host, rows, ["sites", "usage", *args.names, "--interval",
+                                               f"{args.interval:g}", "--window",
+                                               f"{args.window:g}"], args.host_timeout)
     if args.prometheus_dir:
         if args.prometheus_dir.is_dir() and not host.dry_run:
             safefs.write(args.prometheus_dir / "siteops.prom",
                          usage.prometheus(rows).encode(), 0o644)
-        return
+        return errors
     if args.json:
         print(json.dumps(rows, indent=2))
-        return
+        return errors
     for line in usage_lines(rows):
         host.say(line)
+    return errors
 
 
-def run(host: Host, args: argparse.Namespace) -> None:
+def run(host: Host, args: argparse.Namespace) -> int:
     data = registry.load(host)
     if args.action == "usage":
-        show_usage(host, data, args)
-        return
+        return unreachable(show_usage(host, data, args))
     if args.action == "show":
         site = registry.get_site(data, args.name)
         row = gather(host, [site])[0]
@@ -257,14 +290,25 @@ def run(host: Host, args: argparse.Namespace) -> None:
         else:
             for line in show_lines(row, site):
                 host.say(line)
-        return
+        return 0
     rows = gather(host, sorted(data.sites.values(), key=lambda s: s.slot))
+    errors: dict[str, str] = {}
+    if args.action == "list" and args.all_hosts:
+        rows, errors = fleet_rows(host, rows, ["sites", "list"], args.host_timeout)
     if args.action == "list" and args.json:
         print(json.dumps(rows, indent=2))
-        return
+        return unreachable(errors)
     lines = list_lines(rows) if args.action == "list" else doc_lines(host, rows)
     for line in lines:
         host.say(line)
+    return unreachable(errors)
+
+
+def unreachable(errors: dict[str, str]) -> int:
+    """Each host that did not answer, on stderr; exit code 1 if any."""
+    for why in errors.values():
+        print(f"sites: {why}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def main(argv: list[str] | None = None, host: Host | None = None) -> int:
