@@ -55,7 +55,8 @@ class Remote:
     @property
     def known_as(self) -> str:
         """How known_hosts names it."""
-        return self.address if self.port == 22 else f"[{self.address.strip('[]')}]:{self.port}"
+        address = self.address.strip("[]")
+        return address if self.port == 22 else f"[{address}]:{self.port}"
 
 
 def host_name(value: str) -> str:
