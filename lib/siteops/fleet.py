@@ -25,6 +25,7 @@ from typing import Callable
 from . import access
 from .errors import SiteopsError, UsageError
 from .host import Host, Result, clean
+from .validate import InvalidInput
 from .paths import REPO
 
 HOST_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
@@ -61,7 +62,7 @@ class Remote:
 
 def host_name(value: str) -> str:
     if not HOST_NAME.fullmatch(value):
-        raise UsageError(f"invalid host name {value!r}: lowercase letters, digits and '-', "
+        raise InvalidInput(f"invalid host name {value!r}: lowercase letters, digits and '-', "
                          "starting with a letter (at most 32)")
     return value
 
