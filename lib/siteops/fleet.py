@@ -25,6 +25,7 @@ from typing import Callable
 from . import access
 from .errors import SiteopsError, UsageError
 from .host import Host, Result, clean
+from . import validate
 from .validate import InvalidInput
 from .paths import REPO
 
@@ -261,3 +262,12 @@ def gather(host: Host, here: dict | list, command: list[str],
 
 
 LOCAL = "local"
+
+
+def add_arguments(p, what: str, timeout: int) -> None:
+    """--all-hosts and --host-timeout, for a command with a fleet view."""
+    p.add_argument("--all-hosts", action="store_true",
+                   help=f"also {what} every host of the inventory (hosts list), asked at once")
+    p.add_argument("--host-timeout", type=validate.number("--host-timeout", 5, 3600),
+                   default=timeout, metavar="S",
+                   help=f"with --all-hosts: seconds each host has to answer (default {timeout})")

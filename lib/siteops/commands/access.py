@@ -172,12 +172,7 @@ def listing(host: Host, args: argparse.Namespace) -> None:
 def run(host: Host, args: argparse.Namespace) -> None:
     if args.action != "add" and (args.label or args.role):
         raise UsageError("--label and --role go with add")
-    if args.action == "add":
-        add(host, args)
-    elif args.action == "remove":
-        remove(host, args)
-    else:
-        listing(host, args)
+    {"add": add, "remove": remove, "list": listing}[args.action](host, args)
 
 
 def main(argv: list[str] | None = None, host: Host | None = None) -> int:

@@ -58,12 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sites to check (default: all); the host is always checked")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--fix", action="store_true", help="repair what is safe, then audit again")
-    p.add_argument("--all-hosts", action="store_true",
-                   help="also audit every host of the inventory (hosts list) at once: one "
-                        "line and one result for the fleet; an unreachable host is CRITICAL")
-    p.add_argument("--host-timeout", type=validate.number("--host-timeout", 5, 3600),
-                   default=120, metavar="S",
-                   help="with --all-hosts: seconds each host has to answer (default 120)")
+    fleet.add_arguments(p, "audit (one line each, one result for the fleet; an unreachable "
+                           "host is CRITICAL)", 120)
     p.exit_code = UNKNOWN  # bad arguments are UNKNOWN to a monitor, not CRITICAL
     return p
 

@@ -122,14 +122,8 @@ def remove(host: Host, args: argparse.Namespace) -> None:
 def run(host: Host, args: argparse.Namespace) -> None:
     if args.action != "add" and (args.url or args.key or args.fingerprint):
         raise UsageError("an address, --key and --fingerprint go with add")
-    if args.action == "version":
-        print(fleet.version())
-    elif args.action == "add":
-        add(host, args)
-    elif args.action == "remove":
-        remove(host, args)
-    else:
-        listing(host, args)
+    {"add": add, "remove": remove, "list": listing,
+     "version": lambda *_: print(fleet.version())}[args.action](host, args)
 
 
 def main(argv: list[str] | None = None, host: Host | None = None) -> int:

@@ -67,12 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def all_hosts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--all-hosts", action="store_true",
-                   help="also every host of the inventory (hosts list), asked at once; "
-                        "a HOST column says which")
-    p.add_argument("--host-timeout", type=validate.number("--host-timeout", 5, 3600),
-                   default=60, metavar="S",
-                   help="with --all-hosts: seconds each host has to answer (default 60)")
+    fleet.add_arguments(p, "list the sites of (a HOST column says which)", 60)
 
 
 def fleet_rows(host: Host, rows: list[dict], command: list[str],
