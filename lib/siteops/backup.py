@@ -17,11 +17,14 @@ registry. The dump, the RDB and site.json are staged in
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from . import envfile, model, parts, postgres, redis, safefs, systemd
 from .errors import SiteopsError
@@ -57,8 +60,28 @@ def settings(host: Host) -> dict[str, str]:
     return values
 
 
+# A repository other than the host's own that snapshots are read from (restore
+# --from-repository, move-site's transfer repository): (repository, password file).
+_READING: contextvars.ContextVar[tuple[str, Path] | None] = contextvars.ContextVar(
+    "reading", default=None)
+
+
+@contextlib.contextmanager
+def reading(repository: str | None, password_file: Path | None) -> Iterator[None]:
+    """Within this block restic reads from repository (None: the host's own)."""
+    token = _READING.set((repository, password_file) if repository and password_file else None)
+    try:
+        yield
+    finally:
+        _READING.reset(token)
+
+
 def restic_env(host: Host) -> dict[str, str]:
     """restic's environment: repository, password file, cache, credentials."""
+    other = _READING.get()
+    if other:
+        return {"RESTIC_REPOSITORY": other[0], "RESTIC_PASSWORD_FILE": str(other[1]),
+                "RESTIC_CACHE_DIR": str(host.paths.restic_cache)}
     env = {k: v for k, v in settings(host).items() if k not in RETENTION}
     env["RESTIC_PASSWORD_FILE"] = str(password_path(host))
     env["RESTIC_CACHE_DIR"] = str(host.paths.restic_cache)

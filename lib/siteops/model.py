@@ -19,7 +19,9 @@ Schema 2 (the file siteops writes):
              {email, hsts, staging, server, ca_bundle} or null (HTTP only),
              live {release, offset} or null, releases {id: RELEASE},
              history [EVENT], keys [KEY], maintenance {message,
-             retry_after, since, by} or null (serving)
+             retry_after, since, by} or null (serving), move {to, address,
+             stage, scheme, started, snapshot} or null (move-site on the
+             source), forwarded_by [address] (move-site on the target)
     RELEASE  result ("building" | "ok" | "failed"), ref, repo, user, started,
              finished, commit, subject, runtime, commands, health,
              health_timeout, error, rolled_back, release_command (run before
@@ -124,6 +126,19 @@ class Maintenance:
     by: str | None = None
 
 
+@dataclass
+class Move:
+    """A move of the site to another host (move-site), where it stands: copied
+    (the target runs a copy; this host serves), forwarding (this host's nginx
+    sends the site's traffic to the target, which serves; DNS still to move)."""
+    to: str
+    address: str
+    stage: str = "copying"
+    scheme: str = "http"
+    started: str | None = None
+    snapshot: str | None = None
+
+
 DEPLOY_ROLE, READ_ROLE = "deploy", "read"
 
 
@@ -189,6 +204,8 @@ class Site:
     history: list[Event] = field(default_factory=list)
     keys: list[Key] = field(default_factory=list)
     maintenance: Maintenance | None = None
+    move: Move | None = None
+    forwarded_by: list[str] = field(default_factory=list)  # hosts whose X-Forwarded-For it trusts
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

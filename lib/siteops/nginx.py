@@ -271,6 +271,8 @@ def site_config(site: Site, version: tuple[int, ...], certs: Path | None, logs: 
                            placeholder_dir=SERVER.placeholder(name))
     hsts = ('    add_header Strict-Transport-Security "max-age=63072000" always;\n'
             if certs and site.tls and site.tls.hsts else "")
+    if site.move and site.move.stage == FORWARDING:
+        locations = forward_locations(site, certs)
     if site.maintenance:
         # A location's add_header replaces the server's: HSTS is said again.
         locations = render("nginx/location-maintenance.conf", name=name,
@@ -278,7 +280,8 @@ def site_config(site: Site, version: tuple[int, ...], certs: Path | None, logs: 
                            retry_after=site.maintenance.retry_after,
                            hsts=hsts.replace("    add_header", "        add_header"))
     common = dict(name=name, domains=" ".join(site.domains), logs=logs,
-                  acme_root=SERVER.acme_root)
+                  acme_root=SERVER.acme_root,
+                  trusted="".join(f"    set_real_ip_from {a};\n" for a in site.forwarded_by))
     https = ""
     if certs:
         https = render("nginx/https-server.conf", listen_https=listen_https(version),
@@ -286,6 +289,26 @@ def site_config(site: Site, version: tuple[int, ...], certs: Path | None, logs: 
         locations = render("nginx/location-redirect.conf")
     return render("nginx/site.conf", upstreams=upstreams, http_locations=locations,
                   https_server=https, **common)
+
+
+FORWARDING = "forwarding"
+SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def forward_locations(site: Site, certs: Path | None) -> str:
+    """The site's traffic proxied to the host it moved to: over HTTPS when
+    the site has a certificate (the target serves the same one, verified for
+    the visitor's host name), else HTTP."""
+    assert site.move is not None
+    tls = ""
+    if certs:
+        ca = site.tls.ca_bundle if site.tls and site.tls.ca_bundle else SYSTEM_CAS
+        tls = ("        proxy_ssl_verify on;\n"
+               f"        proxy_ssl_trusted_certificate {ca};\n"
+               "        proxy_ssl_server_name on;\n        proxy_ssl_name $host;\n")
+    scheme = "https" if certs else "http"
+    return render("nginx/location-forward.conf", name=site.name, tls=tls,
+                  target=f"{scheme}://{site.move.address}")
 
 
 MAINTENANCE_PAGE = "siteops-maintenance.html"

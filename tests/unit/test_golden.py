@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from siteops import hardening, logrotate, nftables, nginx, systemd, users
-from siteops.model import Job, Limits, Live, Maintenance, Site, Tls
+from siteops.model import Job, Limits, Live, Maintenance, Move, Site, Tls
 from siteops.paths import TEMPLATES, Paths
 from siteops.host import Host
 from siteops.templates import render
@@ -36,6 +36,10 @@ def renders():
     down = LIVE.copy(maintenance=Maintenance("Back at <b>14:00</b>", 600), tls=Tls(hsts=True))
     yield "nginx-site-maintenance-tls-1.26.conf", nginx.site_config(down, (1, 26, 3), CERTS, LOGS)
     yield "nginx-maintenance.html", nginx.maintenance_page(down)
+    moved = LIVE.copy(move=Move("big", "192.0.2.2", "forwarding"), tls=Tls())
+    yield "nginx-site-forwarding-tls-1.26.conf", nginx.site_config(moved, (1, 26, 3), CERTS, LOGS)
+    arrived = LIVE.copy(forwarded_by=["192.0.2.1"])
+    yield "nginx-site-forwarded-by.conf", nginx.site_config(arrived, (1, 26, 3), None, LOGS)
     for version in ((1, 22, 1), (1, 26, 3)):
         for path, text in nginx.base_files(NO_SERVER, version).items():
             yield f"nginx-base-{'.'.join(map(str, version[:2]))}-{path.name}", text

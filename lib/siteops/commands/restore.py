@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from .. import (access, backup, cli, envfile, instances, model, network, parts, postgres, redis, registry,
-                systemd, validate)
+from .. import (access, backup, cli, envfile, instances, model, network, parts, postgres, redis,
+                registry, systemd, validate)
 from . import add_site
 from . import deploy as deploy_command
 from ..errors import SiteopsError, UsageError
 from ..journal import now
 from ..model import Site
 from ..host import Host
+
+Source = tuple[str | None, Path | None]  # a repository to read from, and its password file
 
 DESCRIPTION = """\
 Put a site's data back as a snapshot holds it (default: its newest backup;
@@ -63,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot", type=snapshot_id, metavar="ID",
                    help="the snapshot (an id or its first 8 characters; one NAME only)")
     p.add_argument("--yes", action="store_true", help="really replace the site's data")
+    p.add_argument("--from-repository", metavar="REPO",
+                   help="read the snapshot from this restic repository instead of the host's "
+                        "own (another host's, or move-site's copy); safety snapshots still go "
+                        "to the host's own")
+    p.add_argument("--password-file", type=Path, metavar="FILE",
+                   help="with --from-repository: its password (root-only file)")
     return p
 
 
@@ -157,11 +166,13 @@ def recreate(host: Host, saved: Site) -> Site:
         return site
 
 
-def restore_one(host: Host, name: str, snapshot: dict) -> None:
-    """Restore one site from snapshot, recreating it first if this host lacks it
-    (then deploying the commit that was live, from the restored mirror)."""
+def restore_one(host: Host, name: str, snapshot: dict, source: Source = (None, None)) -> None:
+    """Restore one site from snapshot (of source's repository, else the
+    host's own), recreating it first if this host lacks it (then deploying the
+    commit that was live, from the restored mirror)."""
     target = host.paths.state / "restore" / name
-    backup.extract(host, snapshot["id"], target)
+    with backup.reading(*source):
+        backup.extract(host, snapshot["id"], target)
     try:
         saved = model.site_from_json(json.loads(
             backup.inside(target, host.paths.staging(name) / "site.json").read_text()))
@@ -217,18 +228,23 @@ def run(host: Host, args: argparse.Namespace) -> None:
         raise UsageError("restore replaces the site's database, uploads, .env and Redis: "
                          "pass --yes to go ahead (a safety snapshot is taken first); "
                          "nothing was changed")
+    if bool(args.from_repository) != bool(args.password_file) or (args.from_repository
+                                                                   and args.all):
+        raise UsageError("--from-repository and --password-file go together, with NAME")
     require_repository(host)
     plan = plan_all(host) if args.all else None
     names = plan.sites if plan else args.names
+    source: Source = (args.from_repository, args.password_file)
     for name in names:
-        snapshot = backup.find_snapshot(host, name, args.snapshot)
+        with backup.reading(*source):
+            snapshot = backup.find_snapshot(host, name, args.snapshot)
         host.say(f"restore {name} from snapshot {snapshot['short_id']} of "
                  f"{snapshot['time'][:19].replace('T', ' ')}")
         if host.dry_run:  # what a snapshot holds is known only once extracted
             host.say(f"{'':13}(dry run: the snapshot is not extracted, so its steps are not "
                      "listed)")
             continue
-        restore_one(host, name, snapshot)
+        restore_one(host, name, snapshot, source)
     host.say(f"{'would restore' if host.dry_run else 'restored'} {len(names)} site(s)")
     if plan and plan.missing:
         raise SiteopsError(f"{', '.join(plan.missing)} had no backup and could not be restored "
