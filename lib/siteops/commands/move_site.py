@@ -1,0 +1,303 @@
+"""move-site: move a site to another host of the inventory, its data identical,
+its visitors served throughout (WIP: not yet proven in a box)."""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+from pathlib import Path
+
+from .. import backup, cli, envfile, fleet, nginx, registry, systemd, validate
+from ..errors import SiteopsError, UsageError
+from ..host import Host
+from ..journal import now, who
+from ..model import Maintenance, Move, Site
+from . import remove_site as remove_site_command
+
+COPYING, COPIED, FROZEN, FORWARDING = "copying", "copied", "frozen", nginx.FORWARDING
+MOVE_TAG = "move"
+
+DESCRIPTION = """\
+Move site NAME to HOST (hosts list), in stages; each is safe to stop and run
+again (it resumes), and the site is served throughout, by one host or the
+other, never by both writing.
+
+  1 copy     HOST is checked (reachable, same siteops, a free slot, room for
+             the data, the name free there); the site is backed up here, the
+             snapshot copied with restic over SSH into a transfer repository
+             on HOST, and restored there as a new site (same name, domains,
+             components, limits, workers, jobs, secrets, certificate,
+             mirror), its live commit deployed and health-checked; its
+             workers and timers are held there. This host keeps serving.
+  2 freeze   this host answers 503 (maintenance) and stops the site's
+             workers and timers; a last backup is copied and restored on
+             HOST, whose health is checked through its nginx.
+  3 forward  HOST starts the workers and timers and trusts this host's
+             forwarded visitor addresses; this host's nginx sends the
+             site's traffic to HOST (HTTPS verified when the site has a
+             certificate), so visitors whose DNS still says this host are
+             served by HOST.
+
+Then point the site's DNS records at HOST, and once they have moved run
+`move-site NAME --finish`: a final backup here, the site removed from this
+host (its slot freed, forwarding stopped), the transfer repository removed.
+`--abort` before that puts the site back here as it was and removes HOST's
+copy (after the forward stage, what visitors wrote on HOST since is lost:
+it needs --yes).
+"""
+
+EPILOG = """\
+examples:
+  sudo move-site shop --to big
+  sudo move-site shop --finish
+  sudo move-site shop --abort
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = cli.parser("move-site", DESCRIPTION, EPILOG)
+    p.add_argument("name", type=validate.site_name, help="the site to move")
+    p.add_argument("--to", type=fleet.host_name, metavar="HOST", help="the host to move it to")
+    p.add_argument("--finish", action="store_true", help="remove it here once DNS has moved")
+    p.add_argument("--abort", action="store_true", help="put it back here, remove HOST's copy")
+    p.add_argument("--yes", action="store_true", help="--abort after the forward stage")
+    p.add_argument("--receive", choices=("check", "password", "hold", "serve", "clean"),
+                   help="on HOST, run by move-site over SSH: one step of receiving the site")
+    p.add_argument("--bytes", type=validate.number("--bytes", 0, 2**50), default=0,
+                   metavar="N", help="with --receive check: the room the site needs")
+    p.add_argument("--trust", metavar="ADDRESS",
+                   help="with --receive serve: the sending host's address, whose forwarded "
+                        "visitor addresses HOST trusts")
+    return p
+
+
+# -- on the target ---------------------------------------------------------------
+
+def transfer_dir(host: Host, name: str) -> Path:
+    return host.paths.state / "move" / name
+
+
+def receive(host: Host, args: argparse.Namespace) -> None:
+    name = args.name
+    here = registry.load(host).sites.get(name)
+    moving = transfer_dir(host, name).is_dir()
+    if args.receive == "check":
+        if here is not None and not moving:
+            raise UsageError(f"site {name} already exists on this host (not a move in progress)")
+        if here is None:
+            registry.allocate_slot(registry.load(host), set())  # raises when none is free
+        st = os.statvfs(host.paths.sites)
+        if st.f_bavail * st.f_frsize < 2 * args.bytes + 500 * 2**20:
+            raise SiteopsError(f"not enough disk for {name}: it needs about "
+                               f"{2 * args.bytes // 2**20 + 500} MB here")
+        host.say("resume" if here is not None else "ok")
+    elif args.receive == "password":
+        data = os.read(0, 4096).decode().strip()
+        if len(data) < 32:
+            raise UsageError("no transfer password on standard input")
+        with host.step(f"transfer repository of {name}"):
+            host.ensure_dir(transfer_dir(host, name).parent, 0o700)
+            host.ensure_dir(transfer_dir(host, name), 0o700)
+            host.write(transfer_dir(host, name) / "password", data + "\n", 0o600)
+    elif args.receive in ("hold", "serve"):
+        site = registry.get_site(registry.load(host), name)
+        units = list(systemd.live_workers(site)) + [
+            t for job in (site.releases[site.live.release].jobs if site.live else {})
+            for t in systemd.job_units(name, job)[1:]]
+        with host.step(f"{name}: workers and timers {'held' if args.receive == 'hold' else 'on'}"):
+            if units:
+                host.run(["systemctl", "stop" if args.receive == "hold" else "start", *units])
+        if args.receive == "serve" and args.trust:
+            site = registry.update_site(host, name, f"move-site {name}",
+                                        lambda e: setattr(e, "forwarded_by", [args.trust]))
+            nginx.ensure_site(host, site, host.paths.of(name).logs)
+    else:  # clean
+        with host.step(f"transfer repository of {name} removed"):
+            host.remove_tree(transfer_dir(host, name))
+        site = registry.load(host).sites.get(name)
+        if site and site.forwarded_by:
+            site = registry.update_site(host, name, f"move-site {name}",
+                                        lambda e: setattr(e, "forwarded_by", []))
+            nginx.ensure_site(host, site, host.paths.of(name).logs)
+
+
+# -- on the source ----------------------------------------------------------------
+
+def password_file(host: Host, name: str) -> Path:
+    return host.paths.state / "move" / f"{name}.password"
+
+
+def transfer_repository(host: Host, remote: fleet.Remote, name: str) -> tuple[str, list[str]]:
+    """The transfer repository on the target as restic names it from here
+    (sftp over siteops's pinned SSH), and the options that say how."""
+    ssh = fleet.ssh_argv(host, remote, ["-s", "sftp"])
+    ssh.remove("--")
+    command = " ".join(ssh)
+    return (f"sftp:{remote.user}@{remote.address}:{transfer_dir(host, name)}/repo",
+            ["-o", f"sftp.command={command}"])
+
+
+def copy_snapshot(host: Host, remote: fleet.Remote, site: Site) -> None:
+    """A backup of the site here, copied into the transfer repository on the
+    target (only the blobs it lacks), then restored there."""
+    name = site.name
+    pw = password_file(host, name)
+    if host.read(pw) is None:
+        host.ensure_dir(pw.parent, 0o700)
+        host.write(pw, envfile.secret() + "\n", 0o600)
+    res = fleet.siteops(host, remote, "move-site", name, "--receive", "password",
+                        input=host.read(pw))
+    if res.code != 0:
+        raise SiteopsError(f"{remote.name}: {res.err.strip()}")
+    repo, options = transfer_repository(host, remote, name)
+    dest = {"RESTIC_REPOSITORY": repo, "RESTIC_PASSWORD_FILE": str(pw),
+            "RESTIC_CACHE_DIR": str(host.paths.restic_cache)}
+    with host.step(f"transfer repository on {remote.name}"):
+        if host.query(["restic", *options, "cat", "config"], env=dest, ok=range(256)).code:
+            host.run(["restic", "--quiet", *options, "init"], env=dest)
+    sid = backup.backup_site(host, site, tags=(MOVE_TAG,))
+    src = backup.restic_env(host)
+    with host.step(f"snapshot {sid[:8]} copied to {remote.name}"):
+        host.run(["restic", "--quiet", *options, "copy", "--from-repo", src["RESTIC_REPOSITORY"],
+                  "--from-password-file", src["RESTIC_PASSWORD_FILE"], sid],
+                 env={**{k: v for k, v in src.items() if k.startswith(("AWS_", "B2_", "AZURE_",
+                                                                      "GOOGLE_", "OS_"))},
+                      **dest}, timeout=6 * 3600)
+    with host.step(f"restored on {remote.name}"):
+        res = fleet.siteops(host, remote, "restore", name, "--from-repository",
+                            f"{transfer_dir(host, name)}/repo", "--password-file",
+                            f"{transfer_dir(host, name)}/password", "--yes", timeout=6 * 3600)
+        if res.code != 0:
+            raise SiteopsError(f"restore of {name} on {remote.name} failed: "
+                               f"{(res.err or res.out).strip()[-800:]}")
+
+
+def healthy_there(site: Site, remote: fleet.Remote) -> None:
+    """The target's nginx answers the site's first domain with 2xx or 3xx."""
+    conn = http.client.HTTPConnection(remote.address.strip("[]"), 80, timeout=15)
+    try:
+        conn.request("GET", "/", headers={"Host": site.domains[0]})
+        status = conn.getresponse().status
+    except OSError as exc:
+        raise SiteopsError(f"{site.name} on {remote.name} does not answer: {exc}") from None
+    finally:
+        conn.close()
+    if not 200 <= status < 400:
+        raise SiteopsError(f"{site.name} on {remote.name} answers {status}; not moving on")
+
+
+def set_move(host: Host, name: str, move: Move | None, maintenance: Maintenance | None) -> Site:
+    def change(entry: Site) -> None:
+        entry.move, entry.maintenance = move, maintenance
+    return registry.update_site(host, name, f"move-site {name}", change)
+
+
+def local_units(site: Site, action: str, host: Host) -> None:
+    units = list(systemd.live_workers(site)) + [
+        systemd.job_units(site.name, job)[1]
+        for job in (site.releases[site.live.release].jobs if site.live else {})]
+    if units:
+        host.run(["systemctl", action, *units])
+
+
+def start(host: Host, args: argparse.Namespace) -> None:
+    name = args.name
+    site = registry.get_site(registry.load(host), name)
+    remote = fleet.get(host, args.to)
+    if site.move and site.move.to != args.to:
+        raise UsageError(f"{name} is being moved to {site.move.to}: finish or abort that first")
+    if site.move is None:
+        fleet.check_version(host, remote)
+        need = sum(f.stat().st_size for f in host.paths.site(name).rglob("*") if f.is_file())
+        res = fleet.siteops(host, remote, "move-site", name, "--receive", "check",
+                            "--bytes", str(need))
+        if res.code != 0:
+            raise SiteopsError(f"{remote.name} cannot take {name}: {res.err.strip()}")
+        site = set_move(host, name, Move(args.to, remote.address, COPYING, started=now()),
+                        site.maintenance)
+    move = site.move
+    assert move is not None
+    if move.stage == COPYING:
+        copy_snapshot(host, remote, site)
+        fleet.siteops(host, remote, "move-site", name, "--receive", "hold")
+        healthy_there(site, remote)
+        move.stage = COPIED
+        site = set_move(host, name, move, site.maintenance)
+    if move.stage == COPIED:
+        held = Maintenance("This site is moving to a new server; back in a moment.", 30,
+                           now(), who())
+        site = set_move(host, name, move, held)
+        nginx.ensure_site(host, site, host.paths.of(name).logs)
+        with host.step(f"{name}: workers and timers stopped here"):
+            local_units(site, "stop", host)
+        copy_snapshot(host, remote, site)
+        fleet.siteops(host, remote, "move-site", name, "--receive", "hold")
+        healthy_there(site, remote)
+        move.stage = FROZEN
+        site = set_move(host, name, move, held)
+    if move.stage == FROZEN:
+        address = fleet.run(host, remote, ["printenv", "SSH_CONNECTION"]).out.split()[:1]
+        fleet.siteops(host, remote, "move-site", name, "--receive", "serve",
+                      *(["--trust", address[0]] if address else []))
+        move.stage = FORWARDING
+        site = set_move(host, name, move, None)
+        nginx.ensure_site(host, site, host.paths.of(name).logs)
+    host.say(f"{name} is served by {remote.name} ({remote.address}); this host forwards its "
+             f"visitors there. Point DNS for {', '.join(site.domains)} at {remote.address}, "
+             f"then run: move-site {name} --finish")
+
+
+def finish(host: Host, args: argparse.Namespace) -> None:
+    name = args.name
+    site = registry.get_site(registry.load(host), name)
+    if not site.move or site.move.stage != FORWARDING:
+        raise UsageError(f"{name} is not forwarding to another host (move-site {name} --to HOST "
+                         "first)")
+    remote = fleet.get(host, site.move.to)
+    remove_site_command.run(host, remove_site_command.build_parser().parse_args([name, "--yes"]))
+    fleet.siteops(host, remote, "move-site", name, "--receive", "clean")
+    host.remove(password_file(host, name))
+    host.say(f"{name} now lives on {remote.name} only")
+
+
+def abort(host: Host, args: argparse.Namespace) -> None:
+    name = args.name
+    site = registry.get_site(registry.load(host), name)
+    if not site.move:
+        raise UsageError(f"{name} is not being moved")
+    if site.move.stage == FORWARDING and not args.yes:
+        raise UsageError(f"{name} is served by {site.move.to} since the forward stage: what "
+                         "visitors wrote there since is lost by an abort; pass --yes if you "
+                         "mean it; nothing was changed")
+    remote = fleet.get(host, site.move.to)
+    site = set_move(host, name, None, None)
+    nginx.ensure_site(host, site, host.paths.of(name).logs)
+    with host.step(f"{name}: workers and timers started here"):
+        local_units(site, "start", host)
+    there = fleet.siteops(host, remote, "sites", "show", name, "--json")
+    if there.code == 0:
+        fleet.siteops(host, remote, "remove-site", name, "--yes", "--no-backup")
+    fleet.siteops(host, remote, "move-site", name, "--receive", "clean")
+    host.remove(password_file(host, name))
+    host.say(f"{name} is served here again, as before the move")
+
+
+def run(host: Host, args: argparse.Namespace) -> None:
+    chosen = [bool(args.to), args.finish, args.abort, bool(args.receive)]
+    if sum(chosen) != 1:
+        raise UsageError("give one of --to HOST, --finish, --abort")
+    if args.receive:
+        receive(host, args)
+    elif args.to:
+        start(host, args)
+    elif args.finish:
+        finish(host, args)
+    else:
+        abort(host, args)
+
+
+def main(argv: list[str] | None = None, host: Host | None = None) -> int:
+    return cli.main("move-site", build_parser(), run, argv, host)
+
+
