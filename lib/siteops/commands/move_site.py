@@ -115,11 +115,11 @@ def receive(host: Host, args: argparse.Namespace) -> None:
     else:  # clean
         with host.step(f"transfer repository of {name} removed"):
             host.remove_tree(transfer_dir(host, name))
-        site = registry.load(host).sites.get(name)
-        if site and site.forwarded_by:
-            site = registry.update_site(host, name, f"move-site {name}",
-                                        lambda e: setattr(e, "forwarded_by", []))
-            nginx.ensure_site(host, site, host.paths.of(name).logs)
+        entry = registry.load(host).sites.get(name)
+        if entry and entry.forwarded_by:
+            entry = registry.update_site(host, name, f"move-site {name}",
+                                         lambda e: setattr(e, "forwarded_by", []))
+            nginx.ensure_site(host, entry, host.paths.of(name).logs)
 
 
 # -- on the source ----------------------------------------------------------------
