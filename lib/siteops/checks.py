@@ -393,7 +393,7 @@ def access_check(site: Site, af: dict, now: str) -> Finding:
     a key unused (since it was added) for access.UNUSED_DAYS."""
     def unused_days(key) -> float:
         when = af["last_used"].get(key.fingerprint) or key.added
-        return _days(when, now) if when else 0
+        return _hours(when, now) / 24 if when else 0
     stale = [k for k in site.keys if unused_days(k) > access.UNUSED_DAYS]
     listed = ", ".join(f"{k.label or k.fingerprint} ({k.role}, last used "
                        f"{(af['last_used'].get(k.fingerprint) or 'never')[:10]})"
@@ -404,9 +404,10 @@ def access_check(site: Site, af: dict, now: str) -> Finding:
               remedy=f"access {site.name} remove FINGERPRINT if it is no longer needed")
 
 
-def _days(then: str, now: str) -> float:
-    a = datetime.datetime.strptime(then, ISO)
-    return (datetime.datetime.strptime(now, ISO) - a).total_seconds() / 86400
+def _hours(then: str, now: str) -> float:
+    """Hours from then to now (both ISO); ValueError if either is not a time."""
+    return (datetime.datetime.strptime(now, ISO)
+            - datetime.datetime.strptime(then, ISO)).total_seconds() / 3600
 
 
 BACKUP_WARN_HOURS, BACKUP_CRIT_HOURS = 26, 48
@@ -430,8 +431,7 @@ def backup_check(site: Site, facts: dict) -> Finding:
     name, last = site.name, facts["backup"]["latest"].get(site.name)
     since = last or site.created
     try:
-        hours = (datetime.datetime.strptime(facts["time"], ISO)
-                 - datetime.datetime.strptime(since or "", ISO)).total_seconds() / 3600
+        hours = _hours(since or "", facts["time"])
     except ValueError:
         hours = float("inf")
     if last is None and hours < BACKUP_WARN_HOURS:

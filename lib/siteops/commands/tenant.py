@@ -40,7 +40,8 @@ from ..errors import SiteopsError
 from ..host import Host, PATH
 from ..model import DEPLOY_ROLE, READ_ROLE, Key
 from ..users import DEPLOY_USER, sudo_caller
-from .config import public_argv
+from .config import key, public_argv
+from .maintenance import message as maintenance_message
 
 MAX_COMMAND = 2000
 PROCESS = re.compile(r"[a-z0-9][a-z0-9_.@-]{0,63}")
@@ -76,7 +77,6 @@ class Request:
 
 
 def _config_words(words: list[str]) -> None:
-    from .config import key
     if not words:
         return
     action, pairs = words[0], words[1:]
@@ -98,11 +98,6 @@ def _ref(value: str) -> str:
     return validate.git_ref(value)
 
 
-def _maintenance():
-    from . import maintenance
-    return maintenance
-
-
 def _on_off(words: list[str]) -> None:
     if words not in ([], ["on"], ["off"]):
         raise Refused("maintenance takes: maintenance NAME [on|off]")
@@ -122,9 +117,9 @@ GRAMMARS: dict[str, Grammar] = {
     "logs": Grammar(READ_ROLE, frozenset({"-f", "--follow"}), {"-n": _lines, "--lines": _lines},
                     words=_process),
     "maintenance": Grammar(DEPLOY_ROLE, frozenset({"--dry-run"}),
-                           {"--message": lambda v: _maintenance().message(v),
+                           {"--message": maintenance_message,
                             "--retry-after": validate.number("--retry-after", 1, 7 * 86400)},
-                           words=lambda w: _on_off(w)),
+                           words=_on_off),
     "sites show": Grammar(READ_ROLE, frozenset({"--json"})),
     "sites usage": Grammar(READ_ROLE, frozenset({"--json"})),
 }
