@@ -180,12 +180,31 @@ def site_checks(host: Host, site: Site, facts: dict) -> list[Finding]:
     out.append(_f(f"site.{name}.maintenance", m is None, name, "serving (not in maintenance)",
                   f"in maintenance since {m and m.since} ({m and m.by}): visitors get a 503",
                   WARNING, remedy=f"sudo maintenance {name} off, once the work is done"))
+    out.append(move_check(site))
     if not facts["backup"]["error"]:
         out.append(backup_check(site, facts))
     du = facts["du"].get(str(host.paths.site(name)))
     if du is not None:
         out.append(Finding(f"site.{name}.disk", OK, name, f"uses {du / 2**20:.1f} MiB"))
     return out
+
+
+def move_check(site: Site) -> Finding:
+    """A move-site in progress: on the source (its stage), or the copy on
+    the target, whose workers and timers are held until the move forwards."""
+    name, move = site.name, site.move
+    if move:
+        bad = (f"moving to {move.to} since {move.started}: {move.stage}"
+               + (" (this host forwards its visitors there)" if move.stage == "forwarding"
+                  else ""))
+        remedy = (f"move DNS to {move.address}, then sudo move-site {name} --finish"
+                  if move.stage == "forwarding" else
+                  f"sudo move-site {name} --to {move.to} (resumes) or --abort")
+    else:
+        bad = "workers and timers held: a move's copy not yet serving"
+        remedy = f"sudo move-site {name} --to THIS-HOST on the source resumes the move"
+    return _f(f"site.{name}.move", not move and not site.held, name, "not being moved",
+              bad, WARNING, remedy=remedy)
 
 
 def user_check(site: Site, sf: dict) -> Finding:
@@ -286,7 +305,7 @@ def job_checks(site: Site, sf: dict) -> list[Finding]:
     out = []
     for job, j in sf.get("jobs", {}).items():
         service, timer = systemd.job_units(site.name, job)
-        if j["timer"] != "active":
+        if j["timer"] != "active" and not site.held:
             problem = f"job {job}: its timer {timer} is {j['timer']}"
         elif j["result"] not in (None, "success"):
             problem = f"job {job}: its last run ({j['last']}) failed: {j['result']}"

@@ -138,10 +138,12 @@ def start(host: Host, site: Site, rid: str, record: Release, offset: int) -> lis
         raise SiteopsError(f"port {busy[0]} of site {site.name} is in use by "
                            f"{network.describe_holders(network.holders(host, busy[0]))}; "
                            "free it (ss -ltnp) and deploy again")
-    workers = systemd.worker_instances(site.name, record.workers, offset)
+    workers = {} if site.held else systemd.worker_instances(site.name, record.workers, offset)
     with host.step(f"start release {rid} on port(s) {', '.join(map(str, ports.values()))}"
-                   + (f" and {len(workers)} worker(s)" if workers else "")):
-        units = ensure_dropins(host, site, rid, record, offset)
+                   + (f" and {len(workers)} worker(s)" if workers else "")
+                   + (" (workers held)" if site.held and record.workers else "")):
+        units = [u for u in ensure_dropins(host, site, rid, record, offset)
+                 if u in workers or "-worker@" not in u]
         try:
             host.run(["systemctl", "start", *units])
         except CommandError:
@@ -191,7 +193,8 @@ def wait_healthy(host: Host, site: Site, record: Release, offset: int,
                                        f"within {timeout}s")
                 sleep(min(POLL, 0.05 * 2 ** polls))  # most apps are up within 0.1-0.5 s
                 polls += 1
-        workers = systemd.worker_instances(site.name, record.workers, offset)
+        workers = {} if site.held else systemd.worker_instances(site.name, record.workers,
+                                                                 offset)
         if workers:
             sleep(max(0.0, started + WORKER_SETTLE - clock()))
         for unit in workers:
@@ -390,4 +393,19 @@ def recover(host: Host, site: Site) -> Site:
                 stop_build(host, name)
                 remove_release(host, name, rid)
     systemd.ensure_jobs(host, site)
+    return site
+
+
+def hold(host: Host, name: str, held: bool, by: str) -> Site:
+    """Hold the site's workers and timers (stopped, and not started by later
+    deploys), or run them again; returns the entry."""
+    site = registry.update_site(host, name, by, lambda e: setattr(e, "held", held))
+    workers = list(systemd.live_workers(site))
+    with host.step(f"{name}: workers and timers {'held' if held else 'running'}"):
+        if held and workers:  # not started at boot either
+            host.run(["systemctl", "--no-reload", "disable", "--now", "--quiet", *workers])
+        elif not held:
+            for unit in workers:
+                systemd.ensure_started(host, unit)
+        systemd.ensure_jobs(host, site)
     return site

@@ -21,7 +21,9 @@ Schema 2 (the file siteops writes):
              history [EVENT], keys [KEY], maintenance {message,
              retry_after, since, by} or null (serving), move {to, address,
              stage, scheme, started, snapshot} or null (move-site on the
-             source), forwarded_by [address] (move-site on the target)
+             source), forwarded_by [address] (move-site on the target), held
+             (workers and timers not run: a move's copy, or its source
+             after the freeze)
     RELEASE  result ("building" | "ok" | "failed"), ref, repo, user, started,
              finished, commit, subject, runtime, commands, health,
              health_timeout, error, rolled_back, release_command (run before
@@ -205,7 +207,8 @@ class Site:
     keys: list[Key] = field(default_factory=list)
     maintenance: Maintenance | None = None
     move: Move | None = None
-    forwarded_by: list[str] = field(default_factory=list)  # hosts whose X-Forwarded-For it trusts
+    forwarded_by: list[str] = field(default_factory=list)  # hosts whose visitor address it trusts
+    held: bool = False  # its workers and timers do not run (move-site)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -47,7 +47,7 @@ def generated(host: Host, site: Site) -> list[Path]:
     the live release's drop-ins and job units, nginx, Redis and logrotate."""
     name, paths = site.name, host.paths
     return [*(paths.unit(u) for u in units(site)),
-            *(paths.dropin(u) for u in systemd.live_instances(site)),
+            *(paths.dropin(u) for u in systemd.live_instances(site, held=False)),
             *(paths.unit(u) for job in sorted(systemd.live_jobs(site))
               for u in systemd.job_units(name, job)),
             paths.nginx_site(name), paths.nginx_enabled(name), paths.redis_conf(name),

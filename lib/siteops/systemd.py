@@ -74,11 +74,12 @@ def job_units(site: str, job: str) -> tuple[str, str]:
     return f"{site}-job-{job}.service", f"{site}-job-{job}.timer"
 
 
-def live_instances(site: Site) -> list[str]:
-    """The instances serving the site now, workers included (none before its
-    first deploy)."""
+def live_instances(site: Site, held: bool = True) -> list[str]:
+    """The instances that run the site now, workers included (none before its
+    first deploy; no workers while the site is held, unless held=False)."""
     ports = registry.live_ports(site) or {}
-    return [instance(site.name, c, p) for c, p in ports.items()] + list(live_workers(site))
+    workers = [] if site.held and held else list(live_workers(site))
+    return [instance(site.name, c, p) for c, p in ports.items()] + workers
 
 
 def live_units(site: Site) -> list[str]:
@@ -291,7 +292,10 @@ def ensure_jobs(host: Host, site: Site) -> None:
         if outcome.changed or gone:
             host.run(["systemctl", "daemon-reload"])
         timers = [u for u in units if u.endswith(".timer")]
-        if timers and not all(is_enabled(host, t) and is_active(host, t) for t in timers):
+        if site.held:  # a move's copy, or its source after the freeze
+            if any(is_enabled(host, t) or is_active(host, t) for t in timers):
+                host.run(["systemctl", "disable", "--now", "--quiet", *timers])
+        elif timers and not all(is_enabled(host, t) and is_active(host, t) for t in timers):
             host.run(["systemctl", "enable", "--now", "--quiet", *timers])
 
 

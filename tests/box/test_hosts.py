@@ -1,7 +1,8 @@
 """Several hosts: three booted machines (Debian 12 and 13), a the operator's,
 b and c each joined to a by a private link of the tests' own (no route to
 the host's network or anywhere else), SSH between them with a key the test
-generates. The inventory, pinned host keys and the fleet views."""
+generates. The inventory, pinned host keys, the fleet views, and a site
+moved from a to b under load with its data identical."""
 
 import json
 import os
@@ -9,7 +10,8 @@ import time
 
 import pytest
 
-from machine import Box, build_image, link
+from machine import Box, Load, build_image, commit, link
+from test_backup import NOTES_APP
 
 B, C = "192.0.2.2", "198.51.100.2"
 SUITES = os.environ.get("SITEOPS_BOX_SUITES", "bookworm trixie").split()  # as conftest.py
@@ -133,3 +135,142 @@ def test_a_changed_host_key_is_refused_never_learnt(fleet):
     assert inventory(a)["c"]["fingerprint"] == host_key(c)
     assert json.loads(a.siteops("audit --all-hosts --json", check=False).stdout)[
         "unreachable"] == {}
+
+
+MOVE_TOML = """\
+runtime = "python"
+health_timeout = 20
+
+[frontend]
+start = "python app.py"
+health = "/"
+
+[workers.q]
+command = "sh worker.sh"
+
+[jobs.tick]
+schedule = "*:*:0/5"
+command = "sh tick.sh"
+"""
+
+# The worker moves queued items from the site's Redis into its database.
+WORKER = """\
+trap 'exit 0' TERM
+while true; do
+  item=$(redis-cli -u "$REDIS_URL" --no-auth-warning --raw BRPOP queue 1 | tail -n 1)
+  if [ -n "$item" ]; then
+    psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -c "INSERT INTO notes VALUES ('$item', 'queued')"
+  fi
+done
+"""
+
+TICK = "date +%s.%N >> uploads/ticks.txt\n"
+
+
+def data_of(box, site: str) -> dict:
+    """The site's data: its database rows, uploads (the job's ticks apart),
+    Redis keys and values, and .env (its Redis port apart: the slot may differ)."""
+    sh = box.sh
+    redis = (f"set -a; . /srv/sites/{site}/shared/.env; for k in $(redis-cli -u \"$REDIS_URL\" "
+             "--no-auth-warning --raw KEYS 'k*' | sort); do echo \"$k=$(redis-cli -u "
+             "\"$REDIS_URL\" --no-auth-warning --raw GET $k)\"; done | sha256sum")
+    return {
+        "rows": sh(f"runuser -u postgres -- psql -At -d {site} -c "
+                   "'SELECT k, v FROM notes ORDER BY k' | sha256sum").stdout.split()[0],
+        "count": sh(f"runuser -u postgres -- psql -At -d {site} -c 'SELECT count(*) FROM notes'")
+        .stdout.strip(),
+        "uploads": sh(f"cd /srv/sites/{site}/shared/uploads && find . -type f ! -name ticks.txt "
+                      "-exec sha256sum {} + | sort | sha256sum").stdout.split()[0],
+        "redis": sh(redis).stdout.split()[0],
+        "env": sh(f"grep -v '^REDIS_URL=' /srv/sites/{site}/shared/.env | sha256sum")
+        .stdout.split()[0],
+    }
+
+
+def get(box, site: str, path: str) -> str:
+    return box.sh(f"curl -sS -H 'Host: {site}.test' 'http://127.0.0.1{path}'").stdout
+
+
+def ticks(box, site: str) -> list[str]:
+    return box.sh(f"cat /srv/sites/{site}/shared/uploads/ticks.txt 2>/dev/null || true"
+                  ).stdout.split()
+
+
+def moved_site(box, site: str) -> None:
+    """A site with an app writing to PostgreSQL, Redis and uploads, a worker
+    and a job, and 20 notes."""
+    box.siteops(f"add-site {site} --domain {site}.test --components frontend")
+    commit(box, f"/srv/repos/{site}", {"app.py": NOTES_APP.replace(
+        "os.environ['SITE']", f"'{site}'"), "requirements.txt": "",
+        "worker.sh": WORKER, "tick.sh": TICK, "siteops.toml": MOVE_TOML}, site)
+    box.siteops(f"deploy {site} --repo /srv/repos/{site}")
+    for i in range(20):
+        assert get(box, site, f"/put?k=k{i}&v={site}-{i}") == "stored\n"
+    box.sh(f"set -a; . /srv/sites/{site}/shared/.env; redis-cli -u \"$REDIS_URL\" "
+           "--no-auth-warning LPUSH queue q1 q2 q3")
+
+
+def test_a_site_moves_to_another_host_under_load_with_its_data_identical(fleet):
+    a, b, c = fleet
+    if "b" not in inventory(a):
+        a.siteops(f"hosts add b ssh://root@{B} --key /root/.ssh/fleet")
+    moved_site(a, "mv")
+    for command, said in [("move-site mv --to nosuch", "no host 'nosuch'"),
+                          ("move-site mv --finish", "is not forwarding"),
+                          ("move-site mv --abort", "is not being moved")]:
+        res = a.siteops(command, check=False)
+        assert res.returncode == 2 and said in res.stderr, (command, res.stderr)
+    a.siteops("add-site bsite --domain bsite-here.test --components frontend")
+    res = a.siteops("move-site bsite --to b", check=False)  # b has a bsite of its own
+    assert res.returncode != 0 and "already exists on this host" in res.stderr, res.stderr
+    assert registry_of(a)["bsite"]["move"] is None
+    a.siteops("remove-site bsite --yes --no-backup")
+    time.sleep(6)  # the job has ticked
+    load = Load(a, "mv.test", rate=20)
+    started = time.monotonic()
+    out = a.siteops("move-site mv --to b").stdout
+    took = time.monotonic() - started
+    samples, failed = load.failed()
+    assert "Point DNS for mv.test at 192.0.2.2" in out, out
+    assert {s[2] for s in failed} <= {503}, failed[:5]
+    if failed:
+        freeze = failed[-1][0] - failed[0][0]
+        print(f"move: {took:.1f} s, {len(samples)} requests, {len(failed)} answered 503 "
+              f"over {freeze:.1f} s")
+    # b serves the site with a's data; a forwards visitors (their address kept).
+    assert data_of(b, "mv") == data_of(a, "mv")
+    on_a = ticks(a, "mv")
+    time.sleep(6)
+    assert ticks(a, "mv") == on_a, "a's job still runs"
+    assert ticks(b, "mv")[:len(on_a)] == on_a and len(ticks(b, "mv")) > len(on_a)
+    b.sh("set -a; . /srv/sites/mv/shared/.env; redis-cli -u \"$REDIS_URL\" --no-auth-warning "
+         "LPUSH queue q4")
+    for _ in range(50):
+        if "db=queued" in get(b, "mv", "/get?k=q4"):
+            break
+        time.sleep(0.2)
+    assert "db=queued" in get(b, "mv", "/get?k=q4"), "b's worker does not run"
+    assert get(a, "mv", "/put?k=after&v=moved") == "stored\n"
+    assert "db=moved" in get(b, "mv", "/get?k=after")
+    b_port = registry_of(b)["mv"]["ports"]["frontend"]
+    assert get(a, "mv", "/").strip() == f"mv notes {b_port}"
+    assert " 127.0.0.1 " in " " + b.sh("tail -n 1 /srv/sites/mv/logs/nginx-access.log").stdout
+    findings = {f["id"]: f for f in json.loads(a.siteops("audit --json", check=False).stdout)[
+        "findings"]}
+    assert findings["site.mv.move"]["severity"] == "warning"
+    audit_b = json.loads(b.siteops("audit --json", check=False).stdout)
+    assert audit_b["exit_code"] == 0, [f for f in audit_b["findings"] if f["severity"] != "ok"]
+    # --finish: nothing of the site is left on a; b keeps serving it.
+    a.siteops("move-site mv --finish")
+    assert "mv" not in registry_of(a)
+    assert a.sh("test -e /srv/sites/mv || id mv", check=False).returncode != 0
+    assert "mv notes" in get(b, "mv", "/")
+    assert registry_of(b)["mv"]["forwarded_by"] == []
+    assert b.sh("test -e /var/lib/siteops/move/mv", check=False).returncode != 0
+    for box in (a, b):
+        doc = json.loads(box.siteops("audit --json", check=False).stdout)
+        assert doc["exit_code"] == 0, [f for f in doc["findings"] if f["severity"] != "ok"]
+
+
+def registry_of(box) -> dict:
+    return json.loads(box.sh("cat /var/lib/siteops/registry.json").stdout)["sites"]

@@ -37,7 +37,7 @@ def problems(found):
 def test_the_recorded_box_is_clean():
     found = findings()
     assert problems(found) == {} and checks.exit_code(found) == 0
-    assert len(found) == 73 and len({f.id for f in found}) == 73
+    assert len(found) == 75 and len({f.id for f in found}) == 75
 
 
 def listen(proto, addr, port, units, programs):
@@ -203,7 +203,7 @@ def test_json_document_and_text_report():
     assert set(doc) == {"version", "time", "host", "status", "exit_code", "counts", "sites",
                         "fixed", "findings"}
     assert (doc["status"], doc["exit_code"], doc["counts"]) == (
-        "critical", 2, {"ok": 71, "warning": 1, "critical": 1})
+        "critical", 2, {"ok": 73, "warning": 1, "critical": 1})
     first = next(f for f in doc["findings"] if f["id"] == "site.alpha.env")
     assert set(first) >= {"id", "severity", "subject", "message", "remedy"}
     lines = audit.text_report(found, [])

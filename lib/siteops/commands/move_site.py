@@ -6,17 +6,21 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import sys
 from pathlib import Path
 
-from .. import backup, cli, envfile, fleet, nginx, registry, systemd, validate
+from .. import backup, cli, envfile, fleet, instances, network, nginx, registry, validate
 from ..errors import SiteopsError, UsageError
-from ..host import Host
+from ..host import Host, clean
 from ..journal import now, who
 from ..model import Maintenance, Move, Site
 from . import remove_site as remove_site_command
+from . import restore as restore_command
 
 COPYING, COPIED, FROZEN, FORWARDING = "copying", "copied", "frozen", nginx.FORWARDING
+ABORTING = "aborting"
 MOVE_TAG = "move"
+CLOUD_CREDENTIALS = ("AWS_", "B2_", "AZURE_", "GOOGLE_", "OS_")
 
 DESCRIPTION = """\
 Move site NAME to HOST (hosts list), in stages; each is safe to stop and run
@@ -62,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finish", action="store_true", help="remove it here once DNS has moved")
     p.add_argument("--abort", action="store_true", help="put it back here, remove HOST's copy")
     p.add_argument("--yes", action="store_true", help="--abort after the forward stage")
-    p.add_argument("--receive", choices=("check", "password", "hold", "serve", "clean"),
+    p.add_argument("--receive", choices=("check", "password", "restore", "serve", "clean"),
                    help="on HOST, run by move-site over SSH: one step of receiving the site")
     p.add_argument("--bytes", type=validate.number("--bytes", 0, 2**50), default=0,
                    metavar="N", help="with --receive check: the room the site needs")
@@ -79,47 +83,53 @@ def transfer_dir(host: Host, name: str) -> Path:
 
 
 def receive(host: Host, args: argparse.Namespace) -> None:
-    name = args.name
+    """One step of receiving a site, run by the source's move-site over SSH."""
+    name, step = args.name, args.receive
     here = registry.load(host).sites.get(name)
     moving = transfer_dir(host, name).is_dir()
-    if args.receive == "check":
-        if here is not None and not moving:
+    if step == "check":
+        if here is not None and not (moving and here.held):
             raise UsageError(f"site {name} already exists on this host (not a move in progress)")
         if here is None:
-            registry.allocate_slot(registry.load(host), set())  # raises when none is free
+            registry.allocate_slot(registry.load(host), network.listening_ports(host))
         st = os.statvfs(host.paths.sites)
         if st.f_bavail * st.f_frsize < 2 * args.bytes + 500 * 2**20:
             raise SiteopsError(f"not enough disk for {name}: it needs about "
-                               f"{2 * args.bytes // 2**20 + 500} MB here")
+                               f"{(2 * args.bytes) // 2**20 + 500} MB here, "
+                               f"{st.f_bavail * st.f_frsize // 2**20} MB are free")
         host.say("resume" if here is not None else "ok")
-    elif args.receive == "password":
-        data = os.read(0, 4096).decode().strip()
+    elif step == "password":
+        data = sys.stdin.read(4096).strip()
         if len(data) < 32:
             raise UsageError("no transfer password on standard input")
         with host.step(f"transfer repository of {name}"):
             host.ensure_dir(transfer_dir(host, name).parent, 0o700)
             host.ensure_dir(transfer_dir(host, name), 0o700)
             host.write(transfer_dir(host, name) / "password", data + "\n", 0o600)
-    elif args.receive in ("hold", "serve"):
-        site = registry.get_site(registry.load(host), name)
-        units = list(systemd.live_workers(site)) + [
-            t for job in (site.releases[site.live.release].jobs if site.live else {})
-            for t in systemd.job_units(name, job)[1:]]
-        with host.step(f"{name}: workers and timers {'held' if args.receive == 'hold' else 'on'}"):
-            if units:
-                host.run(["systemctl", "stop" if args.receive == "hold" else "start", *units])
-        if args.receive == "serve" and args.trust:
-            site = registry.update_site(host, name, f"move-site {name}",
-                                        lambda e: setattr(e, "forwarded_by", [args.trust]))
-            nginx.ensure_site(host, site, host.paths.of(name).logs)
+    elif step == "restore":
+        if here is not None and not here.held:
+            raise UsageError(f"site {name} here is not a move's copy: not replacing its data")
+        source = (f"{transfer_dir(host, name)}/repo", transfer_dir(host, name) / "password")
+        with backup.reading(*source):
+            snapshot = backup.find_snapshot(host, name, None)
+        host.say(f"restore {name} from snapshot {snapshot['short_id']} of "
+                 f"{snapshot['time'][:19].replace('T', ' ')} (workers and timers held)")
+        restore_command.restore_one(host, name, snapshot, source, held=True)
+    elif step == "serve":
+        if here is None:
+            raise UsageError(f"site {name} is not on this host")
+        if args.trust and args.trust not in here.forwarded_by:
+            here = registry.update_site(host, name, f"move-site {name}",
+                                        lambda e: e.forwarded_by.append(args.trust))
+            nginx.ensure_site(host, here, host.paths.of(name).logs)
+        instances.hold(host, name, False, f"move-site {name}")
     else:  # clean
         with host.step(f"transfer repository of {name} removed"):
             host.remove_tree(transfer_dir(host, name))
-        entry = registry.load(host).sites.get(name)
-        if entry and entry.forwarded_by:
-            entry = registry.update_site(host, name, f"move-site {name}",
-                                         lambda e: setattr(e, "forwarded_by", []))
-            nginx.ensure_site(host, entry, host.paths.of(name).logs)
+        if here is not None and here.forwarded_by:
+            here = registry.update_site(host, name, f"move-site {name}",
+                                        lambda e: e.forwarded_by.clear())
+            nginx.ensure_site(host, here, host.paths.of(name).logs)
 
 
 # -- on the source ----------------------------------------------------------------
@@ -128,28 +138,35 @@ def password_file(host: Host, name: str) -> Path:
     return host.paths.state / "move" / f"{name}.password"
 
 
+def there(host: Host, remote: fleet.Remote, *args: str, timeout: float = 300,
+          input: str | None = None) -> str:
+    """Run a siteops command on remote; its output, or SiteopsError with its error."""
+    res = fleet.siteops(host, remote, *args, timeout=timeout, input=input)
+    if res.code != 0:
+        why = clean(res.err or res.out).strip().splitlines()[-3:]
+        raise SiteopsError(f"on {remote.name}: {args[0]} {args[1]}: " + " / ".join(why))
+    return res.out
+
+
 def transfer_repository(host: Host, remote: fleet.Remote, name: str) -> tuple[str, list[str]]:
     """The transfer repository on the target as restic names it from here
     (sftp over siteops's pinned SSH), and the options that say how."""
     ssh = fleet.ssh_argv(host, remote, ["-s", "sftp"])
     ssh.remove("--")
-    command = " ".join(ssh)
     return (f"sftp:{remote.user}@{remote.address}:{transfer_dir(host, name)}/repo",
-            ["-o", f"sftp.command={command}"])
+            ["-o", f"sftp.command={' '.join(ssh)}"])
 
 
 def copy_snapshot(host: Host, remote: fleet.Remote, site: Site) -> None:
     """A backup of the site here, copied into the transfer repository on the
-    target (only the blobs it lacks), then restored there."""
+    target (only the blobs it lacks), then restored there with its workers
+    and timers held."""
     name = site.name
     pw = password_file(host, name)
     if host.read(pw) is None:
         host.ensure_dir(pw.parent, 0o700)
         host.write(pw, envfile.secret() + "\n", 0o600)
-    res = fleet.siteops(host, remote, "move-site", name, "--receive", "password",
-                        input=host.read(pw))
-    if res.code != 0:
-        raise SiteopsError(f"{remote.name}: {res.err.strip()}")
+    there(host, remote, "move-site", name, "--receive", "password", input=host.read(pw))
     repo, options = transfer_repository(host, remote, name)
     dest = {"RESTIC_REPOSITORY": repo, "RESTIC_PASSWORD_FILE": str(pw),
             "RESTIC_CACHE_DIR": str(host.paths.restic_cache)}
@@ -158,19 +175,13 @@ def copy_snapshot(host: Host, remote: fleet.Remote, site: Site) -> None:
             host.run(["restic", "--quiet", *options, "init"], env=dest)
     sid = backup.backup_site(host, site, tags=(MOVE_TAG,))
     src = backup.restic_env(host)
+    credentials = {k: v for k, v in src.items() if k.startswith(CLOUD_CREDENTIALS)}
     with host.step(f"snapshot {sid[:8]} copied to {remote.name}"):
         host.run(["restic", "--quiet", *options, "copy", "--from-repo", src["RESTIC_REPOSITORY"],
                   "--from-password-file", src["RESTIC_PASSWORD_FILE"], sid],
-                 env={**{k: v for k, v in src.items() if k.startswith(("AWS_", "B2_", "AZURE_",
-                                                                      "GOOGLE_", "OS_"))},
-                      **dest}, timeout=6 * 3600)
+                 env={**credentials, **dest}, timeout=6 * 3600)
     with host.step(f"restored on {remote.name}"):
-        res = fleet.siteops(host, remote, "restore", name, "--from-repository",
-                            f"{transfer_dir(host, name)}/repo", "--password-file",
-                            f"{transfer_dir(host, name)}/password", "--yes", timeout=6 * 3600)
-        if res.code != 0:
-            raise SiteopsError(f"restore of {name} on {remote.name} failed: "
-                               f"{(res.err or res.out).strip()[-800:]}")
+        there(host, remote, "move-site", name, "--receive", "restore", timeout=6 * 3600)
 
 
 def healthy_there(site: Site, remote: fleet.Remote) -> None:
@@ -190,59 +201,55 @@ def healthy_there(site: Site, remote: fleet.Remote) -> None:
 def set_move(host: Host, name: str, move: Move | None, maintenance: Maintenance | None) -> Site:
     def change(entry: Site) -> None:
         entry.move, entry.maintenance = move, maintenance
-    return registry.update_site(host, name, f"move-site {name}", change)
-
-
-def local_units(site: Site, action: str, host: Host) -> None:
-    units = list(systemd.live_workers(site)) + [
-        systemd.job_units(site.name, job)[1]
-        for job in (site.releases[site.live.release].jobs if site.live else {})]
-    if units:
-        host.run(["systemctl", action, *units])
+    site = registry.update_site(host, name, f"move-site {name}", change)
+    nginx.ensure_site(host, site, host.paths.of(name).logs)
+    return site
 
 
 def start(host: Host, args: argparse.Namespace) -> None:
     name = args.name
     site = registry.get_site(registry.load(host), name)
     remote = fleet.get(host, args.to)
+    if site.move and site.move.stage == ABORTING:
+        raise UsageError(f"an abort of {name}'s move is under way: run move-site {name} --abort "
+                         "again to finish it")
     if site.move and site.move.to != args.to:
         raise UsageError(f"{name} is being moved to {site.move.to}: finish or abort that first")
+    if site.held and not site.move:
+        raise UsageError(f"{name} here is a move's copy (its workers are held): run move-site "
+                         "on the host it comes from")
     if site.move is None:
+        if fleet.run(host, remote, ["cat", "/etc/machine-id"]).out.strip() == \
+                (host.read(Path("/etc/machine-id")) or "").strip():
+            raise UsageError(f"host {remote.name} is this host: nothing to move")
         fleet.check_version(host, remote)
-        need = sum(f.stat().st_size for f in host.paths.site(name).rglob("*") if f.is_file())
-        res = fleet.siteops(host, remote, "move-site", name, "--receive", "check",
-                            "--bytes", str(need))
-        if res.code != 0:
-            raise SiteopsError(f"{remote.name} cannot take {name}: {res.err.strip()}")
+        need = sum(f.stat().st_size for f in host.paths.site(name).rglob("*")
+                   if f.is_file() and not f.is_symlink())
+        there(host, remote, "move-site", name, "--receive", "check", "--bytes", str(need))
         site = set_move(host, name, Move(args.to, remote.address, COPYING, started=now()),
                         site.maintenance)
     move = site.move
     assert move is not None
     if move.stage == COPYING:
         copy_snapshot(host, remote, site)
-        fleet.siteops(host, remote, "move-site", name, "--receive", "hold")
         healthy_there(site, remote)
         move.stage = COPIED
         site = set_move(host, name, move, site.maintenance)
     if move.stage == COPIED:
-        held = Maintenance("This site is moving to a new server; back in a moment.", 30,
-                           now(), who())
-        site = set_move(host, name, move, held)
-        nginx.ensure_site(host, site, host.paths.of(name).logs)
-        with host.step(f"{name}: workers and timers stopped here"):
-            local_units(site, "stop", host)
+        frozen = Maintenance("This site is moving to a new server; back in a moment.", 30,
+                             now(), who())
+        site = set_move(host, name, move, frozen)
+        site = instances.hold(host, name, True, f"move-site {name}")
         copy_snapshot(host, remote, site)
-        fleet.siteops(host, remote, "move-site", name, "--receive", "hold")
         healthy_there(site, remote)
         move.stage = FROZEN
-        site = set_move(host, name, move, held)
+        site = set_move(host, name, move, frozen)
     if move.stage == FROZEN:
         address = fleet.run(host, remote, ["printenv", "SSH_CONNECTION"]).out.split()[:1]
-        fleet.siteops(host, remote, "move-site", name, "--receive", "serve",
-                      *(["--trust", address[0]] if address else []))
+        there(host, remote, "move-site", name, "--receive", "serve",
+              *(["--trust", address[0]] if address else []))
         move.stage = FORWARDING
         site = set_move(host, name, move, None)
-        nginx.ensure_site(host, site, host.paths.of(name).logs)
     host.say(f"{name} is served by {remote.name} ({remote.address}); this host forwards its "
              f"visitors there. Point DNS for {', '.join(site.domains)} at {remote.address}, "
              f"then run: move-site {name} --finish")
@@ -253,10 +260,10 @@ def finish(host: Host, args: argparse.Namespace) -> None:
     site = registry.get_site(registry.load(host), name)
     if not site.move or site.move.stage != FORWARDING:
         raise UsageError(f"{name} is not forwarding to another host (move-site {name} --to HOST "
-                         "first)")
+                         "first); nothing was changed")
     remote = fleet.get(host, site.move.to)
     remove_site_command.run(host, remove_site_command.build_parser().parse_args([name, "--yes"]))
-    fleet.siteops(host, remote, "move-site", name, "--receive", "clean")
+    there(host, remote, "move-site", name, "--receive", "clean")
     host.remove(password_file(host, name))
     host.say(f"{name} now lives on {remote.name} only")
 
@@ -265,21 +272,21 @@ def abort(host: Host, args: argparse.Namespace) -> None:
     name = args.name
     site = registry.get_site(registry.load(host), name)
     if not site.move:
-        raise UsageError(f"{name} is not being moved")
-    if site.move.stage == FORWARDING and not args.yes:
+        raise UsageError(f"{name} is not being moved; nothing was changed")
+    move = site.move
+    if move.stage == FORWARDING and not args.yes:
         raise UsageError(f"{name} is served by {site.move.to} since the forward stage: what "
                          "visitors wrote there since is lost by an abort; pass --yes if you "
                          "mean it; nothing was changed")
-    remote = fleet.get(host, site.move.to)
-    site = set_move(host, name, None, None)
-    nginx.ensure_site(host, site, host.paths.of(name).logs)
-    with host.step(f"{name}: workers and timers started here"):
-        local_units(site, "start", host)
-    there = fleet.siteops(host, remote, "sites", "show", name, "--json")
-    if there.code == 0:
-        fleet.siteops(host, remote, "remove-site", name, "--yes", "--no-backup")
-    fleet.siteops(host, remote, "move-site", name, "--receive", "clean")
+    remote = fleet.get(host, move.to)
+    move.stage = ABORTING
+    set_move(host, name, move, None)  # served here again first
+    instances.hold(host, name, False, f"move-site {name} --abort")
+    if fleet.siteops(host, remote, "sites", "show", name, "--json").code == 0:
+        there(host, remote, "remove-site", name, "--yes", "--no-backup", timeout=1800)
+    there(host, remote, "move-site", name, "--receive", "clean")
     host.remove(password_file(host, name))
+    set_move(host, name, None, None)
     host.say(f"{name} is served here again, as before the move")
 
 

@@ -66,12 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot", type=snapshot_id, metavar="ID",
                    help="the snapshot (an id or its first 8 characters; one NAME only)")
     p.add_argument("--yes", action="store_true", help="really replace the site's data")
-    p.add_argument("--from-repository", metavar="REPO",
-                   help="read the snapshot from this restic repository instead of the host's "
-                        "own (another host's, or move-site's copy); safety snapshots still go "
-                        "to the host's own")
-    p.add_argument("--password-file", type=Path, metavar="FILE",
-                   help="with --from-repository: its password (root-only file)")
     return p
 
 
@@ -138,10 +132,11 @@ def restore_config(host: Host, site: Site, target) -> None:
                 host.run(["cp", "-a", "--", saved, path])
 
 
-def recreate(host: Host, saved: Site) -> Site:
+def recreate(host: Host, saved: Site, held: bool = False) -> Site:
     """A site this host lacks, made from the snapshot's registry entry (its
-    releases left behind), in its old slot if that is free here, else in the
-    first free one; returns the new entry."""
+    releases and any move in progress left behind; held: its workers and
+    timers not run), in its old slot if that is free here, else in the first
+    free one; returns the new entry."""
     with registry.locked(host, f"restore {saved.name}") as data:
         if saved.name in data.sites:
             return data.sites[saved.name]
@@ -154,7 +149,8 @@ def recreate(host: Host, saved: Site) -> Site:
             host.say(f"{'':13}slot {saved.slot} of {saved.name} is taken here: it gets slot "
                      f"{slot} (ports {', '.join(map(str, ports))})")
         site = saved.copy(slot=slot, uid=None, state=model.PROVISIONING, live=None,
-                          releases={}, history=[], created=now(), updated=now())
+                          releases={}, history=[], created=now(), updated=now(), move=None,
+                          forwarded_by=[], held=held)
         site.ports = registry.ports_for(slot, site.components)
         data.sites[site.name] = site
         registry.save(host, data)
@@ -166,10 +162,12 @@ def recreate(host: Host, saved: Site) -> Site:
         return site
 
 
-def restore_one(host: Host, name: str, snapshot: dict, source: Source = (None, None)) -> None:
+def restore_one(host: Host, name: str, snapshot: dict, source: Source = (None, None),
+                held: bool = False) -> None:
     """Restore one site from snapshot (of source's repository, else the
     host's own), recreating it first if this host lacks it (then deploying the
-    commit that was live, from the restored mirror)."""
+    commit that was live, from the restored mirror; held: its workers and
+    timers not run)."""
     target = host.paths.state / "restore" / name
     with backup.reading(*source):
         backup.extract(host, snapshot["id"], target)
@@ -181,7 +179,7 @@ def restore_one(host: Host, name: str, snapshot: dict, source: Source = (None, N
         if recreated:  # its certificate first: nginx's config is made with it
             add_site.refuse_conflicts(host, data, name, saved.domains)
             restore_config(host, saved, target)
-            recreate(host, saved)
+            recreate(host, saved, held)
         with registry.site_locked(host, name, f"restore {name}") as site:
             if not recreated:
                 sid = backup.backup_site(host, site, tags=(backup.SAFETY_TAG,))
@@ -228,23 +226,18 @@ def run(host: Host, args: argparse.Namespace) -> None:
         raise UsageError("restore replaces the site's database, uploads, .env and Redis: "
                          "pass --yes to go ahead (a safety snapshot is taken first); "
                          "nothing was changed")
-    if bool(args.from_repository) != bool(args.password_file) or (args.from_repository
-                                                                   and args.all):
-        raise UsageError("--from-repository and --password-file go together, with NAME")
     require_repository(host)
     plan = plan_all(host) if args.all else None
     names = plan.sites if plan else args.names
-    source: Source = (args.from_repository, args.password_file)
     for name in names:
-        with backup.reading(*source):
-            snapshot = backup.find_snapshot(host, name, args.snapshot)
+        snapshot = backup.find_snapshot(host, name, args.snapshot)
         host.say(f"restore {name} from snapshot {snapshot['short_id']} of "
                  f"{snapshot['time'][:19].replace('T', ' ')}")
         if host.dry_run:  # what a snapshot holds is known only once extracted
             host.say(f"{'':13}(dry run: the snapshot is not extracted, so its steps are not "
                      "listed)")
             continue
-        restore_one(host, name, snapshot, source)
+        restore_one(host, name, snapshot)
     host.say(f"{'would restore' if host.dry_run else 'restored'} {len(names)} site(s)")
     if plan and plan.missing:
         raise SiteopsError(f"{', '.join(plan.missing)} had no backup and could not be restored "
