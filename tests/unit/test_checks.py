@@ -209,7 +209,7 @@ def test_json_document_and_text_report():
     lines = audit.text_report(found, [])
     assert lines[0].startswith("CRITICAL site.alpha.env: .env is 0644")
     assert lines[2].startswith("WARNING  host.disk: disk 85.0% used")
-    assert lines[-1] == "audit CRITICAL: 73 checks, 71 ok, 1 warning(s), 1 critical"
+    assert lines[-1] == "audit CRITICAL: 75 checks, 73 ok, 1 warning(s), 1 critical"
 
 
 RENEWAL = ("version = 2.1.0\narchive_dir = /etc/letsencrypt/archive/shop\n"

@@ -138,6 +138,27 @@ def test_the_switch_starts_new_workers_beside_the_old_and_stops_the_old_after(ro
     assert "StandardOutput=append:" in dropin.read_text() and R2 in dropin.read_text()
 
 
+def test_a_held_site_switches_its_web_instances_and_starts_no_worker(root, shop):
+    """move-site's copy (and its frozen source): deploys and restarts leave the
+    workers stopped and not enabled at boot."""
+    workers = {"mail": {"command": "/bin/true", "count": 1}}
+    path = root / "var/lib/siteops/registry.json"
+    doc = json.loads(path.read_text())
+    doc["sites"]["shop"]["held"] = True
+    for rid in (R1, R2):
+        shop.releases[rid].workers = {"mail": Worker("/bin/true")}
+        doc["sites"]["shop"]["releases"][rid]["workers"] = workers
+    path.write_text(json.dumps(doc))
+    shop.held = True
+    host, runner = prepared_host(root, shop, healthy())
+    instances.switch(host, shop, R2, shop.releases[R2], lambda e: None)
+    plan = [" ".join(a.argv) for a in host.actions if a.kind == "run"]
+    assert "systemctl start shop-frontend@3101.service" in plan
+    assert not [p for p in plan if "worker@" in p and ("start" in p or "enable" in p)], plan
+    assert systemd.live_instances(shop) == ["shop-frontend@3100.service"]
+    assert "shop-worker@mail-1-0.service" in systemd.live_instances(shop, held=False)
+
+
 def args(*argv):
     return config.build_parser().parse_args(["shop", *argv])
 

@@ -198,6 +198,19 @@ def healthy_there(site: Site, remote: fleet.Remote) -> None:
         raise SiteopsError(f"{site.name} on {remote.name} answers {status}; not moving on")
 
 
+def same_host(host: Host, remote: fleet.Remote, name: str) -> bool:
+    """True if remote is this very host: it reads a token just written here
+    (machine IDs and host keys repeat on machines made from one image)."""
+    probe = host.paths.state / "move" / f"{name}.probe"
+    token = envfile.secret()
+    host.ensure_dir(probe.parent, 0o700)
+    host.write(probe, token + "\n", 0o600)
+    try:
+        return fleet.run(host, remote, ["cat", str(probe)]).out.strip() == token
+    finally:
+        host.remove(probe)
+
+
 def set_move(host: Host, name: str, move: Move | None, maintenance: Maintenance | None) -> Site:
     def change(entry: Site) -> None:
         entry.move, entry.maintenance = move, maintenance
@@ -219,8 +232,7 @@ def start(host: Host, args: argparse.Namespace) -> None:
         raise UsageError(f"{name} here is a move's copy (its workers are held): run move-site "
                          "on the host it comes from")
     if site.move is None:
-        if fleet.run(host, remote, ["cat", "/etc/machine-id"]).out.strip() == \
-                (host.read(Path("/etc/machine-id")) or "").strip():
+        if same_host(host, remote, name):
             raise UsageError(f"host {remote.name} is this host: nothing to move")
         fleet.check_version(host, remote)
         need = sum(f.stat().st_size for f in host.paths.site(name).rglob("*")
