@@ -220,6 +220,11 @@ def test_a_site_moves_to_another_host_under_load_with_its_data_identical(fleet):
                           ("move-site mv --abort", "is not being moved")]:
         res = a.siteops(command, check=False)
         assert res.returncode == 2 and said in res.stderr, (command, res.stderr)
+    a.sh("cat /root/.ssh/fleet.pub >> /root/.ssh/authorized_keys")
+    a.siteops("hosts add self ssh://root@192.0.2.1 --key /root/.ssh/fleet")
+    res = a.siteops("move-site mv --to self", check=False)
+    assert res.returncode == 2 and "is this host" in res.stderr, res.stderr
+    a.siteops("hosts remove self")
     a.siteops("add-site bsite --domain bsite-here.test --components frontend")
     res = a.siteops("move-site bsite --to b", check=False)  # b has a bsite of its own
     assert res.returncode != 0 and "already exists on this host" in res.stderr, res.stderr
