@@ -109,6 +109,9 @@ def receive(host: Host, args: argparse.Namespace) -> None:
     elif step == "restore":
         if here is not None and not here.held:
             raise UsageError(f"site {name} here is not a move's copy: not replacing its data")
+        if here is not None and here.live is None:  # a first restore stopped before its deploy
+            remove_site_command.run(host, remove_site_command.build_parser().parse_args(
+                [name, "--yes", "--no-backup"]))
         source = (f"{transfer_dir(host, name)}/repo", transfer_dir(host, name) / "password")
         with backup.reading(*source):
             snapshot = backup.find_snapshot(host, name, None)
