@@ -259,7 +259,7 @@ def test_a_site_moves_to_another_host_under_load_with_its_data_identical(fleet):
     assert "db=moved" in get(b, "mv", "/get?k=after")
     # Served by b, which sees the visitor's own address (here a's loopback), not a's.
     assert "db=mv-3 " in get(a, "mv", "/get?k=k3&via=a")
-    line = b.sh("grep 'via=a' /srv/sites/mv/logs/nginx-access.log").stdout
+    line = b.sh("grep 'via=a' /srv/sites/mv/shared/logs/nginx-access.log").stdout
     assert line.startswith("127.0.0.1 "), line
     findings = {f["id"]: f for f in json.loads(a.siteops("audit --json", check=False).stdout)[
         "findings"]}
