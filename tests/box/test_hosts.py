@@ -280,3 +280,25 @@ def test_a_site_moves_to_another_host_under_load_with_its_data_identical(fleet):
 
 def registry_of(box) -> dict:
     return json.loads(box.sh("cat /var/lib/siteops/registry.json").stdout)["sites"]
+
+
+def test_an_aborted_move_leaves_the_site_here_as_it_was_and_nothing_there(fleet):
+    a, b, c = fleet
+    if "b" not in inventory(a):
+        a.siteops(f"hosts add b ssh://root@{B} --key /root/.ssh/fleet")
+    moved_site(a, "back")
+    a.siteops("move-site back --to b")
+    res = a.siteops("move-site back --abort", check=False)
+    assert res.returncode == 2 and "--yes" in res.stderr and "nothing was changed" in res.stderr
+    a.siteops("move-site back --abort --yes")
+    entry = registry_of(a)["back"]
+    assert (entry["move"], entry["maintenance"], entry["held"]) == (None, None, False)
+    assert "db=back-3 " in get(a, "back", "/get?k=k3")
+    assert "back" not in registry_of(b)
+    assert b.sh("test -e /srv/sites/back || test -e /var/lib/siteops/move/back",
+                check=False).returncode != 0
+    before = ticks(a, "back")
+    time.sleep(6)
+    assert len(ticks(a, "back")) > len(before), "a's job does not run again"
+    doc = json.loads(a.siteops("audit --json", check=False).stdout)
+    assert doc["exit_code"] == 0, [f for f in doc["findings"] if f["severity"] != "ok"]
