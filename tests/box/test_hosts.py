@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from machine import Box, Load, build_image, commit, link
+from machine import EXIT, SRC, Box, Load, build_image, commit, killed_at, link, stopped_by
 from test_backup import NOTES_APP
 
 B, C = "192.0.2.2", "198.51.100.2"
@@ -302,3 +302,75 @@ def test_an_aborted_move_leaves_the_site_here_as_it_was_and_nothing_there(fleet)
     assert len(ticks(a, "back")) > len(before), "a's job does not run again"
     doc = json.loads(a.siteops("audit --json", check=False).stdout)
     assert doc["exit_code"] == 0, [f for f in doc["findings"] if f["severity"] != "ok"]
+
+
+def stage(box, site: str) -> str | None:
+    move = registry_of(box).get(site, {}).get("move")
+    return move and move["stage"]
+
+
+def stopped_at_every_step(a, b, command: str, site: str) -> int:
+    """Run command on a, stopped after its k-th step (on a itself, or on b: the
+    steps of the commands a runs there over SSH, by the test-only switch set
+    in b's root shell), k = 1, 2, ... from each stage it reaches, a signal per
+    stop in turn, until a run completes; returns how many runs were stopped."""
+    runs, k, where = 0, 1, stage(a, site)
+    while True:
+        signal = list(EXIT)[runs % 3]
+        if b is None:
+            res = killed_at(a, k, command, signal)
+        else:
+            b.sh(f"echo 'export SITEOPS_KILL_AFTER_STEP={k} SITEOPS_KILL_SIGNAL={signal}' "
+                 "> /root/kill.env")
+            res = a.sh(f"{SRC}/bin/{command}; echo \"exit $?\"", check=False)
+        if res.stdout.strip().endswith("exit 0"):
+            break
+        if b is None:
+            assert stopped_by(res, signal), res.stdout[-500:] + res.stderr[-1500:]
+        else:
+            assert res.stdout.strip().endswith("exit 1") and "b" in res.stderr, \
+                res.stdout[-500:] + res.stderr[-1500:]
+        runs += 1
+        assert runs < 80, "it does not converge"
+        now = stage(a, site)
+        k, where = (1 if now != where else k + 1), now
+    if b is not None:
+        b.sh("rm -f /root/kill.env")
+    return runs
+
+
+def test_a_move_and_an_abort_stopped_at_every_step_on_either_host_converge(fleet):
+    """Every step of move-site and of --abort, on the source and on the target,
+    stopped by each signal in turn, then run again: the site is served
+    throughout (only the freeze's 503s), its data identical, and an abort
+    leaves the source as it was and nothing on the target."""
+    a, b, c = fleet
+    if "b" not in inventory(a):
+        a.siteops(f"hosts add b ssh://root@{B} --key /root/.ssh/fleet")
+    b.sh("sed -i '1i [ -f /root/kill.env ] && . /root/kill.env' /root/.bashrc")
+    assert b.sh("echo 'export X=1' > /root/kill.env; true").returncode == 0
+    assert a.sh(f"ssh -i /root/.ssh/fleet -o StrictHostKeyChecking=no root@{B} 'echo $X'"
+                ).stdout.strip() == "1", "b's shell does not read the test-only switch"
+    b.sh("rm /root/kill.env")
+    moved_site(a, "km")
+    before = data_of(a, "km")
+    load = Load(a, "km.test", rate=20)
+    counts = {}
+    for side, label in ((None, "a"), (b, "b")):
+        counts[f"move, stopped on {label}"] = stopped_at_every_step(
+            a, side, "move-site km --to b", "km")
+        assert stage(a, "km") == "forwarding" and data_of(b, "km") == before
+        counts[f"abort, stopped on {label}"] = stopped_at_every_step(
+            a, side, "move-site km --abort --yes", "km")
+        entry = registry_of(a)["km"]
+        assert (entry["move"], entry["maintenance"], entry["held"]) == (None, None, False)
+        assert data_of(a, "km") == before and "km" not in registry_of(b)
+        assert b.sh("test -e /srv/sites/km || test -e /var/lib/siteops/move/km || id km",
+                    check=False).returncode != 0
+    samples, failed = load.failed()
+    print(f"move-site stopped at every step: {counts}; {len(samples)} requests, "
+          f"{len(failed)} answered 503 (the freezes)")
+    assert len(samples) > 500 and {s[2] for s in failed} <= {503}, failed[:5]
+    for box in (a, b):
+        doc = json.loads(box.siteops("audit --json", check=False).stdout)
+        assert doc["exit_code"] == 0, [f for f in doc["findings"] if f["severity"] != "ok"]
