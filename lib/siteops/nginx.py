@@ -298,13 +298,13 @@ SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"
 def forward_locations(site: Site, certs: Path | None) -> str:
     """The site's traffic proxied to the host it moved to: over HTTPS when
     the site has a certificate (the target serves the same one, verified for
-    the visitor's host name), else HTTP."""
+    the visitor's host name against the system's CAs: those that issued it;
+    a test CA's root is installed there like any other), else HTTP."""
     assert site.move is not None
     tls = ""
     if certs:
-        ca = site.tls.ca_bundle if site.tls and site.tls.ca_bundle else SYSTEM_CAS
         tls = ("        proxy_ssl_verify on;\n"
-               f"        proxy_ssl_trusted_certificate {ca};\n"
+               f"        proxy_ssl_trusted_certificate {SYSTEM_CAS};\n"
                "        proxy_ssl_server_name on;\n        proxy_ssl_name $host;\n")
     scheme = "https" if certs else "http"
     return render("nginx/location-forward.conf", name=site.name, tls=tls,

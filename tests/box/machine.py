@@ -326,3 +326,32 @@ def link(a: "Box", b: "Box", a_addr: str, b_addr: str, name: str) -> None:
         subprocess.run(["ip", "link", "set", end, "netns", str(box.leader)], check=True)
         box.sh(f"ip link set {end} name {name} && ip addr add {addr}/24 dev {name} && "
                f"ip link set {name} up")
+
+
+# -- a test ACME CA (tests/box/test_tls.py, test_hosts.py) ---------------------
+
+PEBBLE = "https://127.0.0.1:14000/dir"
+CA = "/etc/pebble/ca.pem"
+ACME = f"--acme-server {PEBBLE} --acme-ca-bundle {CA} --email ops@example.com"
+
+
+def start_pebble(box) -> None:
+    """Debian's pebble (Let's Encrypt's test ACME server) on 127.0.0.1:14000,
+    HTTP-01 validated through the box's nginx; its own HTTPS with a throwaway
+    CA (CA, which certbot is told to trust)."""
+    box.sh("mkdir -p /etc/pebble && cd /etc/pebble && "
+           "openssl req -x509 -newkey rsa:2048 -nodes -days 3 -subj /CN=pebble-ca "
+           "-keyout ca.key -out ca.pem 2>/dev/null && "
+           "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out req.pem "
+           "2>/dev/null && printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ext && "
+           "openssl x509 -req -in req.pem -CA ca.pem -CAkey ca.key -CAcreateserial -days 3 "
+           "-extfile ext -out cert.pem 2>/dev/null")
+    box.sh("cat > /etc/pebble/config.json", input=json.dumps({"pebble": {
+        "listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
+        "certificate": "/etc/pebble/cert.pem", "privateKey": "/etc/pebble/key.pem",
+        "httpPort": 80, "tlsPort": 443, "ocspResponderURL": "",
+        "externalAccountBindingRequired": False}}))
+    box.sh("systemd-run --unit=pebble -E PEBBLE_VA_NOSLEEP=1 -E PEBBLE_WFE_NONCEREJECT=0 "
+           "/usr/bin/pebble -config /etc/pebble/config.json && "
+           "for i in $(seq 100); do curl -s --cacert /etc/pebble/ca.pem "
+           f"{PEBBLE} >/dev/null && exit 0; sleep 0.1; done; exit 1")

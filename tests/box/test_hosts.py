@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from machine import EXIT, SRC, Box, Load, build_image, commit, killed_at, link, stopped_by
+from machine import (ACME, CA, EXIT, SRC, Box, Load, build_image, commit, killed_at, link,
+                     start_pebble, stopped_by)
 from test_backup import NOTES_APP
 
 B, C = "192.0.2.2", "198.51.100.2"
@@ -188,7 +189,9 @@ def data_of(box, site: str) -> dict:
 
 
 def get(box, site: str, path: str) -> str:
-    return box.sh(f"curl -sS -H 'Host: {site}.test' 'http://127.0.0.1{path}'").stdout
+    """GET path of site through the box's nginx (following an HTTPS site's
+    redirect; its certificate checked by the tests that are about it)."""
+    return box.sh(f"curl -sSkL -H 'Host: {site}.test' 'http://127.0.0.1{path}'").stdout
 
 
 def ticks(box, site: str) -> list[str]:
@@ -196,10 +199,10 @@ def ticks(box, site: str) -> list[str]:
                   ).stdout.split()
 
 
-def moved_site(box, site: str) -> None:
+def moved_site(box, site: str, options: str = "") -> None:
     """A site with an app writing to PostgreSQL, Redis and uploads, a worker
     and a job, and 20 notes."""
-    box.siteops(f"add-site {site} --domain {site}.test --components frontend")
+    box.siteops(f"add-site {site} --domain {site}.test --components frontend {options}")
     commit(box, f"/srv/repos/{site}", {"app.py": NOTES_APP.replace(
         "os.environ['SITE']", f"'{site}'"), "requirements.txt": "",
         "worker.sh": WORKER, "tick.sh": TICK, "siteops.toml": MOVE_TOML}, site)
@@ -374,3 +377,39 @@ def test_a_move_and_an_abort_stopped_at_every_step_on_either_host_converge(fleet
     for box in (a, b):
         doc = json.loads(box.siteops("audit --json", check=False).stdout)
         assert doc["exit_code"] == 0, [f for f in doc["findings"] if f["severity"] != "ok"]
+
+
+def served(box, name: str) -> str:
+    """The SHA-256 fingerprint of the certificate the box's nginx serves for name."""
+    return box.sh(f"openssl s_client -connect 127.0.0.1:443 -servername {name} </dev/null "
+                  "2>/dev/null | openssl x509 -noout -fingerprint -sha256").stdout.strip()
+
+
+def test_an_https_site_moves_with_its_certificate_and_is_forwarded_over_verified_tls(fleet):
+    a, b, c = fleet
+    if "b" not in inventory(a):
+        a.siteops(f"hosts add b ssh://root@{B} --key /root/.ssh/fleet")
+    start_pebble(a)
+    a.sh("echo '127.0.0.1 sec.test' >> /etc/hosts")
+    moved_site(a, "sec", f"--tls {ACME}")
+    # The test CA's root in a's system store, as a private CA's would be.
+    a.sh(f"curl -s --cacert {CA} https://127.0.0.1:15000/roots/0 "
+         "> /usr/local/share/ca-certificates/pebble-root.crt && update-ca-certificates >/dev/null")
+    cert = served(a, "sec.test")
+    before = data_of(a, "sec")
+    load = Load(a, "sec.test", rate=20, https=True)
+    a.siteops("move-site sec --to b")
+    samples, failed = load.failed()
+    assert len(samples) > 100 and {s[2] for s in failed} <= {503}, failed[:5]
+    assert served(b, "sec.test") == cert and data_of(b, "sec") == before
+    assert b.sh("test -s /etc/letsencrypt/renewal/sec.conf").returncode == 0
+    # a's nginx proxies to b over HTTPS, verified against the system's CAs.
+    conf = a.sh("cat /etc/nginx/sites-available/sec.conf").stdout
+    assert f"proxy_pass https://{B}" in conf and "proxy_ssl_verify on;" in conf
+    page = a.sh("curl -sS --cacert /etc/ssl/certs/ca-certificates.crt "
+                "'https://sec.test/get?k=k3&via=tls'").stdout
+    assert "db=sec-3 " in page, page
+    line = b.sh("grep 'via=tls' /srv/sites/sec/shared/logs/nginx-access.log").stdout
+    assert line.startswith("127.0.0.1 "), line
+    a.siteops("move-site sec --finish")
+    assert "sec" not in registry_of(a) and served(b, "sec.test") == cert

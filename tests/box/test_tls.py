@@ -8,12 +8,9 @@ import time
 
 import pytest
 
-from machine import (NODE_APP, SRC, Load, commit, killed_at, registry, settled, signals_for,
-                     step_count, stopped_by)
+from machine import (ACME, CA, NODE_APP, SRC, Load, commit, killed_at, registry, settled,
+                     signals_for, start_pebble, step_count, stopped_by)
 
-PEBBLE = "https://127.0.0.1:14000/dir"
-CA = "/etc/pebble/ca.pem"
-ACME = f"--acme-server {PEBBLE} --acme-ca-bundle {CA} --email ops@example.com"
 NAMES = ("secure.test", "www.secure.test", "new.secure.test", "late.test")
 # Sites of the crash harness: one per interruption, and one never interrupted.
 KILLED = [f"tk{k}" for k in range(1, 13)] + ["tkref"]
@@ -22,23 +19,7 @@ KILLED = [f"tk{k}" for k in range(1, 13)] + ["tkref"]
 @pytest.fixture(scope="module")
 def host(box):
     box.siteops("bootstrap")
-    # pebble's own HTTPS needs a key pair: a throwaway CA and a 127.0.0.1 certificate.
-    box.sh("mkdir -p /etc/pebble && cd /etc/pebble && "
-           "openssl req -x509 -newkey rsa:2048 -nodes -days 3 -subj /CN=pebble-ca "
-           "-keyout ca.key -out ca.pem 2>/dev/null && "
-           "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out req.pem "
-           "2>/dev/null && printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ext && "
-           "openssl x509 -req -in req.pem -CA ca.pem -CAkey ca.key -CAcreateserial -days 3 "
-           "-extfile ext -out cert.pem 2>/dev/null")
-    box.sh("cat > /etc/pebble/config.json", input=json.dumps({"pebble": {
-        "listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
-        "certificate": "/etc/pebble/cert.pem", "privateKey": "/etc/pebble/key.pem",
-        "httpPort": 80, "tlsPort": 443, "ocspResponderURL": "",
-        "externalAccountBindingRequired": False}}))
-    box.sh("systemd-run --unit=pebble -E PEBBLE_VA_NOSLEEP=1 -E PEBBLE_WFE_NONCEREJECT=0 "
-           "/usr/bin/pebble -config /etc/pebble/config.json && "
-           "for i in $(seq 100); do curl -s --cacert /etc/pebble/ca.pem "
-           f"{PEBBLE} >/dev/null && exit 0; sleep 0.1; done; exit 1")
+    start_pebble(box)
     box.sh("echo '127.0.0.1 " + " ".join([*NAMES[:3], *(f"{n}.test" for n in KILLED)])
            + "' >> /etc/hosts")
     return box
