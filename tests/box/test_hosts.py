@@ -211,6 +211,11 @@ def moved_site(box, site: str, options: str = "") -> None:
         assert get(box, site, f"/put?k=k{i}&v={site}-{i}") == "stored\n"
     box.sh(f"set -a; . /srv/sites/{site}/shared/.env; redis-cli -u \"$REDIS_URL\" "
            "--no-auth-warning LPUSH queue q1 q2 q3")
+    for _ in range(100):  # the worker has taken them into the database
+        if all("db=queued" in get(box, site, f"/get?k={q}") for q in ("q1", "q2", "q3")):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{site}'s worker did not take the queued items")
 
 
 def test_a_site_moves_to_another_host_under_load_with_its_data_identical(fleet):
