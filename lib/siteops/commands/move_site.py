@@ -265,6 +265,8 @@ def start(host: Host, args: argparse.Namespace) -> None:
               *(["--trust", address[0]] if address else []))
         move.stage = FORWARDING
         site = set_move(host, name, move, None)
+    else:  # run again: the forwarding as the registry has it (a stop may have come between)
+        nginx.ensure_site(host, site, host.paths.of(name).logs)
     host.say(f"{name} is served by {remote.name} ({remote.address}); this host forwards its "
              f"visitors there. Point DNS for {', '.join(site.domains)} at {remote.address}, "
              f"then run: move-site {name} --finish")
