@@ -183,6 +183,7 @@ def site_checks(host: Host, site: Site, facts: dict) -> list[Finding]:
     out.append(move_check(site))
     if not facts["backup"]["error"]:
         out.append(backup_check(site, facts))
+        out.append(verified_check(site, facts))
     du = facts["du"].get(str(host.paths.site(name)))
     if du is not None:
         out.append(Finding(f"site.{name}.disk", OK, name, f"uses {du / 2**20:.1f} MiB"))
@@ -430,19 +431,24 @@ def _hours(then: str, now: str) -> float:
 
 
 BACKUP_WARN_HOURS, BACKUP_CRIT_HOURS = 26, 48
+VERIFY_WARN_DAYS = 8  # backup --verify runs weekly
 
 
 def backup_host_check(facts: dict) -> Finding:
-    """The repository opens, and the daily backup timer runs."""
-    error, timer = facts["backup"]["error"], facts["units"]["siteops-backup.timer"]["active"]
+    """The repository opens, and the daily backup and weekly verification timers run."""
+    error = facts["backup"]["error"]
     if error:
         return Finding("host.backup", CRITICAL, "host",
                        f"the backup repository cannot be read: {error}",
                        "check /etc/siteops/backup.env and the repository; `backup --list`")
-    return _f("host.backup", timer == "active", "host",
-              "backup repository readable, daily backup timer active",
-              f"the daily backup timer is {timer}", WARNING,
-              remedy="sudo bootstrap (or: systemctl enable --now siteops-backup.timer)")
+    stopped = [f"{timer} is {facts['units'][timer]['active']}"
+               for timer in ("siteops-backup.timer", "siteops-verify.timer")
+               if facts["units"][timer]["active"] != "active"]
+    return _f("host.backup", not stopped, "host",
+              "backup repository readable, daily backup and weekly verification timers active",
+              "; ".join(stopped), WARNING,
+              remedy="sudo bootstrap (or: systemctl enable --now siteops-backup.timer "
+                     "siteops-verify.timer)")
 
 
 def backup_check(site: Site, facts: dict) -> Finding:
@@ -460,6 +466,28 @@ def backup_check(site: Site, facts: dict) -> Finding:
     return _f(f"site.{name}.backup", hours < BACKUP_WARN_HOURS, name, what, what,
               CRITICAL if hours >= BACKUP_CRIT_HOURS else WARNING,
               remedy=f"sudo backup {name}; check `systemctl status siteops-backup`")
+
+
+def verified_check(site: Site, facts: dict) -> Finding:
+    """The site's backups were proven to restore (backup --verify) within
+    VERIFY_WARN_DAYS, and the last proof passed (a new site gets that long)."""
+    name, result = site.name, facts["backup"].get("verified", {}).get(site.name)
+    remedy = f"sudo backup --verify {name}"
+    if result and not result["ok"]:
+        return Finding(f"site.{name}.backup_verified", WARNING, name,
+                       f"its last backup verification ({result['time']}) failed: "
+                       f"{result['error']}", remedy)
+    since = result["time"] if result else site.created
+    try:
+        days = _hours(since or "", facts["time"]) / 24
+    except ValueError:
+        days = float("inf")
+    good = (f"backups verified {days:.0f} day(s) ago (snapshot {result['snapshot']})"
+            if result else "not verified yet (the weekly timer does it)")
+    bad = (f"backups last verified {days:.0f} days ago" if result
+           else "backups never verified")
+    return _f(f"site.{name}.backup_verified", days < VERIFY_WARN_DAYS, name, good, bad,
+              WARNING, remedy=remedy)
 
 
 def own_unit(name: str, unit: str) -> bool:

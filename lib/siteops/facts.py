@@ -19,7 +19,8 @@ Shape of gather()'s result:
                   container (its /proc/sys is the host kernel's)
     hardening     {drift: [path], unloaded_rules: [audit rule key] | null (container)}
     backup        {error: why the restic repository cannot be read | null,
-                   latest: {site: time of its newest snapshot}}
+                   latest: {site: time of its newest snapshot},
+                   verified: {site: {time, ok, snapshot, error}} (backup --verify)}
     units         {unit: {active, enabled}} (one systemctl show)
     exposure      {unit: systemd-analyze security score}
     postgres      {hba: [rule], connections, max_connections, databases: {db: PUBLIC can connect}}
@@ -55,7 +56,7 @@ from urllib.parse import urlsplit
 
 from . import (access, backup, distro, envfile, firewall, hardening, instances, journal, layout,
                logrotate, network, nftables, nginx, parts, postgres, redis, registry, sysctl,
-               systemd, tls, usage, users)
+               systemd, tls, usage, users, verify)
 from .errors import CommandError, SiteopsError
 from .model import Site
 from .host import Host, redact
@@ -74,7 +75,7 @@ SELECT json_build_object(
 
 def host_units(pg_unit: str) -> list[str]:
     return ["nginx.service", pg_unit, "fail2ban.service", "unattended-upgrades.service",
-            "certbot.timer", "siteops-backup.timer"]
+            "certbot.timer", "siteops-backup.timer", "siteops-verify.timer"]
 
 
 def unit_states(host: Host, units: list[str]) -> dict[str, dict]:
@@ -252,7 +253,7 @@ def gather(host: Host, sites: list[Site]) -> dict:
         "nftables": nftables.loaded(host),
         "sysctl": None if sysctl.in_container(host) else sysctl.facts(host),
         "hardening": hardening.facts(host),
-        "backup": backup.facts(host),
+        "backup": {**backup.facts(host), "verified": verify.results(host)},
         "access": access.facts(host, list(registry.load(host).sites.values()),
                                deploy.home if deploy else None),
         "units": unit_states(host, units),

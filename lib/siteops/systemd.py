@@ -365,6 +365,7 @@ def sandbox_argv(host: Host, entry: Site, workdir: Path, command: str, unit: str
 
 
 TIMERS = {"audit": "daily audit timer", "backup": "daily backup timer",
+          "verify": "weekly backup verification timer",
           "usage": "usage export timer (every minute, for node_exporter)"}
 
 

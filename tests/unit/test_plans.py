@@ -77,6 +77,8 @@ def test_bootstrap_plan_on_a_new_server(root):
         "systemctl daemon-reload",
         "systemctl enable --now siteops-backup.timer",
         "systemctl daemon-reload",
+        "systemctl enable --now siteops-verify.timer",
+        "systemctl daemon-reload",
         "systemctl enable --now siteops-usage.timer",
     ]
     notes = [a.detail for a in host.actions if a.kind == "run" and a.detail]

@@ -49,7 +49,8 @@ What it does:
              /var/log/siteops/audit.jsonl)
   backups    the restic repository /var/backups/siteops (password generated
              once in /etc/siteops/restic-password: keep a copy elsewhere) and
-             siteops-backup.timer, which runs `backup` daily
+             siteops-backup.timer, which runs `backup` daily;
+             siteops-verify.timer, which runs `backup --verify` weekly
 """
 
 EPILOG = "example:\n  sudo ./bin/bootstrap --deploy-key ~/.ssh/id_ed25519.pub"
@@ -159,6 +160,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
     systemd.ensure_timer(host, "audit")
     backup.ensure_repository(host)
     systemd.ensure_timer(host, "backup")
+    systemd.ensure_timer(host, "verify")
     systemd.ensure_timer(host, "usage")
     if firewall_extra:
         host.say(f"note: UFW also allows {', '.join(firewall_extra)}; siteops left "
