@@ -28,12 +28,14 @@ READ_DATA_SUBSET = "5%"  # of the pack files, chosen at random by each check
 
 # The rows of each table in a custom-format dump: its data as COPY text, one
 # line per row (newlines inside values are escaped), counted as it streams.
-COUNT_ROWS = r"""pg_restore --data-only --file=- "$1" | awk '
+ROWS_PER_TABLE = r"""
   /^COPY .* FROM stdin;$/ {
-    table = $0; sub(/^COPY /, "", table); sub(/ FROM stdin;$/, "", table)
-    sub(/ \(.*\)$/, "", table); rows = 0; copying = 1; next }
+    match(substr($0, 6), /^("([^"]|"")*"|[^ ."]+)\.("([^"]|"")*"|[^ ."]+)/)
+    table = substr($0, 6, RLENGTH); rows = 0; copying = 1; next }
   copying && /^\\\.$/ { print table "\t" rows; copying = 0; next }
-  copying { rows++ }'"""
+  copying { rows++ }"""
+COUNT_ROWS = f"pg_restore --data-only --file=- \"$1\" | awk '{ROWS_PER_TABLE}'"
+
 
 def results_path(host: Host) -> Path:
     return host.paths.state / "verified.json"

@@ -195,6 +195,66 @@ def test_a_site_backup_runs_in_the_site_slice(host):
         assert seen[program].endswith(" 500"), seen[program]
 
 
+def verified(box) -> dict:
+    return json.loads(box.sh("cat /var/lib/siteops/verified.json").stdout)
+
+
+def no_scratch_left(box, site: str) -> None:
+    assert box.sh(f"test -e /var/lib/siteops/verify/{site}", check=False).returncode != 0
+    assert box.sh(f"runuser -u postgres -- psql -At -c \"SELECT count(*) FROM pg_database "
+                  f"WHERE datname = '{site}__verify'\"").stdout.strip() == "0"
+
+
+def audit_finding(box, id_: str) -> dict:
+    doc = json.loads(box.siteops("audit --json", check=False).stdout)
+    return next(f for f in doc["findings"] if f["id"] == id_)
+
+
+def test_verify_restores_each_sites_newest_snapshot_into_scratch_space(host):
+    assert host.sh("systemctl is-active siteops-verify.timer").stdout.strip() == "active"
+    host.siteops("backup")
+    out = host.siteops("backup --verify").stdout
+    assert "repository checked" in out and "shop: 1 table(s), 20 row(s), files as listed" in out
+    assert "verified the repository and 2 site(s)" in out, out
+    assert {n: r["ok"] for n, r in verified(host).items()} == {"shop": True, "blog": True}
+    for site in SITES:
+        no_scratch_left(host, site)
+    assert audit_finding(host, "site.shop.backup_verified")["severity"] == "ok"
+
+
+def test_verify_names_a_dump_that_does_not_load_and_removes_its_scratch_space(host):
+    host.siteops("backup shop")
+    # A snapshot of shop whose dump is damaged (bit rot, a full disk at dump time).
+    host.sh("truncate -s 2000 /var/lib/siteops/backup/shop/database.dump && "
+            "RESTIC_REPOSITORY=/srv/share/restic RESTIC_PASSWORD_FILE=/etc/siteops/restic-password "
+            "restic --quiet backup --tag site:shop /var/lib/siteops/backup/shop "
+            "/srv/sites/shop/shared/uploads /srv/sites/shop/shared/.env "
+            "/srv/sites/shop/shared/redis")
+    res = host.siteops("backup --verify shop", check=False)
+    assert res.returncode == 1 and "verification failed: shop" in res.stderr, res.stderr
+    assert "shop: the database dump" in res.stdout, res.stdout
+    assert verified(host)["shop"]["ok"] is False
+    no_scratch_left(host, "shop")
+    finding = audit_finding(host, "site.shop.backup_verified")
+    assert finding["severity"] == "warning" and "failed" in finding["message"]
+    host.siteops("backup shop")
+    host.siteops("backup --verify shop")
+    assert verified(host)["shop"]["ok"] is True
+
+
+def test_verify_catches_a_truncated_pack_file(host):
+    pack = host.sh("ls -S /srv/share/restic/data/*/* | head -n 1").stdout.strip()
+    host.sh(f"cp -p {pack} /root/pack.saved && truncate -s 100 {pack}")
+    try:
+        res = host.siteops("backup --verify blog", check=False)
+        assert res.returncode == 1 and "the repository" in res.stderr, res.stderr
+        assert "restic check found damage" in res.stdout, res.stdout
+        no_scratch_left(host, "blog")
+    finally:
+        host.sh(f"mv /root/pack.saved {pack}")
+    host.siteops("backup --verify blog")
+
+
 def test_audit_reports_an_unreadable_repository(host):
     host.sh("mv /etc/siteops/restic-password /etc/siteops/restic-password.away")
     try:
