@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import difflib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from . import access, layout, registry, releases, systemd, usage
 from .model import Site
@@ -97,6 +98,7 @@ def host_checks(facts: dict) -> list[Finding]:
     out.append(hardening_check(facts))
     out += access_host_checks(facts["access"])
     out.append(backup_host_check(facts))
+    out.append(outdated_check(facts))
     out += postgres_checks(facts)
     out.append(_f("host.certbot", facts["certbot_hook"] and
                   facts["units"]["certbot.timer"]["active"] == "active", h,
@@ -432,6 +434,17 @@ def _hours(then: str, now: str) -> float:
 
 BACKUP_WARN_HOURS, BACKUP_CRIT_HOURS = 26, 48
 VERIFY_WARN_DAYS = 8  # backup --verify runs weekly
+
+
+def outdated_check(facts: dict) -> Finding:
+    """No service runs a program or library a security update replaced."""
+    found = facts.get("outdated", {})
+    shown = "; ".join(f"{u} ({', '.join(Path(f).name for f in files[:3])})"
+                      for u, files in list(found.items())[:6])
+    return _f("host.outdated", not found, "host", "no service runs replaced code",
+              f"{len(found)} service(s) still run code an update replaced: {shown}", WARNING,
+              remedy="sudo outdated --restart (sites switch with no failed request; "
+                     "PostgreSQL is left for you to restart)")
 
 
 def backup_host_check(facts: dict) -> Finding:

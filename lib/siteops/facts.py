@@ -21,6 +21,7 @@ Shape of gather()'s result:
     backup        {error: why the restic repository cannot be read | null,
                    latest: {site: time of its newest snapshot},
                    verified: {site: {time, ok, snapshot, error}} (backup --verify)}
+    outdated      {service: [replaced program or library it still runs]}
     units         {unit: {active, enabled}} (one systemctl show)
     exposure      {unit: systemd-analyze security score}
     postgres      {hba: [rule], connections, max_connections, databases: {db: PUBLIC can connect}}
@@ -56,7 +57,7 @@ from urllib.parse import urlsplit
 
 from . import (access, backup, distro, envfile, firewall, hardening, instances, journal, layout,
                logrotate, network, nftables, nginx, parts, postgres, redis, registry, sysctl,
-               systemd, tls, usage, users, verify)
+               outdated, systemd, tls, usage, users, verify)
 from .errors import CommandError, SiteopsError
 from .model import Site
 from .host import Host, redact
@@ -253,6 +254,7 @@ def gather(host: Host, sites: list[Site]) -> dict:
         "nftables": nftables.loaded(host),
         "sysctl": None if sysctl.in_container(host) else sysctl.facts(host),
         "hardening": hardening.facts(host),
+        "outdated": outdated.scan(host.paths.p("/proc")),
         "backup": {**backup.facts(host), "verified": verify.results(host)},
         "access": access.facts(host, list(registry.load(host).sites.values()),
                                deploy.home if deploy else None),

@@ -1,4 +1,6 @@
-"""unattended-upgrades: security updates installed daily."""
+"""unattended-upgrades: security updates installed daily, and the processes
+running the code they replaced moved onto the new code right after
+(`outdated --restart`, a drop-in of apt-daily-upgrade.service)."""
 
 from __future__ import annotations
 
@@ -11,3 +13,11 @@ def ensure(host: Host) -> None:
     with host.step("unattended-upgrades"):
         host.write(host.paths.auto_upgrades,
                    render("apt/20auto-upgrades"))
+    dropin = host.paths.dropin("apt-daily-upgrade.service").with_name("siteops-outdated.conf")
+    with host.step("after each unattended upgrade: outdated --restart"):
+        with host.validated([dropin], ["systemd-analyze", "verify", "apt-daily-upgrade.service"],
+                            "apt-daily-upgrade drop-in") as outcome:
+            host.write(dropin, render("systemd/apt-daily-upgrade-outdated.conf",
+                                      bin=host.paths.install_dir / "bin"))
+        if outcome.changed:
+            host.run(["systemctl", "daemon-reload"])

@@ -349,3 +349,45 @@ def test_maintenance_answers_503_with_retry_after_while_the_app_keeps_running(ho
         {s[2] for s in failed}
     doc = json.loads(host.siteops("audit app --json", check=False).stdout)
     assert [f for f in doc["findings"] if f["id"] == "site.app.maintenance"][0]["severity"] == "ok"
+
+
+def replace_like_dpkg(box, path: str) -> None:
+    """A new copy of path put in its place by rename(2), as dpkg installs an
+    upgraded file: running processes keep the old, now deleted, one."""
+    box.sh(f"cp -p {path} {path}.dpkg-new && mv {path}.dpkg-new {path}")
+
+
+def test_processes_running_replaced_code_move_onto_it_with_no_failed_request(host):
+    """A security update of Python and of nginx, as dpkg installs them, under
+    load: outdated names the site's app and nginx, --restart moves the app to
+    fresh instances and nginx to its new binary in place, audit is clean after."""
+    for path in ("/usr/bin/python3.11", "/usr/sbin/nginx"):
+        if host.sh(f"test -e {path}", check=False).returncode == 0:
+            replace_like_dpkg(host, path)
+    python = host.sh("readlink -f /usr/bin/python3").stdout.strip()
+    replace_like_dpkg(host, python)
+    res = host.siteops("outdated --json", check=False)
+    found = json.loads(res.stdout)
+    entry = registry(host)["app"]
+    app = f"app-frontend@{entry['ports']['frontend'] + entry['live']['offset']}.service"
+    assert res.returncode == 1 and python in found[app], found
+    assert found["nginx.service"] == ["/usr/sbin/nginx"], found
+    doc = json.loads(host.siteops("audit --json", check=False).stdout)
+    finding = next(f for f in doc["findings"] if f["id"] == "host.outdated")
+    assert finding["severity"] == "warning" and app in finding["message"]
+    master = host.sh("cat /run/nginx.pid").stdout.strip()
+    load = Load(host, "app.test", rate=50)
+    host.siteops("outdated --restart")
+    samples, failed = load.failed()
+    print(f"outdated --restart: {len(samples)} requests, {len(failed)} failed")
+    assert len(samples) > 100 and failed == [], failed[:5]
+    assert host.siteops("outdated", check=False).returncode == 0
+    assert host.sh("systemctl is-active nginx").stdout.strip() == "active"
+    assert host.sh("cat /run/nginx.pid").stdout.strip() != master
+    assert host.sh("systemctl show -p MainPID --value nginx").stdout.strip() == \
+        host.sh("cat /run/nginx.pid").stdout.strip()
+    assert "app.test" in host.sh("curl -sS -o /dev/null -w '%{http_code}' -H 'Host: app.test' "
+                                 "http://127.0.0.1/ && echo ' app.test'").stdout
+    doc = json.loads(host.siteops("audit --json", check=False).stdout)
+    assert next(f for f in doc["findings"] if f["id"] == "host.outdated")["severity"] == "ok"
+    assert host.sh("systemctl reload nginx && systemctl is-active nginx").stdout.strip() == "active"

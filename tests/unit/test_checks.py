@@ -37,7 +37,7 @@ def problems(found):
 def test_the_recorded_box_is_clean():
     found = findings()
     assert problems(found) == {} and checks.exit_code(found) == 0
-    assert len(found) == 77 and len({f.id for f in found}) == 77
+    assert len(found) == 78 and len({f.id for f in found}) == 78
 
 
 def listen(proto, addr, port, units, programs):
@@ -203,13 +203,13 @@ def test_json_document_and_text_report():
     assert set(doc) == {"version", "time", "host", "status", "exit_code", "counts", "sites",
                         "fixed", "findings"}
     assert (doc["status"], doc["exit_code"], doc["counts"]) == (
-        "critical", 2, {"ok": 75, "warning": 1, "critical": 1})
+        "critical", 2, {"ok": 76, "warning": 1, "critical": 1})
     first = next(f for f in doc["findings"] if f["id"] == "site.alpha.env")
     assert set(first) >= {"id", "severity", "subject", "message", "remedy"}
     lines = audit.text_report(found, [])
     assert lines[0].startswith("CRITICAL site.alpha.env: .env is 0644")
     assert lines[2].startswith("WARNING  host.disk: disk 85.0% used")
-    assert lines[-1] == "audit CRITICAL: 77 checks, 75 ok, 1 warning(s), 1 critical"
+    assert lines[-1] == "audit CRITICAL: 78 checks, 76 ok, 1 warning(s), 1 critical"
 
 
 RENEWAL = ("version = 2.1.0\narchive_dir = /etc/letsencrypt/archive/shop\n"

@@ -63,6 +63,8 @@ def renders():
     for job in systemd.TIMERS:
         for unit in systemd.timer_units(job):
             yield f"systemd-{unit}", render(f"systemd/{unit}", bin="/opt/siteops/bin")
+    yield "systemd-apt-daily-upgrade-outdated.conf", render(
+        "systemd/apt-daily-upgrade-outdated.conf", bin="/opt/siteops/bin")
     yield f"systemd-{nftables.UNIT}", render(f"systemd/{nftables.UNIT}",
                                              conf="/etc/siteops/nftables.conf")
     yield "nftables-siteops.nft", nftables.render_conf(

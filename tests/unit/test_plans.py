@@ -71,6 +71,7 @@ def test_bootstrap_plan_on_a_new_server(root):
         "--comment 'siteops deploy' deploy",
         "systemctl reload ssh.service",
         "systemctl daemon-reload",  # auditd's drop-in (the fake host is a container)
+        "systemctl daemon-reload",  # apt-daily-upgrade's drop-in: outdated --restart
         "systemctl daemon-reload",
         "systemctl enable --now siteops-audit.timer",
         "restic --quiet init",
