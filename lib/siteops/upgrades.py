@@ -15,7 +15,8 @@ def ensure(host: Host) -> None:
                    render("apt/20auto-upgrades"))
     dropin = host.paths.dropin("apt-daily-upgrade.service").with_name("siteops-outdated.conf")
     with host.step("after each unattended upgrade: outdated --restart"):
-        with host.validated([dropin], ["systemd-analyze", "verify", "apt-daily-upgrade.service"],
+        with host.validated([dropin], ["systemd-analyze", "verify", "--man=no",
+                                      "apt-daily-upgrade.service"],
                             "apt-daily-upgrade drop-in") as outcome:
             host.write(dropin, render("systemd/apt-daily-upgrade-outdated.conf",
                                       bin=host.paths.install_dir / "bin"))
