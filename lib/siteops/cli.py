@@ -11,7 +11,7 @@ import sys
 import traceback
 from typing import Callable, Sequence
 
-from . import journal
+from . import journal, notify
 from .errors import SiteopsError
 from .host import Host
 from .signals import INTERRUPTS, on_interrupt
@@ -91,6 +91,7 @@ def main(prog: str, p: argparse.ArgumentParser,
             traceback.print_exc()
         print(f"{prog}: error: {exc}", file=sys.stderr)
         log_action(host, prog, logged, f"error: {exc}")
+        notify.command_failed(host, prog, logged, str(exc))
         return error_code or exc.exit_code
     except Exception as exc:  # a bug: one line, the traceback only on request
         if args.debug:

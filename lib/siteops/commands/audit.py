@@ -8,7 +8,7 @@ import socket
 import sys
 
 from .. import (access, checks, cli, fleet, envfile, facts, instances, journal, layout, logrotate, model,
-                nftables, nginx, postgres, redis, registry, releases, systemd, validate)
+                nftables, nginx, notify, postgres, redis, registry, releases, systemd, validate)
 from ..errors import UsageError
 from ..model import Site
 from ..host import Host
@@ -20,7 +20,8 @@ it. Safe for cron and timers: read-only without --fix, no colour, no prompts.
 
 Exit codes (Nagios): 0 all ok, 1 warnings, 2 critical, 3 the audit itself
 could not run. Every run (not --dry-run) appends one JSON line to
-/var/log/siteops/audit.jsonl; bootstrap installs a daily timer for it.
+/var/log/siteops/audit.jsonl; bootstrap installs a daily timer for it. What
+changed since the last run goes to the alert channels (notify).
 
 Host: UFW, fail2ban jails, unattended-upgrades, effective sshd settings,
 nginx -t, PostgreSQL and Redis on loopback only, pg_hba without catch-all,
@@ -190,6 +191,7 @@ def run(host: Host, args: argparse.Namespace) -> int:
             fixed = sorted({f.id for f in broken} - still)
     doc = document(findings, fixed, sites, time)
     append_log(host, doc)
+    notify.audit_events(host, findings, time)
     if args.all_hosts:
         return fleet_report(host, doc, args)
     if args.json:

@@ -1,0 +1,247 @@
+"""Alerts that reach a person: channels (a webhook, an email address) in
+/etc/siteops/notify.json (root-only: a webhook URL or SMTP password is a
+secret), and what was said in /var/lib/siteops/alerts.json.
+
+Events: audit's findings as they change (OK -> WARNING/CRITICAL, a change of
+severity, the recovery; a problem still open is said again once a day) and
+the failure of a command that runs unattended or matters (deploy, rollback,
+backup, tls, outdated). One run's events go out together, one message per
+channel. A channel that cannot be reached keeps its events and the next run
+sends them; a send never waits more than TIMEOUT seconds and never fails the
+command that caused it. Every message is redacted of the host's generated
+secrets."""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import json
+import smtplib
+import socket
+import ssl
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+
+from . import envfile
+from .host import Host, redact
+from .journal import now
+
+TIMEOUT = 5.0
+REPEAT_HOURS = 24
+FORMATS = ("json", "slack", "discord", "ntfy", "gotify")
+COMMANDS = ("deploy", "rollback", "backup", "tls", "outdated")
+
+
+@dataclass
+class Channel:
+    id: str
+    kind: str  # webhook | email
+    target: str  # the URL, or the address
+    format: str = "json"
+    smtp: str = "localhost:25"
+    sender: str | None = None
+    user: str | None = None
+    password: str | None = None
+
+
+@dataclass
+class Event:
+    kind: str  # problem | recovered | still | failed | test
+    subject: str  # host, a site's name
+    text: str
+    check: str | None = None
+    severity: str | None = None
+    at: str = field(default_factory=now)
+
+
+def config_path(host: Host) -> Path:
+    return host.paths.etc / "notify.json"
+
+
+def state_path(host: Host) -> Path:
+    return host.paths.state / "alerts.json"
+
+
+def channels(host: Host) -> list[Channel]:
+    doc = json.loads(host.read(config_path(host)) or '{"channels": []}')
+    return [Channel(**c) for c in doc["channels"]]
+
+
+def save_channels(host: Host, chans: list[Channel]) -> None:
+    host.write(config_path(host), json.dumps({"channels": [asdict(c) for c in chans]},
+                                             indent=1, sort_keys=True) + "\n", 0o600)
+
+
+def shown(c: Channel) -> str:
+    """A channel as listed: a webhook's path and query (its token) left out."""
+    if c.kind == "webhook":
+        scheme, _, rest = c.target.partition("://")
+        return f"webhook {scheme}://{rest.split('/', 1)[0]}/… ({c.format})"
+    return f"email {c.target} via {c.smtp}" + (f" as {c.user}" if c.user else "")
+
+
+def load_state(host: Host) -> dict:
+    try:
+        doc = json.loads(host.read(state_path(host)) or "{}")
+    except json.JSONDecodeError:
+        doc = {}
+    doc.setdefault("open", {})
+    doc.setdefault("outbox", {})
+    return doc
+
+
+def save_state(host: Host, state: dict) -> None:
+    host.write(state_path(host), json.dumps(state, indent=1, sort_keys=True) + "\n", 0o600)
+
+
+def hours_since(stamp: str, at: str) -> float:
+    parse = datetime.datetime.fromisoformat
+    return (parse(at.replace("Z", "+00:00")) - parse(stamp.replace("Z", "+00:00"))
+            ).total_seconds() / 3600
+
+
+def changes(state: dict, findings: list, at: str, ok: str = "ok") -> list[Event]:
+    """Events of audit's findings against what was said before (state's open
+    problems, updated in place): new or changed problems, problems still open
+    a day after they were last said, recoveries. Findings absent from this
+    run (another site, not audited now) are left as they were."""
+    events = []
+    open_ = state["open"]
+    for f in findings:
+        known = open_.get(f.id)
+        if f.severity != ok:
+            if known is None or known["severity"] != f.severity:
+                open_[f.id] = {"severity": f.severity, "since": at, "said": at}
+                events.append(Event("problem", f.subject, f.message, f.id, f.severity, at))
+            elif hours_since(known["said"], at) >= REPEAT_HOURS:
+                known["said"] = at
+                events.append(Event("still", f.subject, f.message, f.id, f.severity, at))
+        elif known is not None:
+            del open_[f.id]
+            events.append(Event("recovered", f.subject, f.message, f.id, ok, at))
+    return events
+
+
+def secrets(host: Host) -> list[str]:
+    """The host's generated secrets (every site's .env values), which no message may hold."""
+    found = []
+    for env in glob.glob(str(host.paths.sites / "*" / "shared" / ".env")):
+        try:
+            found += envfile.secrets_of(Path(env).read_text())
+        except OSError:
+            continue
+    return found
+
+
+LABEL = {"problem": "PROBLEM", "still": "STILL OPEN", "recovered": "RECOVERED",
+         "failed": "FAILED", "test": "TEST"}
+
+
+def text_of(hostname: str, events: list[Event]) -> str:
+    lines = [f"siteops on {hostname}: {len(events)} event(s)"]
+    for e in events:
+        what = f"{e.check} " if e.check else ""
+        sev = f" [{e.severity.upper()}]" if e.severity and e.kind != "recovered" else ""
+        lines.append(f"- {LABEL[e.kind]}{sev} {e.subject}: {what}{e.text}")
+    lines.append(f"Look closer: ssh {hostname} sudo audit")
+    return "\n".join(lines)
+
+
+def body_of(c: Channel, hostname: str, events: list[Event], text: str) -> tuple[bytes, dict]:
+    """A webhook's request body and headers in the channel's format."""
+    title = f"siteops on {hostname}"
+    if c.format == "ntfy":
+        return text.encode(), {"Title": title, "Content-Type": "text/plain; charset=utf-8"}
+    doc: dict
+    if c.format == "slack":
+        doc = {"text": text}
+    elif c.format == "discord":
+        doc = {"content": text[:2000]}
+    elif c.format == "gotify":
+        doc = {"title": title, "message": text}
+    else:
+        doc = {"host": hostname, "text": text, "events": [asdict(e) for e in events]}
+    return json.dumps(doc).encode(), {"Content-Type": "application/json"}
+
+
+def deliver(c: Channel, hostname: str, events: list[Event], text: str) -> None:
+    """Send one message; OSError (or smtplib's) when it cannot be delivered."""
+    if c.kind == "webhook":
+        body, headers = body_of(c, hostname, events, text)
+        req = urllib.request.Request(c.target, data=body, headers=headers, method="POST")
+        with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:  # noqa: S310 (http/https only)
+            if not 200 <= resp.status < 300:
+                raise OSError(f"HTTP {resp.status}")
+        return
+    msg = EmailMessage()
+    msg["Subject"] = f"siteops on {hostname}: " + ", ".join(
+        f"{LABEL[e.kind]} {e.subject}" for e in events[:3]) + ("…" if len(events) > 3 else "")
+    msg["From"] = c.sender or f"siteops@{hostname}"
+    msg["To"] = c.target
+    msg.set_content(text)
+    server, _, port = c.smtp.rpartition(":")
+    with smtplib.SMTP(server, int(port), timeout=TIMEOUT) as smtp:
+        smtp.ehlo()
+        if smtp.has_extn("starttls"):
+            smtp.starttls(context=ssl.create_default_context())
+            smtp.ehlo()
+        if c.user and c.password:
+            smtp.login(c.user, c.password)
+        smtp.send_message(msg)
+
+
+def send(host: Host, events: list[Event]) -> list[str]:
+    """Queue events for every channel and send each channel's queue as one
+    message; returns the channels that could not be reached (their events
+    stay queued for the next run). Never raises."""
+    try:
+        chans = channels(host)
+    except (OSError, ValueError, TypeError) as exc:
+        host.say(f"note: alerts not sent: {config_path(host)} cannot be read ({exc})")
+        return []
+    if not chans or host.dry_run:
+        return []
+    state = load_state(host)
+    hostname = socket.gethostname()
+    hidden = secrets(host)
+    failed = []
+    for c in chans:
+        queue = state["outbox"].get(c.id, []) + [asdict(e) for e in events]
+        if not queue:
+            continue
+        batch = [Event(**e) for e in queue]
+        text = redact(text_of(hostname, batch), hidden)
+        for e in batch:
+            e.text = redact(e.text, hidden)
+        try:
+            deliver(c, hostname, batch, text)
+            state["outbox"].pop(c.id, None)
+        except (OSError, smtplib.SMTPException, urllib.error.URLError, ValueError) as exc:
+            state["outbox"][c.id] = queue[-200:]
+            failed.append(c.id)
+            host.say(f"note: alert to {shown(c)} not delivered ({exc}); the next run "
+                     "sends it again")
+    save_state(host, state)
+    return failed
+
+
+def audit_events(host: Host, findings: list, at: str) -> None:
+    """Say what changed since the last audit, on every channel."""
+    if host.dry_run:
+        return
+    state = load_state(host)
+    events = changes(state, findings, at)
+    save_state(host, state)
+    if events or state["outbox"]:
+        send(host, events)
+
+
+def command_failed(host: Host, prog: str, argv: list[str], error: str) -> None:
+    """A command that matters failed: say so (never raises)."""
+    if prog not in COMMANDS or host.dry_run:
+        return
+    subject = next((a for a in argv if not a.startswith("-")), "host")
+    send(host, [Event("failed", subject, f"`{prog} {' '.join(argv)}` failed: {error}")])

@@ -1,0 +1,177 @@
+"""notify: what audit's changes say and when, the bodies each webhook format
+gets, delivery to a real HTTP receiver and SMTP sink on loopback, a dead
+channel that keeps its events for the next run, and no secret in a message."""
+
+import http.server
+import json
+import socketserver
+import threading
+
+import pytest
+
+from fakes import make_host
+from siteops import checks, notify
+from siteops.commands import notify as notify_command
+from siteops.errors import UsageError
+
+
+def finding(id_, severity, message="m", subject="shop"):
+    return checks.Finding(id_, severity, subject, message)
+
+
+def test_problems_are_said_on_change_again_daily_and_recoveries_once():
+    state = {"open": {}, "outbox": {}}
+    t0, t1, t2 = "2026-11-30T10:00:00Z", "2026-11-30T11:00:00Z", "2026-12-01T11:30:00Z"
+    first = notify.changes(state, [finding("a", "critical"), finding("b", "ok")], t0)
+    assert [(e.kind, e.check, e.severity) for e in first] == [("problem", "a", "critical")]
+    assert notify.changes(state, [finding("a", "critical")], t1) == []  # unchanged: quiet
+    worse = notify.changes(state, [finding("c", "warning")], t1)
+    assert [(e.kind, e.check) for e in worse] == [("problem", "c")]
+    daily = notify.changes(state, [finding("a", "critical"), finding("c", "critical")], t2)
+    assert [(e.kind, e.check, e.severity) for e in daily] == [("still", "a", "critical"),
+                                                              ("problem", "c", "critical")]
+    back = notify.changes(state, [finding("a", "ok")], t2)
+    assert [(e.kind, e.check) for e in back] == [("recovered", "a")]
+    assert notify.changes(state, [finding("a", "ok")], t2) == []
+    assert set(state["open"]) == {"c"}  # not audited this time: left as it was
+
+
+@pytest.mark.parametrize("fmt, check", [
+    ("json", lambda b, h: json.loads(b)["events"][0]["check"] == "site.shop.unit:x"),
+    ("slack", lambda b, h: "PROBLEM [CRITICAL] shop" in json.loads(b)["text"]),
+    ("discord", lambda b, h: "shop" in json.loads(b)["content"]),
+    ("gotify", lambda b, h: json.loads(b)["title"].startswith("siteops on")),
+    ("ntfy", lambda b, h: h["Title"] == "siteops on web1" and b.startswith(b"siteops on web1")),
+])
+def test_each_webhook_format(fmt, check):
+    events = [notify.Event("problem", "shop", "stopped", "site.shop.unit:x", "critical")]
+    text = notify.text_of("web1", events)
+    body, headers = notify.body_of(notify.Channel("w", "webhook", "http://x", fmt), "web1",
+                                   events, text)
+    assert check(body, headers)
+    assert text.endswith("Look closer: ssh web1 sudo audit")
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    got: list = []
+
+    def do_POST(self):
+        Receiver.got.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+class Sink(socketserver.StreamRequestHandler):
+    """The least of an SMTP server: enough for smtplib to deliver one message."""
+    got: list = []
+
+    def handle(self):
+        self.wfile.write(b"220 sink\r\n")
+        data = None
+        while line := self.rfile.readline():
+            if data is not None:
+                if line == b".\r\n":
+                    Sink.got.append(b"".join(data))
+                    data = None
+                    self.wfile.write(b"250 ok\r\n")
+                else:
+                    data.append(line)
+            elif line.upper().startswith(b"DATA"):
+                data = []
+                self.wfile.write(b"354 go\r\n")
+            elif line.upper().startswith(b"QUIT"):
+                self.wfile.write(b"221 bye\r\n")
+                return
+            elif line.upper().startswith(b"EHLO"):
+                self.wfile.write(b"250 sink\r\n")
+            else:
+                self.wfile.write(b"250 ok\r\n")
+
+
+@pytest.fixture
+def receivers():
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    smtp = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Sink)
+    for server in (web, smtp):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    Receiver.got, Sink.got = [], []
+    yield web.server_address[1], smtp.server_address[1]
+    web.shutdown()
+    smtp.shutdown()
+
+
+def host_with(root, channels):
+    host, _ = make_host(root, dry_run=False)
+    (root / "etc/siteops").mkdir(parents=True)
+    (root / "var/lib/siteops").mkdir(parents=True)
+    env = root / "srv/sites/shop/shared/.env"
+    env.parent.mkdir(parents=True)
+    env.write_text("DATABASE_URL=postgresql://shop:S3cretDbPassw0rdXyz@127.0.0.1:5432/shop\n"
+                   "SECRET_KEY=abcdefabcdefabcdefabcdefabcdef12\n")
+    notify.save_channels(host, channels)
+    return host
+
+
+def test_a_run_is_one_message_per_channel_and_holds_no_secret(root, receivers):
+    web, smtp = receivers
+    host = host_with(root, [notify.Channel("webhook-1", "webhook", f"http://127.0.0.1:{web}/h"),
+                            notify.Channel("email-1", "email", "ops@example.com",
+                                           smtp=f"127.0.0.1:{smtp}")])
+    events = [notify.Event("failed", "shop", "deploy failed: SECRET_KEY="
+                           "abcdefabcdefabcdefabcdefabcdef12 in the output"),
+              notify.Event("problem", "shop", "redis down", "site.shop.unit:shop-redis.service",
+                           "critical")]
+    assert notify.send(host, events) == []
+    assert len(Receiver.got) == 1 and len(Sink.got) == 1
+    doc = json.loads(Receiver.got[0])
+    assert len(doc["events"]) == 2 and "redis down" in doc["text"]
+    for sent in (Receiver.got[0], Sink.got[0]):
+        assert b"abcdefabcdefabcdefabcdefabcdef12" not in sent and b"********" in sent
+    assert b"To: ops@example.com" in Sink.got[0]
+    assert notify.load_state(host)["outbox"] == {}
+
+
+def test_a_dead_channel_keeps_its_events_and_the_next_run_sends_them(root, receivers):
+    web, _ = receivers
+    host = host_with(root, [notify.Channel("webhook-1", "webhook", "http://127.0.0.1:9/dead"),
+                            notify.Channel("webhook-2", "webhook", f"http://127.0.0.1:{web}/h")])
+    assert notify.send(host, [notify.Event("failed", "shop", "one")]) == ["webhook-1"]
+    assert len(Receiver.got) == 1  # the live channel is not held back
+    assert [e["text"] for e in notify.load_state(host)["outbox"]["webhook-1"]] == ["one"]
+    notify.save_channels(host, [notify.Channel("webhook-1", "webhook",
+                                               f"http://127.0.0.1:{web}/h")])
+    assert notify.send(host, [notify.Event("failed", "shop", "two")]) == []
+    assert [e["text"] for e in json.loads(Receiver.got[-1])["events"]] == ["one", "two"]
+    assert notify.load_state(host)["outbox"] == {}
+
+
+def test_a_failed_command_is_said_and_its_webhook_token_never_logged(root, receivers):
+    web, _ = receivers
+    host = host_with(root, [notify.Channel("webhook-1", "webhook", f"http://127.0.0.1:{web}/h")])
+    notify.command_failed(host, "deploy", ["shop", "--ref", "v2"], "health check failed")
+    notify.command_failed(host, "sites", ["list"], "whatever")  # not a command that alerts
+    assert len(Receiver.got) == 1
+    assert "`deploy shop --ref v2` failed: health check failed" in json.loads(Receiver.got[0])[
+        "text"]
+    assert notify_command.public_argv(["add", "webhook", "https://hooks.slack.com/services/T/B/X"]
+                                      ) == ["add", "webhook", "https://hooks.slack.com/…"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["add", "webhook", "ftp://x"], "invalid webhook URL"),
+    (["add", "webhook", "https://x/a b"], "invalid webhook URL"),
+    (["add", "email", "not-an-address"], "invalid email address"),
+    (["add", "email", "a@example.com", "--smtp", "x;y"], "invalid --smtp"),
+    (["add", "pager", "x"], "add takes"),
+    (["remove", "webhook-9"], "remove takes one channel id"),
+    (["test"], "no channel yet"),
+])
+def test_bad_input_changes_nothing(root, argv, message):
+    host = host_with(root, [])
+    before = (root / "etc/siteops/notify.json").read_text()
+    with pytest.raises(UsageError, match=message):
+        notify_command.run(host, notify_command.build_parser().parse_args(argv))
+    assert (root / "etc/siteops/notify.json").read_text() == before
