@@ -391,3 +391,122 @@ def test_processes_running_replaced_code_move_onto_it_with_no_failed_request(hos
     doc = json.loads(host.siteops("audit --json", check=False).stdout)
     assert next(f for f in doc["findings"] if f["id"] == "host.outdated")["severity"] == "ok"
     assert host.sh("systemctl reload nginx && systemctl is-active nginx").stdout.strip() == "active"
+
+
+RECEIVERS = r"""
+import http.server, socketserver, sys, threading
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with open("/root/hooks.jsonl", "ab") as f:
+            f.write(body.replace(b"\n", b" ") + b"\n")
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+
+class Sink(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.wfile.write(b"220 sink\r\n")
+        data = None
+        while line := self.rfile.readline():
+            if data is not None:
+                if line == b".\r\n":
+                    with open("/root/mails.txt", "ab") as f:
+                        f.write(b"".join(data) + b"\n=====\n")
+                    data = None
+                    self.wfile.write(b"250 ok\r\n")
+                else:
+                    data.append(line)
+            elif line.upper().startswith(b"DATA"):
+                data = []
+                self.wfile.write(b"354 go\r\n")
+            elif line.upper().startswith(b"QUIT"):
+                self.wfile.write(b"221 bye\r\n")
+                return
+            else:
+                self.wfile.write(b"250 ok\r\n")
+
+servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 8765), Hook)]
+if "--smtp" in sys.argv:
+    servers.append(socketserver.ThreadingTCPServer(("127.0.0.1", 2525), Sink))
+for s in servers[1:]:
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+servers[0].serve_forever()
+"""
+
+
+def hooks(box) -> list:
+    return [json.loads(line) for line in
+            box.sh("cat /root/hooks.jsonl 2>/dev/null || true").stdout.splitlines()]
+
+
+def events_of(box, kind: str) -> list:
+    return [e for doc in hooks(box) for e in doc["events"] if e["kind"] == kind]
+
+
+def test_alerts_reach_a_webhook_and_an_inbox_once_per_change(host):
+    """A webhook receiver and an SMTP sink on the box's loopback; events caused
+    for real: a failed deploy, a stopped Redis and its recovery, a backup gone
+    stale (its snapshot made with an old time) and its recovery, a receiver
+    down while a deploy fails (sent by the next run). Each arrives once; no
+    generated secret is in any message."""
+    host.sh("rm -f /root/hooks.jsonl /root/mails.txt")
+    host.sh("cat > /root/receivers.py", input=RECEIVERS)
+    host.sh("setsid python3 /root/receivers.py --smtp >/dev/null 2>&1 & sleep 0.5")
+    host.siteops("notify add webhook http://127.0.0.1:8765/hook")
+    host.siteops("notify add email ops@example.com --smtp 127.0.0.1:2525 --from so@example.com")
+    assert "webhook-1" in host.siteops("notify list").stdout
+    host.siteops("audit", check=False)  # what is open now is the baseline
+    base = len(hooks(host))
+    host.siteops("notify test")
+    assert [e["kind"] for e in hooks(host)[base]["events"]] == ["test"]
+    assert "Subject: siteops on" in host.sh("cat /root/mails.txt").stdout
+    # A deploy that fails.
+    res = host.siteops("deploy app --ref no-such-ref", check=False)
+    assert res.returncode != 0
+    failed = events_of(host, "failed")
+    assert len(failed) == 1 and "deploy app --ref no-such-ref" in failed[0]["text"]
+    # A stopped Redis: said once, not again by the next audit, its recovery once.
+    host.sh("systemctl stop app-redis.service")
+    try:
+        host.siteops("audit", check=False)
+        host.siteops("audit", check=False)
+    finally:
+        host.sh("systemctl start app-redis.service")
+    down = [e for e in events_of(host, "problem") if e["check"] == "site.app.unit:app-redis.service"]
+    assert len(down) == 1 and down[0]["severity"] == "critical"
+    host.siteops("audit", check=False)
+    back = [e for e in events_of(host, "recovered") if e["check"] == "site.app.unit:app-redis.service"]
+    assert len(back) == 1
+    # A stale backup: the site's only snapshot made three days ago.
+    restic = ("RESTIC_REPOSITORY=/var/backups/siteops RESTIC_PASSWORD_FILE="
+              "/etc/siteops/restic-password restic --quiet")
+    host.siteops("backup app")
+    host.sh(f"{restic} backup --tag site:app --time '2026-01-01 00:00:00' /var/lib/siteops/backup/app"
+            f" && {restic} forget --tag site:app --keep-last 1 --group-by tags >/dev/null", check=True)
+    host.siteops("audit", check=False)
+    stale = [e for e in events_of(host, "problem") if e["check"] == "site.app.backup"]
+    assert len(stale) == 1 and "ago" in stale[0]["text"], stale
+    host.siteops("backup app")
+    host.siteops("audit", check=False)
+    assert len([e for e in events_of(host, "recovered") if e["check"] == "site.app.backup"]) == 1
+    # The receiver down: the failing deploy is not held up, the next run says it.
+    host.sh("pkill -f '[r]eceivers.py'")
+    started = time.monotonic()
+    res = host.siteops("deploy app --ref still-no-such-ref", check=False)
+    assert res.returncode != 0 and time.monotonic() - started < 30
+    assert "not delivered" in res.stdout + res.stderr
+    host.sh("setsid python3 /root/receivers.py >/dev/null 2>&1 & sleep 0.5")
+    host.siteops("audit", check=False)
+    assert len([e for e in events_of(host, "failed") if "still-no-such-ref" in e["text"]]) == 1
+    # No generated secret in anything sent.
+    env = host.sh(f"cat {SITE}/shared/.env").stdout
+    sent = host.sh("cat /root/hooks.jsonl /root/mails.txt").stdout
+    secrets = [line.split("=", 1)[1] for line in env.splitlines()
+               if "=" in line and len(line.split("=", 1)[1]) >= 16]
+    assert secrets and not [s for s in secrets if s in sent]
+    host.siteops("notify remove webhook-1")
+    host.siteops("notify remove email-1")
+    host.sh("pkill -f '[r]eceivers.py'")
