@@ -355,3 +355,70 @@ def start_pebble(box) -> None:
            "/usr/bin/pebble -config /etc/pebble/config.json && "
            "for i in $(seq 100); do curl -s --cacert /etc/pebble/ca.pem "
            f"{PEBBLE} >/dev/null && exit 0; sleep 0.1; done; exit 1")
+
+
+# -- alert receivers (notify's box and VM tests) --------------------------------
+
+# A webhook receiver on 127.0.0.1:8765 (each POST a line of /root/hooks.jsonl)
+# and, with --smtp, the least of an SMTP server on 127.0.0.1:2525 (each
+# message into /root/mails.txt): the standard library only.
+RECEIVERS = r"""
+import http.server, socketserver, sys, threading
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with open("/root/hooks.jsonl", "ab") as f:
+            f.write(body.replace(b"\n", b" ") + b"\n")
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+
+class Sink(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.wfile.write(b"220 sink\r\n")
+        data = None
+        while line := self.rfile.readline():
+            if data is not None:
+                if line == b".\r\n":
+                    with open("/root/mails.txt", "ab") as f:
+                        f.write(b"".join(data) + b"\n=====\n")
+                    data = None
+                    self.wfile.write(b"250 ok\r\n")
+                else:
+                    data.append(line)
+            elif line.upper().startswith(b"DATA"):
+                data = []
+                self.wfile.write(b"354 go\r\n")
+            elif line.upper().startswith(b"QUIT"):
+                self.wfile.write(b"221 bye\r\n")
+                return
+            else:
+                self.wfile.write(b"250 ok\r\n")
+
+servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 8765), Hook)]
+if "--smtp" in sys.argv:
+    servers.append(socketserver.ThreadingTCPServer(("127.0.0.1", 2525), Sink))
+for s in servers[1:]:
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+servers[0].serve_forever()
+"""
+
+
+def start_receivers(box, smtp: bool, fresh: bool = True) -> None:
+    if fresh:
+        box.sh("rm -f /root/hooks.jsonl /root/mails.txt")
+    box.sh("cat > /root/receivers.py", input=RECEIVERS)
+    box.sh(f"setsid python3 /root/receivers.py {'--smtp' if smtp else ''} >/dev/null 2>&1 & "
+           "for i in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/8765) 2>/dev/null && exit 0; "
+           "sleep 0.1; done; exit 1")
+
+
+def hooks(box) -> list:
+    return [json.loads(line) for line in
+            box.sh("cat /root/hooks.jsonl 2>/dev/null || true").stdout.splitlines()]
+
+
+def events_of(box, kind: str) -> list:
+    return [e for doc in hooks(box) for e in doc["events"] if e["kind"] == kind]

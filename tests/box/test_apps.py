@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from machine import PYTHON_APP, Load, commit
+from machine import PYTHON_APP, Load, commit, events_of, hooks, start_receivers
 
 REPO = "/srv/repos/app"
 SITE = "/srv/sites/app"
@@ -393,68 +393,13 @@ def test_processes_running_replaced_code_move_onto_it_with_no_failed_request(hos
     assert host.sh("systemctl reload nginx && systemctl is-active nginx").stdout.strip() == "active"
 
 
-RECEIVERS = r"""
-import http.server, socketserver, sys, threading
-
-class Hook(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        with open("/root/hooks.jsonl", "ab") as f:
-            f.write(body.replace(b"\n", b" ") + b"\n")
-        self.send_response(204)
-        self.end_headers()
-    def log_message(self, *a):
-        pass
-
-class Sink(socketserver.StreamRequestHandler):
-    def handle(self):
-        self.wfile.write(b"220 sink\r\n")
-        data = None
-        while line := self.rfile.readline():
-            if data is not None:
-                if line == b".\r\n":
-                    with open("/root/mails.txt", "ab") as f:
-                        f.write(b"".join(data) + b"\n=====\n")
-                    data = None
-                    self.wfile.write(b"250 ok\r\n")
-                else:
-                    data.append(line)
-            elif line.upper().startswith(b"DATA"):
-                data = []
-                self.wfile.write(b"354 go\r\n")
-            elif line.upper().startswith(b"QUIT"):
-                self.wfile.write(b"221 bye\r\n")
-                return
-            else:
-                self.wfile.write(b"250 ok\r\n")
-
-servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 8765), Hook)]
-if "--smtp" in sys.argv:
-    servers.append(socketserver.ThreadingTCPServer(("127.0.0.1", 2525), Sink))
-for s in servers[1:]:
-    threading.Thread(target=s.serve_forever, daemon=True).start()
-servers[0].serve_forever()
-"""
-
-
-def hooks(box) -> list:
-    return [json.loads(line) for line in
-            box.sh("cat /root/hooks.jsonl 2>/dev/null || true").stdout.splitlines()]
-
-
-def events_of(box, kind: str) -> list:
-    return [e for doc in hooks(box) for e in doc["events"] if e["kind"] == kind]
-
-
 def test_alerts_reach_a_webhook_and_an_inbox_once_per_change(host):
     """A webhook receiver and an SMTP sink on the box's loopback; events caused
     for real: a failed deploy, a stopped Redis and its recovery, a backup gone
     stale (its snapshot made with an old time) and its recovery, a receiver
     down while a deploy fails (sent by the next run). Each arrives once; no
     generated secret is in any message."""
-    host.sh("rm -f /root/hooks.jsonl /root/mails.txt")
-    host.sh("cat > /root/receivers.py", input=RECEIVERS)
-    host.sh("setsid python3 /root/receivers.py --smtp >/dev/null 2>&1 & sleep 0.5")
+    start_receivers(host, smtp=True)
     host.siteops("notify add webhook http://127.0.0.1:8765/hook")
     host.siteops("notify add email ops@example.com --smtp 127.0.0.1:2525 --from so@example.com")
     assert "webhook-1" in host.siteops("notify list").stdout
@@ -500,7 +445,7 @@ def test_alerts_reach_a_webhook_and_an_inbox_once_per_change(host):
     res = host.siteops("deploy app --ref still-no-such-ref", check=False)
     assert res.returncode != 0 and time.monotonic() - started < 30
     assert "not delivered" in res.stdout + res.stderr
-    host.sh("setsid python3 /root/receivers.py >/dev/null 2>&1 & sleep 0.5")
+    start_receivers(host, smtp=False, fresh=False)
     host.siteops("audit", check=False)
     assert len([e for e in events_of(host, "failed") if "still-no-such-ref" in e["text"]]) == 1
     # No generated secret in anything sent.

@@ -6,7 +6,7 @@ warned about by audit."""
 import json
 import time
 
-from machine import SRC
+from machine import SRC, events_of, hooks, start_receivers
 
 HOLD = """\
 import sys, time
@@ -55,10 +55,19 @@ def test_a_site_near_its_memory_limit_is_shown_and_warned_about(host):
         print(f"blog holds {pct:.0f}% of its 256M limit")
         assert row["memory_max_bytes"] == 256 * 2**20 and pct >= 90
         assert "/ 256.0 MiB" in host.siteops("sites usage blog --interval 0").stdout
+        start_receivers(host, smtp=False)
+        host.siteops("notify add webhook http://127.0.0.1:8765/hook")
         findings = json.loads(host.siteops("audit --json", check=False).stdout)["findings"]
         memory = [f for f in findings if f["id"] == "site.blog.memory"][0]
         assert memory["severity"] == "warning" and "of its limit" in memory["message"]
         shop = [f for f in findings if f["id"] == "site.shop.memory"][0]
         assert shop["severity"] == "ok"
+        # The alert: said once, by the audit that saw it.
+        said = [e for e in events_of(host, "problem") if e["check"] == "site.blog.memory"]
+        assert len(said) == 1 and "of its limit" in said[0]["text"], hooks(host)
     finally:
         host.sh("systemctl stop blog-hold; systemctl reset-failed blog-hold", check=False)
+    host.siteops("audit", check=False)
+    assert [e["check"] for e in events_of(host, "recovered")].count("site.blog.memory") == 1
+    host.siteops("notify remove webhook-1")
+    host.sh("pkill -f '[r]eceivers.py'", check=False)
