@@ -55,6 +55,7 @@ class Event:
     check: str | None = None
     severity: str | None = None
     at: str = field(default_factory=now)
+    remedy: str = ""
 
 
 def config_path(host: Host) -> Path:
@@ -115,10 +116,12 @@ def changes(state: dict, findings: list, at: str, ok: str = "ok") -> list[Event]
         if f.severity != ok:
             if known is None or known["severity"] != f.severity:
                 open_[f.id] = {"severity": f.severity, "since": at, "said": at}
-                events.append(Event("problem", f.subject, f.message, f.id, f.severity, at))
+                events.append(Event("problem", f.subject, f.message, f.id, f.severity, at,
+                                    f.remedy))
             elif hours_since(known["said"], at) >= REPEAT_HOURS:
                 known["said"] = at
-                events.append(Event("still", f.subject, f.message, f.id, f.severity, at))
+                events.append(Event("still", f.subject, f.message, f.id, f.severity, at,
+                                    f.remedy))
         elif known is not None:
             del open_[f.id]
             events.append(Event("recovered", f.subject, f.message, f.id, ok, at))
@@ -145,7 +148,8 @@ def text_of(hostname: str, events: list[Event]) -> str:
     for e in events:
         what = f"{e.check} " if e.check else ""
         sev = f" [{e.severity.upper()}]" if e.severity and e.kind != "recovered" else ""
-        lines.append(f"- {LABEL[e.kind]}{sev} {e.subject}: {what}{e.text}")
+        lines.append(f"- {LABEL[e.kind]}{sev} {e.subject}: {what}{e.text}"
+                     + (f" (fix: {e.remedy})" if e.remedy else ""))
     lines.append(f"Look closer: ssh {hostname} sudo audit")
     return "\n".join(lines)
 
@@ -244,4 +248,5 @@ def command_failed(host: Host, prog: str, argv: list[str], error: str) -> None:
     if prog not in COMMANDS or host.dry_run:
         return
     subject = next((a for a in argv if not a.startswith("-")), "host")
-    send(host, [Event("failed", subject, f"`{prog} {' '.join(argv)}` failed: {error}")])
+    send(host, [Event("failed", subject, f"`{prog} {' '.join(argv)}` failed: {error}",
+                      remedy="sudo tail /var/log/siteops/actions.jsonl")])

@@ -16,7 +16,7 @@ from siteops.errors import UsageError
 
 
 def finding(id_, severity, message="m", subject="shop"):
-    return checks.Finding(id_, severity, subject, message)
+    return checks.Finding(id_, severity, subject, message, "run it")
 
 
 def test_problems_are_said_on_change_again_daily_and_recoveries_once():
@@ -24,6 +24,7 @@ def test_problems_are_said_on_change_again_daily_and_recoveries_once():
     t0, t1, t2 = "2026-11-30T10:00:00Z", "2026-11-30T11:00:00Z", "2026-12-01T11:30:00Z"
     first = notify.changes(state, [finding("a", "critical"), finding("b", "ok")], t0)
     assert [(e.kind, e.check, e.severity) for e in first] == [("problem", "a", "critical")]
+    assert "(fix: run it)" in notify.text_of("web1", first)
     assert notify.changes(state, [finding("a", "critical")], t1) == []  # unchanged: quiet
     worse = notify.changes(state, [finding("c", "warning")], t1)
     assert [(e.kind, e.check) for e in worse] == [("problem", "c")]
