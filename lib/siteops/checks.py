@@ -14,6 +14,7 @@ from pathlib import Path
 from . import access, layout, registry, releases, systemd, usage
 from .model import Site
 from .host import Host, redact
+from .journal import ISO, hours_between
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
 RANK = {OK: 0, WARNING: 1, CRITICAL: 2}
@@ -24,7 +25,6 @@ MAX_EXPOSURE = 1.5
 TLS_WARN_DAYS, TLS_CRIT_DAYS = 21, 7
 DISK_WARN, DISK_CRIT = 80, 90
 PG_CONN_WARN, PG_CONN_CRIT = 80, 95
-ISO = "%Y-%m-%dT%H:%M:%SZ"
 
 
 @dataclass
@@ -415,7 +415,7 @@ def access_check(site: Site, af: dict, now: str) -> Finding:
     a key unused (since it was added) for access.UNUSED_DAYS."""
     def unused_days(key) -> float:
         when = af["last_used"].get(key.fingerprint) or key.added
-        return _hours(when, now) / 24 if when else 0
+        return hours_between(when, now) / 24 if when else 0
     stale = [k for k in site.keys if unused_days(k) > access.UNUSED_DAYS]
     listed = ", ".join(f"{k.label or k.fingerprint} ({k.role}, last used "
                        f"{(af['last_used'].get(k.fingerprint) or 'never')[:10]})"
@@ -424,12 +424,6 @@ def access_check(site: Site, af: dict, now: str) -> Finding:
               f"tenant key(s) unused for {access.UNUSED_DAYS} days: "
               + ", ".join(f"{k.label or '-'} {k.fingerprint}" for k in stale), WARNING,
               remedy=f"access {site.name} remove FINGERPRINT if it is no longer needed")
-
-
-def _hours(then: str, now: str) -> float:
-    """Hours from then to now (both ISO); ValueError if either is not a time."""
-    return (datetime.datetime.strptime(now, ISO)
-            - datetime.datetime.strptime(then, ISO)).total_seconds() / 3600
 
 
 BACKUP_WARN_HOURS, BACKUP_CRIT_HOURS = 26, 48
@@ -469,7 +463,7 @@ def backup_check(site: Site, facts: dict) -> Finding:
     name, last = site.name, facts["backup"]["latest"].get(site.name)
     since = last or site.created
     try:
-        hours = _hours(since or "", facts["time"])
+        hours = hours_between(since or "", facts["time"])
     except ValueError:
         hours = float("inf")
     if last is None and hours < BACKUP_WARN_HOURS:
@@ -492,7 +486,7 @@ def verified_check(site: Site, facts: dict) -> Finding:
                        f"{result['error']}", remedy)
     since = result["time"] if result else site.created
     try:
-        days = _hours(since or "", facts["time"]) / 24
+        days = hours_between(since or "", facts["time"]) / 24
     except ValueError:
         days = float("inf")
     good = (f"backups verified {days:.0f} day(s) ago (snapshot {result['snapshot']})"

@@ -11,9 +11,19 @@ from pathlib import Path
 from .users import sudo_caller
 
 
+ISO = "%Y-%m-%dT%H:%M:%SZ"
+
+
 def now() -> str:
     """The time now, as 2026-11-25T20:15:00Z."""
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.timezone.utc).strftime(ISO)
+
+
+def hours_between(then: str, now: str) -> float:
+    """Hours from then to now (both as now() writes them); ValueError if either
+    is not such a time."""
+    return (datetime.datetime.strptime(now, ISO)
+            - datetime.datetime.strptime(then, ISO)).total_seconds() / 3600
 
 
 def who() -> str:

@@ -13,7 +13,6 @@ secrets."""
 
 from __future__ import annotations
 
-import datetime
 import glob
 import json
 import smtplib
@@ -27,7 +26,7 @@ from pathlib import Path
 
 from . import envfile
 from .host import Host, redact
-from .journal import now
+from .journal import hours_between, now
 
 TIMEOUT = 5.0
 REPEAT_HOURS = 24
@@ -98,12 +97,6 @@ def save_state(host: Host, state: dict) -> None:
     host.write(state_path(host), json.dumps(state, indent=1, sort_keys=True) + "\n", 0o600)
 
 
-def hours_since(stamp: str, at: str) -> float:
-    parse = datetime.datetime.fromisoformat
-    return (parse(at.replace("Z", "+00:00")) - parse(stamp.replace("Z", "+00:00"))
-            ).total_seconds() / 3600
-
-
 def changes(state: dict, findings: list, at: str, ok: str = "ok") -> list[Event]:
     """Events of audit's findings against what was said before (state's open
     problems, updated in place): new or changed problems, problems still open
@@ -118,7 +111,7 @@ def changes(state: dict, findings: list, at: str, ok: str = "ok") -> list[Event]
                 open_[f.id] = {"severity": f.severity, "since": at, "said": at}
                 events.append(Event("problem", f.subject, f.message, f.id, f.severity, at,
                                     f.remedy))
-            elif hours_since(known["said"], at) >= REPEAT_HOURS:
+            elif hours_between(known["said"], at) >= REPEAT_HOURS:
                 known["said"] = at
                 events.append(Event("still", f.subject, f.message, f.id, f.severity, at,
                                     f.remedy))
