@@ -338,16 +338,23 @@ def restore_database(host: Host, site: Site, dump: Path) -> None:
     """Replace the site's database with the dump's: restored into a new database
     owned by the site's role, which then takes the old one's name (a failed
     restore leaves the live database untouched)."""
-    db, role, temp = site.database, site.user, f"{site.database}__restore"
-    postgres.psql(host, f'DROP DATABASE IF EXISTS "{temp}" WITH (FORCE);', change=True)
-    postgres.psql(host, f'CREATE DATABASE "{temp}" OWNER "{role}" TEMPLATE template0 '
-                        "ENCODING 'UTF8';", change=True)
-    postgres.psql(host, f'REVOKE ALL ON DATABASE "{temp}" FROM PUBLIC;', change=True)
-    host.run(["bash", "-c", 'runuser -u postgres -- pg_restore --exit-on-error --no-owner '
-              '--role="$1" --dbname="$2" < "$3"', "pg_restore", role, temp, dump],
-             note=f"the dump of {db}")
+    db, temp = site.database, f"{site.database}__restore"
+    load_dump(host, site, temp, dump, note=f"the dump of {db}")
     postgres.psql(host, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE);', change=True)
     postgres.psql(host, f'ALTER DATABASE "{temp}" RENAME TO "{db}";', change=True)
+
+
+def load_dump(host: Host, site: Site, db: str, dump: Path, note: str) -> None:
+    """A new database db (made again if it exists), owned by the site's role,
+    with the dump restored into it as that role: the dump is the tenant's
+    data, and its functions and triggers never run as the superuser."""
+    role = site.user
+    postgres.psql(host, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE);', change=True)
+    postgres.psql(host, f'CREATE DATABASE "{db}" OWNER "{role}" TEMPLATE template0 '
+                        "ENCODING 'UTF8';", change=True)
+    postgres.psql(host, f'REVOKE ALL ON DATABASE "{db}" FROM PUBLIC;', change=True)
+    host.run(["bash", "-c", 'runuser -u postgres -- pg_restore --exit-on-error --no-owner '
+              '--role="$1" --dbname="$2" < "$3"', "pg_restore", role, db, dump], note=note)
 
 
 def replace_dir_as_user(host: Host, source: Path, dest: Path, user: str, mode: int) -> None:

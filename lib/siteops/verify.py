@@ -110,15 +110,11 @@ def restored_rows(host: Host, site: Site, dump: Path, tables: list[str]) -> dict
     """The dump restored into the scratch database (as the site's role), and
     the rows of each of its tables there."""
     db, role = scratch_database(site), site.user
-    postgres.psql(host, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE);', change=True)
-    postgres.psql(host, f'CREATE DATABASE "{db}" OWNER "{role}" TEMPLATE template0 '
-                        "ENCODING 'UTF8';", change=True)
-    postgres.psql(host, f'REVOKE ALL ON DATABASE "{db}" FROM PUBLIC;', change=True)
     try:
-        host.run(["bash", "-c", 'runuser -u postgres -- pg_restore --exit-on-error --no-owner '
-                  '--role="$1" --dbname="$2" < "$3"', "pg_restore", role, db, dump],
-                 note=f"the dump of {site.database}, into {db}")
+        backup.load_dump(host, site, db, dump, note=f"the dump of {site.database}, into {db}")
     except CommandError as exc:
+        if "pg_restore" not in exc.argv:  # the scratch database itself could not be made
+            raise
         raise SiteopsError(f"the database dump does not load: {exc.stderr.strip()[-300:]}"
                            ) from None
     if not tables:
