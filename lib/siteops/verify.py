@@ -8,7 +8,7 @@ restored into scratch space and compared with what the snapshot holds:
             site's role (as that role: the dump is the tenant's data, never
             run as the superuser), and each table holds as many rows as the
             dump's data for it;
-  redis     the RDB loads (redis-check-rdb).
+  redis     the RDB loads (redis-check-rdb, as the site's user).
 
 The scratch directory and database are removed whatever happens. Each
 site's result is kept in /var/lib/siteops/verified.json for audit."""
@@ -166,7 +166,11 @@ def verify_site(host: Host, site: Site) -> str:
         rdb = backup.inside(target, host.paths.of(name).redis / "dump.rdb")
         if rdb.is_file():
             with host.step(f"{name}: Redis dump loads"):
-                res = host.query(["redis-check-rdb", str(rdb)], ok=range(256))
+                # The RDB is the tenant's data: parsed as the site's user, read
+                # from a pipe root fills (the scratch tree is root's only).
+                res = host.query(["bash", "-o", "pipefail", "-c",
+                                  'cat -- "$2" | runuser -u "$1" -- redis-check-rdb /dev/stdin',
+                                  "check", name, str(rdb)], ok=range(256))
                 if res.code != 0:
                     raise SiteopsError("the Redis dump does not load: "
                                        + (res.out + res.err).strip().splitlines()[-1][:300])

@@ -322,6 +322,14 @@ def stopped_at_every_step(a, b, command: str, site: str) -> int:
     steps of the commands a runs there over SSH, by the test-only switch set
     in b's root shell), k = 1, 2, ... from each stage it reaches, a signal per
     stop in turn, until a run completes; returns how many runs were stopped."""
+    try:
+        return stops(a, b, command, site)
+    finally:  # a failure must not leave b's commands stopping in the tests after
+        if b is not None:
+            b.sh("rm -f /root/kill.env")
+
+
+def stops(a, b, command: str, site: str) -> int:
     runs, k, where = 0, 1, stage(a, site)
     while True:
         signal = list(EXIT)[runs % 3]
@@ -342,8 +350,6 @@ def stopped_at_every_step(a, b, command: str, site: str) -> int:
         assert runs < 80, "it does not converge"
         now = stage(a, site)
         k, where = (1 if now != where else k + 1), now
-    if b is not None:
-        b.sh("rm -f /root/kill.env")
     return runs
 
 
