@@ -166,11 +166,13 @@ def verify_site(host: Host, site: Site) -> str:
         rdb = backup.inside(target, host.paths.of(name).redis / "dump.rdb")
         if rdb.is_file():
             with host.step(f"{name}: Redis dump loads"):
-                # The RDB is the tenant's data: parsed as the site's user, read
-                # from a pipe root fills (the scratch tree is root's only).
+                # The RDB is the tenant's data: parsed as the site's user, from
+                # a copy of its own (the scratch tree is root's only; the
+                # checker needs a file, not a pipe).
                 res = host.query(["bash", "-o", "pipefail", "-c",
-                                  'cat -- "$2" | runuser -u "$1" -- redis-check-rdb /dev/stdin',
-                                  "check", name, str(rdb)], ok=range(256))
+                                  'cat -- "$2" | runuser -u "$1" -- sh -c \'f=$(mktemp) && '
+                                  'cat > "$f" && redis-check-rdb "$f"; r=$?; rm -f "$f"; '
+                                  'exit $r\'', "check", name, str(rdb)], ok=range(256))
                 if res.code != 0:
                     raise SiteopsError("the Redis dump does not load: "
                                        + (res.out + res.err).strip().splitlines()[-1][:300])
