@@ -1,4 +1,4 @@
-"""logrotate: per site, daily, 14 days kept, compressed."""
+"""logrotate: per site, daily, 14 days kept, compressed; siteops's own logs weekly."""
 
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ def ensure_site(host: Host, site: Site) -> None:
     with host.step(f"logrotate {site.name}"):
         host.write_checked(path, config(host, site), ["logrotate", "--debug", CANDIDATE],
                            "logrotate")
+
+
+def ensure_host(host: Host) -> None:
+    """siteops's own logs rotated (the audit appends a line every hour)."""
+    path = host.paths.p("/etc/logrotate.d/siteops")
+    with host.step("logrotate of siteops's own logs"):
+        host.write_checked(path, render("logrotate/siteops", log_dir=host.paths.log_dir),
+                           ["logrotate", "--debug", CANDIDATE], "logrotate")
 
 
 def remove_site(host: Host, name: str) -> None:

@@ -177,13 +177,22 @@ def test_certificates_near_expiry_and_not_served(host):
     assert audit(host)[0] == 0
 
 
-def test_runs_are_logged_and_the_daily_timer_is_installed(host):
-    before = int(host.sh("wc -l < /var/log/siteops/audit.jsonl").stdout)
+def test_runs_are_logged_hourly_and_the_log_is_rotated(host):
+    before = int(host.sh("cat /var/log/siteops/audit.jsonl 2>/dev/null | wc -l").stdout)
     assert host.sh("systemctl is-enabled siteops-audit.timer").stdout.strip() == "enabled"
+    calendar = host.sh("systemctl show -p TimersCalendar siteops-audit.timer").stdout
+    assert "OnCalendar=*-*-* *:00:00" in calendar, calendar  # hourly
     host.sh("systemctl start siteops-audit.service")  # the timer's job, run now
     lines = host.sh("cat /var/log/siteops/audit.jsonl").stdout.splitlines()
     assert len(lines) == before + 1 and json.loads(lines[-1])["status"] == "ok"
     assert host.sh("systemctl show -p Result siteops-audit.service").stdout.strip() == "Result=success"
+    # Rotated by bootstrap's /etc/logrotate.d/siteops: the next run starts a new file.
+    host.sh("logrotate -f /etc/logrotate.d/siteops")
+    assert host.sh("cat /var/log/siteops/audit.jsonl.1").stdout.splitlines() == lines
+    assert host.sh("test -e /var/log/siteops/audit.jsonl", check=False).returncode == 1
+    host.sh("systemctl start siteops-audit.service")
+    assert host.sh("stat -c '%U %a' /var/log/siteops/audit.jsonl").stdout.strip() == "root 640"
+    assert len(host.sh("cat /var/log/siteops/audit.jsonl").stdout.splitlines()) == 1
 
 
 def test_an_audit_that_cannot_run_exits_3(host):

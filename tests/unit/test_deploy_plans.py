@@ -263,7 +263,7 @@ def test_refresh_switches_only_when_a_component_template_changed(root, shop):
     plan = planned_commands(host)  # recover first (the fake says 3100 is stopped: started)
     start = plan.index("systemctl start shop-frontend@3101.service")
     assert plan[start - 1] == "systemctl daemon-reload"
-    assert plan.index("systemctl enable --now shop-frontend@3100.service") < start
+    assert plan.index("systemctl --no-reload enable --now shop-frontend@3100.service") < start
     assert registry.load(host).sites["shop"].history[-1].action == "restart"
     assert (root / "srv/sites/shop/current").readlink().as_posix() == f"releases/{R1}"
 
@@ -332,3 +332,14 @@ def test_a_reload_left_pending_by_a_killed_run_is_done_by_the_next(root, shop):
     nginx.ensure_site(host, shop, root / "srv/sites/shop/shared/logs")
     assert planned_commands(host) == ["nginx -t -q", "systemctl reload-or-restart nginx"]
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("need, plan", [
+    ("no", "systemctl --no-reload enable --now shop-redis.service"),
+    ("yes", "systemctl enable --now shop-redis.service")])  # files written, then stopped
+def test_a_unit_is_started_without_reloading_every_unit_unless_its_files_changed(root, need, plan):
+    host, _ = make_host(root, [(["systemctl", "is-enabled"], 1, ""),
+                               (["systemctl", "show"], 0, f"NeedDaemonReload={need}\n"),
+                               (["systemctl", "is-active"], 3, "")])
+    systemd.ensure_started(host, "shop-redis.service")
+    assert planned_commands(host) == [plan]

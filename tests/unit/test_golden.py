@@ -58,6 +58,7 @@ def renders():
     yield "redis-shop.conf", render("redis/site.conf", name="shop", port=5020, password="PASSWORD",
                                     dir="/srv/sites/shop/shared/redis", maxmemory="64mb")
     yield "logrotate-siteops-shop", logrotate.config(HOST, SITE)
+    yield "logrotate-siteops", render("logrotate/siteops", log_dir="/var/log/siteops")
     yield "sudoers-limited", users.sudoers_text(Path("/opt/siteops/bin"), full=False)
     yield "sudoers-full", users.sudoers_text(Path("/opt/siteops/bin"), full=True)
     for job in systemd.TIMERS:

@@ -138,7 +138,7 @@ def test_add_site_plan_for_a_new_site(root):
         f"{PSQL} postgres",
         f"{PSQL} postgres",
         "systemctl daemon-reload",
-        "systemctl enable --now shop-redis.service",
+        "systemctl --no-reload enable --now shop-redis.service",
         "systemctl reload-or-restart nginx",
     ]
     out = host.out.getvalue()

@@ -20,8 +20,9 @@ it. Safe for cron and timers: read-only without --fix, no colour, no prompts.
 
 Exit codes (Nagios): 0 all ok, 1 warnings, 2 critical, 3 the audit itself
 could not run. Every run (not --dry-run) appends one JSON line to
-/var/log/siteops/audit.jsonl; bootstrap installs a daily timer for it. What
-changed since the last run goes to the alert channels (notify).
+/var/log/siteops/audit.jsonl (rotated weekly); bootstrap installs an hourly
+timer for it. What changed since the last run goes to the alert channels
+(notify).
 
 Host: UFW, fail2ban jails, unattended-upgrades, effective sshd settings,
 nginx -t, PostgreSQL and Redis on loopback only, pg_hba without catch-all,

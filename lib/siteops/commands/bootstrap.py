@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from .. import (access, backup, cli, distro, fail2ban, firewall, git, hardening, nftables, nginx, packages,
-                postgres, redis, registry, ssh, sysctl, systemd, tls, upgrades, users, validate)
+from .. import (access, backup, cli, distro, fail2ban, firewall, git, hardening, logrotate,
+                nftables, nginx, packages, postgres, redis, registry, ssh, sysctl, systemd, tls,
+                upgrades, users, validate)
 from ..paths import REPO
 from ..host import Host
 
@@ -45,7 +46,7 @@ What it does:
              left out, and why)
   updates    unattended-upgrades on; certbot renewal hook runs `nginx -t` and
              reloads nginx
-  audit      siteops-audit.timer runs `audit` daily (results appended to
+  audit      siteops-audit.timer runs `audit` hourly (results appended to
              /var/log/siteops/audit.jsonl)
   backups    the restic repository /var/backups/siteops (password generated
              once in /etc/siteops/restic-password: keep a copy elsewhere) and
@@ -85,6 +86,7 @@ def ensure_suite(host: Host) -> None:
         host.ensure_dir(host.paths.state, 0o700)
         host.ensure_dir(host.paths.log_dir, 0o750)
         host.ensure_dir(host.paths.sites, 0o755)
+    logrotate.ensure_host(host)
     target = host.paths.install_dir
     if target.resolve() == REPO:
         return

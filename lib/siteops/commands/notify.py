@@ -16,8 +16,8 @@ Alerts that reach a person. siteops says, on every channel added here:
 
   audit      a check that turns WARNING or CRITICAL (or changes between
              them), said again once a day while it stays so, and its
-             recovery; audit runs daily (siteops-audit.timer), and
-             whenever it is run (from cron, more often). Among them: a stopped unit or Redis, a stale or failed
+             recovery; audit runs hourly (siteops-audit.timer), and
+             whenever it is run. Among them: a stopped unit or Redis, a stale or failed
              backup or verification, a certificate that did not renew or
              expires within 14 days, a site near its memory limit or
              answering many 5xx, a full disk, replaced code still running.
