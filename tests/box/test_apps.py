@@ -377,7 +377,16 @@ def test_processes_running_replaced_code_move_onto_it_with_no_failed_request(hos
     assert finding["severity"] == "warning" and app in finding["message"]
     master = host.sh("cat /run/nginx.pid").stdout.strip()
     load = Load(host, "app.test", rate=50)
-    host.siteops("outdated --restart")
+    # The way it runs on a server: the hook bootstrap puts after each run of
+    # unattended-upgrades (the upgrade itself off here: the mirror's updates
+    # of the day are not this test's).
+    host.sh("echo 'APT::Periodic::Enable \"0\";' > /etc/apt/apt.conf.d/99siteops-test")
+    try:
+        host.sh("systemctl start apt-daily-upgrade.service")
+    finally:
+        host.sh("rm /etc/apt/apt.conf.d/99siteops-test")
+    journal = host.sh("journalctl -u apt-daily-upgrade.service -o cat").stdout
+    assert "nginx.service" in journal and "moved to its new code" in journal, journal[-2000:]
     samples, failed = load.failed()
     print(f"outdated --restart: {len(samples)} requests, {len(failed)} failed")
     assert len(samples) > 100 and failed == [], failed[:5]
@@ -418,8 +427,9 @@ def test_alerts_reach_a_webhook_and_an_inbox_once_per_change(host):
     try:
         host.siteops("audit", check=False)
         host.siteops("audit", check=False)
-    finally:
-        host.sh("systemctl start app-redis.service")
+    finally:  # its logs in the failure, if it does not start again
+        host.sh("systemctl start app-redis.service || { journalctl -u app-redis.service -n 30 "
+                "--no-pager; tail -n 20 /srv/sites/app/shared/logs/redis.log; exit 1; }")
     down = [e for e in events_of(host, "problem") if e["check"] == "site.app.unit:app-redis.service"]
     assert len(down) == 1 and down[0]["severity"] == "critical"
     host.siteops("audit", check=False)
