@@ -39,6 +39,9 @@ def parser(prog: str, description: str, epilog: str = "") -> Parser:
                    help="print every change it would make and make none (works without root "
                         "where the facts it reads allow)")
     p.add_argument("--debug", action="store_true", help="show a traceback on unexpected errors")
+    p.add_argument("--trace", action="store_true",
+                   help="print to stderr, as it goes, each step and command with the seconds "
+                        "since the start and how long it took (where the time goes)")
     return p
 
 
@@ -65,6 +68,7 @@ def main(prog: str, p: argparse.ArgumentParser,
     logged = public_argv(argv)
     host = host or Host(dry_run=args.dry_run)
     host.dry_run = args.dry_run
+    host.trace = sys.stderr if args.trace else None
     os.umask(0o022)  # what siteops and its tools create never depends on the caller's umask
     # SIGTERM (systemd stopping a timer's service, a CI job cancelled) takes
     # Ctrl-C's path: what was not checked is put back, then exit 143.

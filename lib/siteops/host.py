@@ -21,6 +21,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TextIO
@@ -225,6 +226,8 @@ class Host:
     written: dict[str, str] = field(default_factory=dict)
     changed_steps: list[str] = field(default_factory=list)
     unchanged_steps: list[str] = field(default_factory=list)
+    trace: TextIO | None = None  # --trace: where the time goes, to stderr
+    started: float = field(default_factory=time.monotonic)
 
     # -- reporting ---------------------------------------------------------
 
@@ -235,8 +238,9 @@ class Host:
     @contextlib.contextmanager
     def step(self, label: str) -> Iterator[None]:
         """Group the changes of one item and report it changed or ok."""
-        before = len(self.actions)
+        before, t0 = len(self.actions), time.monotonic()
         yield
+        self.traced(f"step {label}", t0)
         if len(self.actions) > before:
             self.changed_steps.append(label)
             verb = "would change" if self.dry_run else "changed"
@@ -247,6 +251,14 @@ class Host:
             self.unchanged_steps.append(label)
             self.say(f"{'ok':<13}{label}")
         crash_point(len(self.changed_steps) + len(self.unchanged_steps))
+
+    def traced(self, what: str, since: float) -> None:
+        """With --trace: one line, seconds since the command started and how
+        long this took (a step, a command, a wait)."""
+        if self.trace:
+            now = time.monotonic()
+            print(f"{now - self.started:8.3f} {now - since:7.3f}  {what}", file=self.trace,
+                  flush=True)
 
     def summary(self) -> str:
         n = len(self.changed_steps)
@@ -267,7 +279,9 @@ class Host:
     def query(self, argv: Sequence[str | Path], *, input: str | None = None, ok: Sequence[int] = (0,),
               timeout: float = 120, secrets: Sequence[str] = (), env: dict | None = None) -> Result:
         """Run a read-only command (also in a dry run); raise unless its code is in ok."""
-        result = self.runner([str(a) for a in argv], input=input, timeout=timeout, env=env)
+        args, t0 = [str(a) for a in argv], time.monotonic()
+        result = self.runner(args, input=input, timeout=timeout, env=env)
+        self.traced("$ " + redact(shlex.join(args), secrets), t0)
         if result.code not in ok:
             raise CommandError(result.argv, result.code, redact(result.err or result.out, secrets))
         return result
@@ -284,7 +298,9 @@ class Host:
         if self.dry_run:
             return Result(args, 0)
         printer = {"stream": lambda line: self.say("    " + clean(line))} if stream else {}
+        t0 = time.monotonic()
         result = self.runner(args, input=input, timeout=timeout, env=env, **printer)
+        self.traced("$ " + redact(shlex.join(args), secrets), t0)
         if result.code != 0:
             if stream:
                 detail = clean("\n".join((result.out or result.err).rstrip("\n")

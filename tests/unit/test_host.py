@@ -1,4 +1,5 @@
 import grp
+import io
 import os
 import pwd
 import stat
@@ -77,6 +78,21 @@ def test_failing_command_carries_argv_code_and_redacted_stderr(root):
         host.run(["psql", "-d", "x"], secrets=["hunter2"])
     assert err.value.code == 2 and err.value.argv == ["psql", "-d", "x"]
     assert "hunter2" not in str(err.value) and siteops_host.REDACTED in str(err.value)
+
+
+def test_trace_times_each_step_and_command_and_never_shows_a_secret(root):
+    host, _ = make_host(root, [(["systemctl"], 0, "", "")], dry_run=False)
+    host.trace = io.StringIO()
+    with host.step("unit started"):
+        host.run(["systemctl", "start", "shop-web@3000"])
+        host.query(["systemctl", "is-active", "hunter2"], secrets=["hunter2"])
+    lines = host.trace.getvalue().splitlines()
+    assert [line.split(None, 2)[2] for line in lines] == [
+        "$ systemctl start shop-web@3000", f"$ systemctl is-active {siteops_host.REDACTED}",
+        "step unit started"]
+    since, took = zip(*((float(a), float(b)) for a, b, _ in (line.split(None, 2) for line in lines)))
+    assert list(since) == sorted(since) and all(t <= s for s, t in zip(since, took))
+    assert "unit started" in host.out.getvalue()  # the progress itself is unchanged
 
 
 def test_real_runner_uses_no_shell_and_c_locale():
