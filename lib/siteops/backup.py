@@ -24,12 +24,12 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from . import envfile, model, parts, postgres, redis, safefs, systemd
 from .errors import SiteopsError
 from .model import Site
-from .host import Host
+from .host import Host, Result
 
 RETENTION = {"KEEP_DAILY": "7", "KEEP_WEEKLY": "4", "KEEP_MONTHLY": "6"}
 HOST_TAG = "host"
@@ -106,17 +106,24 @@ def restic(host: Host, *args: str, change: bool = True, timeout: float = 3600,
 def readable(host: Host) -> str | None:
     """None if the repository opens with the password, else restic's reason."""
     res = restic(host, "cat", "config", change=False, ok=range(256), timeout=120)
-    if res.code == 0:
-        return None
+    return None if res.code == 0 else reason(res)
+
+
+def reason(res: Result) -> str:
+    """Why a restic command failed, on one line."""
     return " ".join((res.err or res.out).split()) or f"restic exited {res.code}"
+
+
+def no_password(host: Host) -> str | None:
+    """Why restic cannot open any repository here (no password file), or None."""
+    path = password_path(host)
+    return f"no repository password in {path}" if host.read(path) is None else None
 
 
 def problem(host: Host) -> str | None:
     """Why the existing repository cannot be read (no password file, or what
     restic says), or None."""
-    if host.read(password_path(host)) is None:
-        return f"no repository password in {password_path(host)}"
-    return readable(host)
+    return no_password(host) or readable(host)
 
 
 def ensure_repository(host: Host) -> None:
@@ -135,11 +142,15 @@ def ensure_repository(host: Host) -> None:
         restic(host, "init")
 
 
+def listing(host: Host, tag: str | None = None, ok: Sequence[int] = (0,)) -> Result:
+    """restic's JSON list of the repository's snapshots (with a tag: only those)."""
+    args = ["snapshots", "--json", "--no-lock"] + (["--tag", tag] if tag else [])
+    return restic(host, *args, change=False, ok=ok, timeout=300)
+
+
 def snapshots(host: Host, tag: str | None = None) -> list[dict]:
     """The repository's snapshots (with a tag: only those), oldest first."""
-    args = ["snapshots", "--json", "--no-lock"] + (["--tag", tag] if tag else [])
-    out = restic(host, *args, change=False, timeout=300).out
-    return sorted(json.loads(out or "[]"), key=lambda s: s["time"])
+    return sorted(json.loads(listing(host, tag).out or "[]"), key=lambda s: s["time"])
 
 
 def instant(restic_time: str) -> datetime.datetime:
@@ -158,20 +169,22 @@ def tags(snapshot: dict) -> list[str]:
     return snapshot.get("tags") or []
 
 
-def latest_by_site(host: Host) -> dict[str, str]:
-    """{site name: UTC time of its newest snapshot}."""
-    out: dict[str, str] = {}
-    for snap in snapshots(host):
+def facts(host: Host) -> dict:
+    """{error: why the repository cannot be read | null, latest: {site: UTC time
+    of its newest snapshot}}, from one restic run (a listing that fails says
+    why the repository cannot be read)."""
+    error = no_password(host)
+    if error:
+        return {"error": error, "latest": {}}
+    res = listing(host, ok=range(256))
+    if res.code != 0:
+        return {"error": reason(res), "latest": {}}
+    latest: dict[str, str] = {}
+    for snap in json.loads(res.out or "[]"):
         for tag in tags(snap):
             if tag.startswith("site:"):
-                out[tag[5:]] = max(out.get(tag[5:], ""), utc(snap["time"]))
-    return out
-
-
-def facts(host: Host) -> dict:
-    """{error: why the repository cannot be read | null, latest: {site: time}}."""
-    error = problem(host)
-    return {"error": error, "latest": {} if error else latest_by_site(host)}
+                latest[tag[5:]] = max(latest.get(tag[5:], ""), utc(snap["time"]))
+    return {"error": None, "latest": latest}
 
 
 # -- what a site's snapshot holds ---------------------------------------------

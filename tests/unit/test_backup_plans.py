@@ -23,6 +23,23 @@ def with_registry(root, *sites):
         {"version": 2, "sites": {s["name"]: s for s in sites}}))
 
 
+def test_audit_reads_the_repository_with_one_listing_that_also_says_why_it_cannot(root):
+    snaps = [{"time": "2026-11-26T12:20:01.5+01:00", "tags": ["site:shop"]},
+             {"time": "2026-11-27T01:00:00Z", "tags": ["site:shop", "final"]},
+             {"time": "2026-11-25T01:00:00Z", "tags": ["site:blog"]}]
+    host, runner = make_host(root, [(["restic"], 0, json.dumps(snaps))])
+    assert backup.facts(host) == {"error": "no repository password in "
+                                           f"{root}/etc/siteops/restic-password", "latest": {}}
+    assert runner.calls == []
+    (root / "etc/siteops").mkdir()
+    (root / "etc/siteops/restic-password").write_text("pw\n")
+    assert backup.facts(host) == {"error": None, "latest": {"shop": "2026-11-27T01:00:00Z",
+                                                            "blog": "2026-11-25T01:00:00Z"}}
+    assert runner.calls == [["restic", "--quiet", "snapshots", "--json", "--no-lock"]]
+    host, _ = make_host(root, [(["restic"], 1, "", "Fatal: wrong password or no key found\n")])
+    assert backup.facts(host)["error"] == "Fatal: wrong password or no key found"
+
+
 def test_restic_reads_its_password_from_a_file_and_credentials_from_backup_env(root):
     host, _ = make_host(root)
     (root / "etc/siteops").mkdir()
