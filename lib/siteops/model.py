@@ -46,6 +46,7 @@ the field (sites.shop.slot), never a KeyError later.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -224,13 +225,20 @@ class RegistryTypeError(ValueError):
     """A registry value of the wrong type: names the field, e.g. sites.shop.slot."""
 
 
+@functools.cache
+def type_hints(cls) -> dict[str, Any]:
+    """cls's field types, evaluated once per class (each evaluation compiles
+    every annotation: a tenth of a second for a registry of 40 sites)."""
+    return typing.get_type_hints(cls)
+
+
 def from_json(cls, data: Any, where: str):
     """An instance of the dataclass cls from JSON data, each known field
     checked against its declared type (a clear error naming the field, never
     a KeyError later); keys it does not know are kept in `extra`."""
     if not isinstance(data, dict):
         raise RegistryTypeError(f"{where} must be an object, not {_shown(data)}")
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
     values = {n: _checked(hints[n], data[n], f"{where}.{n}") for n in names if n in data}
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
