@@ -72,10 +72,11 @@ class Machine:
 class Box(Machine):
     kind = "box"
 
-    def __init__(self, image: Path, binds: dict[str, str] | None = None):
+    def __init__(self, image: Path, binds: dict[str, str] | None = None,
+                 prefix: str = "siteops-box-"):
         self.image = image
         self.binds = binds or {}  # host directory: path in the box (read-write)
-        self.work = Path(tempfile.mkdtemp(prefix="siteops-box-"))
+        self.work = Path(tempfile.mkdtemp(prefix=prefix))  # try's: siteops-try-
         self.merged = self.work / "root"
         self.proc: subprocess.Popen | None = None
         self.leader = 0

@@ -15,11 +15,12 @@ TRY = str(REPO / "tests/box/try")
 
 
 def boxes() -> set[str]:
-    """Mounted box overlays and running nspawn machines, as (kind, path)."""
-    mounts = {line.split()[1] for line in open("/proc/mounts") if "siteops-box-" in line}
+    """try's mounted overlays and running nspawn machines (other tests' boxes,
+    in the other lane, come and go meanwhile: theirs are siteops-box-*)."""
+    mounts = {line.split()[1] for line in open("/proc/mounts") if "siteops-try-" in line}
     procs = subprocess.run(["pgrep", "-af", "systemd-nspawn"], capture_output=True,
                            text=True).stdout
-    return mounts | {m for m in re.findall(r"-D (\S+)", procs)}
+    return mounts | {m for m in re.findall(r"-D (\S*siteops-try-\S+)", procs)}
 
 
 def run(*args, timeout=900):
