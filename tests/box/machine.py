@@ -408,6 +408,9 @@ servers[0].serve_forever()
 
 
 def start_receivers(box, smtp: bool, fresh: bool = True) -> None:
+    """The receivers started, and the hourly audit timer stopped: each audit
+    whose alerts a test counts is the test's own."""
+    box.sh("systemctl stop siteops-audit.timer")
     if fresh:
         box.sh("rm -f /root/hooks.jsonl /root/mails.txt")
     box.sh("cat > /root/receivers.py", input=RECEIVERS)

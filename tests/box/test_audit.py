@@ -182,6 +182,15 @@ def test_runs_are_logged_hourly_and_the_log_is_rotated(host):
     assert host.sh("systemctl is-enabled siteops-audit.timer").stdout.strip() == "enabled"
     calendar = host.sh("systemctl show -p TimersCalendar siteops-audit.timer").stdout
     assert "OnCalendar=*-*-* *:00:00" in calendar, calendar  # hourly
+    assert host.sh("systemctl is-active siteops-audit.timer").stdout.strip() == "active"
+    host.sh("systemctl stop siteops-audit.timer")  # no run of its own while lines are counted
+    try:
+        counted_runs_and_rotation(host, before)
+    finally:
+        host.sh("systemctl start siteops-audit.timer")
+
+
+def counted_runs_and_rotation(host, before):
     host.sh("systemctl start siteops-audit.service")  # the timer's job, run now
     lines = host.sh("cat /var/log/siteops/audit.jsonl").stdout.splitlines()
     assert len(lines) == before + 1 and json.loads(lines[-1])["status"] == "ok"
