@@ -9,9 +9,17 @@
             old workers finish their requests on the old instances); `current`
             is swapped with rename(2); the registry records the new live release
     drain   the old instances get no new connections; once their established
-            connections are gone (or after DRAIN_SECONDS) they are stopped,
-            the old workers with them (SIGTERM, then their stop timeout)
+            connections are gone (or after DRAIN_SECONDS) systemd is told to
+            stop them, the old workers with them (SIGTERM, then their stop
+            timeout), without the command waiting for the stop: the next
+            command on the site waits for a stop still under way (recover)
     jobs    the release's scheduled jobs replace the old release's timers
+
+With keep_warm (deploy and rollback --keep-warm) the old web instances are
+not stopped but kept running, out of nginx, recorded as the site's `warm`
+release: a switch back to that release reuses them (still health-checked)
+instead of starting and waiting for new ones. Any other switch stops them
+first; their workers are never kept.
 
 Until the registry records the switch, a failure stops the new instances and
 puts nginx and `current` back. `recover` brings a site whose deploy was killed
@@ -129,17 +137,20 @@ def ensure_dropins(host: Host, site: Site, rid: str, record: Release,
     return units
 
 
-def start(host: Host, site: Site, rid: str, record: Release, offset: int) -> list[str]:
+def start(host: Host, site: Site, rid: str, record: Release, offset: int,
+          warm: bool = False) -> list[str]:
     """Start release rid at port offset beside the live instances; return the
-    new units."""
+    new units. warm: its web instances may run already (kept warm), their
+    ports are theirs (the health check still checks who listens)."""
     ports = registry.instance_ports(site, offset, record)
-    busy = sorted(set(ports.values()) & network.listening_ports(host))
+    busy = [] if warm else sorted(set(ports.values()) & network.listening_ports(host))
     if busy:
         raise SiteopsError(f"port {busy[0]} of site {site.name} is in use by "
                            f"{network.describe_holders(network.holders(host, busy[0]))}; "
                            "free it (ss -ltnp) and deploy again")
     workers = {} if site.held else systemd.worker_instances(site.name, record.workers, offset)
-    with host.step(f"start release {rid} on port(s) {', '.join(map(str, ports.values()))}"
+    with host.step(f"{'warm ' if warm else ''}release {rid} on port(s) "
+                   f"{', '.join(map(str, ports.values()))}"
                    + (f" and {len(workers)} worker(s)" if workers else "")
                    + (" (workers held)" if site.held and record.workers else "")):
         units = [u for u in ensure_dropins(host, site, rid, record, offset)
@@ -218,9 +229,10 @@ def check_owner(host: Host, unit: str, port: int) -> None:
                            f"{network.describe_holders(found)}, not {unit}: not switching")
 
 
-def stop(host: Host, units: list[str]) -> None:
+def stop(host: Host, units: list[str], wait: bool = True) -> None:
+    """Stop units; without wait, systemd is told to and the command goes on."""
     if units:
-        host.run(["systemctl", "stop", *units])
+        host.run(["systemctl", "stop", *([] if wait else ["--no-block"]), *units])
 
 
 def drain(host: Host, ports: list[int], clock=time.monotonic, sleep=time.sleep) -> None:
@@ -234,21 +246,27 @@ def drain(host: Host, ports: list[int], clock=time.monotonic, sleep=time.sleep) 
 
 
 def switch(host: Host, site: Site, rid: str, record: Release,
-           on_live: Callable[[Site], None]) -> Site:
+           on_live: Callable[[Site], None], keep_warm: bool = False) -> Site:
     """Make release rid the live one with no dropped request; return the updated
     registry entry. on_live(site) adds its own changes to the registry update
-    that records the switch."""
+    that records the switch. keep_warm: the old web instances keep running."""
     name = site.name
     logs = host.paths.of(name).logs
-    live = Live(rid, registry.spare_offset(site, network.listening_ports(host)))
+    warm = site.warm if site.warm and site.warm.release == rid and all(
+        unit_state(host, u) == ("active", 0) for u in systemd.warm_instances(site)) else None
+    if site.warm and not warm:  # another release, or one of them stopped or restarted
+        site = cool(host, site)
+    previous = site.live
+    live = warm or Live(rid, registry.spare_offset(site, network.listening_ports(host)))
     old_units = systemd.live_instances(site)
+    old_web = [u for u in old_units if "-worker@" not in u]
     old_ports = list((registry.live_ports(site) or {}).values())
     sizes = log_sizes(host, site)
     new_units: list[str] = []
     current = host.paths.of(name).current
     before = host.snapshot(current)
     try:
-        new_units = start(host, site, rid, record, live.offset)
+        new_units = start(host, site, rid, record, live.offset, warm=bool(warm))
         wait_healthy(host, site, record, live.offset)
         serving = site.copy(live=live)
         serving.releases[rid] = record  # what it runs, before the registry records it
@@ -273,19 +291,45 @@ def switch(host: Host, site: Site, rid: str, record: Release,
 
     def commit(entry: Site) -> None:
         entry.live = live
+        entry.warm = previous if keep_warm and old_web else None
         on_live(entry)
 
     site = registry.update_site(host, name, f"switch {name} to {rid}", commit)
     with host.step(f"{', '.join(new_units)} enabled at boot"):
         host.run(["systemctl", "--no-reload", "enable", "--quiet", *new_units])
-        if old_units:
+        if old_units:  # kept warm or not, only the live release starts at boot
             host.run(["systemctl", "--no-reload", "disable", "--quiet", *old_units])
-    if old_units:
-        with host.step(f"drain and stop {', '.join(old_units)}"):
-            drain(host, old_ports)
-            stop(host, old_units)
+    retired = [u for u in old_units if not (site.warm and u in old_web)]
+    if retired:
+        with host.step(f"drain and stop {', '.join(retired)}"):
+            if not site.warm:
+                drain(host, old_ports)
+            stop(host, retired, wait=False)
+    if site.warm:
+        host.say(f"{'':13}kept warm for a rollback to {site.warm.release}: {', '.join(old_web)} "
+                 f"({memory_mb(host, old_web)} MB)")
     systemd.ensure_jobs(host, site)
     return site
+
+
+def cool(host: Host, site: Site) -> Site:
+    """Stop the instances kept warm; returns the entry. The registry forgets
+    them first: stopped between the two, they are strays recover stops."""
+    units = systemd.warm_instances(site)
+    site = registry.update_site(host, site.name, f"{site.name}: warm instances stopped",
+                                lambda entry: setattr(entry, "warm", None))
+    with host.step(f"stop the warm instances {', '.join(units)}"):
+        stop(host, units)
+    return site
+
+
+def memory_mb(host: Host, units: list[str]) -> str:
+    """What units use now, in MB (their cgroups' memory.current), or "?"."""
+    if host.dry_run:
+        return "?"
+    out = host.query(["systemctl", "show", "-p", "MemoryCurrent", "--value", *units]).out
+    values = [int(v) for v in out.split() if v.isdigit()]
+    return f"{sum(values) / 2**20:.1f}" if values else "?"
 
 
 def dropins_match(host: Host, site: Site) -> bool:
@@ -356,7 +400,8 @@ def recover(host: Host, site: Site) -> Site:
 
       1. the live instances run (started if a kill left them stopped);
       2. nginx points at their ports and `current` at the live release;
-      3. every other instance of the site (a half-started release) stops;
+      3. every other instance of the site (a half-started release, an old
+         one still stopping) stops, but those kept warm;
       4. releases still marked building are marked failed, their build
          stopped and their files removed.
 
@@ -364,6 +409,7 @@ def recover(host: Host, site: Site) -> Site:
     name = site.name
     logs = host.paths.of(name).logs
     live = set(systemd.live_instances(site))
+    kept = set(systemd.warm_instances(site))  # running or not: a switch to them starts them
     for unit in sorted(live):
         with host.step(f"{unit} running"):
             systemd.ensure_started(host, unit)
@@ -371,7 +417,7 @@ def recover(host: Host, site: Site) -> Site:
     if site.live and host.paths.of(name).release(site.live.release).is_dir():
         with host.step(f"current -> releases/{site.live.release}"):
             host.symlink(host.paths.of(name).current, f"releases/{site.live.release}")
-    strays = [u for u in running_instances(host, name) if u not in live]
+    strays = [u for u in running_instances(host, name) if u not in live | kept]
     with host.step(f"no stray instances of {name}"):
         for unit in strays:
             state, _ = unit_state(host, unit)

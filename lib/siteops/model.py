@@ -203,6 +203,7 @@ class Site:
     redis_maxmemory: str | None = None
     tls: Tls | None = None
     live: Live | None = None
+    warm: Live | None = None  # the previous release's web instances, kept running (--keep-warm)
     releases: dict[str, Release] = field(default_factory=dict)
     history: list[Event] = field(default_factory=list)
     keys: list[Key] = field(default_factory=list)

@@ -74,9 +74,10 @@ def stale(site: Site) -> list[str]:
 
 def to_prune(site: Site, keep: int) -> list[str]:
     """Releases to delete, failed ones first: all failed, and good ones beyond the
-    newest `keep`; never the live release nor the rollback target."""
+    newest `keep`; never the live release, the rollback target nor a release
+    kept warm."""
     records = site.releases
-    protected = {live_id(site), rollback_target(site)}
+    protected = {live_id(site), rollback_target(site), site.warm and site.warm.release}
     failed = [r for r in ordered(site) if records[r].result == FAILED]
     good = [r for r in ordered(site) if records[r].result == OK]
     old_good = good[:-keep] if keep < len(good) else []

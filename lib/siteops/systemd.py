@@ -82,6 +82,16 @@ def live_instances(site: Site, held: bool = True) -> list[str]:
     return [instance(site.name, c, p) for c, p in ports.items()] + workers
 
 
+def warm_instances(site: Site) -> list[str]:
+    """The web instances a switch kept running for a quick rollback to their
+    release (deploy or rollback --keep-warm); their workers are not kept."""
+    record = site.releases.get(site.warm.release) if site.warm else None
+    if record is None or site.warm is None:
+        return []
+    ports = registry.instance_ports(site, site.warm.offset, record)
+    return [instance(site.name, c, p) for c, p in ports.items()]
+
+
 def live_units(site: Site) -> list[str]:
     """The running service units of a site: its live instances, then its Redis."""
     return live_instances(site) + [redis_unit(site.name)]

@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-from siteops import instances, model, network, nginx, registry, systemd
+from siteops import instances, model, network, nginx, registry, releases, systemd
 from siteops import host as siteops_host
 from siteops.errors import SiteopsError
 from siteops.commands import deploy, limits, rollback
@@ -40,7 +40,8 @@ def healthy(curl="200", restarts=0, listener_pid=3101):
 def shop(root, monkeypatch):
     """A registry with site shop live on R1 (port 3100) and R2 built, files owned by us.
     Process 3101 runs in shop-frontend@3101.service, 666 in blog-rogue.service."""
-    units = {3101: "shop-frontend@3101.service", 3102: "shop-frontend@3102.service",
+    units = {3100: "shop-frontend@3100.service", 3101: "shop-frontend@3101.service",
+             3102: "shop-frontend@3102.service",
              666: "blog-rogue.service"}
     monkeypatch.setattr(network, "unit_of", lambda pid: units.get(pid, ""))
     monkeypatch.setattr(siteops_host, "uid_of", lambda name: os.getuid())
@@ -78,7 +79,7 @@ def test_switch_starts_beside_checks_health_then_moves_nginx_and_current(root, s
         "systemctl reload-or-restart nginx",
         "systemctl --no-reload enable --quiet shop-frontend@3101.service",
         "systemctl --no-reload disable --quiet shop-frontend@3100.service",
-        "systemctl stop shop-frontend@3100.service",
+        "systemctl stop --no-block shop-frontend@3100.service",
     ]
     # Verified before use; health checked on the new port with the site's name.
     assert ["systemd-analyze", "verify", "shop-frontend@3101.service"] in runner.calls
@@ -189,7 +190,7 @@ def test_deploy_dry_run_is_the_recording_of_the_real_run(root, shop):
         "+ systemctl reload-or-restart nginx",
         "+ systemctl --no-reload enable --quiet shop-frontend@3101.service",
         "+ systemctl --no-reload disable --quiet shop-frontend@3100.service",
-        "+ systemctl stop shop-frontend@3100.service",
+        "+ systemctl stop --no-block shop-frontend@3100.service",
     ]
     # The sandbox: the site's user, slice, hardening and SocketBind rules, only
     # the release and the build cache writable.
@@ -343,3 +344,69 @@ def test_a_unit_is_started_without_reloading_every_unit_unless_its_files_changed
                                (["systemctl", "is-active"], 3, "")])
     systemd.ensure_started(host, "shop-redis.service")
     assert planned_commands(host) == [plan]
+
+
+def test_keep_warm_leaves_the_old_instances_running_and_a_switch_back_reuses_them(root, shop):
+    memory = (["systemctl", "show", "-p", "MemoryCurrent"], 0, "50331648\n")
+    host, _ = prepared_host(root, shop, [memory] + healthy())
+    instances.ensure_dropins(host, shop, R1, shop.releases[R1], 0)  # R1's, as its deploy left them
+    host.actions.clear()
+    site = instances.switch(host, shop, R2, shop.releases[R2], lambda e: None, keep_warm=True)
+    assert planned_commands(host) == [
+        "systemctl daemon-reload",
+        "systemctl start shop-frontend@3101.service",
+        "systemctl reload-or-restart nginx",
+        "systemctl --no-reload enable --quiet shop-frontend@3101.service",
+        "systemctl --no-reload disable --quiet shop-frontend@3100.service",  # not at boot
+    ]  # 3100 neither drained nor stopped
+    assert registry.load(host).sites["shop"].warm == site.warm == model.Live(R1, 0)
+    assert f"kept warm for a rollback to {R1}: shop-frontend@3100.service (48.0 MB)" in \
+        host.out.getvalue()
+    # Kept on disk while it runs, even when no rollback would go there.
+    site.releases[R1].rolled_back = True
+    assert releases.rollback_target(site) is None and releases.to_prune(site, 1) == []
+    site.releases[R1].rolled_back = False
+    # Back to R1: its instance, listening on 3100, is checked and used as it
+    # runs (the drop-in unchanged: no daemon-reload; start is a no-op on it).
+    host, runner = prepared_host(root, site, [
+        (["ss", "-H", "-t", "-l", "-n"], 0, "LISTEN 0 511 127.0.0.1:3100 0.0.0.0:*\n"
+                                            "LISTEN 0 511 127.0.0.1:3101 0.0.0.0:*\n"),
+        held_by(3100, 3100), *healthy()[2:]])
+    back = instances.switch(host, site, R1, site.releases[R1], lambda e: None)
+    assert planned_commands(host) == [
+        "systemctl start shop-frontend@3100.service",
+        "systemctl reload-or-restart nginx",
+        "systemctl --no-reload enable --quiet shop-frontend@3100.service",
+        "systemctl --no-reload disable --quiet shop-frontend@3101.service",
+        "systemctl stop --no-block shop-frontend@3101.service",
+    ]
+    assert any(c[0] == "curl" and c[-1] == "http://127.0.0.1:3100/healthz" for c in runner.calls)
+    assert back.live == model.Live(R1, 0) and back.warm is None
+    assert registry.load(host).sites["shop"].warm is None
+
+
+def test_a_switch_elsewhere_stops_the_warm_instances_first_and_recover_spares_them(root, shop):
+    warm = shop.copy(live=model.Live(R2, 1), warm=model.Live(R1, 0))
+    registry_path = root / "var/lib/siteops/registry.json"
+    doc = json.loads(registry_path.read_text())
+    doc["sites"]["shop"].update(live={"release": R2, "offset": 1},
+                                warm={"release": R1, "offset": 0})
+    registry_path.write_text(json.dumps(doc))
+    host, _ = prepared_host(root, warm, [
+        (["systemctl", "list-units"], 0, "shop-frontend@3100.service loaded active running x\n"
+                                         "shop-frontend@3101.service loaded active running x\n"),
+        (["systemctl", "show"], 0, "ActiveState=active\nNRestarts=0\n"),
+        (["systemctl", "is-enabled"], 0, ""), (["systemctl", "is-active"], 0, ""),
+        (["nginx", "-v"], 0, "", "nginx version: nginx/1.22.1"), *CHANGES])
+    assert instances.recover(host, warm).warm == model.Live(R1, 0)
+    assert planned_commands(host) == []  # the warm instance is no stray
+    # The same release on fresh instances (config, outdated --restart): the
+    # warm ones would run the old environment; they stop before anything starts.
+    host, _ = prepared_host(root, warm, [(["ss", "-H", "-t", "-l", "-n"], 0, "LISTEN 0 511 "
+                                          "127.0.0.1:3101 0.0.0.0:*\n"), held_by(3100, 3100),
+                                         *healthy()[2:]])
+    site = instances.switch(host, warm, R2, warm.releases[R2], lambda e: None)
+    plan = planned_commands(host)
+    assert plan[:3] == ["systemctl stop shop-frontend@3100.service", "systemctl daemon-reload",
+                        "systemctl start shop-frontend@3100.service"]
+    assert site.live == model.Live(R2, 0) and site.warm is None

@@ -118,7 +118,7 @@ FULL = {"version": 2, "sites": {"shop": {
     "ports": {"frontend": 3100, "redis": 5000}, "uid": 1001, "user": "shop", "database": "shop",
     "created": None, "updated": None, "repo": None, "keep": 5, "redis_maxmemory": None,
     "tls": None, "limits": {"memory_max": "512M", "tasks_max": 128},
-    "live": {"release": RID, "offset": 1},
+    "live": {"release": RID, "offset": 1}, "warm": {"release": RID, "offset": 0},
     "keys": [{"fingerprint": "SHA256:" + "k" * 43, "key": "ssh-ed25519 AAAA", "label": "ci",
               "role": "read", "added": "2026-11-30T10:00:00Z", "by": "root"}],
     "maintenance": {"message": "db", "retry_after": 60, "since": "2026-11-30T10:00:00Z",

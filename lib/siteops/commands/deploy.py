@@ -40,7 +40,10 @@ Steps:
   health    GET the health path (siteops.toml, default /) until 2xx/3xx
   switch    nginx upstreams to the new ports (nginx -t, reload), `current`
             swapped with rename(2), old instances drained, then stopped with
-            the old workers; the release's scheduled jobs replace the old timers
+            the old workers (the command does not wait for their stop); the
+            release's scheduled jobs replace the old timers. With --keep-warm
+            the old web instances keep running out of nginx, for a rollback
+            with no start; a later switch elsewhere stops them
   prune     keep the newest --keep good releases (never the live one nor the
             rollback target), failed ones first
 
@@ -58,6 +61,7 @@ examples:
   sudo deploy shop                                              default branch again
   sudo deploy shop --ref v1.4.2
   sudo deploy shop --dry-run                                    print the plan
+  sudo deploy shop --keep-warm                                  quick rollback after
 """
 
 MIN_FREE_MB = 500
@@ -80,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-free-mb", type=validate.number("--min-free-mb", 0, 10**7),
                    default=MIN_FREE_MB, metavar="MB",
                    help=f"refuse to deploy with less free disk than this (default {MIN_FREE_MB})")
+    p.add_argument("--keep-warm", action="store_true",
+                   help="keep the live release's web instances running after the switch, out of "
+                        "nginx, so that a rollback to it needs no start (its memory, shown, "
+                        "stays in use until the next deploy, rollback or restart)")
     p.add_argument("--no-fetch", action="store_true",
                    help="build REF from the site's mirror as it is, without fetching (a "
                         "restored site whose repository is not reachable from here)")
@@ -264,7 +272,8 @@ def run(host: Host, args: argparse.Namespace) -> None:
                     entry.keep = args.keep
                 releases.record_event(entry, "deploy", rid, "ok", started=record.started,
                                       commit=commit, ref=args.ref, **{"from": previous})
-            site = instances.switch(host, site, rid, record, went_live)
+            site = instances.switch(host, site, rid, record, went_live,
+                                    keep_warm=args.keep_warm)
         except BaseException as exc:
             fail(host, name, rid, record, exc)
             raise

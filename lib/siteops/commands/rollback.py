@@ -24,6 +24,11 @@ releases after the target ran stay applied. A release whose code needs
 another schema than the one it ran with must be handled by hand (restore a
 backup or migrate down) before or after the rollback. The target's workers
 and scheduled jobs replace the live release's.
+
+A release kept warm by `deploy --keep-warm` (the one before it, which is
+where a rollback goes) still runs its web instances: the rollback
+health-checks them and switches nginx to them, with no start and no wait
+for a boot.
 """
 
 EPILOG = """\
@@ -39,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", type=validate.site_name, help="the site to roll back")
     p.add_argument("--to", type=validate.release_id, metavar="RELEASE",
                    help="the release to go to (see --list; default: the previous good one)")
+    p.add_argument("--keep-warm", action="store_true",
+                   help="keep the web instances of the release it leaves running, out of "
+                        "nginx, so that going back to it (--to) needs no start (their "
+                        "memory, shown, stays in use until the next switch)")
     p.add_argument("--list", action="store_true",
                    help="list the site's releases with commit, time, result and which is live")
     return p
@@ -103,7 +112,8 @@ def run(host: Host, args: argparse.Namespace) -> None:
             releases.record_event(entry, "rollback", target, "ok", commit=record.commit,
                                   **{"from": live})
         try:
-            instances.switch(host, site, target, record, went_live)
+            instances.switch(host, site, target, record, went_live,
+                             keep_warm=args.keep_warm)
         except BaseException as exc:
             if releases.live_id(registry.get_site(registry.load(host), name)) == target:
                 raise  # stopped after its switch: it is live; the next run tidies up
