@@ -244,6 +244,15 @@ def step_count(output: str) -> int:
     return len(re.findall(r"^(changed|ok)\s{2,}", output, re.M))
 
 
+def states(box, *units: str, settle: float = 15) -> list[str]:
+    """The units' ActiveState once none is still stopping: a switch tells
+    systemd to stop the old instances and does not wait for it."""
+    names = " ".join(units)
+    return box.sh(f"for i in $(seq {int(settle * 10)}); do systemctl show -p ActiveState --value "
+                  f"{names} | grep -q deactivating || break; sleep 0.1; done; "
+                  f"systemctl show -p ActiveState --value {names}").stdout.split()
+
+
 def registry(box) -> dict:
     return json.loads(box.sh("cat /var/lib/siteops/registry.json").stdout)["sites"]
 

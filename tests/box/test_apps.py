@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from machine import PYTHON_APP, Load, commit, events_of, hooks, start_receivers
+from machine import PYTHON_APP, Load, commit, events_of, hooks, start_receivers, states
 
 REPO = "/srv/repos/app"
 SITE = "/srv/sites/app"
@@ -193,8 +193,8 @@ def test_a_redeploy_with_unchanged_requirements_reuses_the_venv(host):
     assert host.sh(f"stat -c %i {SITE}/releases/{rid}/.venv/bin/pip").stdout != \
         host.sh(f"stat -c %i {SITE}/releases/{before}/.venv/bin/pip").stdout
     # New workers at the other offset; the old ones stopped after the switch.
-    assert host.sh("systemctl is-active app-worker@q-1-1.service app-worker@q-1-0.service",
-                   check=False).stdout.split() == ["active", "inactive"]
+    assert states(host, "app-worker@q-1-1.service", "app-worker@q-1-0.service") == \
+        ["active", "inactive"]
     print(f"redeploy reusing the venv: {seconds:.1f} s")
     # A changed requirements.txt installs afresh.
     commit(host, REPO, {"requirements.txt": "# pinned nothing\n"}, "requirements")

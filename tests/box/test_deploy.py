@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from machine import SRC, Load, commit
+from machine import SRC, Load, commit, settled, states
 
 NODE_REPO, PY_REPO = "/srv/repos/nodeapp", "/srv/repos/pyapp"
 
@@ -151,7 +151,7 @@ def test_second_deploy_switches_without_dropping_a_request(host):
     bodies = {s[3].split()[1] for s in samples}
     assert bodies == {"v1", "v2"}  # served by both, nothing else
     assert curl(host, "nodeapp.test") == f"nodeapp v2 3101 {new} built v2\n"
-    assert host.sh("systemctl is-active nodeapp-frontend@3100", check=False).stdout.strip() == "inactive"
+    assert states(host, "nodeapp-frontend@3100") == ["inactive"]
     assert host.sh("systemctl is-enabled nodeapp-frontend@3100 nodeapp-frontend@3101",
                    check=False).stdout.split() == ["disabled", "enabled"]
     assert releases_on_disk(host) == sorted([old, new])
@@ -219,6 +219,52 @@ def test_pruning_keeps_five_and_never_the_live_one_or_the_rollback_target(host):
     v7 = live_release(host)
     assert releases_on_disk(host) == sorted([v5, on_disk[-1], v7])
     assert set(registry(host)["sites"]["nodeapp"]["releases"]) == {v5, on_disk[-1], v7}
+
+
+def test_keep_warm_rolls_back_onto_running_instances_with_no_failed_request(host):
+    """deploy --keep-warm: the replaced release keeps running out of nginx; the
+    rollback, under load, health-checks that same process and switches nginx
+    to it; a switch anywhere else stops it first."""
+    v7, offset = (registry(host)["sites"]["nodeapp"]["live"][k] for k in ("release", "offset"))
+    warm_unit = f"nodeapp-frontend@{3100 + offset}.service"
+    version(host, "v8")
+    load = Load(host, "nodeapp.test")
+    out = deploy(host, "nodeapp --keep-warm").stdout
+    v8 = live_release(host)
+    new_unit = f"nodeapp-frontend@{3100 + 1 - offset}.service"
+    assert re.search(rf"kept warm for a rollback to {v7}: {warm_unit} \([\d.]+ MB\)", out), out
+    assert registry(host)["sites"]["nodeapp"]["warm"] == {"release": v7, "offset": offset}
+    assert curl(host, "nodeapp.test").startswith("nodeapp v8 ")
+    assert states(host, warm_unit, new_unit) == ["active", "active"]
+    assert host.sh(f"systemctl is-enabled {warm_unit}", check=False).stdout.strip() == "disabled"
+    assert f"127.0.0.1:{3100 + offset}" not in host.sh(
+        "cat /etc/nginx/sites-available/nodeapp.conf").stdout
+    settled(host, "nodeapp")  # audit has nothing against it
+    pid = host.sh(f"systemctl show -p MainPID --value {warm_unit}").stdout.strip()
+    t0 = time.monotonic()
+    out = host.siteops("rollback nodeapp").stdout
+    seconds = time.monotonic() - t0
+    time.sleep(0.5)
+    samples = load.stop()
+    failed = [s for s in samples if s[2] != 200]
+    assert len(samples) > 100 and failed == [], failed[:5]
+    assert f"warm release {v7}" in out, out
+    assert host.sh(f"systemctl show -p MainPID --value {warm_unit}").stdout.strip() == pid
+    assert live_release(host) == v7 and curl(host, "nodeapp.test").startswith("nodeapp v7 ")
+    assert registry(host)["sites"]["nodeapp"]["warm"] is None
+    assert states(host, warm_unit, new_unit) == ["active", "inactive"]
+    print(f"rollback onto warm instances: {seconds:.2f} s (command start to exit, "
+          f"{len(samples)} requests, 0 failed)")
+    # Kept warm again, then a deploy without the flag: the warm one stops first.
+    host.siteops(f"rollback nodeapp --to {v8} --keep-warm")
+    assert registry(host)["sites"]["nodeapp"]["warm"] == {"release": v7, "offset": offset}
+    version(host, "v9")
+    out = deploy(host, "nodeapp").stdout
+    assert f"stop the warm instances {warm_unit}" in out, out
+    assert registry(host)["sites"]["nodeapp"]["warm"] is None
+    assert curl(host, "nodeapp.test").startswith("nodeapp v9 ")
+    assert states(host, warm_unit, new_unit) == ["active", "inactive"]  # v9 at v7's old port
+    settled(host, "nodeapp")
 
 
 def run_in_background(box, command: str, name: str) -> None:
