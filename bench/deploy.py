@@ -4,7 +4,8 @@ procedure (`ln -sfn` + `systemctl restart`) on the same app, in one run.
 
 Boots the box (tests/box), bootstraps it, adds site `bench`, then keeps
 --rate requests/s flowing through nginx (bench/load.py) while it runs
---rounds deploys and --rounds rollbacks (deploy, rollback, deploy, ...), and
+--rounds deploys and --rounds rollbacks (deploy, rollback, deploy, ...), the
+same again with `deploy --keep-warm` (each rollback onto running instances), and
 then --rounds reference deploys of the same app on a second site served by
 a plain unit restarted in place. Prints failed requests, p50/p99 latency
 during the switches and seconds from command start until the new release
@@ -90,23 +91,28 @@ def summary(name: str, samples: list, windows: list[tuple[float, float, str]]) -
     }
 
 
-def siteops_rounds(box: Box, rounds: int, rate: float) -> tuple[dict, dict]:
+def siteops_rounds(box: Box, rounds: int, rate: float, warm: bool = False,
+                   first: int = 1) -> tuple[dict, dict]:
+    """Deploy, rollback, deploy again, rounds times; with warm each deploy
+    keeps the release it replaces running (--keep-warm), so each rollback
+    switches onto running instances."""
+    flag = " --keep-warm" if warm else ""
     start_load(box, "bench.test", rate)
     deploys, rollbacks = [], []
-    for i in range(1, rounds + 1):
+    for i in range(first, first + rounds):
         version = f"d{i}"
         commit(box, APP_REPO, {"VERSION": version + "\n"}, version)
         a = now(box)
-        box.siteops("deploy bench")
+        box.siteops(f"deploy bench{flag}")
         deploys.append((a, now(box), version))
         previous = f"d{i - 1}" if i > 1 else "d0"
         a = now(box)
         box.siteops("rollback bench")
         rollbacks.append((a, now(box), previous))
-        box.siteops("deploy bench")  # back to d{i} so the next rollback has a target
+        box.siteops(f"deploy bench{flag}")  # back to d{i} so the next rollback has a target
     samples = stop_load(box)
-    return summary("siteops deploy", samples, deploys), summary("siteops rollback", samples,
-                                                                rollbacks)
+    return (summary(f"siteops deploy{flag}", samples, deploys),
+            summary("siteops rollback" + (" (warm)" if warm else ""), samples, rollbacks))
 
 
 def reference_rounds(box: Box, rounds: int, rate: float) -> dict:
@@ -167,10 +173,12 @@ def main() -> None:
         commit(box, APP_REPO, dict(NODE_FILES, VERSION="d0\n"), "d0")
         box.siteops(f"deploy bench --repo {APP_REPO}")
         deploy_row, rollback_row = siteops_rounds(box, args.rounds, args.rate)
+        warm_rows = siteops_rounds(box, args.rounds, args.rate, warm=True,
+                                   first=args.rounds + 1)
         ref_row = reference_rounds(box, args.rounds, args.rate)
     finally:
         box.stop()
-    rows = [deploy_row, rollback_row, ref_row]
+    rows = [deploy_row, rollback_row, *warm_rows, ref_row]
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
