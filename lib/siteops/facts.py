@@ -1,7 +1,8 @@
 """Everything audit looks at, read once and in batches: one `ss`, one
 `nginx -t`, one `systemctl show` for all units, one `systemd-analyze
-security`, one psql query, one `du`; files, modes and owners are read
-directly. The result is plain JSON data, so checks are pure functions that
+security`, one psql query, one `du`, one restic listing; the commands that
+wait (on restic, systemd, PostgreSQL, du) run side by side while files,
+modes and owners are read directly. The result is plain JSON data, so checks are pure functions that
 unit tests feed with recorded facts (tests/unit/data/box-facts.json).
 
 Shape of gather()'s result:
@@ -51,8 +52,9 @@ import pwd
 import re
 import socket
 import ssl
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from . import (access, backup, distro, envfile, firewall, hardening, instances, journal, layout,
@@ -223,31 +225,68 @@ def ufw_facts(host: Host) -> dict:
     return {"active": active, "policy": policy, "allowed": sorted(allowed)}
 
 
+def started(calls: dict[str, Callable[[], Any]]) -> Callable[[], dict[str, Any]]:
+    """Start each call in a thread of its own and return what joins them: their
+    results by name (the first exception raised again). For facts that wait on
+    a command (restic, systemd-analyze, du, psql): they wait side by side while
+    the rest is read. Daemon threads: a Ctrl-C does not wait for them, and
+    their commands die with siteops."""
+    results: dict[str, Any] = {}
+    errors: list[BaseException] = []
+
+    def run(name: str, call: Callable[[], Any]) -> None:
+        try:
+            results[name] = call()
+        except BaseException as exc:  # raised again in the caller's thread
+            errors.append(exc)
+    threads = [threading.Thread(target=run, args=item, daemon=True) for item in calls.items()]
+    for thread in threads:
+        thread.start()
+
+    def joined() -> dict[str, Any]:
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return results
+    return joined
+
+
 def gather(host: Host, sites: list[Site]) -> dict:
     """All facts for the host checks and for each of sites."""
     cluster = postgres.clusters(host)
     pg_unit = cluster[0].unit if cluster else "postgresql.service"
     db_port = cluster[0].port if cluster else 5432
-    try:
-        verifiers = postgres.verifiers(host, [s.user for s in sites])
-    except (CommandError, json.JSONDecodeError):
-        verifiers = {}  # PostgreSQL down: host.postgres says so
     units = host_units(pg_unit)
     site_units = {s.name: systemd.live_units(s) for s in sites}
     for names in site_units.values():
         units += names
-    nginx_t = host.query(["nginx", "-t"], ok=range(256))
+
+    def nginx_t() -> dict:
+        res = host.query(["nginx", "-t"], ok=range(256))
+        return {"ok": res.code == 0, "detail": (res.err or res.out).strip().splitlines()[-1:]}
+
+    try:
+        verifiers = postgres.verifiers(host, [s.user for s in sites])
+    except (CommandError, json.JSONDecodeError):
+        verifiers = {}  # PostgreSQL down: host.postgres says so
+    waiting = started({
+        "backup": lambda: {**backup.facts(host), "verified": verify.results(host)},
+        "exposure": lambda: exposure(host, [u for names in site_units.values() for u in names]),
+        "du": lambda: usage.du(host, [host.paths.site(s.name) for s in sites]),
+        "units": lambda: unit_states(host, units),
+        "postgres": lambda: postgres_facts(host),
+        "nginx_t": nginx_t,
+        "ufw": lambda: ufw_facts(host),
+        "fail2ban": lambda: host.query(["fail2ban-client", "status"], ok=range(256)).out,
+        "sshd": lambda: dict(line.split(" ", 1) for line in host.query(
+            ["sshd", "-T"], ok=range(256)).out.splitlines() if " " in line),
+    })
     deploy = users.lookup(host, users.DEPLOY_USER)
     root_stat = os.statvfs(host.paths.p("/"))
     version = distro.nginx_version(host)
-    return {
+    facts: dict[str, Any] = {
         "time": journal.now(),
-        "ufw": ufw_facts(host),
-        "fail2ban": host.query(["fail2ban-client", "status"], ok=range(256)).out,
-        "sshd": dict(line.split(" ", 1) for line in
-                     host.query(["sshd", "-T"], ok=range(256)).out.splitlines() if " " in line),
-        "nginx_t": {"ok": nginx_t.code == 0,
-                    "detail": (nginx_t.err or nginx_t.out).strip().splitlines()[-1:]},
         "upgrades": host.read(host.paths.auto_upgrades) or "",
         "certbot_hook": host.paths.certbot_hook.exists(),
         "listeners": network.listeners(host),
@@ -255,17 +294,13 @@ def gather(host: Host, sites: list[Site]) -> dict:
         "sysctl": None if sysctl.in_container(host) else sysctl.facts(host),
         "hardening": hardening.facts(host),
         "outdated": outdated.scan(host.paths.p("/proc")),
-        "backup": {**backup.facts(host), "verified": verify.results(host)},
         "access": access.facts(host, list(registry.load(host).sites.values()),
                                deploy.home if deploy else None),
-        "units": unit_states(host, units),
-        "exposure": exposure(host, [u for names in site_units.values() for u in names]),
-        "postgres": postgres_facts(host),
         "postgres_unit": pg_unit,
         "disk": {"used_pct": round(100 * (1 - root_stat.f_bavail / root_stat.f_blocks), 1)
                  if root_stat.f_blocks else 0},
-        "du": usage.du(host, [host.paths.site(s.name) for s in sites]),
-        "sites": {s.name: site_facts(host, s, version, db_port, verifiers.get(s.user))
-                  for s in sites},
         "usage": {r["name"]: r for r in usage.collect(host, sites, interval=0, with_sizes=False)},
     }
+    facts["sites"] = {s.name: site_facts(host, s, version, db_port, verifiers.get(s.user))
+                      for s in sites}
+    return {**facts, **waiting()}

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from siteops import checks, model
+from siteops import checks, facts, model
+from siteops.errors import CommandError
 from siteops.commands import audit
 from siteops.paths import Paths
 from siteops.host import Host
@@ -254,3 +255,23 @@ def test_a_site_left_in_maintenance_is_a_warning():
     assert found["site.beta.maintenance"].severity == "warning"
     assert "since 2026-11-30T10:00:00Z" in found["site.beta.maintenance"].message
     assert found["site.alpha.maintenance"].severity == "ok"
+
+
+def test_facts_that_wait_on_commands_wait_side_by_side():
+    import threading
+    first, second = threading.Event(), threading.Event()
+
+    def a():  # each needs the other running at the same time
+        first.set()
+        return second.wait(5)
+
+    def b():
+        second.set()
+        return first.wait(5)
+    assert facts.started({"a": a, "b": b})() == {"a": True, "b": True}
+
+    def broken():
+        raise CommandError(["restic"], 1, "Fatal")
+    joined = facts.started({"ok": lambda: 1, "broken": broken})
+    with pytest.raises(CommandError):
+        joined()
