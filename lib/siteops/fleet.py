@@ -179,6 +179,13 @@ def run(host: Host, remote: Remote, command: list[str], timeout: float = 300,
     return res
 
 
+# What ssh itself says when it cannot reach or log in to a host (LogLevel=ERROR).
+SSH_OWN = ("ssh:", "Connection refused", "Connection timed out", "Connection closed",
+           "Connection reset", "No route to host", "Network is unreachable", "Permission denied",
+           "kex_exchange_identification", "banner exchange", "Could not resolve", "not responding",
+           "Broken pipe", "client_loop")
+
+
 def describe_failure(host: Host, remote: Remote, stderr: str) -> str:
     text = clean(stderr)
     if "IDENTIFICATION HAS CHANGED" in text or "Host key verification failed" in text:
@@ -187,7 +194,13 @@ def describe_failure(host: Host, remote: Remote, stderr: str) -> str:
         return (f"host {remote.name} ({remote.url}) answered with another host key: "
                 f"{seen}, pinned {remote.fingerprint}; refused. If the host was reinstalled, "
                 f"check the new key on it, then `hosts remove {remote.name}` and add it again")
-    last = [line for line in text.splitlines() if line.strip()][-1:] or ["ssh failed"]
+    last = [line for line in text.splitlines() if line.strip()][-1:]
+    if not any(marker in text for marker in SSH_OWN):
+        # ssh exits 255 too when the remote command dies by a signal (no
+        # exit status comes back), saying nothing of its own.
+        return (f"host {remote.name} ({remote.url}) answered, but the command there ended "
+                "without an exit status (killed by a signal, or its connection dropped)"
+                + (f": {last[0]}" if last else ""))
     return f"host {remote.name} ({remote.url}) is unreachable: {last[0]}"
 
 

@@ -46,6 +46,23 @@ def test_ssh_trusts_only_the_pinned_key(root):
         fleet.ssh_argv(host, r, ["audit", "; id"])
 
 
+@pytest.mark.parametrize("stderr, said", [
+    ("ssh: connect to host 192.0.2.2 port 2222: Connection refused\n",
+     "is unreachable: ssh: connect to host 192.0.2.2 port 2222: Connection refused"),
+    ("root@192.0.2.2: Permission denied (publickey).\n", "is unreachable: root@192.0.2.2: "
+                                                        "Permission denied (publickey)."),
+    # The remote command killed by a signal: ssh exits 255 and says nothing of its own.
+    ("", "answered, but the command there ended without an exit status (killed by a signal"),
+    ("restoring shop\n", "answered, but the command there ended without an exit status "
+                         "(killed by a signal, or its connection dropped): restoring shop")])
+def test_a_failed_ssh_is_told_apart_from_a_remote_command_killed(root, stderr, said):
+    host, _ = make_host(root, [(["ssh"], 255, "", stderr)])
+    r = fleet.Remote("b", "root", "192.0.2.2", 2222, None)
+    with pytest.raises(fleet.Unreachable) as failed:
+        fleet.run(host, r, ["/opt/siteops/bin/audit"])
+    assert f"host b ({r.url}) {said}" in str(failed.value)
+
+
 def test_pinning_replaces_only_that_hosts_line(root):
     host, _ = make_host(root, dry_run=False)
     (root / "etc/siteops").mkdir(parents=True)
