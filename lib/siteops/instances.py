@@ -427,6 +427,9 @@ def recover(host: Host, site: Site) -> Site:
                 host.run(["systemctl", "reset-failed", unit])
             if systemd.is_enabled(host, unit):  # killed between the switch and the disable
                 host.run(["systemctl", "--no-reload", "disable", "--quiet", unit])
+        for unit in sorted(kept):  # kept warm, not started at boot
+            if systemd.is_enabled(host, unit):
+                host.run(["systemctl", "--no-reload", "disable", "--quiet", unit])
     stale = releases.stale(site)
     if stale:
         def mark(entry):
