@@ -2,8 +2,9 @@
 `nginx -t`, one `systemctl show` for all units, one `systemd-analyze
 security`, one psql query, one `du`, one restic listing; the commands that
 wait (on restic, systemd, PostgreSQL, du) run side by side while files,
-modes and owners are read directly. The result is plain JSON data, so checks are pure functions that
-unit tests feed with recorded facts (tests/unit/data/box-facts.json).
+modes and owners are read directly. The result is plain JSON data, so
+checks are pure functions that unit tests feed with recorded facts
+(tests/unit/data/box-facts.json).
 
 Shape of gather()'s result:
 
