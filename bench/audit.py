@@ -4,7 +4,8 @@
 Boots the box (tests/box), bootstraps it, adds --sites sites and deploys a
 small Node.js app to each, then times `audit` and `audit --json` over the
 first 10, 25 and all of them (median of --repeat runs each) and prints
-seconds in total and per site, and how long each add-site took. Goal:
+seconds in total and per site, and how long each add-site took; with
+--profile, where one audit's time goes. Goal:
 under 10 s for 50 sites on a 2-core machine, growing linearly. Needs root.
 Run: sudo python3 bench/audit.py
 """
@@ -37,10 +38,26 @@ def timed(box: Box, command: str, repeat: int) -> float:
     return statistics.median(runs)
 
 
+def profile(box: Box) -> None:
+    """The slowest commands of one audit (--trace: seconds each took; the
+    side-by-side ones overlap) and the top of Python's cumulative profile."""
+    trace = box.sh(f"{SRC}/bin/audit --trace 2>&1 >/dev/null", check=False).stdout
+    lines = [line for line in trace.splitlines() if line[:8].strip().replace(".", "").isdigit()]
+    print("slowest commands (seconds since start, seconds taken, command):")
+    for line in sorted(lines, key=lambda line: -float(line.split()[1]))[:12]:
+        print("  " + line[:150])
+    out = box.sh(f"python3 -m cProfile -s cumulative {SRC}/bin/audit 2>/dev/null", check=False)
+    table = out.stdout[out.stdout.find("   ncalls"):].splitlines()
+    print("\n".join(table[:30]))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sites", type=int, default=50)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--profile", action="store_true",
+                   help="then where one audit of every site spends its time: its slowest "
+                        "commands (--trace) and Python's own profile (cProfile)")
     args = p.parse_args()
     box = Box(build_image()).start()
     try:
@@ -63,6 +80,8 @@ def main() -> None:
             text = timed(box, f"audit {subset}", args.repeat)
             js = timed(box, f"audit --json {subset}", args.repeat)
             print(f"{n:>6} {text:>9.2f} {text / n:>8.3f} {js:>9.2f} {js / n:>8.3f}")
+        if args.profile:
+            profile(box)
     finally:
         box.stop()
 
