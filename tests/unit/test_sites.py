@@ -56,3 +56,18 @@ def test_doc_is_the_reference_registry_section(root):
     assert "| 3100-3109, 4000-4009, 5000-5009 | alpha |" in doc
     assert "| PostgreSQL connections | 7/100 |" in doc
     assert "| frontend | 3110 | active |" in doc and "| api | 4010 | active |" in doc
+
+
+def test_show_names_the_instances_kept_warm(root):
+    write_registry(root)
+    host, _ = make_host(root, rules(root))
+    site = model.site_from_json(RECORDED["registry"]["sites"]["alpha"])
+    rid = site.live.release
+    site.warm = model.Live(rid, 1 - site.live.offset)
+    row = sites.gather(host, [site])[0]
+    lines = sites.show_lines(row, site)
+    port = 3100 + site.warm.offset
+    assert f"kept warm:    {rid} on alpha-frontend@{port}.service (deploy --keep-warm: " \
+           "a rollback there needs no start)" in lines
+    site.warm = None
+    assert "kept warm:    -" in sites.show_lines(sites.gather(host, [site])[0], site)

@@ -121,6 +121,8 @@ def summary(host: Host, site: Site, du: dict, states: dict) -> dict:
         "tls_expires": tls_expiry(host, site),
         "disk_bytes": du.get(str(host.paths.site(name))),
         "units": {u: states.get(u, {}).get("active", "?") for u in systemd.live_units(site)},
+        "warm": site.warm and {"release": site.warm.release,
+                               "units": systemd.warm_instances(site)},
         "workers": {kind: spec.count for kind, spec in (record.workers if record else {}).items()},
         "jobs": systemd.job_results(host, site),
     }
@@ -160,6 +162,8 @@ def show_lines(r: dict, site: Site) -> list[str]:
         ("repository", r["repo"] or "-"),
         ("live release", f"{r['live_release']} {(r['commit'] or '')[:12]}" if r["live_release"] else "-"),
         ("units", " ".join(f"{u} {s}" for u, s in r["units"].items())),
+        ("kept warm", f"{r['warm']['release']} on {' '.join(r['warm']['units'])} (deploy "
+                      "--keep-warm: a rollback there needs no start)" if r["warm"] else "-"),
         ("workers", " ".join(f"{k} x{n}" for k, n in r["workers"].items()) or "-"),
         ("TLS expires", r["tls_expires"] or "no certificate"), ("disk", mib(r["disk_bytes"])))]
     if r["jobs"]:
