@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import model, network, nginx, registry, releases, systemd, users
+from . import model, network, nginx, registry, releases, systemd, usage, users
 from .errors import CommandError, SiteopsError
 from .journal import now
 from .model import Live, Release, Site
@@ -307,7 +307,7 @@ def switch(host: Host, site: Site, rid: str, record: Release,
             stop(host, retired, wait=False)
     if site.warm:
         host.say(f"{'':13}kept warm for a rollback to {site.warm.release}: {', '.join(old_web)} "
-                 f"({memory_mb(host, old_web)} MB)")
+                 f"({memory_mb(host, name, old_web)} MB)")
     systemd.ensure_jobs(host, site)
     return site
 
@@ -323,13 +323,10 @@ def cool(host: Host, site: Site) -> Site:
     return site
 
 
-def memory_mb(host: Host, units: list[str]) -> str:
-    """What units use now, in MB (their cgroups' memory.current), or "?"."""
-    if host.dry_run:
-        return "?"
-    out = host.query(["systemctl", "show", "-p", "MemoryCurrent", "--value", *units]).out
-    values = [int(v) for v in out.split() if v.isdigit()]
-    return f"{sum(values) / 2**20:.1f}" if values else "?"
+def memory_mb(host: Host, name: str, units: list[str]) -> str:
+    """What units of site name use now, in MB, or "?"."""
+    used = usage.units_memory(host, name, units)
+    return "?" if used is None else f"{used / 2**20:.1f}"
 
 
 def dropins_match(host: Host, site: Site) -> bool:

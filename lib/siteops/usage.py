@@ -84,6 +84,23 @@ def cgroup(host: Host, name: str) -> dict:
     }
 
 
+def units_memory(host: Host, name: str, units: list[str]) -> int | None:
+    """Bytes the site's units use now: their cgroups' memory.current, or where
+    the kernel keeps none (no memory accounting of their own), the resident
+    memory of their processes; None if neither can be read."""
+    total, found = 0, False
+    for unit in units:
+        d = cgroup_dir(host, name) / unit
+        used = _int(_read(d / "memory.current"))
+        if used is None:
+            rss = [re.search(r"^VmRSS:\s+(\d+) kB", _read(host.paths.p(f"/proc/{pid}/status"))
+                             or "", re.M) for pid in (_read(d / "cgroup.procs") or "").split()]
+            used = 1024 * sum(int(m.group(1)) for m in rss if m) if any(rss) else None
+        found = found or used is not None
+        total += used or 0
+    return total if found else None
+
+
 def percentile(values: list[float], p: float) -> float | None:
     if not values:
         return None
