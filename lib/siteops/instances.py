@@ -307,7 +307,7 @@ def switch(host: Host, site: Site, rid: str, record: Release,
             stop(host, retired, wait=False)
     if site.warm:
         host.say(f"{'':13}kept warm for a rollback to {site.warm.release}: {', '.join(old_web)} "
-                 f"({memory_mb(host, name, old_web)} MB)")
+                 f"({memory_mb(host, old_web)} MB)")
     systemd.ensure_jobs(host, site)
     return site
 
@@ -323,9 +323,9 @@ def cool(host: Host, site: Site) -> Site:
     return site
 
 
-def memory_mb(host: Host, name: str, units: list[str]) -> str:
-    """What units of site name use now, in MB, or "?"."""
-    used = usage.units_memory(host, name, units)
+def memory_mb(host: Host, units: list[str]) -> str:
+    """What units use now, in MB, or "?"."""
+    used = usage.units_memory(host, units)
     return "?" if used is None else f"{used / 2**20:.1f}"
 
 

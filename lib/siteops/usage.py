@@ -84,13 +84,15 @@ def cgroup(host: Host, name: str) -> dict:
     }
 
 
-def units_memory(host: Host, name: str, units: list[str]) -> int | None:
-    """Bytes the site's units use now: their cgroups' memory.current, or where
-    the kernel keeps none (no memory accounting of their own), the resident
-    memory of their processes; None if neither can be read."""
+def units_memory(host: Host, units: list[str]) -> int | None:
+    """Bytes units use now: their cgroups' memory.current, or where the kernel
+    keeps none (no memory accounting of their own), the resident memory of
+    their processes; None if neither can be read."""
+    groups = host.query(["systemctl", "show", "-p", "ControlGroup", "--value", "--", *units],
+                        ok=range(256)).out.split()
     total, found = 0, False
-    for unit in units:
-        d = cgroup_dir(host, name) / unit
+    for group in groups:
+        d = host.paths.p("/sys/fs/cgroup") / group.lstrip("/")
         used = _int(_read(d / "memory.current"))
         if used is None:
             rss = [re.search(r"^VmRSS:\s+(\d+) kB", _read(host.paths.p(f"/proc/{pid}/status"))

@@ -347,10 +347,11 @@ def test_a_unit_is_started_without_reloading_every_unit_unless_its_files_changed
 
 
 def test_keep_warm_leaves_the_old_instances_running_and_a_switch_back_reuses_them(root, shop):
-    host, _ = prepared_host(root, shop, healthy())
-    cgroup = host.paths.cgroup("siteops-shop.slice") / "shop-frontend@3100.service"
-    cgroup.mkdir(parents=True)
-    (cgroup / "memory.current").write_text("50331648\n")
+    group = "/siteops.slice/siteops-shop.slice/shop-frontend@3100.service"
+    host, _ = prepared_host(root, shop, [(["systemctl", "show", "-p", "ControlGroup"], 0,
+                                          group + "\n")] + healthy())
+    (root / "sys/fs/cgroup" / group.lstrip("/")).mkdir(parents=True)
+    (root / "sys/fs/cgroup" / group.lstrip("/") / "memory.current").write_text("50331648\n")
     instances.ensure_dropins(host, shop, R1, shop.releases[R1], 0)  # R1's, as its deploy left them
     host.actions.clear()
     site = instances.switch(host, shop, R2, shop.releases[R2], lambda e: None, keep_warm=True)
@@ -418,15 +419,20 @@ def test_a_switch_elsewhere_stops_the_warm_instances_first_and_recover_spares_th
 
 
 def test_memory_of_units_from_their_cgroup_or_their_processes(root):
-    host, _ = make_host(root)
-    d = host.paths.cgroup("siteops-shop.slice")
-    (d / "shop-frontend@3100.service").mkdir(parents=True)
-    (d / "shop-frontend@3100.service/memory.current").write_text("1048576\n")
-    (d / "shop-api@4000.service").mkdir(parents=True)  # no accounting of its own: its processes
-    (d / "shop-api@4000.service/cgroup.procs").write_text("41\n42\n")
+    groups = ["/siteops.slice/siteops-shop.slice/shop-frontend@3100.service",
+              "/siteops.slice/siteops-shop.slice/shop-api@4000.service"]
+    host, runner = make_host(root, [(["systemctl", "show", "-p", "ControlGroup"], 0,
+                                     "\n".join(groups) + "\n")])
+    front, api = (root / "sys/fs/cgroup" / g.lstrip("/") for g in groups)
+    front.mkdir(parents=True)
+    (front / "memory.current").write_text("1048576\n")
+    api.mkdir(parents=True)  # no accounting of its own: its processes' resident memory
+    (api / "cgroup.procs").write_text("41\n42\n")
     for pid, kb in ((41, 1024), (42, 2048)):
         (root / f"proc/{pid}").mkdir(parents=True)
         (root / f"proc/{pid}/status").write_text(f"Name:\tnode\nVmRSS:\t    {kb} kB\nThreads:\t7\n")
     units = ["shop-frontend@3100.service", "shop-api@4000.service"]
-    assert instances.memory_mb(host, "shop", units) == "4.0"
-    assert instances.memory_mb(host, "shop", ["shop-frontend@3101.service"]) == "?"
+    assert instances.memory_mb(host, units) == "4.0"
+    assert runner.calls == [["systemctl", "show", "-p", "ControlGroup", "--value", "--", *units]]
+    host, _ = make_host(root, [(["systemctl", "show"], 0, "\n")])  # not running: no group
+    assert instances.memory_mb(host, ["shop-frontend@3101.service"]) == "?"
