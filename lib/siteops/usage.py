@@ -86,17 +86,19 @@ def cgroup(host: Host, name: str) -> dict:
 
 def units_memory(host: Host, units: list[str]) -> int | None:
     """Bytes units use now: their cgroups' memory.current, or where the kernel
-    keeps none (no memory accounting of their own), the resident memory of
-    their processes; None if neither can be read."""
+    keeps none (cgroup v1, as in a container on an older host), the resident
+    memory of their processes; None if neither can be read."""
     groups = host.query(["systemctl", "show", "-p", "ControlGroup", "--value", "--", *units],
                         ok=range(256)).out.split()
     total, found = 0, False
+    root = host.paths.p("/sys/fs/cgroup")
     for group in groups:
-        d = host.paths.p("/sys/fs/cgroup") / group.lstrip("/")
-        used = _int(_read(d / "memory.current"))
-        if used is None:
+        used = _int(_read(root / group.lstrip("/") / "memory.current"))
+        if used is None:  # cgroup v1 (hybrid): the processes are listed in systemd's hierarchy
+            pids = next((text.split() for d in ("", "unified", "systemd")
+                         if (text := _read(root / d / group.lstrip("/") / "cgroup.procs"))), [])
             rss = [re.search(r"^VmRSS:\s+(\d+) kB", _read(host.paths.p(f"/proc/{pid}/status"))
-                             or "", re.M) for pid in (_read(d / "cgroup.procs") or "").split()]
+                             or "", re.M) for pid in pids]
             used = 1024 * sum(int(m.group(1)) for m in rss if m) if any(rss) else None
         found = found or used is not None
         total += used or 0

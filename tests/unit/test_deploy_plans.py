@@ -423,10 +423,11 @@ def test_memory_of_units_from_their_cgroup_or_their_processes(root):
               "/siteops.slice/siteops-shop.slice/shop-api@4000.service"]
     host, runner = make_host(root, [(["systemctl", "show", "-p", "ControlGroup"], 0,
                                      "\n".join(groups) + "\n")])
-    front, api = (root / "sys/fs/cgroup" / g.lstrip("/") for g in groups)
+    front = root / "sys/fs/cgroup" / groups[0].lstrip("/")
+    api = root / "sys/fs/cgroup/unified" / groups[1].lstrip("/")  # cgroup v1 (hybrid)
     front.mkdir(parents=True)
     (front / "memory.current").write_text("1048576\n")
-    api.mkdir(parents=True)  # no accounting of its own: its processes' resident memory
+    api.mkdir(parents=True)  # no memory.current: its processes' resident memory
     (api / "cgroup.procs").write_text("41\n42\n")
     for pid, kb in ((41, 1024), (42, 2048)):
         (root / f"proc/{pid}").mkdir(parents=True)
