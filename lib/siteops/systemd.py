@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 from . import registry
-from .errors import SiteopsError
+from .errors import CommandError, SiteopsError
 from .model import Job, Site, Worker
 from .host import Host
 from .templates import render
@@ -188,12 +188,23 @@ def remove_legacy_units(host: Host, site: Site) -> None:
 def wait_unloaded(host: Host, unit: str, timeout: float = 10) -> None:
     """Return once a transient unit that just finished is gone: `systemd-run
     --wait --collect` can return before systemd unloads it, and a second
-    systemd-run of the same name then fails ("already loaded")."""
+    systemd-run of the same name then fails ("already loaded"). One still
+    loaded after timeout (seen on a host under heavy load: left failed, or
+    still stopping) is stopped and its failure reset, so it can go."""
     deadline = time.monotonic() + timeout
+    reset = False
     while host.query(["systemctl", "show", "-p", "LoadState", "--value", unit],
                      ok=range(256)).out.strip() not in ("not-found", ""):
         if time.monotonic() > deadline:
-            return  # systemd-run will say what is wrong with it
+            if reset:
+                return  # systemd-run will say what is wrong with it
+            reset, deadline = True, time.monotonic() + timeout
+            with host.step(f"{unit} left loaded: stopped and reset"):
+                host.run(["systemctl", "stop", unit])
+                try:
+                    host.run(["systemctl", "reset-failed", unit])
+                except CommandError:  # it had not failed
+                    pass
         time.sleep(0.1)
 
 

@@ -437,3 +437,15 @@ def test_memory_of_units_from_their_cgroup_or_their_processes(root):
     assert runner.calls == [["systemctl", "show", "-p", "ControlGroup", "--value", "--", *units]]
     host, _ = make_host(root, [(["systemctl", "show"], 0, "\n")])  # not running: no group
     assert instances.memory_mb(host, ["shop-frontend@3101.service"]) == "?"
+
+
+def test_a_build_unit_left_loaded_is_stopped_and_reset_before_the_next_step(root):
+    host, runner = make_host(root, [(["systemctl", "show"], 0, "loaded\n"),
+                                    (["systemctl", "reset-failed"], 1, "", "not failed"),
+                                    *CHANGES], dry_run=False)
+    systemd.wait_unloaded(host, "siteops-build-shop.service", timeout=0)
+    assert planned_commands(host) == ["systemctl stop siteops-build-shop.service",
+                                      "systemctl reset-failed siteops-build-shop.service"]
+    host, _ = make_host(root, [(["systemctl", "show"], 0, "not-found\n")], dry_run=False)
+    systemd.wait_unloaded(host, "siteops-build-shop.service", timeout=0)
+    assert planned_commands(host) == []
