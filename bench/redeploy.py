@@ -9,7 +9,8 @@ network), so the install is the fastest it can be: from a real index it is
 slower. Boots the Debian 12 box, bootstraps it, adds site `flask`, deploys
 once, then --rounds times changes only app.py (reuse) and --rounds times
 changes requirements.txt too (fresh install). Prints each median and the
-first deploy. Needs root (systemd-nspawn). Run: sudo python3 bench/redeploy.py
+first deploy; with --trace, where one redeploy's and two rollbacks' time
+goes. Needs root (systemd-nspawn). Run: sudo python3 bench/redeploy.py
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests/box"))
 
-from machine import Box, build_image, commit  # noqa: E402
+from machine import SRC, Box, build_image, commit  # noqa: E402
 
 APP_REPO = "/srv/repos/flask"
 APP = """\
@@ -46,9 +47,23 @@ def deploy(box: Box) -> tuple[float, str]:
     return time.monotonic() - t0, out
 
 
+def traced(box: Box, title: str, command: str) -> None:
+    """One command run with --trace: its steps, each with the seconds it took,
+    and its total."""
+    res = box.sh(f"{SRC}/bin/{command} --trace 2>&1 >/dev/null")
+    steps = [line.split(None, 3) for line in res.stdout.splitlines() if "  step " in line]
+    print(f"{title} (`{command}`), traced:")
+    for at, took, _, label in steps:
+        print(f"  {float(took):6.3f} s  {label}")
+    print(f"  {float(steps[-1][0]):6.3f} s  in all, from the command's start to its last step")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--trace", action="store_true",
+                   help="then one more redeploy, a rollback and a rollback onto instances "
+                        "kept warm, each traced step by step (--trace)")
     args = p.parse_args()
     wheels = Path(tempfile.mkdtemp(prefix="siteops-wheels-"))
     wheels.chmod(0o755)  # the site user installs from it
@@ -84,6 +99,12 @@ def main() -> int:
         print(f"redeploy, requirements changed:    {statistics.median(fresh):.1f} s "
               f"(median of {len(fresh)}: {', '.join(f'{s:.1f}' for s in fresh)})")
         print(f"serving: {served}")
+        if args.trace:
+            commit(box, APP_REPO, {"app.py": APP.format(n=100)}, "app 100")
+            traced(box, "redeploy, requirements unchanged", "deploy flask")
+            traced(box, "rollback", "rollback flask")
+            box.siteops("deploy flask --keep-warm")
+            traced(box, "rollback onto instances kept warm", "rollback flask")
     finally:
         box.stop()
     return 0
