@@ -51,10 +51,12 @@ def traced(box: Box, title: str, command: str) -> None:
     """One command run with --trace: its steps, each with the seconds it took,
     and its total."""
     res = box.sh(f"{SRC}/bin/{command} --trace 2>&1 >/dev/null")
-    steps = [line.split(None, 3) for line in res.stdout.splitlines() if "  step " in line]
+    steps = [line.split(None, 3) for line in res.stdout.splitlines()
+             if "  step " in line or "$ systemd-run" in line]  # build steps: sandboxed
     print(f"{title} (`{command}`), traced:")
     for at, took, _, label in steps:
-        print(f"  {float(took):6.3f} s  {label}")
+        shown = label if "systemd-run" not in label else "build step: " + label.split(" -c ")[-1]
+        print(f"  {float(took):6.3f} s  {shown[:110]}")
     print(f"  {float(steps[-1][0]):6.3f} s  in all, from the command's start to its last step")
 
 
