@@ -52,10 +52,10 @@ def traced(box: Box, title: str, command: str) -> None:
     and its total."""
     res = box.sh(f"{SRC}/bin/{command} --trace 2>&1 >/dev/null")
     steps = [line.split(None, 3) for line in res.stdout.splitlines()
-             if "  step " in line or ("$ " in line and " -c " in line)]  # and build steps
+             if "  step " in line or "/bin/sh -c " in line]  # and the build steps
     print(f"{title} (`{command}`), traced:")
     for at, took, _, label in steps:
-        shown = label if " -c " not in label else "build step: " + label.split(" -c ")[-1]
+        shown = label if "/bin/sh -c " not in label else "build: " + label.split("/bin/sh -c ")[-1]
         print(f"  {float(took):6.3f} s  {shown[:110]}")
     print(f"  {float(steps[-1][0]):6.3f} s  in all, from the command's start to its last step")
 
