@@ -406,7 +406,7 @@ def recover(host: Host, site: Site) -> Site:
     name = site.name
     logs = host.paths.of(name).logs
     live = set(systemd.live_instances(site))
-    kept = set(systemd.warm_instances(site))  # running or not: a switch to them starts them
+    kept = set(systemd.warm_instances(site)) - live  # running or not: a switch to them starts them
     for unit in sorted(live):
         with host.step(f"{unit} running"):
             systemd.ensure_started(host, unit)
