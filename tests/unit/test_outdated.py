@@ -67,3 +67,25 @@ def test_audit_names_each_service_running_replaced_code():
     f = found["host.outdated"]
     assert f.severity == "warning" and "2 service(s)" in f.message
     assert "nginx.service (nginx)" in f.message and "(libssl.so.3)" in f.message
+
+
+def test_restart_waits_for_the_old_instances_and_never_the_new(root, monkeypatch):
+    """A site with instances kept warm at the offset its restart moves to:
+    only the instances it moved away from are waited for, not the new ones."""
+    import json
+    from fakes import CHANGES, make_host, planned_commands
+    from siteops import instances, model
+    from siteops.commands import outdated as command
+    r0, r1 = "20261125T200000Z", "20261125T201000Z"
+    site = {"name": "shop", "slot": 0, "state": "ready", "domains": ["shop.test"],
+            "components": ["frontend"], "ports": {"frontend": 3100, "redis": 5000},
+            "live": {"release": r1, "offset": 1}, "warm": {"release": r0, "offset": 0},
+            "releases": {r0: {"result": "ok"}, r1: {"result": "ok"}}}
+    (root / "var/lib/siteops").mkdir(parents=True)
+    (root / "var/lib/siteops/registry.json").write_text(
+        json.dumps({"version": 2, "sites": {"shop": site}}))
+    monkeypatch.setattr(instances, "restart", lambda host, entry, reason: entry.copy(
+        live=model.Live(r1, 0), warm=None))  # as the switch leaves it: onto the warm offset
+    host, _ = make_host(root, CHANGES, dry_run=False)
+    assert command.restart(host, {"shop-frontend@3101.service": ["/usr/lib/libssl.so.3"]}) == []
+    assert planned_commands(host) == ["systemctl stop shop-frontend@3101.service"]

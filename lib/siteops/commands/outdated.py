@@ -56,11 +56,12 @@ def restart(host: Host, found: dict[str, list[str]]) -> list[str]:
             moved.add(name)
             with registry.site_locked(host, name, f"outdated {name}") as site:
                 if site.live:
-                    old = systemd.live_instances(site) + systemd.warm_instances(site)
-                    instances.restart(host, site, "replaced libraries")
-                    # The switch leaves the old processes' stop to systemd;
-                    # what replaced code still runs is checked once they are gone.
-                    instances.stop(host, old)
+                    old = systemd.live_instances(site)
+                    site = instances.restart(host, site, "replaced libraries")
+                    # The switch leaves the old processes' stop to systemd (and
+                    # stops instances kept warm itself): what still runs
+                    # replaced code is looked for once they are gone.
+                    instances.stop(host, [u for u in old if u not in systemd.live_instances(site)])
         elif unit == outdated.NGINX:
             outdated.upgrade_nginx(host)
         elif unit in outdated.RESTARTED:
