@@ -13,7 +13,7 @@ import json
 import pytest
 
 from machine import (SRC, Load, commit, killed_at, registry, settled, signals_for, site_state,
-                     step_count, stopped_by)
+                     states, step_count, stopped_by)
 
 REPO = "/srv/repos/app"
 APP = """\
@@ -169,6 +169,54 @@ def test_rollback_killed_after_every_step(host):
     samples, failed = load.failed()
     print(f"rollback: {n} steps, {len(samples)} requests, {len(failed)} failed")
     assert len(samples) > 100 and failed == [], failed[:5]
+    settled(host, "app")
+
+
+def warm_kept(box) -> None:
+    """The release before the live one runs at the other port, out of nginx."""
+    site = registry(box)["app"]
+    warm, live = site["warm"], site["live"]
+    assert warm and warm["release"] != live["release"] and warm["offset"] != live["offset"], site
+    port = site["ports"]["frontend"] + warm["offset"]
+    assert states(box, f"app-frontend@{port}.service") == ["active"]
+    assert f"127.0.0.1:{port}" not in box.sh("cat /etc/nginx/sites-available/app.conf").stdout
+
+
+def test_keep_warm_deploy_and_rollback_killed_after_every_step(host):
+    """deploy --keep-warm (which stops the instances kept warm before, then
+    keeps the ones it replaces) and rollbacks onto warm instances, each
+    stopped after every step: run again, the release is live and the one it
+    replaced runs warm; no failed request."""
+    commit(host, REPO, {"VERSION": "w0\n"}, "w0")
+    host.siteops("deploy app --keep-warm")
+    n = step_count(host.siteops("deploy app --keep-warm").stdout)  # with warm ones to stop
+    load = Load(host, "app.test")
+    plan = signals_for(n)
+    for i, (k, signal) in enumerate(plan):
+        commit(host, REPO, {"VERSION": f"w{i + 1}\n"}, f"w{i + 1}")
+        res = killed_at(host, k, "deploy app --keep-warm", signal)
+        assert stopped_by(res, signal), res.stdout[-500:] + res.stderr[-2000:]
+        host.siteops("deploy app --keep-warm")
+        assert page(host).startswith(f"w{i + 1} "), (k, signal)
+        warm_kept(host)
+    target = registry(host)["app"]["warm"]["release"]
+    top = registry(host)["app"]["live"]["release"]
+    m = step_count(host.siteops(f"rollback app --to {target} --keep-warm").stdout)
+    host.siteops(f"rollback app --to {top} --keep-warm")
+    for k, signal in signals_for(m, 1):
+        res = killed_at(host, k, f"rollback app --to {target} --keep-warm", signal)
+        assert stopped_by(res, signal), res.stdout[-500:] + res.stderr[-2000:]
+        again = host.siteops(f"rollback app --to {target} --keep-warm", check=False)
+        assert again.returncode == 0 or "is already live" in again.stderr, again.stderr
+        assert registry(host)["app"]["live"]["release"] == target
+        host.siteops(f"rollback app --to {top} --keep-warm")
+        warm_kept(host)
+    samples, failed = load.failed()
+    print(f"keep-warm: deploy {n} steps, rollback {m} steps, {len(plan) + m - 1} stops, "
+          f"{len(samples)} requests, {len(failed)} failed")
+    assert len(samples) > 100 and failed == [], failed[:5]
+    host.siteops("deploy app")  # the warm ones stopped: the next tests start without them
+    assert registry(host)["app"]["warm"] is None
     settled(host, "app")
 
 
