@@ -212,7 +212,7 @@ def test_keep_warm_deploy_and_rollback_killed_after_every_step(host):
         host.siteops(f"rollback app --to {top} --keep-warm")
         warm_kept(host)
     samples, failed = load.failed()
-    print(f"keep-warm: deploy {n} steps, rollback {m} steps, {len(plan) + m - 1} stops, "
+    print(f"keep-warm: deploy {n} steps, rollback {m} steps, {len(plan) + m} stops, "
           f"{len(samples)} requests, {len(failed)} failed")
     assert len(samples) > 100 and failed == [], failed[:5]
     host.siteops("deploy app")  # the warm ones stopped: the next tests start without them
