@@ -149,6 +149,22 @@ def test_deploy_killed_after_every_step_and_at_timed_moments(host):
     settled(host, "app")
 
 
+def rollbacks_killed(host, target: str, top: str, flags: str = "", then=lambda host: None) -> int:
+    """`rollback app --to target` stopped after each of its steps in turn, run
+    again, then back to top (then checked): returns its number of steps."""
+    n = step_count(host.siteops(f"rollback app --to {target}{flags}").stdout)
+    host.siteops(f"rollback app --to {top}{flags}")
+    for k, signal in signals_for(n, 1):
+        res = killed_at(host, k, f"rollback app --to {target}{flags}", signal)
+        assert stopped_by(res, signal), res.stdout[-500:] + res.stderr[-2000:]
+        again = host.siteops(f"rollback app --to {target}{flags}", check=False)
+        assert again.returncode == 0 or "is already live" in again.stderr, again.stderr
+        assert registry(host)["app"]["live"]["release"] == target
+        host.siteops(f"rollback app --to {top}{flags}")
+        then(host)
+    return n
+
+
 def test_rollback_killed_after_every_step(host):
     commit(host, REPO, {"VERSION": "r1\n"}, "r1")
     host.siteops("deploy app")
@@ -156,16 +172,8 @@ def test_rollback_killed_after_every_step(host):
     commit(host, REPO, {"VERSION": "r2\n"}, "r2")
     host.siteops("deploy app")
     top = registry(host)["app"]["live"]["release"]
-    n = step_count(host.siteops(f"rollback app --to {target}").stdout)
-    host.siteops(f"rollback app --to {top}")
     load = Load(host, "app.test")
-    for k, signal in signals_for(n, 1):
-        res = killed_at(host, k, f"rollback app --to {target}", signal)
-        assert stopped_by(res, signal), res.stdout[-500:] + res.stderr[-2000:]
-        again = host.siteops(f"rollback app --to {target}", check=False)
-        assert again.returncode == 0 or "is already live" in again.stderr, again.stderr
-        assert registry(host)["app"]["live"]["release"] == target
-        host.siteops(f"rollback app --to {top}")
+    n = rollbacks_killed(host, target, top)
     samples, failed = load.failed()
     print(f"rollback: {n} steps, {len(samples)} requests, {len(failed)} failed")
     assert len(samples) > 100 and failed == [], failed[:5]
@@ -201,16 +209,7 @@ def test_keep_warm_deploy_and_rollback_killed_after_every_step(host):
         warm_kept(host)
     target = registry(host)["app"]["warm"]["release"]
     top = registry(host)["app"]["live"]["release"]
-    m = step_count(host.siteops(f"rollback app --to {target} --keep-warm").stdout)
-    host.siteops(f"rollback app --to {top} --keep-warm")
-    for k, signal in signals_for(m, 1):
-        res = killed_at(host, k, f"rollback app --to {target} --keep-warm", signal)
-        assert stopped_by(res, signal), res.stdout[-500:] + res.stderr[-2000:]
-        again = host.siteops(f"rollback app --to {target} --keep-warm", check=False)
-        assert again.returncode == 0 or "is already live" in again.stderr, again.stderr
-        assert registry(host)["app"]["live"]["release"] == target
-        host.siteops(f"rollback app --to {top} --keep-warm")
-        warm_kept(host)
+    m = rollbacks_killed(host, target, top, " --keep-warm", then=warm_kept)
     samples, failed = load.failed()
     print(f"keep-warm: deploy {n} steps, rollback {m} steps, {len(plan) + m} stops, "
           f"{len(samples)} requests, {len(failed)} failed")
