@@ -155,6 +155,8 @@ def test_a_failing_job_is_reported_by_audit(host):
     assert res.returncode >= 1
     commit(host, REPO, {"tick.sh": TICK}, "tick fixed")
     host.siteops("deploy app")
+    # Its last run stays the failed one until the fixed job has run (every 5 s).
+    wait_for(host, "systemctl show -p Result --value app-job-tick.service | grep success")
 
 
 def test_a_hand_edited_job_timer_is_drift_that_audit_fix_renders_again(host):
