@@ -260,6 +260,12 @@ class Host:
             print(f"{now - self.started:8.3f} {now - since:7.3f}  {what}", file=self.trace,
                   flush=True)
 
+    def traced_command(self, args: list[str], secrets: Sequence[str], since: float) -> None:
+        """traced() for a command, its secrets masked; composed only with --trace
+        (every command passes here)."""
+        if self.trace:
+            self.traced("$ " + redact(shlex.join(args), secrets), since)
+
     def summary(self) -> str:
         n = len(self.changed_steps)
         if self.dry_run:
@@ -281,7 +287,7 @@ class Host:
         """Run a read-only command (also in a dry run); raise unless its code is in ok."""
         args, t0 = [str(a) for a in argv], time.monotonic()
         result = self.runner(args, input=input, timeout=timeout, env=env)
-        self.traced("$ " + redact(shlex.join(args), secrets), t0)
+        self.traced_command(args, secrets, t0)
         if result.code not in ok:
             raise CommandError(result.argv, result.code, redact(result.err or result.out, secrets))
         return result
@@ -300,7 +306,7 @@ class Host:
         printer = {"stream": lambda line: self.say("    " + clean(line))} if stream else {}
         t0 = time.monotonic()
         result = self.runner(args, input=input, timeout=timeout, env=env, **printer)
-        self.traced("$ " + redact(shlex.join(args), secrets), t0)
+        self.traced_command(args, secrets, t0)
         if result.code != 0:
             if stream:
                 detail = clean("\n".join((result.out or result.err).rstrip("\n")
