@@ -422,9 +422,9 @@ def recover(host: Host, site: Site) -> Site:
                 stop(host, [unit])
             if state == "failed":
                 host.run(["systemctl", "reset-failed", unit])
-            if systemd.is_enabled(host, unit):  # killed between the switch and the disable
-                host.run(["systemctl", "--no-reload", "disable", "--quiet", unit])
-        for unit in sorted(kept):  # kept warm, not started at boot
+        # Killed between the switch and the disable: neither strays nor the
+        # instances kept warm start at boot.
+        for unit in [*strays, *sorted(kept)]:
             if systemd.is_enabled(host, unit):
                 host.run(["systemctl", "--no-reload", "disable", "--quiet", unit])
     stale = releases.stale(site)
