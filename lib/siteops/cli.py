@@ -98,11 +98,12 @@ def main(prog: str, p: argparse.ArgumentParser,
         notify.command_failed(host, prog, logged, str(exc))
         return error_code or exc.exit_code
     except Exception as exc:  # a bug: one line, the traceback only on request
+        log_action(host, prog, logged, f"unexpected error: {exc!r}")
+        notify.command_failed(host, prog, logged, f"unexpected error: {exc!r}")
         if args.debug:
             raise
         print(f"{prog}: unexpected error: {exc!r} (run with --debug for the traceback)",
               file=sys.stderr)
-        log_action(host, prog, logged, f"unexpected error: {exc!r}")
         return error_code or 1
     finally:
         for sig, handler in handlers.items():

@@ -205,12 +205,15 @@ def gid_of(group: str) -> int:
 # Test-only: SITEOPS_KILL_AFTER_STEP=K makes a command send itself a signal
 # right after its K-th step: SIGKILL, as a crash or `kill -9` would, or the
 # one SITEOPS_KILL_SIGNAL names (INT: Ctrl-C, TERM: systemd stopping it).
-# tests/box/test_crash.py interrupts every command at every step this way.
+# SITEOPS_KILL_BEFORE_CHANGE=K sends it just before the K-th change of the
+# registry instead: between two steps, where a switch's commit stands.
+# tests/box/test_crash.py interrupts every command at every such point.
 KILL_AFTER_STEP, KILL_SIGNAL = "SITEOPS_KILL_AFTER_STEP", "SITEOPS_KILL_SIGNAL"
+KILL_BEFORE_CHANGE = "SITEOPS_KILL_BEFORE_CHANGE"
 
 
-def crash_point(steps_done: int) -> None:
-    if os.environ.get(KILL_AFTER_STEP) == str(steps_done):
+def crash_point(switch: str, count: int) -> None:
+    if os.environ.get(switch) == str(count):
         os.kill(os.getpid(), signal.Signals["SIG" + os.environ.get(KILL_SIGNAL, "KILL")])
 
 
@@ -228,6 +231,7 @@ class Host:
     unchanged_steps: list[str] = field(default_factory=list)
     trace: TextIO | None = None  # --trace: where the time goes, to stderr
     started: float = field(default_factory=time.monotonic)
+    registry_changes: int = 0
 
     # -- reporting ---------------------------------------------------------
 
@@ -250,7 +254,12 @@ class Host:
         else:
             self.unchanged_steps.append(label)
             self.say(f"{'ok':<13}{label}")
-        crash_point(len(self.changed_steps) + len(self.unchanged_steps))
+        crash_point(KILL_AFTER_STEP, len(self.changed_steps) + len(self.unchanged_steps))
+
+    def registry_change(self) -> None:
+        """Count a change of the registry about to be made (a test-only crash point)."""
+        self.registry_changes += 1
+        crash_point(KILL_BEFORE_CHANGE, self.registry_changes)
 
     def traced(self, what: str, since: float) -> None:
         """With --trace: one line, seconds since the command started and how

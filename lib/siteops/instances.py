@@ -8,10 +8,12 @@
     switch  nginx's upstreams move to the new ports (`nginx -t`, then reload:
             old workers finish their requests on the old instances); `current`
             is swapped with rename(2); the registry records the new live release
+    workers the old workers stop (SIGTERM, then their stop timeout) and the
+            command waits for their exit: once it returns, no job is taken
+            by the old release's code
     drain   the old instances get no new connections; once their established
             connections are gone (or after DRAIN_SECONDS) systemd is told to
-            stop them, the old workers with them (SIGTERM, then their stop
-            timeout), without the command waiting for the stop: the next
+            stop them, without the command waiting for the stop: the next
             command on the site waits for a stop still under way (recover)
     jobs    the release's scheduled jobs replace the old release's timers
 
@@ -22,7 +24,8 @@ instead of starting and waiting for new ones. Any other switch stops them
 first; their workers are never kept.
 
 Until the registry records the switch, a failure stops the new instances and
-puts nginx and `current` back. `recover` brings a site whose deploy was killed
+puts nginx and `current` back; `current` and the registry record change
+together, SIGINT and SIGTERM held between the two. `recover` brings a site whose deploy was killed
 back to what the registry says.
 """
 
@@ -265,15 +268,31 @@ def switch(host: Host, site: Site, rid: str, record: Release,
     new_units: list[str] = []
     current = host.paths.of(name).current
     before = host.snapshot(current)
+
+    def commit(entry: Site) -> None:
+        entry.live = live
+        entry.warm = previous if keep_warm and old_web else None
+        on_live(entry)
+
+    committed = False
     try:
         new_units = start(host, site, rid, record, live.offset, warm=bool(warm))
         wait_healthy(host, site, record, live.offset)
         serving = site.copy(live=live)
         serving.releases[rid] = record  # what it runs, before the registry records it
         nginx.ensure_site(host, serving, logs)
-        with host.step(f"current -> releases/{rid}"):
-            host.symlink(current, f"releases/{rid}")
+        # `current` and the registry move together: a signal between the two
+        # would run the put-back (or a failed deploy's clean-up) on a release
+        # that nginx and `current` already serve. Held until both are done,
+        # it is delivered once the registry says rid is live.
+        with uninterrupted():
+            with host.step(f"current -> releases/{rid}"):
+                host.symlink(current, f"releases/{rid}")
+            site = registry.update_site(host, name, f"switch {name} to {rid}", commit)
+            committed = True
     except BaseException as exc:
+        if committed:  # live in the registry: the next run finishes what follows (recover)
+            raise
         # Traffic first, then the processes: nginx back on the live instances,
         # the new ones drained before they stop (stopped first, they would
         # answer requests nginx still sends them with 502). Not cut short by a
@@ -289,21 +308,20 @@ def switch(host: Host, site: Site, rid: str, record: Release,
             raise SiteopsError(f"{exc}\n{detail}") from exc
         raise
 
-    def commit(entry: Site) -> None:
-        entry.live = live
-        entry.warm = previous if keep_warm and old_web else None
-        on_live(entry)
-
-    site = registry.update_site(host, name, f"switch {name} to {rid}", commit)
     with host.step(f"{', '.join(new_units)} enabled at boot"):
         host.run(["systemctl", "--no-reload", "enable", "--quiet", *new_units])
         if old_units:  # kept warm or not, only the live release starts at boot
             host.run(["systemctl", "--no-reload", "disable", "--quiet", *old_units])
-    retired = [u for u in old_units if not (site.warm and u in old_web)]
+    # The old workers have exited before the command returns: a job enqueued
+    # after it is taken by the new release's workers only.
+    old_workers = [u for u in old_units if u not in old_web]
+    if old_workers:
+        with host.step(f"stop {', '.join(old_workers)}"):
+            stop(host, old_workers)
+    retired = [u for u in old_web if not site.warm]
     if retired:
         with host.step(f"drain and stop {', '.join(retired)}"):
-            if not site.warm:
-                drain(host, old_ports)
+            drain(host, old_ports)
             stop(host, retired, wait=False)
     if site.warm:
         host.say(f"{'':13}kept warm for a rollback to {site.warm.release}: {', '.join(old_web)} "

@@ -37,6 +37,11 @@ class Paths:
     def registry_lock(self) -> Path:
         return self.state / "registry.lock"
 
+    @property
+    def alerts_lock(self) -> Path:
+        """Held while what alerts said (alerts.json) is read, sent and written."""
+        return self.state / "alerts.lock"
+
     def site_lock(self, name: str) -> Path:
         """A site's own lock: one deploy, rollback or restart at a time."""
         return self.state / "locks" / f"{name}.lock"

@@ -82,7 +82,7 @@ def save(host: Host, data: Registry) -> None:
 
 
 @contextlib.contextmanager
-def _flock(path, purpose: str, wait: float, what: str) -> Iterator[None]:
+def flock(path, purpose: str, wait: float, what: str) -> Iterator[None]:
     """Hold an exclusive flock on path, writing purpose into it for whoever waits.
     After wait seconds, fail with a message that names the holder."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -120,7 +120,7 @@ def locked(host: Host, purpose: str, wait: float = 30) -> Iterator[Registry]:
     if host.dry_run:
         yield load(host)
         return
-    with _flock(host.paths.registry_lock, purpose, wait, "the registry"):
+    with flock(host.paths.registry_lock, purpose, wait, "the registry"):
         yield load(host)
 
 
@@ -134,7 +134,7 @@ def site_locked(host: Host, name: str, purpose: str) -> Iterator[Site]:
     if host.dry_run:
         yield get_site(load(host), name)
         return
-    with _flock(host.paths.site_lock(name), purpose, 0, f"site {name}"):
+    with flock(host.paths.site_lock(name), purpose, 0, f"site {name}"):
         yield get_site(load(host), name)
 
 
@@ -149,6 +149,7 @@ def update_site(host: Host, name: str, purpose: str, change) -> Site:
     """Apply change(site) to the registry's entry for NAME under the registry lock
     and save; return the updated entry. Used for short updates during long jobs.
     In a dry run the change is made to a copy and nothing is saved."""
+    host.registry_change()
     with locked(host, purpose) as data:
         site = get_site(data, name)
         change(site)

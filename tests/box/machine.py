@@ -234,6 +234,49 @@ def killed_at(box, k: int, command: str, signal: str = "KILL") -> subprocess.Com
                   f"{SRC}/bin/{command}; echo \"exit $?\"", check=False)
 
 
+def stopped_before_changes(box, command: str, then, offset: int = 0, most: int = 20) -> int:
+    """Run command sent a signal just before its k-th change of the registry
+    (SITEOPS_KILL_BEFORE_CHANGE: between two steps, where a switch commits),
+    for k = 1, 2, ... until a run has no k-th change and ends 0; then(k) after
+    each stopped run (which runs it again and checks). Returns how many."""
+    names = list(EXIT)
+    for k in range(1, most + 1):
+        signal = names[(k + offset) % len(names)]
+        res = box.sh(f"SITEOPS_KILL_BEFORE_CHANGE={k} SITEOPS_KILL_SIGNAL={signal} "
+                     f"{SRC}/bin/{command}; echo \"exit $?\"", check=False)
+        if not stopped_by(res, signal):
+            assert res.stdout.strip().endswith("exit 0"), res.stdout[-500:] + res.stderr[-1500:]
+            return k - 1
+        then(k)
+    raise AssertionError(f"{command}: more than {most} registry changes")
+
+
+def stopped_at_moments(box, command: str, delays: list[tuple[float, str]], then) -> None:
+    """Run command in a session of its own and send its process group each
+    (seconds after its start, signal) in turn: inside a step as much as
+    between two; then(delay) after each. SIGINT and SIGTERM end it promptly
+    with their exit code, or it had already finished."""
+    for delay, signal in delays:
+        out = box.sh(f"setsid {SRC}/bin/{command} >/tmp/timed.log 2>&1 & pid=$!; "
+                     f"sleep {delay:.2f}; kill -{signal} -- -$pid; wait $pid; echo \"exit $?\"; "
+                     "cat /tmp/timed.log").stdout
+        assert out.startswith("exit "), out
+        if signal != "KILL":
+            assert out.startswith(("exit 0", f"exit {EXIT[signal]}")), (delay, signal, out)
+        then(delay)
+
+
+def random_moments(seed: int, seconds: float, count: int) -> list[tuple[float, str]]:
+    """count (delay, signal) pairs spread at random over a command's duration,
+    every signal in turn; the seed is printed so a failure can be replayed."""
+    import random
+    rng = random.Random(seed)
+    print(f"random moments: seed {seed} over {seconds:.2f} s")
+    names = list(EXIT)
+    return sorted((round(rng.uniform(0.05, seconds), 2), names[i % len(names)])
+                  for i in range(count))
+
+
 def stopped_by(res: subprocess.CompletedProcess, signal: str) -> bool:
     """True if the command killed_at ran ended the way signal ends it."""
     return res.stdout.strip().endswith(f"exit {EXIT[signal]}")

@@ -2,18 +2,23 @@
 and the next run converges. Each command that changes a site is sent
 SIGKILL, SIGINT (Ctrl-C) or SIGTERM right after each of its steps in turn
 (SITEOPS_KILL_AFTER_STEP, a test-only switch; machine.signals_for says which
-signal after which step), and deploy also each signal at timed moments to its
-process group, while the site serves a steady load; the command is then run
-again. Checked: no failed request, the end state an
+signal after which step); deploy, rollback and config also just before each
+change of the registry (between two steps, where a switch commits) and at
+random moments to their process group (inside steps), while the site serves
+a steady load; the command is then run again. Checked: no failed request, the end state an
 uninterrupted run reaches, no lock left held, no secret regenerated, audit
 without a critical finding."""
 
 import json
+import os
+import subprocess
+import time
 
 import pytest
 
-from machine import (SRC, Load, commit, killed_at, registry, settled, signals_for, site_state,
-                     states, step_count, stopped_by)
+from machine import (SRC, Load, commit, killed_at, random_moments, registry, settled,
+                     signals_for, site_state, states, step_count, stopped_at_moments,
+                     stopped_before_changes, stopped_by)
 
 REPO = "/srv/repos/app"
 APP = """\
@@ -32,6 +37,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
 """
 KILLED = -9
+# The random moments' seed (printed; SITEOPS_CRASH_SEED=N replays a run).
+SEED = int(os.environ.get("SITEOPS_CRASH_SEED") or time.time())
 
 
 SAMPLER = """\
@@ -117,8 +124,16 @@ def page(box, name="app") -> str:
     return box.sh(f"curl -sS -H 'Host: {name}.test' http://127.0.0.1/").stdout
 
 
+def timed(host, command: str) -> tuple[subprocess.CompletedProcess, float]:
+    """host.siteops(command) and how long it took."""
+    t0 = time.monotonic()
+    res = host.siteops(command)
+    return res, time.monotonic() - t0
+
+
 def test_deploy_killed_after_every_step_and_at_timed_moments(host):
-    n = step_count(host.siteops("deploy app").stdout)
+    res, seconds = timed(host, "deploy app")
+    n = step_count(res.stdout)
     assert n >= 8
     load = Load(host, "app.test")
     plan = signals_for(n)
@@ -129,23 +144,23 @@ def test_deploy_killed_after_every_step_and_at_timed_moments(host):
         stops += stopped_by(res, signal)
         host.siteops("deploy app")
         assert page(host).startswith(f"k{i} "), (k, signal)
-    timed = [(0.3, "KILL"), (0.5, "INT"), (0.8, "KILL"), (1.1, "TERM"), (1.4, "KILL"),
-             (1.7, "INT"), (2.0, "KILL"), (2.4, "TERM")]
-    for delay, signal in timed:
-        commit(host, REPO, {"VERSION": f"t{delay}\n"}, f"t{delay}")
-        out = host.sh(f"setsid {SRC}/bin/deploy app >/tmp/timed.log 2>&1 & pid=$!; "
-                      f"sleep {delay}; kill -{signal} -- -$pid; wait $pid; echo \"exit $?\"; "
-                      "cat /tmp/timed.log").stdout
-        assert out.startswith("exit "), out
-        if signal != "KILL":  # it ends promptly and says so, or it had already finished
-            assert out.startswith(("exit 0", f"exit {128 + (2 if signal == 'INT' else 15)}")), out
+
+    def again(label) -> None:
         host.siteops("deploy app")
-        assert page(host).startswith(f"t{delay} ")
+        assert page(host).startswith(f"{version} "), label
+    version = "c0"
+    commit(host, REPO, {"VERSION": "c0\n"}, "c0")
+    changes = stopped_before_changes(host, "deploy app", again)
+    moments = random_moments(SEED, seconds, 8)
+    for i, moment in enumerate(moments):
+        version = f"t{i}"
+        commit(host, REPO, {"VERSION": f"{version}\n"}, version)
+        stopped_at_moments(host, "deploy app", [moment], again)
     samples, failed = load.failed()
     print(f"deploy: {n} steps, {stops} of {len(plan)} stops after a step "
-          f"({', '.join(sorted({s for _, s in plan}))}) + {len(timed)} timed, "
-          f"{len(samples)} requests, {len(failed)} failed")
-    assert stops == len(plan) and len(samples) > 200 and failed == [], failed[:5]
+          f"({', '.join(sorted({s for _, s in plan}))}), {changes} before a registry change, "
+          f"{len(moments)} at random moments, {len(samples)} requests, {len(failed)} failed")
+    assert stops == len(plan) and changes >= 3 and len(samples) > 200 and failed == [], failed[:5]
     settled(host, "app")
 
 
@@ -174,9 +189,22 @@ def test_rollback_killed_after_every_step(host):
     top = registry(host)["app"]["live"]["release"]
     load = Load(host, "app.test")
     n = rollbacks_killed(host, target, top)
+    _, seconds = timed(host, f"rollback app --to {target}")
+    host.siteops(f"rollback app --to {top}")
+
+    def again(label) -> None:  # run again: the target live; then back to the top
+        res = host.siteops(f"rollback app --to {target}", check=False)
+        assert res.returncode == 0 or "is already live" in res.stderr, (label, res.stderr)
+        assert page(host).startswith("r1 "), label
+        host.siteops(f"rollback app --to {top}")
+    changes = stopped_before_changes(host, f"rollback app --to {target}", again)
+    host.siteops(f"rollback app --to {top}")  # its last run had no stop: it ran to the end
+    moments = random_moments(SEED, seconds, 6)
+    stopped_at_moments(host, f"rollback app --to {target}", moments, again)
     samples, failed = load.failed()
-    print(f"rollback: {n} steps, {len(samples)} requests, {len(failed)} failed")
-    assert len(samples) > 100 and failed == [], failed[:5]
+    print(f"rollback: {n} steps, {changes} registry changes, {len(moments)} random moments, "
+          f"{len(samples)} requests, {len(failed)} failed")
+    assert changes >= 1 and len(samples) > 100 and failed == [], failed[:5]
     settled(host, "app")
 
 
@@ -228,9 +256,21 @@ def test_config_killed_after_every_step(host):
         assert stopped_by(res, signal), res.stdout[-500:] + res.stderr[-2000:]
         host.siteops(f"config app set GREETING=g{i}")
         assert page(host).endswith(f" g{i}\n"), page(host)
+
+    def again(label) -> None:
+        host.siteops(f"config app set GREETING={greeting}")
+        assert page(host).endswith(f" {greeting}\n"), (label, page(host))
+    greeting = "c0"
+    changes = stopped_before_changes(host, f"config app set GREETING={greeting}", again)
+    _, seconds = timed(host, "config app set GREETING=timed")
+    moments = random_moments(SEED, seconds, 6)
+    for i, moment in enumerate(moments):
+        greeting = f"t{i}"
+        stopped_at_moments(host, f"config app set GREETING={greeting}", [moment], again)
     samples, failed = load.failed()
-    print(f"config: {n} steps, {len(samples)} requests, {len(failed)} failed")
-    assert len(samples) > 50 and failed == [], failed[:5]
+    print(f"config: {n} steps, {changes} registry changes, {len(moments)} random moments, "
+          f"{len(samples)} requests, {len(failed)} failed")
+    assert changes >= 1 and len(samples) > 50 and failed == [], failed[:5]
     # No secret regenerated, no other line touched.
     assert host.sh("grep -v GREETING /srv/sites/app/shared/.env").stdout == env_before
     settled(host, "app")

@@ -4,12 +4,13 @@ from a recording fake runner over a temporary root."""
 import json
 import os
 import shlex
+import signal
 
 import pytest
 
-from siteops import instances, model, network, nginx, registry, releases, systemd
+from siteops import instances, model, network, nginx, registry, releases, signals, systemd
 from siteops import host as siteops_host
-from siteops.errors import SiteopsError
+from siteops.errors import Interrupted, SiteopsError
 from siteops.commands import deploy, limits, rollback
 
 from fakes import CHANGES, Rule, make_host, planned_commands
@@ -92,6 +93,32 @@ def test_switch_starts_beside_checks_health_then_moves_nginx_and_current(root, s
     assert (root / "srv/sites/shop/current").readlink().as_posix() == f"releases/{R2}"
     saved = registry.load(host).sites["shop"]
     assert saved.live == site.live == model.Live(R2, 1) and len(marks) == 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_at_the_switchs_commit_waits_until_the_registry_says_live(root, shop,
+                                                                            monkeypatch, signum):
+    """Sent between `current -> releases/R2` and the registry's record of it
+    (SITEOPS_KILL_BEFORE_CHANGE, the harness's switch), the signal is held
+    until the release is live: nothing is put back, and the failed-deploy
+    clean-up (deploy.fail) leaves the release alone."""
+    host, runner = prepared_host(root, shop, healthy())
+    monkeypatch.setenv(siteops_host.KILL_BEFORE_CHANGE, "1")
+    monkeypatch.setenv(siteops_host.KILL_SIGNAL, signal.Signals(signum).name[3:])
+    previous = {s: signal.signal(s, signals.on_interrupt) for s in signals.INTERRUPTS}
+    try:
+        with pytest.raises(Interrupted):
+            instances.switch(host, shop, R2, shop.releases[R2], lambda e: None)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert registry.load(host).sites["shop"].live == model.Live(R2, 1)
+    assert (root / "srv/sites/shop/current").readlink().as_posix() == f"releases/{R2}"
+    assert "127.0.0.1:3101" in (root / "etc/nginx/sites-available/shop.conf").read_text()
+    assert "systemctl stop shop-frontend@3101.service" not in planned_commands(host)
+    host.actions.clear()
+    deploy.fail(host, "shop", R2, shop.releases[R2], Interrupted(signum))
+    assert host.actions == []  # not marked failed, not removed
 
 
 @pytest.mark.parametrize("rules, message", [

@@ -39,9 +39,11 @@ Steps:
             workers
   health    GET the health path (siteops.toml, default /) until 2xx/3xx
   switch    nginx upstreams to the new ports (nginx -t, reload), `current`
-            swapped with rename(2), old instances drained, then stopped with
-            the old workers (the command does not wait for their stop); the
-            release's scheduled jobs replace the old timers. With --keep-warm
+            swapped with rename(2) as the registry records it; the old workers
+            stopped (the command waits: no job enqueued after it returns is
+            taken by old code); old instances drained, then stopped (the
+            command does not wait for their stop); the release's scheduled
+            jobs replace the old timers. With --keep-warm
             the old web instances keep running out of nginx, for a rollback
             with no start; a later switch elsewhere stops them
   prune     keep the newest --keep good releases (never the live one nor the

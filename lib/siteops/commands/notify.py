@@ -21,9 +21,12 @@ Alerts that reach a person. siteops says, on every channel added here:
              backup or verification, a certificate that did not renew or
              expires within 14 days, a site near its memory limit or
              answering many 5xx, a full disk, replaced code still running.
-  commands   deploy, rollback, backup, tls or outdated failing.
+  commands   deploy, rollback, backup, tls or outdated failing (an
+             unexpected error of siteops itself included).
 
-One run's events go out as one message per channel, each naming the host,
+A channel added is told at once of the problems already open. A problem
+no longer found when its host or site is audited (an instance a deploy
+replaced) is said to have recovered. One run's events go out as one message per channel, each naming the host,
 the site, what happened and the command to look closer. A channel that
 cannot be reached keeps its events (in /var/lib/siteops/alerts.json) and the
 next run sends them; a send waits at most 5 s and never fails the command
@@ -36,10 +39,12 @@ that caused it. No generated secret appears in a message.
                                   holding a token: give - and the URL on
                                   standard input, so it is never in argv.
   add email ADDRESS [--smtp HOST:PORT] [--from ADDR] [--credentials FILE]
-                                  by SMTP (STARTTLS when the server offers
-                                  it); FILE holds SMTP_USER= and
-                                  SMTP_PASSWORD= (read once, kept root-only
-                                  in /etc/siteops/notify.json)
+                                  by SMTP: implicit TLS on port 465,
+                                  STARTTLS elsewhere when the server offers
+                                  it (certificates verified); FILE holds
+                                  SMTP_USER= and SMTP_PASSWORD= (read once,
+                                  kept root-only in /etc/siteops/notify.json),
+                                  which are sent over TLS only, never in clear
   list [--json]                   the channels (a webhook's token not shown)
   remove ID                       a channel, by the id list shows
   test                            one test message on every channel
@@ -123,6 +128,7 @@ def run(host: Host, args: argparse.Namespace) -> int:
         chan = new_channel(args, {c.id for c in chans})
         with host.step(f"alert channel {chan.id}: {notify.shown(chan)}"):
             notify.save_channels(host, [*chans, chan])
+        notify.tell_new_channel(host, chan.id)
         return 0
     if args.action == "remove":
         if len(args.words) != 1 or args.words[0] not in {c.id for c in chans}:
