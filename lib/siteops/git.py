@@ -12,12 +12,15 @@ argument, and transports are limited to file, https and ssh.
 Through sudo (the deploy user), a local repository must lie under a directory
 the operator listed in /etc/siteops/repo-dirs, and it is read with the
 caller's own permissions (git-upload-pack runs as the caller), so the deploy
-user can never publish a file it could not read itself.
+user can never publish a file it could not read itself. One that root owns
+is named safe.directory for that read (git would refuse a repository of
+another owner); one of any other user but the caller is refused by git.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 from .errors import CommandError, SiteopsError, UsageError
@@ -76,11 +79,27 @@ def check_allowed(host: Host, url: str) -> None:
 
 
 def _upload_pack(url: str) -> list[str]:
-    """git options that read a local repository as the sudo caller, not as root."""
-    caller = sudo_caller()
-    if caller is None or local_path(url) is None:
+    """git options that read a local repository as the sudo caller, not as
+    root. git refuses to read a repository another user owns ("dubious
+    ownership"); one of root's (the operator's, in a directory root listed)
+    is named safe for that one read, under the names git may compare."""
+    caller, path = sudo_caller(), local_path(url)
+    if caller is None or path is None:
         return []
-    return [f"--upload-pack=runuser -u {caller} -- git-upload-pack"]
+    program = "git-upload-pack"
+    real = os.path.realpath(path)
+    if _owner(real) == 0:
+        names = dict.fromkeys([path.rstrip("/") or "/", real])
+        program = "git " + " ".join(f"-c safe.directory={shlex.quote(n)}" for n in names) \
+            + " upload-pack"
+    return [f"--upload-pack=runuser -u {caller} -- {program}"]
+
+
+def _owner(path: str) -> int | None:
+    try:
+        return os.stat(path).st_uid
+    except OSError:
+        return None
 
 
 def fetch(host: Host, name: str, url: str) -> None:
@@ -91,9 +110,24 @@ def fetch(host: Host, name: str, url: str) -> None:
     except CommandError as exc:
         lines = [line.strip() for line in clean(exc.stderr).splitlines() if line.strip()]
         why = " ".join(lines[:2]) or f"git exited {exc.code}"
-        key = host.paths.deploy_key(name)
-        hint = "" if key.exists() else f" (a private repository needs a deploy key at {key})"
-        raise SiteopsError(f"cannot fetch {url}: {why}{hint}") from exc
+        raise SiteopsError(f"cannot fetch {url}: {why}{fetch_hint(host, name, url, exc.stderr)}"
+                           ) from exc
+
+
+def fetch_hint(host: Host, name: str, url: str, stderr: str) -> str:
+    """What the caller can do about a failed fetch."""
+    path, caller = local_path(url), sudo_caller()
+    if path is not None and caller is not None:
+        owner = _owner(os.path.realpath(path))
+        if "dubious ownership" in stderr:
+            return (f" (the repository is read as {caller}, and git reads no repository "
+                    f"another user owns (uid {owner}): root must own it, or {caller})")
+        return (f" (the repository is read as {caller}: it and everything in it must be "
+                f"readable by {caller})")
+    if path is not None:
+        return ""
+    key = host.paths.deploy_key(name)
+    return "" if key.exists() else f" (a private repository needs a deploy key at {key})"
 
 
 def _fetch(host: Host, name: str, url: str) -> None:

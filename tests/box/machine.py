@@ -296,6 +296,14 @@ def states(box, *units: str, settle: float = 15) -> list[str]:
                   f"systemctl show -p ActiveState --value {names}").stdout.split()
 
 
+def crash(box, unit: str) -> None:
+    """SIGKILL to the unit's main process, as a crash would. Not `systemctl
+    kill`: on a busy host it can fail to signal the unit's other processes
+    ("Input/output error") and fail the test for the tool's own reasons."""
+    box.sh(f"pid=$(systemctl show -p MainPID --value {unit}); [ \"$pid\" -gt 0 ] && "
+           "kill -KILL \"$pid\"")
+
+
 def registry(box) -> dict:
     return json.loads(box.sh("cat /var/lib/siteops/registry.json").stdout)["sites"]
 

@@ -44,6 +44,7 @@ while true; do
   item=$(redis-cli -u "$REDIS_URL" --no-auth-warning --raw BRPOP queue 1 | tail -n 1)
   if [ -n "$item" ]; then
     psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -c "INSERT INTO done (item) VALUES ('$item')"
+    echo "$item $SITEOPS_RELEASE" >> uploads/taken.txt
     echo "processed $item"
   fi
 done
@@ -202,6 +203,31 @@ def test_a_redeploy_with_unchanged_requirements_reuses_the_venv(host):
     commit(host, REPO, {"requirements.txt": "# pinned nothing\n"}, "requirements")
     out = host.siteops("deploy app").stdout
     assert "==> venv: python3 -m venv .venv" in out and "==> reuse" not in out
+
+
+def test_jobs_enqueued_the_moment_a_deploy_returns_go_to_the_new_workers_only(host):
+    """The old workers have exited when deploy (or rollback) returns: a job
+    enqueued then is never taken by the old release's code."""
+    for round_ in range(3):
+        commit(host, REPO, {"app.py": APP.replace("v?", f"v?q{round_}")}, f"queue {round_}")
+        host.siteops("deploy app")
+        for i in range(10):
+            push(host, f"after-{round_}-{i}")
+        rid = live(host)
+        taken = wait_for(host, f"n=$(grep -c '^after-{round_}-' {SITE}/shared/uploads/taken.txt); "
+                               f"[ \"$n\" -ge 10 ] && grep '^after-{round_}-' "
+                               f"{SITE}/shared/uploads/taken.txt")
+        by = [line.split()[1] for line in taken.splitlines()]
+        assert by == [rid] * 10, (round_, rid, taken)
+    # The same for a rollback.
+    target = [r for r, rel in registry(host)["app"]["releases"].items()
+              if rel["result"] == "ok" and r != live(host)][-1]
+    host.siteops(f"rollback app --to {target}")
+    for i in range(10):
+        push(host, f"back-{i}")
+    taken = wait_for(host, f"n=$(grep -c '^back-' {SITE}/shared/uploads/taken.txt); "
+                           f"[ \"$n\" -ge 10 ] && grep '^back-' {SITE}/shared/uploads/taken.txt")
+    assert [line.split()[1] for line in taken.splitlines()] == [target] * 10, taken
 
 
 def test_a_failing_migration_stops_the_deploy_and_the_live_release_serves(host):
@@ -437,6 +463,23 @@ def test_alerts_reach_a_webhook_and_an_inbox_once_per_change(host):
     host.siteops("audit", check=False)
     back = [e for e in events_of(host, "recovered") if e["check"] == "site.app.unit:app-redis.service"]
     assert len(back) == 1
+    # A stopped instance (its finding names its port), then a redeploy that
+    # moves the site to other ports: its recovery is said, once. A channel
+    # added while it is open is told of it.
+    unit = f"app-frontend@{registry(host)['app']['ports']['frontend'] + registry(host)['app']['live']['offset']}.service"
+    host.sh(f"systemctl stop {unit}")
+    host.siteops("audit", check=False)
+    host.siteops("audit", check=False)
+    assert len([e for e in events_of(host, "problem") if e["check"] == f"site.app.unit:{unit}"]) == 1
+    host.siteops("notify add webhook http://127.0.0.1:8765/late")
+    assert [e["kind"] for e in hooks(host)[-1]["events"]
+            if e["check"] == f"site.app.unit:{unit}"] == ["still"]
+    host.siteops("notify remove webhook-2")
+    host.siteops("deploy app")
+    host.siteops("audit", check=False)
+    host.siteops("audit", check=False)
+    assert len([e for e in events_of(host, "recovered")
+                if e["check"] == f"site.app.unit:{unit}"]) == 1
     # A stale backup: the site's only snapshot made three days ago.
     restic = ("RESTIC_REPOSITORY=/var/backups/siteops RESTIC_PASSWORD_FILE="
               "/etc/siteops/restic-password restic --quiet")

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from machine import PYTHON_APP, SRC, commit
+from machine import PYTHON_APP, SRC, commit, crash
 
 SHOP, BLOG = "/srv/repos/shop", "/srv/repos/blog"
 
@@ -85,7 +85,7 @@ def test_blog_cannot_capture_shops_traffic_when_shops_instance_restarts(host):
     assert curl(host, "shop").startswith("shop python ")
     as_blog(host, "blog-hostile", f"/usr/bin/python3 /srv/hostile.py {port} 20")
     try:
-        host.sh(f"systemctl kill -s KILL shop-frontend@{port}.service")  # a crash: restarts in 2 s
+        crash(host, f"shop-frontend@{port}.service")  # restarts in 2 s
         answers = [curl(host, "shop", 3) for _ in range(6)]
         assert not any("captured by blog" in a for a in answers), answers
         log = host.sh("journalctl -u blog-hostile --no-pager -o cat").stdout
@@ -221,6 +221,12 @@ def test_deploy_cannot_publish_roots_repositories_or_use_roots_git_identity(host
     host.sh(f"cp -r {BLOG} /srv/repos-deploy/rootonly && chmod 700 /srv/repos-deploy/rootonly")
     res = deploy_as(host, "deploy blog --repo /srv/repos-deploy/rootonly")
     assert res.returncode == 1 and "cannot fetch" in res.stderr
+    assert "readable by deploy" in res.stderr and "deploy key" not in res.stderr, res.stderr
+    # One another site's user owns (readable by all) is refused by git, with
+    # what to do about it.
+    host.sh(f"cp -r {BLOG} /srv/repos-deploy/shops && chown -R shop: /srv/repos-deploy/shops")
+    res = deploy_as(host, "deploy blog --repo /srv/repos-deploy/shops")
+    assert res.returncode == 1 and "root must own it, or deploy" in res.stderr, res.stderr
     assert curl(host, "blog").startswith("blog python ")
 
 
@@ -344,6 +350,24 @@ def test_a_tenant_key_runs_its_sites_commands_and_git_push_deploys_under_load(te
     listed = json.loads(box.siteops("access blog list --json").stdout)["keys"]
     assert {k["label"]: (k["role"], bool(k["last_used"])) for k in listed} == {
         "alice@laptop": ("deploy", True), "rita": ("read", True)}
+
+
+def test_a_tenant_redeploys_from_the_operators_repository_in_a_repo_dir(tenants):
+    """docs/tenants.md's case: root made a bare repository in a --repo-dir
+    directory, readable by all, and deployed from it; the tenant's `deploy
+    NAME` fetches it again (read as deploy)."""
+    box = tenants
+    box.sh(f"git clone -q --bare {SHOP} /srv/repos-deploy/shop.git")
+    box.siteops("deploy shop --repo /srv/repos-deploy/shop.git")
+    box.sh(f"rm -rf /root/shop-work && git clone -q /srv/repos-deploy/shop.git /root/shop-work && "
+           "cd /root/shop-work && echo 2 > AGAIN && git add AGAIN && "
+           "git -c user.name=op -c user.email=op@example.com commit -qm again && git push -q")
+    res = ssh(box, "bob", "deploy shop")
+    assert res.returncode == 0, res.stdout[-500:] + res.stderr[-1500:]
+    entry = registry(box)["shop"]
+    head = box.sh("git --git-dir=/srv/repos-deploy/shop.git rev-parse HEAD").stdout.strip()
+    assert entry["releases"][entry["live"]["release"]]["commit"] == head
+    assert curl(box, "shop").startswith("shop python ")
 
 
 def test_the_second_tenant_pushes_rolls_back_and_backs_up_its_own_site(tenants):
