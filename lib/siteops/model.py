@@ -20,7 +20,7 @@ Schema 2 (the file siteops writes):
              live {release, offset} or null, releases {id: RELEASE},
              history [EVENT], keys [KEY], maintenance {message,
              retry_after, since, by} or null (serving), move {to, address,
-             stage, scheme, started, snapshot} or null (move-site on the
+             stage, scheme, started, snapshot, maintenance} or null (move-site on the
              source), forwarded_by [address] (move-site on the target), held
              (workers and timers not run: a move's copy, or its source
              after the freeze)
@@ -140,6 +140,7 @@ class Move:
     scheme: str = "http"
     started: str | None = None
     snapshot: str | None = None
+    maintenance: Maintenance | None = None  # the operator's, set before the move: kept
 
 
 DEPLOY_ROLE, READ_ROLE = "deploy", "read"
@@ -289,6 +290,8 @@ def to_json(obj: Any) -> Any:
                 if f.name != "extra"}
         if isinstance(obj, Limits):
             data = {k: v for k, v in data.items() if v is not None}
+        if isinstance(obj, Move) and obj.maintenance is None:  # as moves before it was kept
+            del data["maintenance"]
         return {**getattr(obj, "extra", {}), **data}
     if isinstance(obj, list):
         return [to_json(v) for v in obj]

@@ -281,7 +281,8 @@ def site_config(site: Site, version: tuple[int, ...], certs: Path | None, logs: 
                            hsts=hsts.replace("    add_header", "        add_header"))
     common = dict(name=name, domains=" ".join(site.domains), logs=logs,
                   acme_root=SERVER.acme_root,
-                  trusted="".join(f"    set_real_ip_from {a};\n" for a in site.forwarded_by))
+                  trusted=trusted(site, logs),
+                  log_if=" if=$siteops_forward_believed" if site.forwarded_by else "")
     https = ""
     if certs:
         https = render("nginx/https-server.conf", listen_https=listen_https(version),
@@ -308,7 +309,46 @@ def forward_locations(site: Site, certs: Path | None) -> str:
                "        proxy_ssl_server_name on;\n        proxy_ssl_name $host;\n")
     scheme = "https" if certs else "http"
     return render("nginx/location-forward.conf", name=site.name, tls=tls,
-                  target=f"{scheme}://{site.move.address}")
+                  target=f"{scheme}://{site.move.address}",
+                  secret=SERVER.nginx_move_secret(site.name))
+
+
+FORWARD_HEADER = "X-Siteops-Forward"
+
+
+def trusted(site: Site, logs: Path | str) -> str:
+    """A moved site's server lines on the host it moved to: the addresses of
+    the hosts that forward to it may say the visitor's address, and the check
+    (in a root-only file) that refuses what comes from them without the
+    move's secret: any other process on such a host could otherwise choose
+    the address this host logs, rate-limits and bans by."""
+    if not site.forwarded_by:
+        return ""
+    return ("".join(f"    set_real_ip_from {a};\n" for a in site.forwarded_by)
+            + f"    include {SERVER.nginx_move_secret(site.name)};\n"
+            + f"    access_log {logs}/nginx-access.log siteops_direct "
+              "if=$siteops_forward_refused;\n")
+
+
+def forward_secret(secret: str) -> str:
+    """The source's include: the move's secret sent with each forwarded request."""
+    return (f"# Managed by siteops move-site (root-only): the move's secret.\n"
+            f'proxy_set_header {FORWARD_HEADER} "{secret}";\n')
+
+
+def forward_check(secret: str, sources: list[str]) -> str:
+    """The target's include: a request from a forwarding host without the
+    move's secret is refused (403) before its address is believed."""
+    lines = ["# Managed by siteops move-site (root-only): only the forwarding host's nginx,",
+             "# which sends the move's secret, may tell this site a visitor's address.",
+             'set $siteops_forward_refused "";',
+             "set $siteops_forward_believed 1;"]
+    lines += [f'if ($realip_remote_addr = "{a}") {{ set $siteops_forward_refused 1; }}'
+              for a in sources]
+    lines += [f'if ($http_{FORWARD_HEADER.lower().replace("-", "_")} = "{secret}") '
+              '{ set $siteops_forward_refused ""; }',
+              'if ($siteops_forward_refused) { set $siteops_forward_believed ""; return 403; }']
+    return "\n".join(lines) + "\n"
 
 
 MAINTENANCE_PAGE = "siteops-maintenance.html"

@@ -190,6 +190,11 @@ class Paths:
     def nginx_enabled(self, name: str) -> Path:
         return self.nginx / "sites-enabled" / f"{name}.conf"
 
+    def nginx_move_secret(self, name: str) -> Path:
+        """During a move, root-only: the forward's secret header (on the source)
+        or the check of it (on the target), included by the site's file."""
+        return self.nginx / "siteops-moves" / f"{name}.conf"
+
     # systemd, logrotate, redis.
     def unit(self, unit: str) -> Path:
         return self.p("/etc/systemd/system") / unit

@@ -269,13 +269,31 @@ def test_a_site_moves_to_another_host_under_load_with_its_data_identical(fleet):
     assert "db=mv-3 " in get(a, "mv", "/get?k=k3&via=a")
     line = b.sh("grep 'via=a' /srv/sites/mv/shared/logs/nginx-access.log").stdout
     assert line.startswith("127.0.0.1 "), line
+    # Any other process on a (another site's user, not its nginx) that sends
+    # b a visitor's address is refused, and logged by its own address.
+    forged = a.sh("runuser -u nobody -- curl -sS -o /dev/null -w '%{http_code}' "
+                  f"-H 'Host: mv.test' -H 'CF-Connecting-IP: 198.51.100.66' "
+                  f"'http://{B}/get?k=k3&via=forged'").stdout
+    assert forged == "403", forged
+    log = b.sh("grep 'via=forged' /srv/sites/mv/shared/logs/nginx-access.log").stdout
+    assert log.startswith("192.0.2.1 ") and '" 403 ' in log and "198.51.100.66" not in log, log
+    assert a.sh("stat -c '%a %U' /etc/nginx/siteops-moves/mv.conf /var/lib/siteops/move/mv.forward"
+                ).stdout.split("\n")[:2] == ["600 root", "600 root"]
+    assert b.sh("stat -c '%a %U' /etc/nginx/siteops-moves/mv.conf").stdout.strip() == "600 root"
     findings = {f["id"]: f for f in json.loads(a.siteops("audit --json", check=False).stdout)[
         "findings"]}
     assert findings["site.mv.move"]["severity"] == "warning"
     audit_b = json.loads(b.siteops("audit --json", check=False).stdout)
     assert audit_b["exit_code"] == 0, [f for f in audit_b["findings"] if f["severity"] != "ok"]
-    # --finish: nothing of the site is left on a; b keeps serving it.
-    a.siteops("move-site mv --finish")
+    # --finish: visitors came through a in the last hour: said, and --yes needed.
+    res = a.siteops("move-site mv --finish", check=False)
+    assert res.returncode == 2 and "in the last hour" in res.stderr, res.stderr
+    assert registry_of(a)["mv"]["move"]["stage"] == "forwarding"
+    # --finish --yes: nothing of the site is left on a; b keeps serving it.
+    a.siteops("move-site mv --finish --yes")
+    assert a.sh("test -e /etc/nginx/siteops-moves/mv.conf || test -e "
+                "/var/lib/siteops/move/mv.forward", check=False).returncode != 0
+    assert b.sh("test -e /etc/nginx/siteops-moves/mv.conf", check=False).returncode != 0
     assert "mv" not in registry_of(a)
     assert a.sh("test -e /srv/sites/mv || id mv", check=False).returncode != 0
     assert "mv notes" in get(b, "mv", "/")
@@ -295,10 +313,16 @@ def test_an_aborted_move_leaves_the_site_here_as_it_was_and_nothing_there(fleet)
     if "b" not in inventory(a):
         a.siteops(f"hosts add b ssh://root@{B} --key /root/.ssh/fleet")
     moved_site(a, "back")
+    # The operator's maintenance goes along to b, and stays here after an abort.
+    a.siteops("maintenance back on --message 'Stock-taking until 14:00'")
     a.siteops("move-site back --to b")
+    assert registry_of(b)["back"]["maintenance"]["message"] == "Stock-taking until 14:00"
+    assert "Stock-taking until 14:00" in get(a, "back", "/")  # forwarded: b's page
     res = a.siteops("move-site back --abort", check=False)
     assert res.returncode == 2 and "--yes" in res.stderr and "nothing was changed" in res.stderr
     a.siteops("move-site back --abort --yes")
+    assert registry_of(a)["back"]["maintenance"]["message"] == "Stock-taking until 14:00"
+    a.siteops("maintenance back off")
     entry = registry_of(a)["back"]
     assert (entry["move"], entry["maintenance"], entry["held"]) == (None, None, False)
     assert "db=back-3 " in get(a, "back", "/get?k=k3")
@@ -422,5 +446,5 @@ def test_an_https_site_moves_with_its_certificate_and_is_forwarded_over_verified
     assert "db=sec-3 " in page, page
     line = b.sh("grep 'via=tls' /srv/sites/sec/shared/logs/nginx-access.log").stdout
     assert line.startswith("127.0.0.1 "), line
-    a.siteops("move-site sec --finish")
+    a.siteops("move-site sec --finish --yes")
     assert "sec" not in registry_of(a) and served(b, "sec.test") == cert

@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--fix", action="store_true", help="repair what is safe, then audit again")
     fleet.add_arguments(p, "audit (one line each, one result for the fleet; an unreachable "
-                           "host is CRITICAL)", 120)
+                           "host is CRITICAL)", 40)
     p.exit_code = UNKNOWN  # bad arguments are UNKNOWN to a monitor, not CRITICAL
     return p
 

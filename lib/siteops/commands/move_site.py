@@ -7,6 +7,7 @@ import argparse
 import http.client
 import os
 import sys
+import time
 from pathlib import Path
 
 from .. import backup, cli, envfile, fleet, instances, network, nginx, registry, validate
@@ -65,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", type=fleet.host_name, metavar="HOST", help="the host to move it to")
     p.add_argument("--finish", action="store_true", help="remove it here once DNS has moved")
     p.add_argument("--abort", action="store_true", help="put it back here, remove HOST's copy")
-    p.add_argument("--yes", action="store_true", help="--abort after the forward stage")
+    p.add_argument("--yes", action="store_true",
+                   help="--abort after the forward stage; --finish while visitors still "
+                        "arrived here in the last hour")
     p.add_argument("--receive", choices=("check", "password", "restore", "serve", "clean"),
                    help="on HOST, run by move-site over SSH: one step of receiving the site")
     p.add_argument("--bytes", type=validate.number("--bytes", 0, 2**50), default=0,
@@ -83,7 +86,17 @@ def transfer_dir(host: Host, name: str) -> Path:
 
 
 def receive(host: Host, args: argparse.Namespace) -> None:
-    """One step of receiving a site, run by the source's move-site over SSH."""
+    """One step of receiving a site, run by the source's move-site over SSH,
+    under the move's own lock here: a source run again after it was stopped
+    during a step meets the step still running here, not a second copy of it."""
+    host.ensure_dir(transfer_dir(host, args.name).parent, 0o700)
+    with registry.flock(transfer_dir(host, args.name).parent / f"{args.name}.lock",
+                        f"move-site {args.name} --receive {args.receive}", 0,
+                        f"receiving site {args.name}"):
+        receive_step(host, args)
+
+
+def receive_step(host: Host, args: argparse.Namespace) -> None:
     name, step = args.name, args.receive
     here = registry.load(host).sites.get(name)
     moving = transfer_dir(host, name).is_dir()
@@ -121,9 +134,13 @@ def receive(host: Host, args: argparse.Namespace) -> None:
     elif step == "serve":
         if here is None:
             raise UsageError(f"site {name} is not on this host")
-        if args.trust and args.trust not in here.forwarded_by:
-            here = registry.update_site(host, name, f"move-site {name}",
-                                        lambda e: e.forwarded_by.append(args.trust))
+        if args.trust:
+            secret = read_secret()
+            sources = sorted({*here.forwarded_by, args.trust})
+            write_move_secret(host, name, nginx.forward_check(secret, sources))
+            if args.trust not in here.forwarded_by:
+                here = registry.update_site(host, name, f"move-site {name}",
+                                            lambda e: e.forwarded_by.append(args.trust))
             nginx.ensure_site(host, here, host.paths.of(name).logs)
         instances.hold(host, name, False, f"move-site {name}")
     else:  # clean
@@ -133,12 +150,51 @@ def receive(host: Host, args: argparse.Namespace) -> None:
             here = registry.update_site(host, name, f"move-site {name}",
                                         lambda e: e.forwarded_by.clear())
             nginx.ensure_site(host, here, host.paths.of(name).logs)
+        remove_move_secret(host, name)
+
+
+def read_secret() -> str:
+    """The move's forward secret, from standard input (never argv)."""
+    secret = sys.stdin.read(4096).strip()
+    if len(secret) < 32 or not secret.replace("-", "").replace("_", "").isalnum():
+        raise UsageError("no forward secret on standard input")
+    return secret
+
+
+def write_move_secret(host: Host, name: str, text: str) -> None:
+    """The site's root-only nginx include of the move; a change is reloaded
+    by the next nginx.ensure_site even when the site's own file is unchanged."""
+    path = host.paths.nginx_move_secret(name)
+    with host.step(f"nginx include of the move of {name} (root-only)"):
+        host.ensure_dir(path.parent, 0o700)
+        if host.write(path, text, 0o600) and not host.dry_run:
+            nginx.mark_reload_pending(host)
+
+
+def remove_move_secret(host: Host, name: str) -> None:
+    """The include goes once the site's file no longer names it."""
+    with host.step(f"nginx include of the move of {name} removed"):
+        host.remove(host.paths.nginx_move_secret(name))
 
 
 # -- on the source ----------------------------------------------------------------
 
 def password_file(host: Host, name: str) -> Path:
     return host.paths.state / "move" / f"{name}.password"
+
+
+def secret_file(host: Host, name: str) -> Path:
+    """The move's forward secret: the source's nginx sends it, the target
+    believes forwarded visitor addresses only with it."""
+    return host.paths.state / "move" / f"{name}.forward"
+
+
+def kept_secret(host: Host, path: Path) -> str:
+    """The secret in path (root-only), made the first time."""
+    if host.read(path) is None:
+        host.ensure_dir(path.parent, 0o700)
+        host.write(path, envfile.secret() + "\n", 0o600)
+    return (host.read(path) or "").strip()
 
 
 def there(host: Host, remote: fleet.Remote, *args: str, timeout: float = 300,
@@ -166,10 +222,8 @@ def copy_snapshot(host: Host, remote: fleet.Remote, site: Site) -> None:
     and timers held."""
     name = site.name
     pw = password_file(host, name)
-    if host.read(pw) is None:
-        host.ensure_dir(pw.parent, 0o700)
-        host.write(pw, envfile.secret() + "\n", 0o600)
-    there(host, remote, "move-site", name, "--receive", "password", input=host.read(pw))
+    there(host, remote, "move-site", name, "--receive", "password",
+          input=kept_secret(host, pw) + "\n")
     repo, options = transfer_repository(host, remote, name)
     dest = {"RESTIC_REPOSITORY": repo, "RESTIC_PASSWORD_FILE": str(pw),
             "RESTIC_CACHE_DIR": str(host.paths.restic_cache)}
@@ -241,8 +295,8 @@ def start(host: Host, args: argparse.Namespace) -> None:
         need = sum(f.stat().st_size for f in host.paths.site(name).rglob("*")
                    if f.is_file() and not f.is_symlink())
         there(host, remote, "move-site", name, "--receive", "check", "--bytes", str(need))
-        site = set_move(host, name, Move(args.to, remote.address, COPYING, started=now()),
-                        site.maintenance)
+        site = set_move(host, name, Move(args.to, remote.address, COPYING, started=now(),
+                                         maintenance=site.maintenance), site.maintenance)
     move = site.move
     assert move is not None
     if move.stage == COPYING:
@@ -259,13 +313,20 @@ def start(host: Host, args: argparse.Namespace) -> None:
         healthy_there(site, remote)
         move.stage = FROZEN
         site = set_move(host, name, move, frozen)
+    secret = kept_secret(host, secret_file(host, name))
     if move.stage == FROZEN:
         address = fleet.run(host, remote, ["printenv", "SSH_CONNECTION"]).out.split()[:1]
         there(host, remote, "move-site", name, "--receive", "serve",
-              *(["--trust", address[0]] if address else []))
+              *(["--trust", address[0]] if address else []), input=secret + "\n")
+        if move.maintenance:  # the operator's maintenance goes along
+            m = move.maintenance
+            there(host, remote, "maintenance", name, "on", "--message", m.message,
+                  "--retry-after", str(m.retry_after))
+        write_move_secret(host, name, nginx.forward_secret(secret))
         move.stage = FORWARDING
         site = set_move(host, name, move, None)
     else:  # run again: the forwarding as the registry has it (a stop may have come between)
+        write_move_secret(host, name, nginx.forward_secret(secret))
         nginx.ensure_site(host, site, host.paths.of(name).logs)
     host.say(f"{name} is served by {remote.name} ({remote.address}); this host forwards its "
              f"visitors there. Point DNS for {', '.join(site.domains)} at {remote.address}, "
@@ -279,10 +340,39 @@ def finish(host: Host, args: argparse.Namespace) -> None:
         raise UsageError(f"{name} is not forwarding to another host (move-site {name} --to HOST "
                          "first); nothing was changed")
     remote = fleet.get(host, site.move.to)
+    arrived = recent_requests(host.paths.of(name).logs / "nginx-access.log", time.time())
+    if arrived and not args.yes:
+        raise UsageError(f"{arrived} request(s) for {name} came to this host in the last hour "
+                         f"and were forwarded to {remote.name}: DNS may not have moved for "
+                         "every visitor yet; pass --yes to remove the site here anyway; "
+                         "nothing was changed")
     remove_site_command.run(host, remove_site_command.build_parser().parse_args([name, "--yes"]))
     there(host, remote, "move-site", name, "--receive", "clean")
-    host.remove(password_file(host, name))
+    for path in (password_file(host, name), secret_file(host, name)):
+        host.remove(path)
+    remove_move_secret(host, name)
     host.say(f"{name} now lives on {remote.name} only")
+
+
+def recent_requests(log: Path, now_s: float, seconds: float = 3600,
+                    tail: int = 8 * 2**20) -> int:
+    """Requests in the site's nginx access log (its last 8 MB) within the last
+    seconds: the siteops log format ends each line with t=<epoch>.<ms>."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - tail))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return 0
+    count = 0
+    for line in lines:
+        _, sep, stamp = line.rpartition(" t=")
+        try:
+            if sep and float(stamp) >= now_s - seconds:
+                count += 1
+        except ValueError:
+            continue
+    return count
 
 
 def abort(host: Host, args: argparse.Namespace) -> None:
@@ -297,14 +387,17 @@ def abort(host: Host, args: argparse.Namespace) -> None:
                          "mean it; nothing was changed")
     remote = fleet.get(host, move.to)
     move.stage = ABORTING
-    set_move(host, name, move, None)  # served here again first
+    set_move(host, name, move, move.maintenance)  # served here again first, as before the move
     instances.hold(host, name, False, f"move-site {name} --abort")
     if fleet.siteops(host, remote, "sites", "show", name, "--json").code == 0:
         there(host, remote, "remove-site", name, "--yes", "--no-backup", timeout=1800)
     there(host, remote, "move-site", name, "--receive", "clean")
-    host.remove(password_file(host, name))
-    set_move(host, name, None, None)
-    host.say(f"{name} is served here again, as before the move")
+    for path in (password_file(host, name), secret_file(host, name)):
+        host.remove(path)
+    set_move(host, name, None, move.maintenance)
+    remove_move_secret(host, name)
+    host.say(f"{name} is served here again, as before the move"
+             + (" (in maintenance, as the operator had set it)" if move.maintenance else ""))
 
 
 def run(host: Host, args: argparse.Namespace) -> None:

@@ -148,9 +148,12 @@ def recreate(host: Host, saved: Site, held: bool = False) -> Site:
             ports = registry.ports_for(slot, saved.components).values()
             host.say(f"{'':13}slot {saved.slot} of {saved.name} is taken here: it gets slot "
                      f"{slot} (ports {', '.join(map(str, ports))})")
+        # A move's copy (held) serves its app for the move's health checks: the
+        # operator's maintenance, if any, is turned on there at the forward stage.
         site = saved.copy(slot=slot, uid=None, state=model.PROVISIONING, live=None,
                           releases={}, history=[], created=now(), updated=now(), move=None,
-                          forwarded_by=[], held=held)
+                          forwarded_by=[], held=held,
+                          maintenance=None if held else saved.maintenance)
         site.ports = registry.ports_for(slot, site.components)
         data.sites[site.name] = site
         registry.save(host, data)
