@@ -6,13 +6,16 @@
 # (the nspawn box cannot show them). Prints the image directory: disk.img,
 # vmlinuz, initrd.img, id_ed25519. Built in a temporary directory renamed into
 # place only when complete.
+# With SITEOPS_VM_VAGRANT=KEYFILE (tests/vagrant), a flavour Vagrant can log
+# into: rsync, and a user vagrant with that public key and password-less sudo.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${SITEOPS_BOX_CACHE:-/var/cache/siteops-box}
 box=$(SITEOPS_BOX_SUITE=trixie bash "$here/../box/build-image.sh")
 key=$(cat "$0" | sha256sum | cut -c1-12)
-image="$cache/vm-$(basename "$box")-$key"
+vagrant_key=${SITEOPS_VM_VAGRANT:-}
+image="$cache/vm-$(basename "$box")-$key${vagrant_key:+-vagrant}"
 
 if [ -d "$image" ]; then
     echo "$image"
@@ -33,7 +36,7 @@ cp /etc/resolv.conf "$root/etc/resolv.conf"
 echo "vm image: installing a kernel" >&2
 chroot "$root" apt-get update -q >&2
 chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-    --no-install-recommends linux-image-amd64 initramfs-tools >&2
+    --no-install-recommends linux-image-amd64 initramfs-tools ${vagrant_key:+rsync} >&2
 chroot "$root" apt-get clean
 umount "$root/proc"
 rm -f "$root/usr/sbin/policy-rc.d"
@@ -47,6 +50,15 @@ ln -sf /lib/systemd/system/systemd-networkd.service \
     "$root/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
 ssh-keygen -q -t ed25519 -N '' -C vm-operator -f "$tmp/id_ed25519"
 cat "$tmp/id_ed25519.pub" >> "$root/root/.ssh/authorized_keys"
+if [ -n "$vagrant_key" ]; then
+    chroot "$root" useradd --create-home --shell /bin/bash vagrant
+    install -d -m 700 -o "$(chroot "$root" id -u vagrant)" -g "$(chroot "$root" id -g vagrant)" \
+        "$root/home/vagrant/.ssh"
+    install -m 600 -o "$(chroot "$root" id -u vagrant)" -g "$(chroot "$root" id -g vagrant)" \
+        "$vagrant_key" "$root/home/vagrant/.ssh/authorized_keys"
+    printf 'vagrant ALL=(ALL) NOPASSWD: ALL\n' > "$root/etc/sudoers.d/vagrant"
+    chmod 440 "$root/etc/sudoers.d/vagrant"
+fi
 cp "$root"/boot/vmlinuz-* "$tmp/vmlinuz"
 cp "$root"/boot/initrd.img-* "$tmp/initrd.img"
 

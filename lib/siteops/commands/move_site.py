@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from .. import backup, cli, envfile, fleet, instances, network, nginx, registry, validate
+from .. import backup, cli, envfile, fleet, instances, model, network, nginx, registry, validate
 from ..errors import SiteopsError, UsageError
 from ..host import Host, clean
 from ..journal import now, who
@@ -134,14 +135,18 @@ def receive_step(host: Host, args: argparse.Namespace) -> None:
     elif step == "serve":
         if here is None:
             raise UsageError(f"site {name} is not on this host")
+        secret, maintenance = read_serve_input()
         if args.trust:
-            secret = read_secret()
             sources = sorted({*here.forwarded_by, args.trust})
             write_move_secret(host, name, nginx.forward_check(secret, sources))
-            if args.trust not in here.forwarded_by:
-                here = registry.update_site(host, name, f"move-site {name}",
-                                            lambda e: e.forwarded_by.append(args.trust))
-            nginx.ensure_site(host, here, host.paths.of(name).logs)
+
+        def serve(entry: Site) -> None:
+            if args.trust and args.trust not in entry.forwarded_by:
+                entry.forwarded_by.append(args.trust)
+            if maintenance and not entry.maintenance:  # the operator's, kept through the move
+                entry.maintenance = maintenance
+        here = registry.update_site(host, name, f"move-site {name}", serve)
+        nginx.ensure_site(host, here, host.paths.of(name).logs)
         instances.hold(host, name, False, f"move-site {name}")
     else:  # clean
         with host.step(f"transfer repository of {name} removed"):
@@ -153,12 +158,21 @@ def receive_step(host: Host, args: argparse.Namespace) -> None:
         remove_move_secret(host, name)
 
 
-def read_secret() -> str:
-    """The move's forward secret, from standard input (never argv)."""
-    secret = sys.stdin.read(4096).strip()
-    if len(secret) < 32 or not secret.replace("-", "").replace("_", "").isalnum():
+def read_serve_input() -> tuple[str, Maintenance | None]:
+    """What `--receive serve` reads on standard input (never argv): the move's
+    forward secret and the operator's maintenance, if one was set before it."""
+    try:
+        doc = json.loads(sys.stdin.read(65536))
+        secret = doc["secret"]
+        maintenance = doc.get("maintenance")
+        m = model.from_json(Maintenance, maintenance, "maintenance") if maintenance else None
+    except (ValueError, KeyError, TypeError):  # RegistryTypeError is a ValueError
+        raise UsageError("--receive serve reads {\"secret\": ..., \"maintenance\": ...} on "
+                         "standard input") from None
+    if not isinstance(secret, str) or len(secret) < 32 \
+            or not secret.replace("-", "").replace("_", "").isalnum():
         raise UsageError("no forward secret on standard input")
-    return secret
+    return secret, m
 
 
 def write_move_secret(host: Host, name: str, text: str) -> None:
@@ -317,11 +331,8 @@ def start(host: Host, args: argparse.Namespace) -> None:
     if move.stage == FROZEN:
         address = fleet.run(host, remote, ["printenv", "SSH_CONNECTION"]).out.split()[:1]
         there(host, remote, "move-site", name, "--receive", "serve",
-              *(["--trust", address[0]] if address else []), input=secret + "\n")
-        if move.maintenance:  # the operator's maintenance goes along
-            m = move.maintenance
-            there(host, remote, "maintenance", name, "on", "--message", m.message,
-                  "--retry-after", str(m.retry_after))
+              *(["--trust", address[0]] if address else []),
+              input=json.dumps({"secret": secret, "maintenance": model.to_json(move.maintenance)}))
         write_move_secret(host, name, nginx.forward_secret(secret))
         move.stage = FORWARDING
         site = set_move(host, name, move, None)
