@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from . import envfile, model, parts, postgres, redis, safefs, systemd
+from . import envfile, model, parts, postgres, redis, safefs, systemd, units
 from .errors import SiteopsError
 from .model import Site
 from .host import Host, Result
@@ -210,7 +210,7 @@ def dump_site(host: Host, site: Site) -> None:
         '--dbname="$1" > "$2"', "pg_dump", site.database, stage / "database.dump"]),
         note=f"pg_dump of {site.database}")
     env = envfile.parse(host.read(host.paths.of(name).env) or "")
-    if systemd.is_active(host, systemd.redis_unit(name)) and "REDIS_URL" in env:
+    if systemd.is_active(host, units.redis_unit(name)) and "REDIS_URL" in env:
         redis.save(host, site, env["REDIS_URL"])
 
 

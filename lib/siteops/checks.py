@@ -11,7 +11,7 @@ import difflib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import access, layout, registry, releases, systemd, usage
+from . import access, layout, releases, units, usage
 from .model import Site
 from .host import Host, redact
 from .journal import ISO, hours_between
@@ -286,7 +286,7 @@ def parts_check(site: Site, sf: dict) -> Finding:
 
 def unit_checks(site: Site, facts: dict) -> list[Finding]:
     out = []
-    for unit in systemd.live_units(site):
+    for unit in units.live_units(site):
         st = facts["units"].get(unit, {})
         ok = st.get("active") == "active" and st.get("enabled") == "enabled"
         out.append(_f(f"site.{site.name}.unit:{unit}", ok, site.name,
@@ -307,7 +307,7 @@ def job_checks(site: Site, sf: dict) -> list[Finding]:
     """Each scheduled job's timer runs, and its last run succeeded."""
     out = []
     for job, j in sf.get("jobs", {}).items():
-        service, timer = systemd.job_units(site.name, job)
+        service, timer = units.job_units(site.name, job)
         if j["timer"] != "active" and not site.held:
             problem = f"job {job}: its timer {timer} is {j['timer']}"
         elif j["result"] not in (None, "success"):
@@ -505,7 +505,7 @@ def own_unit(name: str, unit: str) -> bool:
 def ports_check(site: Site, facts: dict) -> Finding:
     """Nothing but the site's own units listens on its ports."""
     name = site.name
-    own = set(registry.block_ports(site.slot))
+    own = set(units.block_ports(site.slot))
     foreign = sorted({f"{l['port']} held by {'/'.join(l['units']) or 'a process outside any unit'}"
                       f" ({'/'.join(l['programs']) or '?'})"
                       for l in facts["listeners"] if l["port"] in own
@@ -520,7 +520,7 @@ def ports_check(site: Site, facts: dict) -> Finding:
 def listen_check(site: Site, facts: dict) -> Finding:
     """The site's processes (its units are NAME-*: site names have no '-')."""
     name = site.name
-    own = set(registry.block_ports(site.slot))
+    own = set(units.block_ports(site.slot))
     bad = []
     for l in facts["listeners"]:
         if not any(own_unit(name, u) for u in l["units"]):

@@ -60,7 +60,7 @@ from urllib.parse import urlsplit
 
 from . import (access, backup, distro, envfile, firewall, hardening, instances, journal, layout,
                logrotate, network, nftables, nginx, parts, postgres, redis, registry, sysctl,
-               outdated, systemd, tls, usage, users, verify)
+               outdated, systemd, tls, units, usage, users, verify)
 from .errors import CommandError, SiteopsError
 from .model import Site
 from .host import Host, redact
@@ -82,22 +82,22 @@ def host_units(pg_unit: str) -> list[str]:
             "certbot.timer", "siteops-backup.timer", "siteops-verify.timer"]
 
 
-def unit_states(host: Host, units: list[str]) -> dict[str, dict]:
-    """Active state of many units from one `systemctl show`; enabled means the
+def unit_states(host: Host, names: list[str]) -> dict[str, dict]:
+    """Active state of many units (names) from one `systemctl show`; enabled means the
     multi-user.target.wants link that starts it at boot is there (read from
     disk: the manager's UnitFileState lags behind `enable --no-reload`)."""
-    out = host.query(["systemctl", "show", "-p", "ActiveState", "--", *units], ok=range(256)).out
+    out = host.query(["systemctl", "show", "-p", "ActiveState", "--", *names], ok=range(256)).out
     active = [line.partition("=")[2] for line in out.splitlines() if line.startswith("ActiveState=")]
     wants = host.paths.boot_wants
     return {u: {"active": a, "enabled": "enabled" if (wants / u).exists() else "not enabled"}
-            for u, a in zip(units, active)}
+            for u, a in zip(names, active)}
 
 
-def exposure(host: Host, units: list[str]) -> dict[str, float]:
+def exposure(host: Host, names: list[str]) -> dict[str, float]:
     """`systemd-analyze security` exposure of each unit, from one call."""
-    if not units:
+    if not names:
         return {}
-    out = host.query(["systemd-analyze", "security", "--no-pager", "--", *units],
+    out = host.query(["systemd-analyze", "security", "--no-pager", "--", *names],
                      ok=range(256)).out
     return {m.group(1): float(m.group(2))
             for m in re.finditer(r"Overall exposure level for (\S+): ([\d.]+)", out)}
@@ -258,10 +258,10 @@ def gather(host: Host, sites: list[Site]) -> dict:
     cluster = postgres.clusters(host)
     pg_unit = cluster[0].unit if cluster else "postgresql.service"
     db_port = cluster[0].port if cluster else 5432
-    units = host_units(pg_unit)
-    site_units = {s.name: systemd.live_units(s) for s in sites}
+    every_unit = host_units(pg_unit)
+    site_units = {s.name: units.live_units(s) for s in sites}
     for names in site_units.values():
-        units += names
+        every_unit += names
 
     def nginx_t() -> dict:
         res = host.query(["nginx", "-t"], ok=range(256))
@@ -275,7 +275,7 @@ def gather(host: Host, sites: list[Site]) -> dict:
         "backup": lambda: {**backup.facts(host), "verified": verify.results(host)},
         "exposure": lambda: exposure(host, [u for names in site_units.values() for u in names]),
         "du": lambda: usage.du(host, [host.paths.site(s.name) for s in sites]),
-        "units": lambda: unit_states(host, units),
+        "units": lambda: unit_states(host, every_unit),
         "postgres": lambda: postgres_facts(host),
         "nginx_t": nginx_t,
         "ufw": lambda: ufw_facts(host),

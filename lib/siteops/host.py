@@ -29,7 +29,6 @@ from typing import Callable, Iterator, Sequence, TextIO
 from .errors import CommandError, SiteopsError
 from . import safefs
 from .paths import Paths
-from .signals import uninterrupted
 from .validation import Validation
 
 REDACTED = "********"

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import model, network, nginx, registry, releases, systemd, usage, users
+from . import model, network, nginx, registry, releases, systemd, units, usage, users
 from .errors import CommandError, SiteopsError
 from .journal import now
 from .model import Live, Release, Site
@@ -47,11 +47,6 @@ POLL = 0.25  # the longest wait between two health checks; the first ones come s
 WORKER_SETTLE = 1.5  # a new worker must still run this long after its start
 
 
-def instance_units(site: Site, record: Release, offset: int) -> list[str]:
-    """A release's web instances and workers at port offset."""
-    ports = registry.instance_ports(site, offset, record)
-    return ([systemd.instance(site.name, c, p) for c, p in ports.items()]
-            + list(systemd.worker_instances(site.name, record.workers, offset)))
 
 
 def unit_state(host: Host, unit: str) -> tuple[str, int]:
@@ -99,12 +94,12 @@ def render_dropins(host: Host, site: Site, rid: str, record: Release,
     in the release."""
     name = site.name
     rel = host.paths.of(name).release(rid)
-    ports = registry.instance_ports(site, offset, record)
-    files = {host.paths.dropin(systemd.instance(name, c, p)): systemd.render_dropin(
+    ports = units.instance_ports(site, offset, record)
+    files = {host.paths.dropin(units.instance(name, c, p)): systemd.render_dropin(
                 name, rid, rel, systemd.resolve_command(rel, record.commands[c]), ports)
              for c, p in ports.items()}
     logs = host.paths.of(name).logs
-    for unit, kind in systemd.worker_instances(name, record.workers, offset).items():
+    for unit, kind in units.worker_instances(name, record.workers, offset).items():
         command = systemd.resolve_command(rel, record.workers[kind].command)
         files[host.paths.dropin(unit)] = systemd.render_dropin(
             name, rid, rel, command, ports, log=logs / f"worker-{kind}.log")
@@ -129,15 +124,15 @@ def ensure_dropins(host: Host, site: Site, rid: str, record: Release,
     """Pin release rid and its commands on its instances and workers at offset
     (drop-ins checked with `systemd-analyze verify`, then daemon-reload);
     return the units."""
-    units = instance_units(site, record, offset)
+    names = units.instance_units(site, record, offset)
     files = render_dropins(host, site, rid, record, offset)
-    with host.validated(list(files), ["systemd-analyze", "verify", *units],
+    with host.validated(list(files), ["systemd-analyze", "verify", *names],
                         "instance drop-ins") as outcome:
         for path, text in files.items():
             host.write(path, text)
     if outcome.changed:
         host.run(["systemctl", "daemon-reload"])
-    return units
+    return names
 
 
 def start(host: Host, site: Site, rid: str, record: Release, offset: int,
@@ -145,32 +140,32 @@ def start(host: Host, site: Site, rid: str, record: Release, offset: int,
     """Start release rid at port offset beside the live instances; return the
     new units. warm: its web instances may run already (kept warm), their
     ports are theirs (the health check still checks who listens)."""
-    ports = registry.instance_ports(site, offset, record)
+    ports = units.instance_ports(site, offset, record)
     busy = [] if warm else sorted(set(ports.values()) & network.listening_ports(host))
     if busy:
         raise SiteopsError(f"port {busy[0]} of site {site.name} is in use by "
                            f"{network.describe_holders(network.holders(host, busy[0]))}; "
                            "free it (ss -ltnp) and deploy again")
-    workers = {} if site.held else systemd.worker_instances(site.name, record.workers, offset)
+    workers = {} if site.held else units.worker_instances(site.name, record.workers, offset)
     with host.step(f"{'warm ' if warm else ''}release {rid} on port(s) "
                    f"{', '.join(map(str, ports.values()))}"
                    + (f" and {len(workers)} worker(s)" if workers else "")
                    + (" (workers held)" if site.held and record.workers else "")):
-        units = [u for u in ensure_dropins(host, site, rid, record, offset)
-                 if u in workers or "-worker@" not in u]
+        ensure_dropins(host, site, rid, record, offset)  # the held workers' too
+        started = units.web_instances(site, record, offset) + list(workers)
         try:
-            host.run(["systemctl", "start", *units])
+            host.run(["systemctl", "start", *started])
         except CommandError:
             # Deploys and rollbacks in quick succession start the same
             # instance names often: systemd's start rate limit (5 in 10 s)
             # then refuses a start that is deliberate, not a crash loop.
-            limited = [u for u in units
+            limited = [u for u in started
                        if systemd.show(host, u, "Result").get("Result") == "start-limit-hit"]
             if not limited:
                 raise
             host.run(["systemctl", "reset-failed", *limited])
-            host.run(["systemctl", "start", *units])
-    return units
+            host.run(["systemctl", "start", *started])
+    return started
 
 
 def wait_healthy(host: Host, site: Site, record: Release, offset: int,
@@ -178,7 +173,7 @@ def wait_healthy(host: Host, site: Site, record: Release, offset: int,
                  sleep: Callable[[float], None] = time.sleep) -> None:
     """Return once every new instance passes its health check and every new
     worker still runs; raise if one exits or the timeout passes."""
-    ports = registry.instance_ports(site, offset, record)
+    ports = units.instance_ports(site, offset, record)
     timeout = record.health_timeout
     started = clock()
     deadline = started + timeout
@@ -192,7 +187,7 @@ def wait_healthy(host: Host, site: Site, record: Release, offset: int,
         polls = 0
         while pending:
             for c, port in list(pending.items()):
-                unit = systemd.instance(site.name, c, port)
+                unit = units.instance(site.name, c, port)
                 exited(host, unit)
                 code = http_status(host, domain, port, record.health[c])
                 if 200 <= code < 400:
@@ -207,7 +202,7 @@ def wait_healthy(host: Host, site: Site, record: Release, offset: int,
                                        f"within {timeout}s")
                 sleep(min(POLL, 0.05 * 2 ** polls))  # most apps are up within 0.1-0.5 s
                 polls += 1
-        workers = {} if site.held else systemd.worker_instances(site.name, record.workers,
+        workers = {} if site.held else units.worker_instances(site.name, record.workers,
                                                                  offset)
         if workers:
             sleep(max(0.0, started + WORKER_SETTLE - clock()))
@@ -232,10 +227,10 @@ def check_owner(host: Host, unit: str, port: int) -> None:
                            f"{network.describe_holders(found)}, not {unit}: not switching")
 
 
-def stop(host: Host, units: list[str], wait: bool = True) -> None:
-    """Stop units; without wait, systemd is told to and the command goes on."""
-    if units:
-        host.run(["systemctl", "stop", *([] if wait else ["--no-block"]), *units])
+def stop(host: Host, names: list[str], wait: bool = True) -> None:
+    """Stop the units names; without wait, systemd is told to and the command goes on."""
+    if names:
+        host.run(["systemctl", "stop", *([] if wait else ["--no-block"]), *names])
 
 
 def drain(host: Host, ports: list[int], clock=time.monotonic, sleep=time.sleep) -> None:
@@ -256,14 +251,14 @@ def switch(host: Host, site: Site, rid: str, record: Release,
     name = site.name
     logs = host.paths.of(name).logs
     warm = site.warm if site.warm and site.warm.release == rid and all(
-        unit_state(host, u) == ("active", 0) for u in systemd.warm_instances(site)) else None
+        unit_state(host, u) == ("active", 0) for u in units.warm_instances(site)) else None
     if site.warm and not warm:  # another release, or one of them stopped or restarted
         site = cool(host, site)
     previous = site.live
-    live = warm or Live(rid, registry.spare_offset(site, network.listening_ports(host)))
-    old_units = systemd.live_instances(site)
-    old_web = [u for u in old_units if "-worker@" not in u]
-    old_ports = list((registry.live_ports(site) or {}).values())
+    live = warm or Live(rid, units.spare_offset(site, network.listening_ports(host)))
+    old_units = units.live_instances(site)
+    old_web = units.live_web(site)
+    old_ports = list((units.live_ports(site) or {}).values())
     sizes = log_sizes(host, site)
     new_units: list[str] = []
     current = host.paths.of(name).current
@@ -301,7 +296,7 @@ def switch(host: Host, site: Site, rid: str, record: Release,
             nginx.ensure_site(host, site, logs)
             host.put_back(current, before)
             if new_units:
-                drain(host, list(registry.instance_ports(site, live.offset, record).values()))
+                drain(host, list(units.instance_ports(site, live.offset, record).values()))
             stop(host, new_units)
         detail = new_log_lines(sizes)
         if isinstance(exc, SiteopsError) and detail:
@@ -333,17 +328,17 @@ def switch(host: Host, site: Site, rid: str, record: Release,
 def cool(host: Host, site: Site) -> Site:
     """Stop the instances kept warm; returns the entry. The registry forgets
     them first: stopped between the two, they are strays recover stops."""
-    units = systemd.warm_instances(site)
+    warm = units.warm_instances(site)
     site = registry.update_site(host, site.name, f"{site.name}: warm instances stopped",
                                 lambda entry: setattr(entry, "warm", None))
-    with host.step(f"stop the warm instances {', '.join(units)}"):
-        stop(host, units)
+    with host.step(f"stop the warm instances {', '.join(warm)}"):
+        stop(host, warm)
     return site
 
 
-def memory_mb(host: Host, units: list[str]) -> str:
-    """What units use now, in MB, or "?"."""
-    used = usage.units_memory(host, units)
+def memory_mb(host: Host, names: list[str]) -> str:
+    """What the units names use now, in MB, or "?"."""
+    used = usage.units_memory(host, names)
     return "?" if used is None else f"{used / 2**20:.1f}"
 
 
@@ -357,13 +352,13 @@ def refresh(host: Host, site: Site, changed_units: list[str], force: bool = Fals
     drifted, with force): the same health-gated switch as a deploy, to the same
     release on fresh instances, so no request is dropped. Returns the entry."""
     name, live = site.name, site.live
-    templates = {systemd.app_unit(name, c) for c in site.components} | {systemd.worker_unit(name)}
+    templates = {units.app_unit(name, c) for c in site.components} | {units.worker_unit(name)}
     if not live or not (force or templates & set(changed_units)):
         return site
     record = site.releases.get(live.release)
     if record is None or not record.commands:  # an entry from before deploys recorded them
-        with host.step(f"restart {', '.join(systemd.live_instances(site))}"):
-            for unit in systemd.live_instances(site):
+        with host.step(f"restart {', '.join(units.live_instances(site))}"):
+            for unit in units.live_instances(site):
                 host.run(["systemctl", "restart", unit])
         return site
     with registry.site_locked(host, name, f"restart {name} on new unit files") as site:
@@ -390,14 +385,12 @@ def running_instances(host: Host, name: str) -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
-def build_unit(name: str) -> str:
-    return f"siteops-build-{name}.service"
 
 
 def stop_build(host: Host, name: str) -> None:
     """Stop a build a killed deploy left running (systemd-run outlives its caller)."""
-    if systemd.is_active(host, build_unit(name)):
-        host.run(["systemctl", "stop", build_unit(name)])
+    if systemd.is_active(host, units.build_unit(name)):
+        host.run(["systemctl", "stop", units.build_unit(name)])
 
 
 def remove_release(host: Host, name: str, rid: str) -> None:
@@ -423,8 +416,8 @@ def recover(host: Host, site: Site) -> Site:
     Returns the updated entry."""
     name = site.name
     logs = host.paths.of(name).logs
-    live = set(systemd.live_instances(site))
-    kept = set(systemd.warm_instances(site)) - live  # running or not: a switch to them starts them
+    live = set(units.live_instances(site))
+    kept = set(units.warm_instances(site)) - live  # running or not: a switch to them starts them
     for unit in sorted(live):
         with host.step(f"{unit} running"):
             systemd.ensure_started(host, unit)
@@ -464,7 +457,7 @@ def hold(host: Host, name: str, held: bool, by: str) -> Site:
     """Hold the site's workers and timers (stopped, and not started by later
     deploys), or run them again; returns the entry."""
     site = registry.update_site(host, name, by, lambda e: setattr(e, "held", held))
-    workers = list(systemd.live_workers(site))
+    workers = list(units.live_workers(site))
     with host.step(f"{name}: workers and timers {'held' if held else 'running'}"):
         if held and workers:  # not started at boot either
             host.run(["systemctl", "--no-reload", "disable", "--now", "--quiet", *workers])

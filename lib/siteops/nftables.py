@@ -10,7 +10,7 @@ loads it at boot before the network and the sites start."""
 
 from __future__ import annotations
 
-from . import registry, systemd, users
+from . import systemd, units, users
 from .model import Site
 from .host import CANDIDATE, Host
 from .templates import render
@@ -25,7 +25,7 @@ def conf(host: Host):
 
 def port_sets(slot: int) -> str:
     """The nft set of a slot's three blocks: { 3100-3109, 4000-4009, 5000-5009 }."""
-    return "{ " + ", ".join(f"{first}-{last}" for first, last in registry.block_ranges(slot)) + " }"
+    return "{ " + ", ".join(f"{first}-{last}" for first, last in units.block_ranges(slot)) + " }"
 
 
 def site_rules(name: str, slot: int, uid: int, nginx_uid: int) -> str:

@@ -12,7 +12,7 @@ import re
 import time
 from pathlib import Path
 
-from . import distro, registry, safefs, systemd
+from . import distro, registry, safefs, systemd, units
 from .errors import PutBackFailed, SiteopsError
 from .model import Site
 from .paths import TEMPLATES, Paths
@@ -253,7 +253,7 @@ def site_config(site: Site, version: tuple[int, ...], certs: Path | None, logs: 
     upstreams are the live instances' ports, a placeholder before the first
     deploy. Paths of a component the live release does not run go to the one it
     does (/api/ to the frontend, or / to the api)."""
-    name, ports = site.name, registry.live_ports(site)
+    name, ports = site.name, units.live_ports(site)
     components = list(ports or ())
     upstreams = "".join(render("nginx/upstream.conf", name=name, component=c, port=ports[c])
                         for c in components) if ports else ""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import systemd
+from . import systemd, units
 from .model import Site
 from .host import Host
 
@@ -35,21 +35,14 @@ def data(host: Host, name: str) -> list[Path]:
     return [p.uploads, p.env, p.redis]
 
 
-def units(site: Site) -> list[str]:
-    """The unit files siteops writes for the site (templates, not instances)."""
-    name = site.name
-    return [systemd.slice_name(name), *(systemd.app_unit(name, c) for c in site.components),
-            systemd.worker_unit(name), systemd.redis_unit(name)]
-
-
 def generated(host: Host, site: Site) -> list[Path]:
     """Every file siteops renders from the registry for the site: its units,
     the live release's drop-ins and job units, nginx, Redis and logrotate."""
     name, paths = site.name, host.paths
-    return [*(paths.unit(u) for u in units(site)),
-            *(paths.dropin(u) for u in systemd.live_instances(site, held=False)),
+    return [*(paths.unit(u) for u in units.template_units(site)),
+            *(paths.dropin(u) for u in units.live_instances(site, held=False)),
             *(paths.unit(u) for job in sorted(systemd.live_jobs(site))
-              for u in systemd.job_units(name, job)),
+              for u in units.job_units(name, job)),
             paths.nginx_site(name), paths.nginx_enabled(name), paths.redis_conf(name),
             paths.logrotate(name)]
 

@@ -17,15 +17,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from . import model
+from . import model, units
 from .errors import SiteopsError, UsageError
 from .journal import now, who
-from .model import Release, Site
+from .model import Site
 from .host import Host, atomic_write
 
-MAX_SLOTS = 90  # frontend ports 3100..3999
-FRONTEND_BASE, API_BASE, EXTRA_BASE, BLOCK = 3100, 4000, 5000, 10
-BLOCK_BASES = (FRONTEND_BASE, API_BASE, EXTRA_BASE)
 
 
 @dataclass
@@ -158,65 +155,24 @@ def update_site(host: Host, name: str, purpose: str, change) -> Site:
         return site
 
 
-def live_ports(site: Site) -> dict[str, int] | None:
-    """Ports the live instance of each component it runs listens on, or None
-    before the first deploy. A component's instances run on ports of its block
-    of ten; site.live.offset says which one serves."""
-    if not site.live:
-        return None
-    return instance_ports(site, site.live.offset, site.releases.get(site.live.release))
 
 
-def served(site: Site, record: Release | None) -> list[str]:
-    """The components a release runs: those it has a start command for (the
-    app declares what it runs; a site's other components are not started)."""
-    if record is None or not record.commands:  # recorded before deploys chose: all
-        return list(site.components)
-    return [c for c in site.components if c in record.commands]
 
 
-def instance_ports(site: Site, offset: int, record: Release | None = None) -> dict[str, int]:
-    """The port of each component's instance at offset in its block (only the
-    components record runs, when given)."""
-    return {c: site.ports[c] + offset for c in served(site, record)}
 
 
-def spare_offset(site: Site, busy: set[int] | frozenset = frozenset()) -> int:
-    """Where the next release starts: the first port of each block when nothing
-    is live, else the one beside the live port (3101 when 3100 serves, and
-    back); if something else holds those (busy), the next free offset of the
-    block, so a port held by another process cannot block a deploy."""
-    live = site.live.offset if site.live else None
-    preferred = 0 if live is None else 1 - live if live in (0, 1) else 0
-    for offset in sorted(range(BLOCK), key=lambda o: (o != preferred, o)):
-        if offset != live and not any(site.ports[c] + offset in busy for c in site.components):
-            return offset
-    raise SiteopsError(f"site {site.name}: every port of its blocks is in use; "
-                       "free one (ss -ltnp) and try again")
 
 
-def block_ranges(slot: int) -> list[tuple[int, int]]:
-    """(first, last) port of each of slot k's three blocks of ten."""
-    return [(base + BLOCK * slot, base + BLOCK * slot + BLOCK - 1) for base in BLOCK_BASES]
 
 
-def block_ports(slot: int) -> list[int]:
-    """Every port of slot k's three blocks of ten."""
-    return [p for first, last in block_ranges(slot) for p in range(first, last + 1)]
 
 
-def ports_for(slot: int, components: list[str]) -> dict[str, int]:
-    """The ports a site in slot k uses: its components and its Redis."""
-    bases = {"frontend": FRONTEND_BASE, "api": API_BASE}
-    ports = {c: bases[c] + BLOCK * slot for c in components}
-    ports["redis"] = EXTRA_BASE + BLOCK * slot
-    return ports
 
 
 def allocate_slot(data: Registry, listening: set[int]) -> int:
     """Lowest slot that no site owns and whose ports nothing listens on."""
     taken = {site.slot for site in data.sites.values()}
-    for slot in range(MAX_SLOTS):
-        if slot not in taken and not listening.intersection(block_ports(slot)):
+    for slot in range(units.MAX_SLOTS):
+        if slot not in taken and not listening.intersection(units.block_ports(slot)):
             return slot
-    raise SiteopsError(f"no free port block: all {MAX_SLOTS} slots are taken or in use")
+    raise SiteopsError(f"no free port block: all {units.MAX_SLOTS} slots are taken or in use")

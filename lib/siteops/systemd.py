@@ -19,82 +19,35 @@ import time
 from pathlib import Path
 
 
-from . import registry
+from . import units
 from .errors import CommandError, SiteopsError
-from .model import Job, Site, Worker
+from .model import Job, Site
 from .host import Host
 from .templates import render
 
 
-def slice_name(site: str) -> str:
-    # The '-' makes systemd nest it under siteops.slice.
-    return f"siteops-{site}.slice"
 
 
-def app_unit(site: str, component: str) -> str:
-    """The template unit of a component."""
-    return f"{site}-{component}@.service"
 
 
-def instance(site: str, component: str, port: int) -> str:
-    """The instance of a component's template listening on port."""
-    return f"{site}-{component}@{port}.service"
 
 
-def legacy_unit(site: str, component: str) -> str:
-    """The plain unit name siteops used before blue/green deploys."""
-    return f"{site}-{component}.service"
 
 
-def redis_unit(site: str) -> str:
-    return f"{site}-redis.service"
 
 
-def worker_unit(site: str) -> str:
-    """The template unit of the site's workers."""
-    return f"{site}-worker@.service"
 
 
-def worker_instances(site: str, workers: dict[str, Worker], offset: int) -> dict[str, str]:
-    """{instance: worker type} of a release's workers started with its web
-    instances at port offset (TYPE-N-OFFSET: the next release's workers run
-    beside them at another offset)."""
-    return {f"{site}-worker@{kind}-{i}-{offset}.service": kind
-            for kind, spec in sorted(workers.items()) for i in range(1, spec.count + 1)}
 
 
-def live_workers(site: Site) -> dict[str, str]:
-    """{instance: worker type} of the live release's workers."""
-    if site.live is None or site.live.release not in site.releases:
-        return {}
-    return worker_instances(site.name, site.releases[site.live.release].workers, site.live.offset)
 
 
-def job_units(site: str, job: str) -> tuple[str, str]:
-    return f"{site}-job-{job}.service", f"{site}-job-{job}.timer"
 
 
-def live_instances(site: Site, held: bool = True) -> list[str]:
-    """The instances that run the site now, workers included (none before its
-    first deploy; no workers while the site is held, unless held=False)."""
-    ports = registry.live_ports(site) or {}
-    workers = [] if site.held and held else list(live_workers(site))
-    return [instance(site.name, c, p) for c, p in ports.items()] + workers
 
 
-def warm_instances(site: Site) -> list[str]:
-    """The web instances a switch kept running for a quick rollback to their
-    release (deploy or rollback --keep-warm); their workers are not kept."""
-    record = site.releases.get(site.warm.release) if site.warm else None
-    if record is None or site.warm is None:
-        return []
-    ports = registry.instance_ports(site, site.warm.offset, record)
-    return [instance(site.name, c, p) for c, p in ports.items()]
 
 
-def live_units(site: Site) -> list[str]:
-    """The running service units of a site: its live instances, then its Redis."""
-    return live_instances(site) + [redis_unit(site.name)]
 
 
 # Per-site limits on its slice (every process of the site, builds included),
@@ -119,7 +72,7 @@ def socket_bind(site: Site) -> list[str]:
     (enforced where systemd has BPF: Debian 13, Ubuntu 24.04; nftables covers
     Debian 12, see nftables.py)."""
     return [f"SocketBindAllow=tcp:{first}-{last}"
-            for first, last in registry.block_ranges(site.slot)] + ["SocketBindDeny=any"]
+            for first, last in units.block_ranges(site.slot)] + ["SocketBindDeny=any"]
 
 
 def render_units(host: Host, site: Site) -> dict[str, str]:
@@ -128,17 +81,17 @@ def render_units(host: Host, site: Site) -> dict[str, str]:
     hardening = render("systemd/hardening.conf")
     binds = "\n".join(socket_bind(site))
     lim = limits(site)
-    units = {slice_name(name): render("systemd/site.slice", name=name, **lim)}
+    files = {units.slice_name(name): render("systemd/site.slice", name=name, **lim)}
     for c in site.components:
-        units[app_unit(name, c)] = render(
+        files[units.app_unit(name, c)] = render(
             "systemd/app.service", name=name, component=c, root=root, port=site.ports[c],
             command=site.commands[c], hardening=hardening, socket_bind=binds)
-    units[worker_unit(name)] = render("systemd/worker.service", name=name, root=root,
-                                      hardening=hardening, socket_bind=binds)
-    units[redis_unit(name)] = render(
+    files[units.worker_unit(name)] = render("systemd/worker.service", name=name, root=root,
+                                            hardening=hardening, socket_bind=binds)
+    files[units.redis_unit(name)] = render(
         "systemd/redis.service", name=name, root=root, port=site.ports["redis"],
         conf=host.paths.redis_conf(name), hardening=hardening, socket_bind=binds)
-    return units
+    return files
 
 
 def is_active(host: Host, unit: str) -> bool:
@@ -154,23 +107,23 @@ def ensure_units(host: Host, site: Site, redis_config_changed: bool = False) -> 
     Redis is restarted here, once, if its unit or its config changed; live app
     instances are the caller's (instances.refresh moves them to fresh instances
     without a dropped request)."""
-    units = render_units(host, site)
-    paths = {u: host.paths.unit(u) for u in units}
-    services = [str(paths[u]) for u in units if u.endswith(".service")]
+    files = render_units(host, site)
+    paths = {u: host.paths.unit(u) for u in files}
+    services = [str(paths[u]) for u in files if u.endswith(".service")]
     changed = []
     with host.validated(list(paths.values()), ["systemd-analyze", "verify", *services],
                         "systemd units"):
-        for unit, text in units.items():
+        for unit, text in files.items():
             if host.write(paths[unit], text):
                 changed.append(unit)
     remove_legacy_units(host, site)
     if changed:
         host.run(["systemctl", "daemon-reload"])
-    slice_ = slice_name(site.name)
+    slice_ = units.slice_name(site.name)
     if slice_ in changed and is_active(host, slice_):
         # daemon-reload does not re-apply a running slice's cgroup settings.
         host.run(["systemctl", "set-property", "--runtime", slice_, *limit_properties(site)])
-    redis = redis_unit(site.name)
+    redis = units.redis_unit(site.name)
     if (redis in changed or redis_config_changed) and is_active(host, redis):
         host.run(["systemctl", "restart", redis])
     return changed
@@ -179,7 +132,7 @@ def ensure_units(host: Host, site: Site, redis_config_changed: bool = False) -> 
 def remove_legacy_units(host: Host, site: Site) -> None:
     """Stop and delete NAME-COMPONENT.service units of the pre-template layout."""
     for c in site.components:
-        unit = legacy_unit(site.name, c)
+        unit = units.legacy_unit(site.name, c)
         if host.paths.unit(unit).exists():
             host.run(["systemctl", "disable", "--now", unit])
             host.remove(host.paths.unit(unit))
@@ -259,7 +212,7 @@ def render_job(host: Host, site: Site, job: str, spec: Job, release_id: str) -> 
     """{unit: text} of a job's service (in release release_id) and timer."""
     name, root = site.name, host.paths.site(site.name)
     release = host.paths.of(name).release(release_id)
-    service, timer = job_units(name, job)
+    service, timer = units.job_units(name, job)
     return {
         service: render("systemd/job.service", name=name, job=job, root=root,
                         release=release, release_id=release_id,
@@ -286,11 +239,11 @@ def live_jobs(site: Site) -> dict[str, Job]:
 
 def render_jobs(host: Host, site: Site) -> dict[str, str]:
     """{unit: text} of the services and timers of the live release's jobs."""
-    units: dict[str, str] = {}
+    files: dict[str, str] = {}
     for job, spec in sorted(live_jobs(site).items()):
         assert site.live is not None  # live_jobs is empty before the first deploy
-        units.update(render_job(host, site, job, spec, site.live.release))
-    return units
+        files.update(render_job(host, site, job, spec, site.live.release))
+    return files
 
 
 def ensure_jobs(host: Host, site: Site) -> None:
@@ -298,25 +251,25 @@ def ensure_jobs(host: Host, site: Site) -> None:
     timers of jobs it does not declare stopped and removed."""
     name = site.name
     jobs = live_jobs(site)
-    units = render_jobs(host, site)
+    files = render_jobs(host, site)
     gone = [j for j in job_files(host, name) if j not in jobs]
-    if not units and not gone:
+    if not files and not gone:
         return
     with host.step(f"scheduled jobs of {name}: {', '.join(sorted(jobs)) or 'none'}"):
         for job in gone:
-            service, timer = job_units(name, job)
+            service, timer = units.job_units(name, job)
             host.run(["systemctl", "disable", "--now", "--quiet", timer])
             for unit in (timer, service):
                 host.remove(host.paths.unit(unit))
-        paths = {u: host.paths.unit(u) for u in units}
+        paths = {u: host.paths.unit(u) for u in files}
         with host.validated(list(paths.values()),
                             ["systemd-analyze", "verify", *map(str, paths.values())],
                             f"jobs of {name}") as outcome:
-            for unit, text in units.items():
+            for unit, text in files.items():
                 host.write(paths[unit], text)
         if outcome.changed or gone:
             host.run(["systemctl", "daemon-reload"])
-        timers = [u for u in units if u.endswith(".timer")]
+        timers = [u for u in files if u.endswith(".timer")]
         if site.held:  # a move's copy, or its source after the freeze
             if any(is_enabled(host, t) or is_active(host, t) for t in timers):
                 host.run(["systemctl", "disable", "--now", "--quiet", *timers])
@@ -330,7 +283,7 @@ def job_results(host: Host, site: Site) -> dict[str, dict]:
     (its ActiveState), next}} of the live release's jobs."""
     out = {}
     for job, spec in sorted(live_jobs(site).items()):
-        service, timer = job_units(site.name, job)
+        service, timer = units.job_units(site.name, job)
         props = show(host, service, "Result", "ExecMainStatus", "ExecMainStartTimestamp",
                      "ActiveState")
         tprops = show(host, timer, "ActiveState", "NextElapseUSecRealtime")
@@ -360,7 +313,7 @@ def in_slice(site: str, argv: list) -> list:
     """argv run as a scope in the site's slice: its CPU, IO and memory count
     against the site's limits, and under the site's memory limit it is killed
     before the site's own processes are (oom_score_adj 500)."""
-    return ["systemd-run", "--scope", "--quiet", "--collect", f"--slice={slice_name(site)}",
+    return ["systemd-run", "--scope", "--quiet", "--collect", f"--slice={units.slice_name(site)}",
             "--", "choom", "-n", "500", "--", *argv]
 
 
@@ -375,7 +328,7 @@ def sandbox_argv(host: Host, entry: Site, workdir: Path, command: str, unit: str
     props = [line.strip() for line in render("systemd/hardening.conf").splitlines()
              if "=" in line and not line.startswith("#")]
     props += socket_bind(entry)
-    props += [f"User={site}", f"Group={site}", f"Slice={slice_name(site)}",
+    props += [f"User={site}", f"Group={site}", f"Slice={units.slice_name(site)}",
               f"WorkingDirectory={workdir}",
               "ReadWritePaths=" + " ".join(map(str, (workdir, cache, *writable))),
               f"EnvironmentFile={root}/shared/.env"]
@@ -417,15 +370,15 @@ def ensure_timer(host: Host, job: str) -> None:
 def site_unit_files(host: Host, name: str) -> list[Path]:
     """Every unit file, drop-in directory and enablement link of the site's
     (NAME-*: site names have no '-'), and its slice."""
-    units = host.paths.unit("")
-    found = sorted(units.glob(f"{name}-*")) + sorted(units.glob(f"*.wants/{name}-*"))
-    return found + [host.paths.unit(slice_name(name))]
+    unit_dir = host.paths.unit("")
+    found = sorted(unit_dir.glob(f"{name}-*")) + sorted(unit_dir.glob(f"*.wants/{name}-*"))
+    return found + [host.paths.unit(units.slice_name(name))]
 
 
 def remove_site_units(host: Host, name: str) -> None:
     """Stop everything in the site's slice (instances, Redis, a build), then
     delete its unit files, drop-ins and enablement links."""
-    slice_ = slice_name(name)
+    slice_ = units.slice_name(name)
     with host.step(f"units of {name} stopped and removed"):
         files = [p for p in site_unit_files(host, name) if p.exists() or p.is_symlink()]
         if is_active(host, slice_) or files:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import postgres, safefs, systemd
+from . import postgres, safefs, systemd, units
 from .errors import CommandError
 from .logfiles import backwards
 from .model import Site
@@ -32,7 +32,7 @@ _LINE = re.compile(rb'" (\d{3}) \d+ "(?:[^"\\]|\\.)*" "(?:[^"\\]|\\.)*" '
 
 
 def cgroup_dir(host: Host, name: str) -> Path:
-    return host.paths.cgroup(systemd.slice_name(name))
+    return host.paths.cgroup(units.slice_name(name))
 
 
 def _read(path: Path) -> str | None:
@@ -70,7 +70,7 @@ def cgroup(host: Host, name: str) -> dict:
     memory.peak is Linux 5.19+, and a stopped slice has no directory)."""
     d = cgroup_dir(host, name)
     read, written = _io(_read(d / "io.stat"))
-    redis = cgroup_dir(host, name) / systemd.redis_unit(name)
+    redis = cgroup_dir(host, name) / units.redis_unit(name)
     limit = (_read(d / "memory.max") or "").strip()
     return {
         "memory_bytes": _int(_read(d / "memory.current")),
@@ -84,11 +84,11 @@ def cgroup(host: Host, name: str) -> dict:
     }
 
 
-def units_memory(host: Host, units: list[str]) -> int | None:
-    """Bytes units use now: their cgroups' memory.current, or where the kernel
+def units_memory(host: Host, names: list[str]) -> int | None:
+    """Bytes the units (names) use now: their cgroups' memory.current, or where the kernel
     keeps none (cgroup v1, as in a container on an older host), the resident
     memory of their processes; None if neither can be read."""
-    groups = host.query(["systemctl", "show", "-p", "ControlGroup", "--value", "--", *units],
+    groups = host.query(["systemctl", "show", "-p", "ControlGroup", "--value", "--", *names],
                         ok=range(256)).out.split()
     total, found = 0, False
     root = host.paths.p("/sys/fs/cgroup")

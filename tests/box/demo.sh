@@ -9,7 +9,10 @@ src=${SITEOPS_SRC:-$(cd "$(dirname "$0")/../.." && pwd)}
 say() { printf '\n==> %s\n' "$*"; }
 
 say "bootstrap: the shared stack, hardened"
-"$src/bin/bootstrap" "$@" | tail -n 1
+# Through sudo (as Vagrant provisions), a local repository must lie in a
+# directory bootstrap was given: the demo's own.
+mkdir -p /srv/demo
+"$src/bin/bootstrap" --repo-dir /srv/demo "$@" | tail -n 1
 
 for site in shop blog; do
     say "add-site $site, then deploy its app from /srv/demo/$site"

@@ -11,6 +11,7 @@ import pytest
 from siteops import instances, model, network, nginx, registry, releases, signals, systemd
 from siteops import host as siteops_host
 from siteops.errors import Interrupted, SiteopsError
+from siteops.ops import deploy as deploy_op
 from siteops.commands import deploy, limits, rollback
 
 from fakes import CHANGES, Rule, make_host, planned_commands
@@ -101,7 +102,7 @@ def test_a_signal_at_the_switchs_commit_waits_until_the_registry_says_live(root,
     """Sent between `current -> releases/R2` and the registry's record of it
     (SITEOPS_KILL_BEFORE_CHANGE, the harness's switch), the signal is held
     until the release is live: nothing is put back, and the failed-deploy
-    clean-up (deploy.fail) leaves the release alone."""
+    clean-up (ops.deploy.fail) leaves the release alone."""
     host, runner = prepared_host(root, shop, healthy())
     monkeypatch.setenv(siteops_host.KILL_BEFORE_CHANGE, "1")
     monkeypatch.setenv(siteops_host.KILL_SIGNAL, signal.Signals(signum).name[3:])
@@ -117,7 +118,7 @@ def test_a_signal_at_the_switchs_commit_waits_until_the_registry_says_live(root,
     assert "127.0.0.1:3101" in (root / "etc/nginx/sites-available/shop.conf").read_text()
     assert "systemctl stop shop-frontend@3101.service" not in planned_commands(host)
     host.actions.clear()
-    deploy.fail(host, "shop", R2, shop.releases[R2], Interrupted(signum))
+    deploy_op.fail(host, "shop", R2, shop.releases[R2], Interrupted(signum))
     assert host.actions == []  # not marked failed, not removed
 
 

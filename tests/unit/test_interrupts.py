@@ -12,7 +12,7 @@ import pytest
 
 from siteops import cli, nginx, signals
 from siteops import host as siteops_host
-from siteops.commands import deploy
+from siteops.ops import deploy as deploy_op
 from siteops.errors import Interrupted, PutBackFailed
 from siteops.model import Release
 
@@ -155,7 +155,7 @@ def test_a_deploy_stopped_after_its_switch_keeps_its_release_live(root):
     (root / "var/lib/siteops/registry.json").write_text(
         json.dumps({"version": 2, "sites": {"shop": site}}))
     host, runner = make_host(root, dry_run=False)
-    deploy.fail(host, "shop", "20261130T090000Z", Release(), Interrupted(signal.SIGTERM))
+    deploy_op.fail(host, "shop", "20261130T090000Z", Release(), Interrupted(signal.SIGTERM))
     assert host.actions == [] and runner.calls == []  # not marked failed, not deleted
 
 

@@ -3,6 +3,7 @@ gets, delivery to a real HTTP receiver and SMTP sink on loopback, a dead
 channel that keeps its events for the next run, and no secret in a message."""
 
 import http.server
+import ssl
 import json
 import socketserver
 import threading

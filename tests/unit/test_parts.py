@@ -2,8 +2,9 @@
 files, backup's snapshot and remove-site all follow it, for a site with two
 components, workers, jobs and a certificate."""
 
-from siteops import backup, facts, model, parts, registry
-from siteops.commands import remove_site
+from siteops import backup, facts, model, parts
+from siteops import units
+from siteops.ops import sites as sites_op
 
 from fakes import make_host
 
@@ -16,7 +17,7 @@ def full_site() -> model.Site:
     return model.Site(
         name="shop", slot=0, state="ready", domains=["shop.test"], components=["frontend", "api"],
         commands={"frontend": "python3 web.py", "api": "python3 api.py"},
-        ports=registry.ports_for(0, ["frontend", "api"]), live=model.Live(RID, 1),
+        ports=units.ports_for(0, ["frontend", "api"]), live=model.Live(RID, 1),
         releases={RID: model.Release(
             result="ok", commands={"frontend": "python3 web.py", "api": "python3 api.py"},
             health={"frontend": "/", "api": "/"},
@@ -61,7 +62,7 @@ def test_remove_site_takes_every_declared_part_away(root):
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             path.write_text("x\n")
-    remove_site.remove(host, site, keep_data=False)
+    sites_op.remove(host, site, keep_data=False)
     gone = [a.path for a in host.actions if a.kind == "remove"] + [
         a.argv[-1] for a in host.actions if a.kind == "run" and a.argv[:2] == ("rm", "-rf")]
     left = [str(p) for p in every if not any(str(p) == g or str(p).startswith(g + "/")

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from siteops import envfile, facts, instances, manifest, releases, systemd
+from siteops import envfile, facts, instances, manifest, releases
+from siteops import units
 from siteops.commands import audit, config, logs
 from siteops.errors import UsageError
 from siteops.logfiles import tail
@@ -112,7 +113,7 @@ def test_dependencies_are_reused_only_for_the_same_lockfiles_commands_and_runtim
 
 def test_worker_instances_are_named_by_type_number_and_offset():
     workers = {"mail": Worker("x", 2), "cron": Worker("y", 1)}
-    assert systemd.worker_instances("shop", workers, 1) == {
+    assert units.worker_instances("shop", workers, 1) == {
         "shop-worker@cron-1-1.service": "cron", "shop-worker@mail-1-1.service": "mail",
         "shop-worker@mail-2-1.service": "mail"}
 
@@ -157,8 +158,8 @@ def test_a_held_site_switches_its_web_instances_and_starts_no_worker(root, shop)
     plan = [" ".join(a.argv) for a in host.actions if a.kind == "run"]
     assert "systemctl start shop-frontend@3101.service" in plan
     assert not [p for p in plan if "worker@" in p and ("start" in p or "enable" in p)], plan
-    assert systemd.live_instances(shop) == ["shop-frontend@3100.service"]
-    assert "shop-worker@mail-1-0.service" in systemd.live_instances(shop, held=False)
+    assert units.live_instances(shop) == ["shop-frontend@3100.service"]
+    assert "shop-worker@mail-1-0.service" in units.live_instances(shop, held=False)
 
 
 def args(*argv):

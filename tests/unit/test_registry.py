@@ -6,6 +6,7 @@ import stat
 import pytest
 
 from siteops import model, registry
+from siteops import units
 from siteops.model import Site
 from siteops.errors import SiteopsError
 
@@ -76,15 +77,15 @@ def test_slots_skip_taken_and_listening_ports():
 
 
 def test_slots_run_out():
-    data = registry.Registry({f"s{k}": Site(f"s{k}", k) for k in range(registry.MAX_SLOTS)})
+    data = registry.Registry({f"s{k}": Site(f"s{k}", k) for k in range(units.MAX_SLOTS)})
     with pytest.raises(SiteopsError, match="no free port block"):
         registry.allocate_slot(data, set())
 
 
 def test_ports_follow_the_slot():
-    assert registry.ports_for(3, ["frontend", "api"]) == {"frontend": 3130, "api": 4030, "redis": 5030}
-    assert registry.ports_for(0, ["api"]) == {"api": 4000, "redis": 5000}
-    assert len(set(registry.block_ports(7))) == 30
+    assert units.ports_for(3, ["frontend", "api"]) == {"frontend": 3130, "api": 4030, "redis": 5030}
+    assert units.ports_for(0, ["api"]) == {"api": 4000, "redis": 5000}
+    assert len(set(units.block_ports(7))) == 30
 
 
 def test_a_schema_1_file_is_upgraded_with_its_defaults_and_unknown_keys_kept(root):

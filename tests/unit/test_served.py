@@ -4,7 +4,8 @@ that runs."""
 
 from pathlib import Path
 
-from siteops import model, nginx, registry, systemd
+from siteops import model, nginx
+from siteops import units
 
 SITE = model.Site(name="du", slot=1, domains=["du.test"], components=["frontend", "api"],
                   ports={"frontend": 3110, "api": 4010, "redis": 5010},
@@ -15,8 +16,8 @@ SITE = model.Site(name="du", slot=1, domains=["du.test"], components=["frontend"
 
 
 def test_a_web_only_release_runs_the_frontend_alone_and_nginx_sends_everything_there():
-    assert registry.live_ports(SITE) == {"frontend": 3111}
-    assert systemd.live_instances(SITE) == ["du-frontend@3111.service"]
+    assert units.live_ports(SITE) == {"frontend": 3111}
+    assert units.live_instances(SITE) == ["du-frontend@3111.service"]
     conf = nginx.site_config(SITE, (1, 22, 1), None, Path("/srv/sites/du/shared/logs"))
     assert "upstream du_frontend" in conf and "upstream du_api" not in conf and "4011" not in conf
     assert "location /api/" not in conf and "proxy_pass http://du_frontend" in conf
@@ -26,11 +27,11 @@ def test_an_api_only_release_takes_every_path():
     site = SITE.copy()
     site.releases["20261130T090000Z"].commands = {"api": "node api.js"}
     conf = nginx.site_config(site, (1, 22, 1), None, Path("/srv/sites/du/shared/logs"))
-    assert registry.live_ports(site) == {"api": 4011}
+    assert units.live_ports(site) == {"api": 4011}
     assert "proxy_pass http://du_api" in conf and "du_frontend" not in conf
 
 
 def test_a_release_recorded_before_the_choice_runs_every_component():
     site = SITE.copy()
     site.releases["20261130T090000Z"].commands = {}
-    assert registry.live_ports(site) == {"frontend": 3111, "api": 4011}
+    assert units.live_ports(site) == {"frontend": 3111, "api": 4011}

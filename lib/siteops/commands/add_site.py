@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from .. import (cli, distro, envfile, fail2ban, instances, layout, logrotate, model, network,
-                nftables, nginx, parts, postgres, redis, registry, systemd, users,
-                validate)
+from .. import cli, distro, instances, model, network, postgres, registry, units, validate
 from . import tls as tls_command
-from ..errors import SiteopsError, UsageError
+from ..ops import sites as sites_op
+from ..errors import UsageError
 from ..journal import now
 from ..model import READY, Site
 from ..host import Host
@@ -77,32 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_bootstrapped(host: Host) -> None:
-    if not (host.paths.nginx / "snippets" / "siteops-realip.conf").exists():
-        raise SiteopsError("this server has not been bootstrapped: run `sudo ./bin/bootstrap` first")
-
-
-def refuse_conflicts(host: Host, data: registry.Registry, name: str, domains: list[str]) -> None:
-    """A site NAME with these domains may be made here: no other site serves one
-    of them, and a new site's name is no existing Unix user or group."""
-    for other in data.sites.values():
-        if other.name != name:
-            taken = sorted(set(domains) & set(other.domains))
-            if taken:
-                raise UsageError(f"domain {taken[0]} already belongs to site {other.name}")
-    if name not in data.sites:
-        if users.lookup(host, name) is not None:
-            raise UsageError(f"a Unix user {name!r} already exists; choose another site name")
-        if users.group_exists(host, name):
-            raise UsageError(f"a Unix group {name!r} already exists (a site's user would join "
-                             "it); choose another site name")
-
-
 def plan_entry(host: Host, data: registry.Registry, args: argparse.Namespace) -> Site:
     """The registry entry the site should have: the existing one updated (a copy),
     or a new one."""
     name = args.name
-    refuse_conflicts(host, data, name, args.domains)
+    sites_op.refuse_conflicts(host, data, name, args.domains)
     site = data.sites.get(name)
     if site is None:
         slot = registry.allocate_slot(data, network.listening_ports(host))
@@ -116,53 +94,13 @@ def plan_entry(host: Host, data: registry.Registry, args: argparse.Namespace) ->
         if component not in site.components:
             raise UsageError(f"--start {component}=...: the site has no {component} component")
         site.commands[component] = command
-    site.ports = registry.ports_for(site.slot, site.components)
+    site.ports = units.ports_for(site.slot, site.components)
     return site
-
-
-def provision(host: Host, site: Site, db_port: int, sites: list[Site]) -> list[str]:
-    """Converge every resource of the site, in dependency order; return the
-    units whose files changed. sites: every registry entry, this one included."""
-    name = site.name
-    with host.step(f"user {name}"):
-        users.ensure_site_user(host, name, host.paths.site(name))
-    account = users.lookup(host, name)
-    if account is not None:  # None only in a dry run of a new site
-        site.uid = account.uid
-    with host.step("loopback port ownership (nftables)"):
-        nftables.ensure(host, sites)
-    layout.ensure_tree(host, name)
-    env_path = host.paths.of(name).env
-    with host.step(f"{env_path} (secrets kept)"):
-        env_text = envfile.merge(host.read(env_path), site, db_port)
-        host.write(env_path, env_text, 0o600, name, name)
-    db_password, redis_password = envfile.passwords(env_text)
-    postgres.ensure_site_database(host, name, db_password)
-    with host.step(f"redis config {name}"):
-        redis_changed = redis.ensure_site_conf(host, site, redis_password)
-    with host.step(f"systemd units of {name}"):
-        changed = systemd.ensure_units(host, site, redis_config_changed=redis_changed)
-    with host.step(f"{systemd.redis_unit(name)} running"):
-        systemd.ensure_started(host, systemd.redis_unit(name))
-    for unit in systemd.live_instances(site):  # once deployed, keep the live release up
-        with host.step(f"{unit} running"):
-            systemd.ensure_started(host, unit)
-    nginx.ensure_site(host, site, host.paths.of(name).logs)
-    logrotate.ensure_site(host, site)
-    if f"nginx site {name}" in host.changed_steps:
-        with host.step("fail2ban watches the site's nginx error log"):
-            fail2ban.reload(host)
-    # Every part parts.py declares that add-site makes (a release's drop-ins and
-    # job units are deploy's), made: else a bug, said plainly.
-    gone = [] if host.dry_run else parts.missing(host, site.copy(live=None))
-    if gone:
-        raise SiteopsError(f"site {name} lacks {', '.join(map(str, gone))} after provisioning")
-    return changed
 
 
 def run(host: Host, args: argparse.Namespace) -> None:
     distro.detect(host)
-    check_bootstrapped(host)
+    sites_op.check_bootstrapped(host)
     with registry.locked(host, f"add-site {args.name}") as data:
         site = plan_entry(host, data, args)
         if site != data.sites.get(args.name):
@@ -172,7 +110,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
         host.say(f"site {args.name}: slot {site.slot}, ports "
                  + ", ".join(f"{k} {v}" for k, v in site.ports.items()))
         db_port = postgres.clusters(host)[0].port
-        changed = provision(host, site, db_port, list(data.sites.values()))
+        changed = sites_op.provision(host, site, db_port, list(data.sites.values()))
         if site.state != READY:
             site.state = READY
             site.updated = now()

@@ -9,6 +9,7 @@ import sys
 
 from .. import (access, checks, cli, fleet, envfile, facts, instances, journal, layout, logrotate, model,
                 nftables, nginx, notify, postgres, redis, registry, releases, systemd, validate)
+from .. import units
 from ..errors import UsageError
 from ..model import Site
 from ..host import Host
@@ -117,7 +118,7 @@ def repair(host: Host, site: Site, kinds: set[str]) -> None:
         site = instances.refresh(host, site, changed,
                                  force=restart or not instances.dropins_match(host, site))
     if "unit" in kinds:
-        for unit in systemd.live_units(site):
+        for unit in units.live_units(site):
             with host.step(f"{unit} running"):
                 systemd.ensure_started(host, unit)
     live_id = releases.live_id(site)

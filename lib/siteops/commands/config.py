@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import cli, envfile, instances, registry, safefs, systemd, validate
+from .. import cli, envfile, instances, registry, safefs, systemd, units, validate
 from ..errors import UsageError
 from ..model import Site
 from ..host import Host
@@ -157,7 +157,7 @@ def outdated(host: Host, site: Site) -> bool:
     st = safefs.lstat(host.paths.of(site.name).env)
     if st is None:
         return False
-    for unit in systemd.live_instances(site):
+    for unit in units.live_instances(site):
         out = systemd.show(host, unit, "ExecMainStartTimestamp",
                            unix_times=True).get("ExecMainStartTimestamp", "")
         if out.startswith("@") and float(out[1:]) < st.st_mtime:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from .. import cli, instances, registry, systemd, validate
+from .. import cli, instances, registry, systemd, units, validate
 from ..model import Site
 from ..host import Host
 
@@ -61,7 +61,7 @@ USAGE_PROPS = ("MemoryCurrent", "MemoryMax", "TasksCurrent", "TasksMax", "CPUWei
 
 def show(host: Host, site: Site) -> None:
     """The limits the registry holds and what the running slice reports."""
-    now = systemd.show(host, systemd.slice_name(site.name), *USAGE_PROPS)
+    now = systemd.show(host, units.slice_name(site.name), *USAGE_PROPS)
     for key, value in systemd.limits(site).items():
         host.say(f"{key:<12}{value}")
     host.say(f"in use now: memory {now.get('MemoryCurrent', '?')} bytes, "

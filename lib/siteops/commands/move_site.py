@@ -16,7 +16,7 @@ from ..errors import SiteopsError, UsageError
 from ..host import Host, clean
 from ..journal import now, who
 from ..model import Maintenance, Move, Site
-from . import remove_site as remove_site_command
+from ..ops import sites as sites_op
 from . import restore as restore_command
 
 COPYING, COPIED, FROZEN, FORWARDING = "copying", "copied", "frozen", nginx.FORWARDING
@@ -124,8 +124,7 @@ def receive_step(host: Host, args: argparse.Namespace) -> None:
         if here is not None and not here.held:
             raise UsageError(f"site {name} here is not a move's copy: not replacing its data")
         if here is not None and here.live is None:  # a first restore stopped before its deploy
-            remove_site_command.run(host, remove_site_command.build_parser().parse_args(
-                [name, "--yes", "--no-backup"]))
+            sites_op.remove_site(host, name, final_backup=False)
         source = (f"{transfer_dir(host, name)}/repo", transfer_dir(host, name) / "password")
         with backup.reading(*source):
             snapshot = backup.find_snapshot(host, name, None)
@@ -357,7 +356,7 @@ def finish(host: Host, args: argparse.Namespace) -> None:
                          f"and were forwarded to {remote.name}: DNS may not have moved for "
                          "every visitor yet; pass --yes to remove the site here anyway; "
                          "nothing was changed")
-    remove_site_command.run(host, remove_site_command.build_parser().parse_args([name, "--yes"]))
+    sites_op.remove_site(host, name)
     there(host, remote, "move-site", name, "--receive", "clean")
     for path in (password_file(host, name), secret_file(host, name)):
         host.remove(path)

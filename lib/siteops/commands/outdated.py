@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .. import cli, instances, outdated, registry, systemd
+from .. import cli, instances, outdated, registry, units
 from ..errors import SiteopsError
 from ..host import Host
 
@@ -49,19 +49,19 @@ def restart(host: Host, found: dict[str, list[str]]) -> list[str]:
     for unit in found:
         name = outdated.site_of(unit)
         if name in sites and name not in moved:
-            if unit == systemd.redis_unit(name):
+            if unit == units.redis_unit(name):
                 with host.step(f"{unit} restarted"):
                     host.run(["systemctl", "restart", unit])
                 continue
             moved.add(name)
             with registry.site_locked(host, name, f"outdated {name}") as site:
                 if site.live:
-                    old = systemd.live_instances(site)
+                    old = units.live_instances(site)
                     site = instances.restart(host, site, "replaced libraries")
                     # The switch leaves the old processes' stop to systemd (and
                     # stops instances kept warm itself): what still runs
                     # replaced code is looked for once they are gone.
-                    instances.stop(host, [u for u in old if u not in systemd.live_instances(site)])
+                    instances.stop(host, [u for u in old if u not in units.live_instances(site)])
         elif unit == outdated.NGINX:
             outdated.upgrade_nginx(host)
         elif unit in outdated.RESTARTED:

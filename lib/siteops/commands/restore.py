@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 from .. import (access, backup, cli, envfile, instances, model, network, parts, postgres, redis,
-                registry, systemd, validate)
-from . import add_site
-from . import deploy as deploy_command
+                registry, validate)
+from .. import units
 from ..errors import SiteopsError, UsageError
 from ..journal import now
 from ..model import Site
 from ..host import Host
+from ..ops import deploy as deploy_op
+from ..ops import sites as sites_op
 
 Source = tuple[str | None, Path | None]  # a repository to read from, and its password file
 
@@ -111,7 +112,7 @@ def restore_data(host: Host, site: Site, target) -> None:
     postgres.ensure_site_database(host, name, db_password)  # grants on the restored one
     with host.step(f"{paths.uploads}"):
         backup.replace_dir_as_user(host, saved(paths.uploads), paths.uploads, name, 0o750)
-    unit = systemd.redis_unit(name)
+    unit = units.redis_unit(name)
     with host.step(f"redis of {name}"):
         host.run(["systemctl", "stop", unit])
         backup.replace_dir_as_user(host, saved(paths.redis), paths.redis, name, 0o700)
@@ -142,10 +143,10 @@ def recreate(host: Host, saved: Site, held: bool = False) -> Site:
             return data.sites[saved.name]
         listening = network.listening_ports(host)
         free = saved.slot not in {s.slot for s in data.sites.values()} \
-            and not listening.intersection(registry.block_ports(saved.slot))
+            and not listening.intersection(units.block_ports(saved.slot))
         slot = saved.slot if free else registry.allocate_slot(data, listening)
         if slot != saved.slot:
-            ports = registry.ports_for(slot, saved.components).values()
+            ports = units.ports_for(slot, saved.components).values()
             host.say(f"{'':13}slot {saved.slot} of {saved.name} is taken here: it gets slot "
                      f"{slot} (ports {', '.join(map(str, ports))})")
         # A move's copy (held) serves its app for the move's health checks: the
@@ -154,11 +155,11 @@ def recreate(host: Host, saved: Site, held: bool = False) -> Site:
                           releases={}, history=[], created=now(), updated=now(), move=None,
                           forwarded_by=[], held=held,
                           maintenance=None if held else saved.maintenance)
-        site.ports = registry.ports_for(slot, site.components)
+        site.ports = units.ports_for(slot, site.components)
         data.sites[site.name] = site
         registry.save(host, data)
         db_port = postgres.clusters(host)[0].port
-        add_site.provision(host, site, db_port, list(data.sites.values()))
+        sites_op.provision(host, site, db_port, list(data.sites.values()))
         site.state = model.READY
         registry.save(host, data)
         access.write(host, list(data.sites.values()))  # its tenants' keys come back with it
@@ -180,7 +181,7 @@ def restore_one(host: Host, name: str, snapshot: dict, source: Source = (None, N
         data = registry.load(host)
         recreated = name not in data.sites
         if recreated:  # its certificate first: nginx's config is made with it
-            add_site.refuse_conflicts(host, data, name, saved.domains)
+            sites_op.refuse_conflicts(host, data, name, saved.domains)
             restore_config(host, saved, target)
             recreate(host, saved, held)
         with registry.site_locked(host, name, f"restore {name}") as site:
@@ -192,8 +193,7 @@ def restore_one(host: Host, name: str, snapshot: dict, source: Source = (None, N
         host.remove_tree(target)
     live = saved.live and saved.releases.get(saved.live.release)
     if recreated and live and live.commit:
-        deploy_command.run(host, deploy_command.build_parser().parse_args(
-            [name, "--ref", live.commit, "--no-fetch"]))
+        deploy_op.deploy(host, name, live.commit, fetch=False)
     elif not recreated:
         instances.refresh(host, registry.get_site(registry.load(host), name), [], force=True)
 

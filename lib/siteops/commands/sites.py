@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import (cli, facts, fleet, journal, model, nginx, registry, releases, safefs, systemd,
                 tls, usage, validate)
+from .. import units
 from ..model import Site
 from ..host import Host
 
@@ -113,16 +114,16 @@ def summary(host: Host, site: Site, du: dict, states: dict) -> dict:
     return {
         "name": name, "slot": site.slot, "state": site.state,
         "domains": site.domains, "components": site.components,
-        "ports": site.ports, "live_ports": registry.live_ports(site),
+        "ports": site.ports, "live_ports": units.live_ports(site),
         "uid": site.uid, "database": site.database,
         "repo": site.repo, "live_release": live, "commit": record and record.commit,
         "deployed": record and record.finished,
         "commands": (record and record.commands) or site.commands,
         "tls_expires": tls_expiry(host, site),
         "disk_bytes": du.get(str(host.paths.site(name))),
-        "units": {u: states.get(u, {}).get("active", "?") for u in systemd.live_units(site)},
+        "units": {u: states.get(u, {}).get("active", "?") for u in units.live_units(site)},
         "warm": site.warm and {"release": site.warm.release,
-                               "units": systemd.warm_instances(site)},
+                               "units": units.warm_instances(site)},
         "workers": {kind: spec.count for kind, spec in (record.workers if record else {}).items()},
         "jobs": systemd.job_results(host, site),
     }
@@ -130,8 +131,8 @@ def summary(host: Host, site: Site, du: dict, states: dict) -> dict:
 
 def gather(host: Host, sites: list[Site]) -> list[dict]:
     du = usage.du(host, [host.paths.site(s.name) for s in sites])
-    units = [u for s in sites for u in systemd.live_units(s)]
-    states = facts.unit_states(host, units) if units else {}
+    names = [u for s in sites for u in units.live_units(s)]
+    states = facts.unit_states(host, names) if names else {}
     return [summary(host, s, du, states) for s in sites]
 
 
@@ -193,10 +194,10 @@ def doc_lines(host: Host, rows: list[dict]) -> list[str]:
                 "#### Port allocation", "| Service | Port | Status |", "|---|---|---|"]
         live = r["live_ports"] or {}
         for c in r["components"]:
-            unit = systemd.instance(r["name"], c, live[c]) if c in live else None
+            unit = units.instance(r["name"], c, live[c]) if c in live else None
             out.append(f"| {c} | {live.get(c, r['ports'][c])} | "
                        f"{r['units'].get(unit, 'not deployed') if unit else 'reserved'} |")
-        redis_unit = systemd.redis_unit(r["name"])
+        redis_unit = units.redis_unit(r["name"])
         out += [f"| redis | {r['ports']['redis']} | {r['units'].get(redis_unit, '?')} |", "",
                 "#### System resources",
                 f"- **Unix user:** `{r['name']}` (UID {r['uid']})",
@@ -210,10 +211,10 @@ def doc_lines(host: Host, rows: list[dict]) -> list[str]:
                 f"- **Disk used:** {mib(r['disk_bytes'])}", ""]
     out += ["### Port allocation summary", "", "| Ports | Site |", "|---|---|"]
     for r in rows:
-        base = r["slot"] * registry.BLOCK
-        out.append(f"| {registry.FRONTEND_BASE + base}-{registry.FRONTEND_BASE + base + 9}, "
-                   f"{registry.API_BASE + base}-{registry.API_BASE + base + 9}, "
-                   f"{registry.EXTRA_BASE + base}-{registry.EXTRA_BASE + base + 9} | {r['name']} |")
+        base = r["slot"] * units.BLOCK
+        out.append(f"| {units.FRONTEND_BASE + base}-{units.FRONTEND_BASE + base + 9}, "
+                   f"{units.API_BASE + base}-{units.API_BASE + base + 9}, "
+                   f"{units.EXTRA_BASE + base}-{units.EXTRA_BASE + base + 9} | {r['name']} |")
     out += ["", "### Domain registry", "", "| Domain | Site | TLS expires |", "|---|---|---|"]
     out += [f"| {d} | {r['name']} | {r['tls_expires'] or 'no certificate'} |"
             for r in rows for d in r["domains"]]

@@ -25,7 +25,6 @@ in one line with nothing changed. Every use is appended to the action log.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import re
 import shlex
@@ -40,6 +39,8 @@ from ..errors import SiteopsError
 from ..host import Host, PATH
 from ..model import DEPLOY_ROLE, READ_ROLE, Key
 from ..users import DEPLOY_USER, sudo_caller
+from . import backup as backup_command
+from . import config, deploy, logs, maintenance, rollback, sites
 from .config import key, public_argv
 from .maintenance import message as maintenance_message
 
@@ -258,9 +259,17 @@ def receive_pack(host: Host, site: str) -> int:
     return subprocess.run(argv, env={**os.environ, **env}, check=False).returncode
 
 
+# The commands a tenant key may run, by the name parse() gives them: each the
+# suite's own command, with the argv parse() built (the same parser as root's).
+MAINS: dict[str, Callable[[list[str]], int]] = {
+    "deploy": deploy.main, "rollback": rollback.main, "config": config.main,
+    "backup": backup_command.main, "logs": logs.main, "maintenance": maintenance.main,
+    "sites": sites.main,
+}
+
+
 def run_command(request: Request) -> int:
-    module = importlib.import_module(f"siteops.commands.{request.command}")
-    return module.main(list(request.argv))
+    return MAINS[request.command](list(request.argv))
 
 
 def log(host: Host, fingerprint: str, label: str, request: Request | None, asked: str,
@@ -340,8 +349,6 @@ def pre_receive() -> int:
     if not ref.startswith(("refs/heads/", "refs/tags/")):
         print(f"siteops: only branches and tags are deployed, not {ref}")
         return 1
-    from . import deploy
-    p = deploy.build_parser()
-    p.set_defaults(pushed=ref.split("/", 2)[2])
-    print(f"siteops: deploying {ref.split('/', 2)[2]} ({new[:12]}) to {site}", flush=True)
-    return deploy.main([site, "--ref", new], parser=p)
+    branch = ref.split("/", 2)[2]
+    print(f"siteops: deploying {branch} ({new[:12]}) to {site}", flush=True)
+    return deploy.main([site, "--ref", new], pushed=branch)

@@ -1,0 +1,175 @@
+"""The operations on a site as a whole: provisioning it (add-site, and
+restore recreating one) and removing it (remove-site, move-site's finish and
+the target's clean-up of a half-made copy)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .. import (access, backup, envfile, fail2ban, layout, logrotate, nftables, nginx, parts,
+                postgres, redis, registry, systemd, tls, units, users)
+from ..errors import SiteopsError, UsageError
+from ..journal import now
+from ..model import Site
+from ..host import Host
+
+REMOVING = "removing"
+
+
+def check_bootstrapped(host: Host) -> None:
+    if not (host.paths.nginx / "snippets" / "siteops-realip.conf").exists():
+        raise SiteopsError("this server has not been bootstrapped: run `sudo ./bin/bootstrap` first")
+
+
+def refuse_conflicts(host: Host, data: registry.Registry, name: str, domains: list[str]) -> None:
+    """A site NAME with these domains may be made here: no other site serves one
+    of them, and a new site's name is no existing Unix user or group."""
+    for other in data.sites.values():
+        if other.name != name:
+            taken = sorted(set(domains) & set(other.domains))
+            if taken:
+                raise UsageError(f"domain {taken[0]} already belongs to site {other.name}")
+    if name not in data.sites:
+        if users.lookup(host, name) is not None:
+            raise UsageError(f"a Unix user {name!r} already exists; choose another site name")
+        if users.group_exists(host, name):
+            raise UsageError(f"a Unix group {name!r} already exists (a site's user would join "
+                             "it); choose another site name")
+
+
+def provision(host: Host, site: Site, db_port: int, sites: list[Site]) -> list[str]:
+    """Converge every resource of the site, in dependency order; return the
+    units whose files changed. sites: every registry entry, this one included."""
+    name = site.name
+    with host.step(f"user {name}"):
+        users.ensure_site_user(host, name, host.paths.site(name))
+    account = users.lookup(host, name)
+    if account is not None:  # None only in a dry run of a new site
+        site.uid = account.uid
+    with host.step("loopback port ownership (nftables)"):
+        nftables.ensure(host, sites)
+    layout.ensure_tree(host, name)
+    env_path = host.paths.of(name).env
+    with host.step(f"{env_path} (secrets kept)"):
+        env_text = envfile.merge(host.read(env_path), site, db_port)
+        host.write(env_path, env_text, 0o600, name, name)
+    db_password, redis_password = envfile.passwords(env_text)
+    postgres.ensure_site_database(host, name, db_password)
+    with host.step(f"redis config {name}"):
+        redis_changed = redis.ensure_site_conf(host, site, redis_password)
+    with host.step(f"systemd units of {name}"):
+        changed = systemd.ensure_units(host, site, redis_config_changed=redis_changed)
+    with host.step(f"{units.redis_unit(name)} running"):
+        systemd.ensure_started(host, units.redis_unit(name))
+    for unit in units.live_instances(site):  # once deployed, keep the live release up
+        with host.step(f"{unit} running"):
+            systemd.ensure_started(host, unit)
+    reloaded = nginx.ensure_site(host, site, host.paths.of(name).logs)
+    logrotate.ensure_site(host, site)
+    if reloaded:  # its nginx file changed: a new error log, maybe
+        with host.step("fail2ban watches the site's nginx error log"):
+            fail2ban.reload(host)
+    # Every part parts.py declares that add-site makes (a release's drop-ins and
+    # job units are deploy's), made: else a bug, said plainly.
+    gone = [] if host.dry_run else parts.missing(host, site.copy(live=None))
+    if gone:
+        raise SiteopsError(f"site {name} lacks {', '.join(map(str, gone))} after provisioning")
+    return changed
+
+
+def leftovers(host: Host, name: str) -> list[str]:
+    """What of a site not in the registry is still on the host."""
+    site = Site(name=name, slot=-1)
+    found = [str(p) for p in parts.present([host.paths.site(name), *parts.generated(host, site),
+                                            *parts.root_only(host, site)])]
+    found += [str(p) for p in systemd.site_unit_files(host, name) if p.exists()]
+    account = users.lookup(host, name)
+    if account is not None and account.comment == users.site_comment(name):
+        found.append(f"user {name}")
+    return found
+
+
+def mark_removing(host: Host, name: str) -> None:
+    def mark(entry: Site) -> None:
+        entry.state = REMOVING
+    registry.update_site(host, name, f"remove-site {name}", mark)
+
+
+def remove(host: Host, site: Site, keep_data: bool) -> None:
+    """Every resource of the site, outermost first (traffic, then processes,
+    then data)."""
+    name = site.name
+    nginx.remove_site(host, name)
+    systemd.remove_site_units(host, name)
+    with host.step(f"certificate of {name} removed"):
+        if tls.lineage(host, site).exists() or tls.renewal_conf(host, site).exists():
+            host.run(["certbot", "delete", "--non-interactive", "--cert-name", name])
+    logrotate.remove_site(host, name)
+    with host.step(f"redis config of {name} removed"):
+        host.remove(host.paths.redis_conf(name))
+    if keep_data:
+        postgres.disable_site_role(host, name)
+    else:
+        postgres.drop_site_database(host, name)
+        with host.step(f"{host.paths.site(name)} removed"):
+            host.remove_tree(host.paths.site(name))
+        users.remove_site_user(host, name)
+    with host.step(f"mirror, deploy key and lock of {name} removed"):
+        for path in parts.present([*parts.root_only(host, site), *parts.state(host, name)]):
+            if path.is_dir() and not path.is_symlink():
+                host.remove_tree(path)
+            else:
+                host.remove(path)
+
+
+def record_host_state(host: Host, name: str) -> None:
+    """A fresh snapshot of the host's state (the registry without the site), so a
+    disaster recovery (restore --all) leaves the site out even when its final
+    backup was skipped."""
+    problem = backup.problem(host)
+    if problem:
+        host.say(f"{'':13}no host snapshot ({problem}): run `backup` before relying on "
+                 f"`restore --all` to leave {name} out")
+        return
+    sid = backup.backup_host(host)
+    host.say(f"{'':13}host snapshot {sid}: a restore --all leaves {name} out")
+
+
+def remove_site(host: Host, name: str, *, keep_data: bool = False, final_backup: bool = True,
+                confirm: Callable[[str], None] | None = None) -> None:
+    """Take site name off the host: a final backup (unless final_backup is
+    False), then every resource of it; what a removal that was stopped left is
+    removed too. confirm(name) is asked first (it raises to refuse)."""
+    data = registry.load(host)
+    site = data.sites.get(name)
+    if site is None:
+        found = leftovers(host, name)
+        if not found:
+            raise UsageError(f"no site {name!r} in the registry and nothing of it on this host")
+        host.say(f"site {name} is not in the registry; removing what is left of it: "
+                 + ", ".join(found))
+        site = Site(name=name, slot=-1)
+    if confirm is not None:
+        confirm(name)
+    if site.slot >= 0 and site.state != REMOVING:
+        if final_backup:
+            backup.ensure_repository(host)
+            sid = backup.backup_site(host, site, tags=(backup.REMOVED_TAG,))
+            host.say(f"{'':13}final snapshot {sid} of {name} (restore: restore {name} "
+                     f"--snapshot {sid} --yes, after add-site)")
+        with registry.site_locked(host, name, f"remove-site {name}"):
+            mark_removing(host, name)
+    remove(host, site, keep_data)
+    with registry.locked(host, f"remove-site {name}") as data:
+        others = [s for s in data.sites.values() if s.name != name]
+        with host.step("loopback port ownership (nftables)"):
+            nftables.ensure(host, others)
+        if name in data.sites:
+            del data.sites[name]
+            registry.save(host, data)
+        with host.step(f"tenant keys of {name} removed"):
+            access.write(host, others)
+    with host.step("fail2ban forgets the site's log"):
+        fail2ban.reload(host)
+    record_host_state(host, name)
+    host.say(f"site {name} removed at {now()}" + (" (data kept)" if keep_data else ""))
