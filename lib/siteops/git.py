@@ -89,7 +89,10 @@ def _upload_pack(url: str) -> list[str]:
     program = "git-upload-pack"
     real = os.path.realpath(path)
     if _owner(real) == 0:
-        names = dict.fromkeys([path.rstrip("/") or "/", real])
+        # git names a repository with a work tree by its .git directory.
+        given = path.rstrip("/") or "/"
+        names = dict.fromkeys([given, real, *(f"{p}/.git" for p in (given, real)
+                                              if os.path.isdir(f"{p}/.git"))])
         program = "git " + " ".join(f"-c safe.directory={shlex.quote(n)}" for n in names) \
             + " upload-pack"
     return [f"--upload-pack=runuser -u {caller} -- {program}"]

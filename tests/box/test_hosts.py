@@ -355,6 +355,7 @@ def stopped_at_every_step(a, b, command: str, site: str) -> int:
 
 def stops(a, b, command: str, site: str) -> int:
     runs, k, where = 0, 1, stage(a, site)
+    seen = []  # (stage, k, signal, the run's last line): what a failure shows
     while True:
         signal = list(EXIT)[runs % 3]
         if b is None:
@@ -371,7 +372,8 @@ def stops(a, b, command: str, site: str) -> int:
             assert res.stdout.strip().endswith("exit 1") and "b" in res.stderr, \
                 res.stdout[-500:] + res.stderr[-1500:]
         runs += 1
-        assert runs < 80, "it does not converge"
+        seen.append((where, k, signal, (res.stderr.strip().splitlines() or [""])[-1][:160]))
+        assert runs < 80, f"it does not converge: {seen}"
         now = stage(a, site)
         k, where = (1 if now != where else k + 1), now
     return runs
