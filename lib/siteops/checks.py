@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import access, layout, releases, units, usage
+from .facts import Facts, SiteFacts
 from .model import Site
 from .host import Host, redact
 from .journal import ISO, hours_between
@@ -56,7 +57,7 @@ def _f(id_, ok: bool, subject: str, good: str, bad: str, severity: str = CRITICA
 
 # -- host ---------------------------------------------------------------------
 
-def host_checks(facts: dict) -> list[Finding]:
+def host_checks(facts: Facts) -> list[Finding]:
     h = "host"
     ufw = facts["ufw"]
     extra = sorted(set(ufw["allowed"]) - {"22/tcp", "80/tcp", "443/tcp"})
@@ -114,7 +115,7 @@ def host_checks(facts: dict) -> list[Finding]:
     return out
 
 
-def listener_checks(facts: dict) -> list[Finding]:
+def listener_checks(facts: Facts) -> list[Finding]:
     public = [l for l in facts["listeners"] if l["addr"] not in LOOPBACK
               and not (l["proto"] == "tcp" and l["port"] in PUBLIC_TCP)
               and not (l["proto"] == "udp" and l["port"] in PUBLIC_UDP)]
@@ -133,7 +134,7 @@ def listener_checks(facts: dict) -> list[Finding]:
     return out
 
 
-def postgres_checks(facts: dict) -> list[Finding]:
+def postgres_checks(facts: Facts) -> list[Finding]:
     pg = facts["postgres"]
     if "error" in pg:
         return [Finding("host.postgres", CRITICAL, "host",
@@ -161,7 +162,7 @@ def postgres_checks(facts: dict) -> list[Finding]:
 
 # -- sites --------------------------------------------------------------------
 
-def site_checks(host: Host, site: Site, facts: dict) -> list[Finding]:
+def site_checks(host: Host, site: Site, facts: Facts) -> list[Finding]:
     name = site.name
     sf = facts["sites"][name]
     out = [user_check(site, sf)]
@@ -210,7 +211,7 @@ def move_check(site: Site) -> Finding:
               bad, WARNING, remedy=remedy)
 
 
-def user_check(site: Site, sf: dict) -> Finding:
+def user_check(site: Site, sf: SiteFacts) -> Finding:
     name, u = site.name, sf["user"]
     problems = []
     if u is None:
@@ -227,7 +228,7 @@ def user_check(site: Site, sf: dict) -> Finding:
               remedy=f"usermod -s /usr/sbin/nologin {name} (a changed UID needs a human)")
 
 
-def _ids(sf: dict, owner: str, group: str) -> tuple[int, int] | None:
+def _ids(sf: SiteFacts, owner: str, group: str) -> tuple[int, int] | None:
     """UID and GID for a tree entry's owner and group (root or the site user)."""
     u = sf["user"]
     if u is None:
@@ -235,7 +236,7 @@ def _ids(sf: dict, owner: str, group: str) -> tuple[int, int] | None:
     return (0 if owner == "root" else u["uid"]), (0 if group == "root" else u["gid"])
 
 
-def tree_checks(host: Host, site: Site, sf: dict) -> list[Finding]:
+def tree_checks(host: Host, site: Site, sf: SiteFacts) -> list[Finding]:
     name = site.name
     wrong = []
     for path, mode, owner, group in layout.tree(host, name):
@@ -256,7 +257,7 @@ def tree_checks(host: Host, site: Site, sf: dict) -> list[Finding]:
     ]
 
 
-def drift_checks(site: Site, sf: dict) -> list[Finding]:
+def drift_checks(site: Site, sf: SiteFacts) -> list[Finding]:
     name = site.name
     out = []
     for path, want in sf["expected"].items():
@@ -274,7 +275,7 @@ def drift_checks(site: Site, sf: dict) -> list[Finding]:
     return out
 
 
-def parts_check(site: Site, sf: dict) -> Finding:
+def parts_check(site: Site, sf: SiteFacts) -> Finding:
     """Every part parts.py declares for the site is there (nginx's enabled
     link included, which the drift check does not read)."""
     gone = sf["missing_parts"]
@@ -284,7 +285,7 @@ def parts_check(site: Site, sf: dict) -> Finding:
               fix="render")
 
 
-def unit_checks(site: Site, facts: dict) -> list[Finding]:
+def unit_checks(site: Site, facts: Facts) -> list[Finding]:
     out = []
     for unit in units.live_units(site):
         st = facts["units"].get(unit, {})
@@ -303,7 +304,7 @@ def unit_checks(site: Site, facts: dict) -> list[Finding]:
     return out
 
 
-def job_checks(site: Site, sf: dict) -> list[Finding]:
+def job_checks(site: Site, sf: SiteFacts) -> list[Finding]:
     """Each scheduled job's timer runs, and its last run succeeded."""
     out = []
     for job, j in sf.get("jobs", {}).items():
@@ -345,7 +346,7 @@ def usage_checks(site: Site, row: dict | None) -> list[Finding]:
     return out
 
 
-def nftables_check(facts: dict) -> Finding:
+def nftables_check(facts: Facts) -> Finding:
     """The loopback port-ownership rules are loaded, with rules for every site."""
     loaded = facts["nftables"]
     missing = [n for n in facts["sites"] if f'"siteops site {n}:' not in (loaded or "")]
@@ -356,7 +357,7 @@ def nftables_check(facts: dict) -> Finding:
               remedy="audit --fix (or: systemctl restart siteops-nftables)", fix="nftables")
 
 
-def sysctl_check(facts: dict) -> Finding:
+def sysctl_check(facts: Facts) -> Finding:
     """The running kernel settings match the baseline (where the kernel has them)."""
     sc = facts.get("sysctl")
     if sc is None:
@@ -368,7 +369,7 @@ def sysctl_check(facts: dict) -> Finding:
               remedy="sudo bootstrap (or: sysctl -p /etc/sysctl.d/90-siteops.conf)")
 
 
-def hardening_check(facts: dict) -> Finding:
+def hardening_check(facts: Facts) -> Finding:
     """The baseline files of hardening.py are as bootstrap wrote them, and the
     kernel has loaded siteops' audit rules."""
     hd = facts["hardening"]
@@ -430,7 +431,7 @@ BACKUP_WARN_HOURS, BACKUP_CRIT_HOURS = 26, 48
 VERIFY_WARN_DAYS = 8  # backup --verify runs weekly
 
 
-def outdated_check(facts: dict) -> Finding:
+def outdated_check(facts: Facts) -> Finding:
     """No service runs a program or library a security update replaced."""
     found = facts.get("outdated", {})
     shown = "; ".join(f"{u} ({', '.join(Path(f).name for f in files[:3])})"
@@ -441,7 +442,7 @@ def outdated_check(facts: dict) -> Finding:
                      "PostgreSQL is left for you to restart)")
 
 
-def backup_host_check(facts: dict) -> Finding:
+def backup_host_check(facts: Facts) -> Finding:
     """The repository opens, and the daily backup and weekly verification timers run."""
     error = facts["backup"]["error"]
     if error:
@@ -458,7 +459,7 @@ def backup_host_check(facts: dict) -> Finding:
                      "siteops-verify.timer)")
 
 
-def backup_check(site: Site, facts: dict) -> Finding:
+def backup_check(site: Site, facts: Facts) -> Finding:
     """The site's newest snapshot is recent (a new site has a day to get its first)."""
     name, last = site.name, facts["backup"]["latest"].get(site.name)
     since = last or site.created
@@ -475,7 +476,7 @@ def backup_check(site: Site, facts: dict) -> Finding:
               remedy=f"sudo backup {name}; check `systemctl status siteops-backup`")
 
 
-def verified_check(site: Site, facts: dict) -> Finding:
+def verified_check(site: Site, facts: Facts) -> Finding:
     """The site's backups were proven to restore (backup --verify) within
     VERIFY_WARN_DAYS, and the last proof passed (a new site gets that long)."""
     name, result = site.name, facts["backup"].get("verified", {}).get(site.name)
@@ -502,7 +503,7 @@ def own_unit(name: str, unit: str) -> bool:
     return unit.startswith(f"{name}-") or unit == f"siteops-build-{name}.service"
 
 
-def ports_check(site: Site, facts: dict) -> Finding:
+def ports_check(site: Site, facts: Facts) -> Finding:
     """Nothing but the site's own units listens on its ports."""
     name = site.name
     own = set(units.block_ports(site.slot))
@@ -517,7 +518,7 @@ def ports_check(site: Site, facts: dict) -> Finding:
                      "visitors to whatever holds its ports")
 
 
-def listen_check(site: Site, facts: dict) -> Finding:
+def listen_check(site: Site, facts: Facts) -> Finding:
     """The site's processes (its units are NAME-*: site names have no '-')."""
     name = site.name
     own = set(units.block_ports(site.slot))
@@ -535,12 +536,12 @@ def listen_check(site: Site, facts: dict) -> Finding:
               remedy="make the app bind HOST:PORT from its environment")
 
 
-def release_checks(site: Site, sf: dict) -> list[Finding]:
+def release_checks(site: Site, sf: SiteFacts) -> list[Finding]:
     name, live = site.name, releases.live_id(site)
     if live is None:
         return [Finding(f"site.{name}.current", OK, name, "not deployed yet")]
     cur = sf["current"]
-    ok = cur is not None and cur.get("target_exists") and cur.get("link") == f"releases/{live}"
+    ok = cur is not None and bool(cur.get("target_exists")) and cur.get("link") == f"releases/{live}"
     keep = site.keep
     n = len(sf["releases"])
     return [
@@ -554,7 +555,7 @@ def release_checks(site: Site, sf: dict) -> list[Finding]:
     ]
 
 
-def tls_checks(site: Site, sf: dict, now: str) -> list[Finding]:
+def tls_checks(site: Site, sf: SiteFacts, now: str) -> list[Finding]:
     name, tls = site.name, sf["tls"]
     if tls is None:
         return []
@@ -592,7 +593,7 @@ def renewal_check(site: Site, conf: str | None) -> Finding:
               remedy=f"sudo tls {name} (issues it again and rewrites the renewal config)")
 
 
-def urls_check(site: Site, sf: dict) -> Finding:
+def urls_check(site: Site, sf: SiteFacts) -> Finding:
     """The .env's DATABASE_URL and REDIS_URL lead to the site's own database and
     Redis, with the passwords those hold: anything else is a site talking to a
     neighbour's data, or failing to talk to its own."""
@@ -613,7 +614,7 @@ def urls_check(site: Site, sf: dict) -> Finding:
                      "the .env's passwords", fix="urls")
 
 
-def database_check(site: Site, facts: dict) -> Finding:
+def database_check(site: Site, facts: Facts) -> Finding:
     name = site.name
     dbs = facts["postgres"].get("databases") or {}
     db = site.database

@@ -6,7 +6,8 @@ modes and owners are read directly. The result is plain JSON data, so
 checks are pure functions that unit tests feed with recorded facts
 (tests/unit/data/box-facts.json).
 
-Shape of gather()'s result:
+Shape of gather()'s result (as types mypy checks: Facts, SiteFacts and Stat
+below; the checks in checks.py take them):
 
     time          when the facts were read (2026-11-25T20:15:00Z)
     ufw           {active, policy, allowed: ["22/tcp", ...]}
@@ -55,7 +56,7 @@ import socket
 import ssl
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NotRequired, TypedDict, cast
 from urllib.parse import urlsplit
 
 from . import (access, backup, distro, envfile, firewall, hardening, instances, journal, layout,
@@ -75,6 +76,58 @@ SELECT json_build_object(
   'databases', (SELECT json_object_agg(datname, has_database_privilege('public', oid, 'CONNECT'))
                 FROM pg_database WHERE NOT datistemplate));
 """
+
+
+class Stat(TypedDict):
+    """lstat of a path (a link is not followed)."""
+    mode: int
+    uid: int
+    gid: int
+    dir: bool
+    link: NotRequired[str]  # a symbolic link's target, with
+    target_exists: NotRequired[bool]
+
+
+class SiteFacts(TypedDict):
+    """What audit reads of one site (see the module's docstring)."""
+    user: dict[str, Any] | None
+    tree: dict[str, Stat | None]
+    env: Stat | None
+    current: Stat | None
+    releases: list[str]
+    expected: dict[str, str]
+    actual: dict[str, str | None]
+    missing_parts: list[str]
+    secrets: list[str]
+    tls: dict[str, Any] | None
+    jobs: dict[str, dict]
+    urls: dict[str, dict]
+
+
+class Facts(TypedDict):
+    """What audit reads of the host and its sites (see the module's docstring)."""
+    time: str
+    upgrades: str
+    certbot_hook: bool
+    listeners: list[dict[str, Any]]
+    nftables: str | None
+    sysctl: dict[str, Any] | None
+    hardening: dict[str, Any]
+    outdated: dict[str, list[str]]
+    access: dict[str, Any]
+    postgres_unit: str
+    disk: dict[str, float]
+    usage: dict[str, dict]
+    sites: dict[str, SiteFacts]
+    backup: dict[str, Any]
+    exposure: dict[str, float]
+    du: dict[str, int]
+    units: dict[str, dict[str, Any]]
+    postgres: dict[str, Any]
+    nginx_t: dict[str, Any]
+    ufw: dict[str, Any]
+    fail2ban: str
+    sshd: dict[str, str]
 
 
 def host_units(pg_unit: str) -> list[str]:
@@ -110,12 +163,12 @@ def postgres_facts(host: Host) -> dict:
         return {"error": str(exc)}
 
 
-def stat(path: Path) -> dict | None:
+def stat(path: Path) -> Stat | None:
     try:
         st = path.lstat()
     except FileNotFoundError:
         return None
-    out: dict[str, Any] = {"mode": st.st_mode & 0o7777, "uid": st.st_uid, "gid": st.st_gid,
+    out: Stat = {"mode": st.st_mode & 0o7777, "uid": st.st_uid, "gid": st.st_gid,
                            "dir": path.is_dir() and not path.is_symlink()}
     if path.is_symlink():
         out["link"] = os.readlink(path)
@@ -194,7 +247,7 @@ def service_urls(site: Site, env_text: str | None, db_port: int,
 
 
 def site_facts(host: Host, site: Site, nginx_version: tuple[int, ...], db_port: int,
-               verifier: str | None) -> dict:
+               verifier: str | None) -> SiteFacts:
     name = site.name
     env_path = host.paths.of(name).env
     env_text = host.read(env_path)
@@ -253,7 +306,7 @@ def started(calls: dict[str, Callable[[], Any]]) -> Callable[[], dict[str, Any]]
     return joined
 
 
-def gather(host: Host, sites: list[Site]) -> dict:
+def gather(host: Host, sites: list[Site]) -> Facts:
     """All facts for the host checks and for each of sites."""
     cluster = postgres.clusters(host)
     pg_unit = cluster[0].unit if cluster else "postgresql.service"
@@ -304,4 +357,4 @@ def gather(host: Host, sites: list[Site]) -> dict:
     }
     facts["sites"] = {s.name: site_facts(host, s, version, db_port, verifiers.get(s.user))
                       for s in sites}
-    return {**facts, **waiting()}
+    return cast(Facts, {**facts, **waiting()})
