@@ -56,3 +56,14 @@ def test_a_dropped_option_would_be_noticed(monkeypatch):
     monkeypatch.setattr(f"{__name__}.DOCS", DOCS.replace("--keep-data", "--kept"))
     with pytest.raises(AssertionError, match="--keep-data"):
         test_every_command_and_long_option_is_documented("remove-site")
+
+
+def test_the_layout_page_names_every_module():
+    """docs/layout.md cannot drift from the tree: every module of the library
+    is named there."""
+    layout = (ROOT / "docs" / "layout.md").read_text()
+    lib = ROOT / "lib" / "siteops"
+    modules = [p.stem for p in [*lib.glob("*.py"), *(lib / "ops").glob("*.py")]
+               if p.stem != "__init__"]
+    missing = [m for m in modules if f"`{m}`" not in layout and f"{m}.py" not in layout]
+    assert missing == [], f"docs/layout.md does not name {missing}"
