@@ -328,13 +328,13 @@ def settled(box, name: str) -> None:
 SITE_STATE = """\
 import glob, json, os, pwd, re, subprocess, sys
 sys.path.insert(0, "/opt/siteops-src/lib")
-from siteops import envfile, registry as reg
+from siteops import envfile, units
 name = sys.argv[1]
 site = json.load(open("/var/lib/siteops/registry.json"))["sites"][name]
 env_text = open(f"/srv/sites/{name}/shared/.env").read()
 secrets = sorted(envfile.secrets_of(env_text), key=len, reverse=True)
 ports = {str(p): f"block{base}+{p - first}"
-         for base, (first, last) in zip(reg.BLOCK_BASES, reg.block_ranges(site["slot"]))
+         for base, (first, last) in zip(units.BLOCK_BASES, units.block_ranges(site["slot"]))
          for p in range(first, last + 1)}
 def norm(text):
     for secret in secrets:
