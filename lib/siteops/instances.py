@@ -24,9 +24,9 @@ instead of starting and waiting for new ones. Any other switch stops them
 first; their workers are never kept.
 
 Until the registry records the switch, a failure stops the new instances and
-puts nginx and `current` back; `current` and the registry record change
-together, SIGINT and SIGTERM held between the two. `recover` brings a site whose deploy was killed
-back to what the registry says.
+puts nginx and `current` back; `current` and the registry's record change
+together, SIGINT and SIGTERM held between the two. `recover` brings a site
+whose deploy was killed back to what the registry says.
 """
 
 from __future__ import annotations
@@ -45,8 +45,6 @@ from .signals import uninterrupted
 DRAIN_SECONDS = 30
 POLL = 0.25  # the longest wait between two health checks; the first ones come sooner
 WORKER_SETTLE = 1.5  # a new worker must still run this long after its start
-
-
 
 
 def unit_state(host: Host, unit: str) -> tuple[str, int]:
@@ -383,8 +381,6 @@ def running_instances(host: Host, name: str) -> list[str]:
     out = host.query(["systemctl", "list-units", "--all", "--plain", "--no-legend",
                       f"{name}-*@*.service"]).out
     return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
 
 
 def stop_build(host: Host, name: str) -> None:

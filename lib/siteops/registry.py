@@ -24,7 +24,6 @@ from .model import Site
 from .host import Host, atomic_write
 
 
-
 @dataclass
 class Registry:
     """Every site, by name (the registry file, as types)."""
@@ -153,20 +152,6 @@ def update_site(host: Host, name: str, purpose: str, change) -> Site:
         site.updated = now()
         save(host, data)
         return site
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def allocate_slot(data: Registry, listening: set[int]) -> int:

@@ -26,30 +26,6 @@ from .host import Host
 from .templates import render
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # Per-site limits on its slice (every process of the site, builds included),
 # sized for a small VPS running a handful of sites; `limits NAME` changes them.
 DEFAULT_LIMITS = {"memory_max": "1G", "tasks_max": 512, "cpu_weight": 100, "io_weight": 100}
