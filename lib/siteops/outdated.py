@@ -31,7 +31,6 @@ SYSTEM_PREFIXES = ("/usr/", "/lib/", "/lib64/", "/bin/", "/sbin/", "/opt/")
 DELETED = " (deleted)"
 RESTARTED = ("fail2ban.service", "ssh.service", "cron.service", "unattended-upgrades.service")
 NGINX = "nginx.service"
-NGINX_PID = Path("/run/nginx.pid")
 
 
 def replaced(maps: str) -> set[str]:
@@ -82,7 +81,7 @@ def upgrade_nginx(host: Host, timeout: float = 20) -> None:
     the same sockets; once it runs, QUIT lets the old master and its workers
     finish their requests and exit. systemd follows the new master through
     nginx's PID file."""
-    old = int(host.read(NGINX_PID) or "0")
+    old = int(host.read(host.paths.nginx_pid) or "0")
     if not old:
         raise SiteopsError("nginx has no PID file: restart it with systemctl restart nginx")
     with host.step("nginx moved to its new code (binary upgrade: USR2, then QUIT)"):
@@ -93,7 +92,7 @@ def upgrade_nginx(host: Host, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         new = 0
         while time.monotonic() < deadline:
-            text = host.read(NGINX_PID) or ""
+            text = host.read(host.paths.nginx_pid) or ""
             new = int(text) if text.strip().isdigit() else 0
             if new and new != old:
                 break

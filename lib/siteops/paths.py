@@ -147,9 +147,14 @@ class Paths:
     def authorized_keys(self, home: str) -> Path:
         return self.p(home) / ".ssh" / "authorized_keys"
 
+    @property
+    def cgroup_root(self) -> Path:
+        """The cgroup file system's root (cgroup v2, or v1's hierarchies below it)."""
+        return self.p("/sys/fs/cgroup")
+
     def cgroup(self, slice_: str) -> Path:
         """A site slice's cgroup (cgroup v2)."""
-        return self.p("/sys/fs/cgroup/siteops.slice") / slice_
+        return self.cgroup_root / "siteops.slice" / slice_
 
     def mirror(self, name: str) -> Path:
         """The cached bare mirror of a site's repository (root only)."""

@@ -91,7 +91,7 @@ def units_memory(host: Host, names: list[str]) -> int | None:
     groups = host.query(["systemctl", "show", "-p", "ControlGroup", "--value", "--", *names],
                         ok=range(256)).out.split()
     total, found = 0, False
-    root = host.paths.p("/sys/fs/cgroup")
+    root = host.paths.cgroup_root
     for group in groups:
         used = _int(_read(root / group.lstrip("/") / "memory.current"))
         if used is None:  # cgroup v1 (hybrid): the processes are listed in systemd's hierarchy
