@@ -67,3 +67,15 @@ def test_the_layout_page_names_every_module():
                if p.stem != "__init__"]
     missing = [m for m in modules if f"`{m}`" not in layout and f"{m}.py" not in layout]
     assert missing == [], f"docs/layout.md does not name {missing}"
+
+
+def test_the_deploy_page_has_the_steps_of_deploy_help_in_their_order():
+    """docs/deploying.md's numbered steps are deploy --help's, by name: a step
+    added to one and not the other fails here."""
+    import re
+    from siteops.commands import deploy
+    block = deploy.DESCRIPTION.split("Steps:\n", 1)[1].split("\n\n", 1)[0]
+    helped = re.findall(r"^  ([a-z]+)\s", block, re.M)
+    page = (ROOT / "docs" / "deploying.md").read_text()
+    documented = re.findall(r"^\d+\. \*\*([a-z]+)\*\*", page, re.M)
+    assert helped and documented == helped, (documented, helped)
