@@ -7,7 +7,7 @@ checks are pure functions that unit tests feed with recorded facts
 (tests/unit/data/box-facts.json).
 
 Shape of gather()'s result (as types mypy checks: Facts, SiteFacts and Stat
-below; the checks in checks.py take them):
+below; the checks in checks.py and site_checks.py take them):
 
     time          when the facts were read (2026-11-25T20:15:00Z)
     ufw           {active, policy, allowed: ["22/tcp", ...]}

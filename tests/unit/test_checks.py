@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from siteops import checks, facts, model
+from siteops import checks, facts, model, site_checks
 from siteops.errors import CommandError
 from siteops.commands import audit
 from siteops.paths import Paths
@@ -27,7 +27,7 @@ def findings(change=None, site_change=None):
         site_change(sites)
     out = checks.host_checks(facts)
     for site in sites.values():
-        out += checks.site_checks(HOST, model.site_from_json(site), facts)
+        out += site_checks.site_checks(HOST, model.site_from_json(site), facts)
     return out
 
 
@@ -225,7 +225,7 @@ RENEWAL = ("version = 2.1.0\narchive_dir = /etc/letsencrypt/archive/shop\n"
     (RENEWAL.replace("/live/shop/", "/live/other/"), "points at another certificate"),
 ])
 def test_a_certificate_certbot_cannot_renew_is_critical(conf, problem):
-    f = checks.renewal_check(model.Site("shop", 0, tls=model.Tls()), conf)
+    f = site_checks.renewal_check(model.Site("shop", 0, tls=model.Tls()), conf)
     if problem is None:
         assert f.severity == checks.OK
     else:

@@ -5,7 +5,7 @@ real site between two machines)."""
 import pytest
 
 from fakes import make_host
-from siteops import checks, fleet, nginx
+from siteops import fleet, nginx, site_checks
 from siteops.commands import move_site
 from siteops.errors import UsageError
 from siteops.model import Move, Site
@@ -29,7 +29,7 @@ def test_the_transfer_repository_is_reached_through_the_pinned_ssh(root):
     (None, True, "warning", "workers and timers held"),
 ])
 def test_audit_names_a_move_in_progress_on_either_host(move, held, severity, words):
-    f = checks.move_check(Site("shop", ["shop.test"], move=move, held=held))
+    f = site_checks.move_check(Site("shop", ["shop.test"], move=move, held=held))
     assert f.severity == severity and words in f.message and f.id == "site.shop.move"
 
 

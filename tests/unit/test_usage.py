@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from siteops import checks, usage
+from siteops import site_checks, usage
 from siteops.commands import sites
 from siteops.model import Limits, Site
 
@@ -94,14 +94,14 @@ def test_prometheus_text_format(root, shop_files, monkeypatch):
 def test_audit_warns_near_the_memory_limit_and_on_many_5xx():
     row = {"memory_bytes": 95, "memory_max_bytes": 100, "requests": 100, "status_5xx": 6,
            "window_seconds": 300}
-    found = {f.id: f for f in checks.usage_checks(SHOP, row)}
+    found = {f.id: f for f in site_checks.usage_checks(SHOP, row)}
     assert found["site.shop.memory"].severity == "warning"
     assert "95% of its limit" in found["site.shop.memory"].message
     assert found["site.shop.errors"].severity == "warning"
     calm = dict(row, memory_bytes=80, status_5xx=5)
-    assert {f.severity for f in checks.usage_checks(SHOP, calm)} == {"ok"}
+    assert {f.severity for f in site_checks.usage_checks(SHOP, calm)} == {"ok"}
     few = dict(row, requests=10, status_5xx=10, memory_max_bytes=None)
-    assert checks.usage_checks(SHOP, few) == []  # no limit, too few requests for a rate
+    assert site_checks.usage_checks(SHOP, few) == []  # no limit, too few requests for a rate
 
 
 def test_usage_table_and_json(root, shop_files, monkeypatch, capsys):

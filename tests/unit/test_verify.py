@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 import test_checks
-from siteops import checks, verify
+from siteops import site_checks, verify
 from siteops.model import Site
 
 DUMP_DATA = r"""--
@@ -67,7 +67,7 @@ NOW = "2026-11-30T12:00:00Z"
 def test_audit_warns_of_backups_not_verified_for_8_days_or_failed(result, created, severity,
                                                                   words):
     facts = {"time": NOW, "backup": {"verified": {"shop": result} if result else {}}}
-    f = checks.verified_check(Site("shop", ["shop.test"], created=created), facts)
+    f = site_checks.verified_check(Site("shop", ["shop.test"], created=created), facts)
     assert f.severity == severity and words in f.message and f.id == "site.shop.backup_verified"
 
 

@@ -9,7 +9,7 @@ import sys
 
 from .. import (access, checks, cli, fleet, envfile, facts, instances, journal, layout, logrotate, model,
                 nftables, nginx, notify, postgres, redis, registry, releases, systemd, validate)
-from .. import units
+from .. import site_checks, units
 from ..errors import UsageError
 from ..model import Site
 from ..host import Host
@@ -80,7 +80,7 @@ def run_checks(host: Host, sites: list[Site]) -> tuple[list[checks.Finding], str
     f = facts.gather(host, sites)
     findings = checks.host_checks(f)
     for site in sites:
-        findings += checks.site_checks(host, site, f)
+        findings += site_checks.site_checks(host, site, f)
     return findings, f["time"]
 
 
