@@ -5,6 +5,8 @@ action log."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
 import os
 import signal
 import sys
@@ -12,7 +14,7 @@ import traceback
 from typing import Callable, Sequence
 
 from . import journal, notify
-from .errors import SiteopsError
+from .errors import SiteopsError, UsageError
 from .host import Host
 from .signals import INTERRUPTS, on_interrupt
 
@@ -27,8 +29,30 @@ class Parser(argparse.ArgumentParser):
         message = message.encode("unicode_escape", "backslashreplace").decode("ascii") \
             if any(ord(c) < 32 or 0x7f <= ord(c) < 0xa0 or 0x202a <= ord(c) <= 0x202e
                    for c in message) else message
+        if _raising.get():
+            raise UsageError(f"{self.prog}: {message}")
         self.exit(self.exit_code, f"{self.prog.split()[0]}: error: {message} "
                                   f"(see {self.prog} --help)\n")
+
+    def print_help(self, file=None):
+        if _raising.get():
+            raise UsageError(f"{self.prog}: --help is not available here")
+        super().print_help(file)
+
+
+_raising = contextvars.ContextVar("raising", default=False)
+
+
+@contextlib.contextmanager
+def errors_raised():
+    """Within it, a parser's error raises UsageError (one line) instead of
+    printing and exiting, and help is refused: for parsing argv that came
+    from someone else (the tenant command)."""
+    token = _raising.set(True)
+    try:
+        yield
+    finally:
+        _raising.reset(token)
 
 
 def parser(prog: str, description: str, epilog: str = "") -> Parser:

@@ -69,8 +69,9 @@ def key(value: str) -> str:
     return value
 
 
-def changes(args: argparse.Namespace, stdin=None) -> dict[str, str | None]:
-    """{key: value or None to unset} from the command line (and stdin)."""
+def requested(args: argparse.Namespace) -> dict:
+    """{key: value, None to unset, or STDIN} as the command line asks, checked
+    (no value read yet)."""
     if not args.pairs:
         raise UsageError(f"{args.action} needs at least one KEY")
     out: dict = {}
@@ -84,6 +85,12 @@ def changes(args: argparse.Namespace, stdin=None) -> dict[str, str | None]:
             out[key(k)] = v if sep else STDIN
     if sum(v is STDIN for v in out.values()) > 1:
         raise UsageError("only one KEY may take its value from standard input")
+    return out
+
+
+def changes(args: argparse.Namespace, stdin=None) -> dict[str, str | None]:
+    """{key: value or None to unset} from the command line (and stdin)."""
+    out = requested(args)
     for k, v in out.items():
         if v is STDIN:
             if stdin is None and sys.stdin.isatty():

@@ -30,7 +30,7 @@ import re
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -41,10 +41,10 @@ from ..model import DEPLOY_ROLE, READ_ROLE, Key
 from ..users import DEPLOY_USER, sudo_caller
 from . import backup as backup_command
 from . import config, deploy, logs, maintenance, rollback, sites
-from .config import key, public_argv
-from .maintenance import message as maintenance_message
+from .config import public_argv
 
 MAX_COMMAND = 2000
+MAX_LINES = 100000
 PROCESS = re.compile(r"[a-z0-9][a-z0-9_.@-]{0,63}")
 REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
 ZERO = "0" * 40
@@ -59,70 +59,66 @@ class Refused(SiteopsError):
 
 
 @dataclass(frozen=True)
-class Grammar:
-    """One allowed command: the role it needs, its flags and options (each
-    option's value checked), what its words after NAME may be."""
+class Allowed:
+    """A command a tenant key may run: the suite's own command (its parser reads
+    the tenant's words, its main runs them), the role it needs, and what a
+    tenant may set beyond the site's name, by argparse dest."""
+    main: Callable[[list[str]], int]
+    parser: Callable[[], argparse.ArgumentParser]
     role: str
-    flags: frozenset[str] = frozenset()
-    options: dict[str, Callable[[str], object]] = field(default_factory=dict)
-    words: Callable[[list[str]], None] | None = None   # None: no words after NAME
-    read_flags: frozenset[str] = frozenset()           # flags that make it read-only
+    options: frozenset[str] = frozenset()
+    reads: frozenset[str] = frozenset()      # options that make it a read
+    check: Callable[[argparse.Namespace], object] | None = None   # the values a tenant may give
+    prefix: tuple[str, ...] = ()             # words of the command before NAME
 
 
 @dataclass(frozen=True)
 class Request:
-    command: str            # deploy, sites, git-receive-pack, help
+    command: str            # deploy, sites show, git-receive-pack, help
     site: str | None
     argv: tuple[str, ...]   # the argv handed to the command's main
     role: str
 
 
-def _config_words(words: list[str]) -> None:
-    if not words:
-        return
-    action, pairs = words[0], words[1:]
-    if action not in ("set", "unset") or not pairs:
-        raise Refused("config takes: config NAME [set KEY[=VALUE]... | unset KEY...]")
-    for pair in pairs:
-        key(pair.partition("=")[0])
-
-
-def _process(words: list[str]) -> None:
-    if len(words) > 1 or (words and not PROCESS.fullmatch(words[0])):
-        raise Refused(f"logs takes at most one process name, not {' '.join(words)!r}")
-
-
-def _ref(value: str) -> str:
+def _ref(args: argparse.Namespace) -> None:
     """A branch, tag or commit, spelt with no character a shell would read."""
-    if not REF.fullmatch(value):
-        raise Refused(f"invalid ref {value!r}: letters, digits and ._/- only")
-    return validate.git_ref(value)
+    if not REF.fullmatch(args.ref):
+        raise Refused(f"invalid ref {args.ref!r}: letters, digits and ._/- only")
 
 
-def _on_off(words: list[str]) -> None:
-    if words not in ([], ["on"], ["off"]):
-        raise Refused("maintenance takes: maintenance NAME [on|off]")
+def _logs(args: argparse.Namespace) -> None:
+    if args.process is not None and not PROCESS.fullmatch(args.process):
+        raise Refused(f"invalid process name {args.process!r}")
+    if not 0 <= args.lines <= MAX_LINES:
+        raise Refused(f"invalid -n {args.lines}: a number from 0 to {MAX_LINES}")
 
 
-def _lines(value: str) -> int:
-    return validate.number("-n", 1, 100000)(value)
+def _config(args: argparse.Namespace) -> None:
+    if args.action is not None:
+        config.requested(args)
 
 
-GRAMMARS: dict[str, Grammar] = {
-    "deploy": Grammar(DEPLOY_ROLE, frozenset({"--dry-run"}), {"--ref": _ref}),
-    "rollback": Grammar(DEPLOY_ROLE, frozenset({"--dry-run", "--list"}),
-                        {"--to": validate.release_id}),
-    "config": Grammar(DEPLOY_ROLE, frozenset({"--show", "--no-restart", "--dry-run"}),
-                      words=_config_words),
-    "backup": Grammar(DEPLOY_ROLE, frozenset({"--list", "--json"}), read_flags=frozenset({"--list"})),
-    "logs": Grammar(READ_ROLE, frozenset({"-f", "--follow"}), {"-n": _lines, "--lines": _lines},
-                    words=_process),
-    "maintenance": Grammar(DEPLOY_ROLE, frozenset({"--dry-run"}),
-                           {"--message": maintenance_message,
-                            "--retry-after": validate.number("--retry-after", 1, 7 * 86400)},
-                           words=_on_off),
-    "sites show": Grammar(READ_ROLE, frozenset({"--json"})),
-    "sites usage": Grammar(READ_ROLE, frozenset({"--json"})),
+def _sites(action: str) -> Allowed:
+    return Allowed(sites.main, sites.build_parser, READ_ROLE, frozenset({"json"}),
+                   prefix=(action,))
+
+
+ALLOWED: dict[str, Allowed] = {
+    "deploy": Allowed(deploy.main, deploy.build_parser, DEPLOY_ROLE,
+                      frozenset({"ref", "dry_run"}), check=_ref),
+    "rollback": Allowed(rollback.main, rollback.build_parser, DEPLOY_ROLE,
+                        frozenset({"to", "list", "dry_run"})),
+    "config": Allowed(config.main, config.build_parser, DEPLOY_ROLE,
+                      frozenset({"action", "pairs", "show", "no_restart", "dry_run"}),
+                      check=_config),
+    "backup": Allowed(backup_command.main, backup_command.build_parser, DEPLOY_ROLE,
+                      frozenset({"list", "json"}), reads=frozenset({"list"})),
+    "logs": Allowed(logs.main, logs.build_parser, READ_ROLE,
+                    frozenset({"process", "lines", "follow"}), check=_logs),
+    "maintenance": Allowed(maintenance.main, maintenance.build_parser, DEPLOY_ROLE,
+                           frozenset({"state", "message", "retry_after", "dry_run"})),
+    "sites show": _sites("show"),
+    "sites usage": _sites("usage"),
 }
 HELP = __doc__.split("\n\n")[2]
 
@@ -159,53 +155,48 @@ def parse(command: str | None) -> Request:
             raise Refused("git-receive-pack takes one repository: the site's name")
         return Request("git-receive-pack", _site(push_target, words[1]), (), DEPLOY_ROLE)
     verb = words[0]
-    rest = words[1:]
-    if verb == "sites" and rest and rest[0] in ("show", "usage"):
-        verb, rest = f"sites {rest[0]}", rest[1:]
-    grammar = GRAMMARS.get(verb)
-    if grammar is None:
+    if verb == "sites" and len(words) > 1:
+        verb = f"sites {words[1]}"
+    allowed = ALLOWED.get(verb)
+    if allowed is None:
         raise Refused(f"{verb!r} is not a command a tenant key may run (ssh ... help lists them)")
-    flags: list[str] = []
-    options: list[str] = []
-    positional: list[str] = []
-    it = iter(rest)
-    for word in it:
-        if word.startswith("-"):
-            name, eq, given = word.partition("=")
-            if name in grammar.flags and not eq:
-                flags.append(name)
-            elif name in grammar.options:
-                value = given if eq else next(it, None)
-                if value is None:
-                    raise Refused(f"{name} needs a value")
-                try:
-                    grammar.options[name](value)
-                except (SiteopsError, ValueError) as exc:
-                    raise Refused(str(exc)) from None
-                options += [name, value]
-            else:
-                raise Refused(f"{verb} does not take {name!r} with a tenant key")
-        else:
-            positional.append(word)
-    if not positional:
-        raise Refused(f"{verb} needs the site's name")
-    site = _site(validate.site_name, positional[0])
-    words_after = positional[1:]
-    if words_after and grammar.words is None:
-        raise Refused(f"{verb} takes only the site's name, not {' '.join(words_after)!r}")
-    if grammar.words:
+    if "--" in words:
+        raise Refused("'--' is not needed: a site's name never starts with '-'")
+    argv = tuple(words[1:])
+    args = _parsed(allowed, argv)
+    names = [args.name] if hasattr(args, "name") else args.names
+    if len(names) != 1:
+        raise Refused(f"{verb} takes one site's name, not {len(names)}")
+    site = names[0]
+    plain = vars(_parsed(allowed, (*allowed.prefix, site)))
+    given = {dest for dest, value in vars(args).items() if plain.get(dest, MISSING) != value}
+    refused = sorted(given - allowed.options - {"name", "names"})
+    if refused:
+        raise Refused(f"{verb} does not take {', '.join(_flag(d) for d in refused)} "
+                      "with a tenant key")
+    if allowed.check:
         try:
-            grammar.words(words_after)
-        except Refused:
-            raise
+            allowed.check(args)
         except SiteopsError as exc:
             raise Refused(str(exc)) from None
-    role = READ_ROLE if grammar.read_flags & set(flags) else grammar.role
-    if verb.startswith("sites "):
-        argv = (verb.split()[1], site, *flags)
-    else:
-        argv = (site, *words_after, *flags, *options)
-    return Request(verb.split()[0], site, argv, role)
+    role = READ_ROLE if allowed.reads & given else allowed.role
+    return Request(verb, site, argv, role)
+
+
+MISSING = object()
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _parsed(allowed: Allowed, argv: tuple[str, ...]) -> argparse.Namespace:
+    """The command's own parser on the tenant's words: one grammar, root's."""
+    try:
+        with cli.errors_raised():
+            return allowed.parser().parse_args(list(argv))
+    except SiteopsError as exc:
+        raise Refused(str(exc)) from None
 
 
 def _site(check: Callable[[str], str], word: str) -> str:
@@ -259,17 +250,8 @@ def receive_pack(host: Host, site: str) -> int:
     return subprocess.run(argv, env={**os.environ, **env}, check=False).returncode
 
 
-# The commands a tenant key may run, by the name parse() gives them: each the
-# suite's own command, with the argv parse() built (the same parser as root's).
-MAINS: dict[str, Callable[[list[str]], int]] = {
-    "deploy": deploy.main, "rollback": rollback.main, "config": config.main,
-    "backup": backup_command.main, "logs": logs.main, "maintenance": maintenance.main,
-    "sites": sites.main,
-}
-
-
 def run_command(request: Request) -> int:
-    return MAINS[request.command](list(request.argv))
+    return ALLOWED[request.command].main(list(request.argv))
 
 
 def log(host: Host, fingerprint: str, label: str, request: Request | None, asked: str,
