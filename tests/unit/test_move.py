@@ -7,6 +7,7 @@ import pytest
 from fakes import make_host
 from siteops import fleet, nginx, site_checks
 from siteops.commands import move_site
+from siteops.ops import move
 from siteops.errors import UsageError
 from siteops.model import Move, Site
 
@@ -14,7 +15,7 @@ from siteops.model import Move, Site
 def test_the_transfer_repository_is_reached_through_the_pinned_ssh(root):
     host, _ = make_host(root)
     remote = fleet.Remote("big", "root", "192.0.2.2", 2222, "/root/.ssh/fleet")
-    repo, options = move_site.transfer_repository(host, remote, "shop")
+    repo, options = move.transfer_repository(host, remote, "shop")
     assert repo == "sftp:root@192.0.2.2:" + str(root / "var/lib/siteops/move/shop/repo")
     assert options[0] == "-o" and options[1].startswith("sftp.command=ssh -F /dev/null ")
     command = options[1].split("=", 1)[1]
@@ -80,8 +81,8 @@ def test_requests_of_the_last_hour_are_counted_from_the_access_log(tmp_path):
     log.write_text("".join(f'1.2.3.4 - - [x] "GET / HTTP/1.1" 200 5 "-" "ua" rt=0.001 '
                            f'urt="0.001" t={now - age:.3f}\n' for age in (7200, 3500, 10, 1))
                    + "garbage line\n")
-    assert move_site.recent_requests(log, now) == 3
-    assert move_site.recent_requests(tmp_path / "none.log", now) == 0
+    assert move.recent_requests(log, now) == 3
+    assert move.recent_requests(tmp_path / "none.log", now) == 0
 
 
 def test_finish_asks_for_yes_while_visitors_still_arrive(root, monkeypatch):
@@ -91,7 +92,7 @@ def test_finish_asks_for_yes_while_visitors_still_arrive(root, monkeypatch):
     monkeypatch.setattr(registry, "load", lambda h: type("R", (), {"sites": {"shop": site}})())
     monkeypatch.setattr(fleet, "get", lambda h, n: fleet.Remote("big", "root", "192.0.2.2", 22,
                                                                  "/k"))
-    monkeypatch.setattr(move_site, "recent_requests", lambda log, now: 12)
+    monkeypatch.setattr(move, "recent_requests", lambda log, now: 12)
     with pytest.raises(UsageError, match="12 request.*last hour.*pass --yes.*nothing was changed"):
         move_site.run(host, move_site.build_parser().parse_args(["shop", "--finish"]))
     assert host.actions == []

@@ -10,6 +10,7 @@ import pytest
 
 from siteops import backup, envfile, model, redis
 from siteops.commands import restore
+from siteops.ops import restore as restore_op
 
 from fakes import make_host
 
@@ -138,7 +139,7 @@ def test_restore_all_prints_its_plan_before_anything_changes(root):
                                                "wiki": {"state": "ready"}}})
     host, _ = make_host(root, [(["restic", "--quiet", "snapshots"], 0, json.dumps(snaps)),
                                (["restic", "--quiet", "dump"], 0, dump)])
-    plan = restore.plan_all(host)
+    plan = restore_op.plan_all(host)
     out = host.out.getvalue()
     assert plan.sites == ["shop"]
     assert "recreate     shop\n" in out

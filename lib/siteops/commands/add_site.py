@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from .. import cli, distro, instances, model, network, postgres, registry, units, validate
+from .. import cli, model, validate
 from . import tls as tls_command
 from ..ops import sites as sites_op
-from ..errors import UsageError
-from ..journal import now
-from ..model import READY, Site
 from ..host import Host
 
 DESCRIPTION = """\
@@ -76,49 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def plan_entry(host: Host, data: registry.Registry, args: argparse.Namespace) -> Site:
-    """The registry entry the site should have: the existing one updated (a copy),
-    or a new one."""
-    name = args.name
-    sites_op.refuse_conflicts(host, data, name, args.domains)
-    site = data.sites.get(name)
-    if site is None:
-        slot = registry.allocate_slot(data, network.listening_ports(host))
-        site = Site(name=name, slot=slot, created=now())
-    site = site.copy(domains=args.domains)
-    if args.components:
-        site.components, site.components_chosen = args.components, True
-    site.commands = {c: site.commands.get(c, model.DEFAULT_COMMANDS[c])
-                     for c in site.components}
-    for component, command in args.start:
-        if component not in site.components:
-            raise UsageError(f"--start {component}=...: the site has no {component} component")
-        site.commands[component] = command
-    site.ports = units.ports_for(site.slot, site.components)
-    return site
-
-
 def run(host: Host, args: argparse.Namespace) -> None:
-    distro.detect(host)
-    sites_op.check_bootstrapped(host)
-    with registry.locked(host, f"add-site {args.name}") as data:
-        site = plan_entry(host, data, args)
-        if site != data.sites.get(args.name):
-            site.updated = now()
-        data.sites[args.name] = site
-        registry.save(host, data)  # a crash from here on leaves state "provisioning"
-        host.say(f"site {args.name}: slot {site.slot}, ports "
-                 + ", ".join(f"{k} {v}" for k, v in site.ports.items()))
-        db_port = postgres.clusters(host)[0].port
-        changed = sites_op.provision(host, site, db_port, list(data.sites.values()))
-        if site.state != READY:
-            site.state = READY
-            site.updated = now()
-        registry.save(host, data)
-    instances.refresh(host, site, changed)  # after the registry lock: it takes it itself
-    if args.tls or site.tls:
-        with registry.site_locked(host, args.name, f"tls {args.name}"):
-            tls_command.enable(host, args.name, args)
+    sites_op.add_site(host, args.name, args.domains, components=args.components,
+                      starts=args.start, https=args.tls, tls_asked=tls_command.asked(args))
 
 
 def main(argv: list[str] | None = None, host: Host | None = None) -> int:

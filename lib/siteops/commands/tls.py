@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 import re
 
-from .. import cli, nginx, registry, tls, validate
-from ..errors import UsageError
-from ..model import READY, Site, Tls
+from .. import cli, registry, validate
+from ..ops import sites as sites_op
 from ..host import Host
 
 DESCRIPTION = """\
@@ -74,34 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def settings(current: Tls | None, args: argparse.Namespace) -> Tls:
-    """The site's TLS settings: what the arguments say over what it had."""
-    t = current or Tls()
-    return Tls(email=args.email or t.email,
-               hsts=t.hsts if args.hsts is None else args.hsts,
-               staging=t.staging if args.staging is None else args.staging,
-               server=args.acme_server or t.server,
-               ca_bundle=str(args.acme_ca_bundle) if args.acme_ca_bundle else t.ca_bundle)
-
-
-def enable(host: Host, name: str, args: argparse.Namespace) -> Site:
-    """Record the site's TLS settings, issue its certificate if it has none
-    for exactly its domains, then serve HTTPS. Returns the entry."""
-    def change(entry: Site) -> None:
-        if entry.state != READY:
-            raise UsageError(f"site {name} is not ready: run add-site {name} ... first")
-        entry.tls = settings(entry.tls, args)
-    site = registry.update_site(host, name, f"tls {name}", change)
-    # A certificate issued (or re-issued under the same file names) leaves a
-    # reload pending, which ensure_site carries out even if the file is unchanged.
-    tls.issue(host, site)
-    nginx.ensure_site(host, site, host.paths.of(name).logs)
-    return site
+def asked(args: argparse.Namespace) -> sites_op.TlsAsked:
+    """The settings add_arguments' options ask for."""
+    return sites_op.TlsAsked(email=args.email, hsts=args.hsts, staging=args.staging,
+                             server=args.acme_server,
+                             ca_bundle=str(args.acme_ca_bundle) if args.acme_ca_bundle else None)
 
 
 def run(host: Host, args: argparse.Namespace) -> None:
     with registry.site_locked(host, args.name, f"tls {args.name}"):
-        site = enable(host, args.name, args)
+        site = sites_op.enable_tls(host, args.name, asked(args))
     host.say(f"site {args.name}: HTTPS for {', '.join(site.domains)}"
              + (" (in this dry run)" if host.dry_run else ""))
 

@@ -1,16 +1,19 @@
-"""The operations on a site as a whole: provisioning it (add-site, and
-restore recreating one) and removing it (remove-site, move-site's finish and
-the target's clean-up of a half-made copy)."""
+"""The operations on a site as a whole: adding it and provisioning it
+(add-site, and restore recreating one), putting it on HTTPS (tls, add-site
+--tls) and removing it (remove-site, move-site's finish and the target's
+clean-up of a half-made copy)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
-from .. import (access, backup, envfile, fail2ban, layout, logrotate, nftables, nginx, parts,
-                postgres, redis, registry, systemd, tls, units, users)
+from .. import (access, backup, distro, envfile, fail2ban, instances, layout, logrotate, model,
+                network, nftables, nginx, parts, postgres, redis, registry, systemd, tls, units,
+                users)
 from ..errors import SiteopsError, UsageError
 from ..journal import now
-from ..model import Site
+from ..model import READY, Site, Tls
 from ..host import Host
 
 REMOVING = "removing"
@@ -35,6 +38,94 @@ def refuse_conflicts(host: Host, data: registry.Registry, name: str, domains: li
         if users.group_exists(host, name):
             raise UsageError(f"a Unix group {name!r} already exists (a site's user would join "
                              "it); choose another site name")
+
+
+def add_site(host: Host, name: str, domains: list[str], *,
+             components: list[str] | None = None, starts: Sequence[tuple[str, str]] = (),
+             https: bool = False, tls_asked: TlsAsked | None = None) -> Site:
+    """Make the site, or converge an existing one onto these domains (and
+    components and start commands, when given); https: put it on HTTPS (a
+    site already on HTTPS stays there), with tls_asked over its settings.
+    Returns its entry."""
+    distro.detect(host)
+    check_bootstrapped(host)
+    with registry.locked(host, f"add-site {name}") as data:
+        site = plan_entry(host, data, name, domains, components, starts)
+        if site != data.sites.get(name):
+            site.updated = now()
+        data.sites[name] = site
+        registry.save(host, data)  # a crash from here on leaves state "provisioning"
+        host.say(f"site {name}: slot {site.slot}, ports "
+                 + ", ".join(f"{k} {v}" for k, v in site.ports.items()))
+        db_port = postgres.clusters(host)[0].port
+        changed = provision(host, site, db_port, list(data.sites.values()))
+        if site.state != READY:
+            site.state = READY
+            site.updated = now()
+        registry.save(host, data)
+    instances.refresh(host, site, changed)  # after the registry lock: it takes it itself
+    if https or site.tls:
+        with registry.site_locked(host, name, f"tls {name}"):
+            site = enable_tls(host, name, tls_asked or TlsAsked())
+    return site
+
+
+def plan_entry(host: Host, data: registry.Registry, name: str, domains: list[str],
+               components: list[str] | None, starts: Sequence[tuple[str, str]]) -> Site:
+    """The registry entry the site should have: the existing one updated (a copy),
+    or a new one in the first free slot."""
+    refuse_conflicts(host, data, name, domains)
+    site = data.sites.get(name)
+    if site is None:
+        slot = registry.allocate_slot(data, network.listening_ports(host))
+        site = Site(name=name, slot=slot, created=now())
+    site = site.copy(domains=domains)
+    if components:
+        site.components, site.components_chosen = components, True
+    site.commands = {c: site.commands.get(c, model.DEFAULT_COMMANDS[c])
+                     for c in site.components}
+    for component, command in starts:
+        if component not in site.components:
+            raise UsageError(f"--start {component}=...: the site has no {component} component")
+        site.commands[component] = command
+    site.ports = units.ports_for(site.slot, site.components)
+    return site
+
+
+@dataclass(frozen=True)
+class TlsAsked:
+    """The TLS settings a command line asks for; None keeps the site's own."""
+    email: str | None = None
+    hsts: bool | None = None
+    staging: bool | None = None
+    server: str | None = None
+    ca_bundle: str | None = None
+
+
+def tls_settings(current: Tls | None, asked: TlsAsked) -> Tls:
+    """The site's TLS settings: what was asked over what it had."""
+    t = current or Tls()
+    return Tls(email=asked.email or t.email,
+               hsts=t.hsts if asked.hsts is None else asked.hsts,
+               staging=t.staging if asked.staging is None else asked.staging,
+               server=asked.server or t.server,
+               ca_bundle=asked.ca_bundle or t.ca_bundle)
+
+
+def enable_tls(host: Host, name: str, asked: TlsAsked) -> Site:
+    """Record the site's TLS settings, issue its certificate if it has none
+    for exactly its domains, then serve HTTPS. Returns the entry. The caller
+    holds the site's lock."""
+    def change(entry: Site) -> None:
+        if entry.state != READY:
+            raise UsageError(f"site {name} is not ready: run add-site {name} ... first")
+        entry.tls = tls_settings(entry.tls, asked)
+    site = registry.update_site(host, name, f"tls {name}", change)
+    # A certificate issued (or re-issued under the same file names) leaves a
+    # reload pending, which ensure_site carries out even if the file is unchanged.
+    tls.issue(host, site)
+    nginx.ensure_site(host, site, host.paths.of(name).logs)
+    return site
 
 
 def provision(host: Host, site: Site, db_port: int, sites: list[Site]) -> list[str]:
