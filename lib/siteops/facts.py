@@ -205,7 +205,7 @@ def expected_files(host: Host, site: Site, nginx_version: tuple[int, ...],
     name = site.name
     files = {str(host.paths.unit(u)): text for u, text in systemd.render_units(host, site).items()}
     files[str(host.paths.nginx_site(name))] = nginx.site_config(
-        site, nginx_version, nginx.cert_dir(host, site), host.paths.of(name).logs)
+        site, nginx_version, nginx.cert_dir(host, site), host.paths.of(name))
     files[str(host.paths.logrotate(name))] = logrotate.config(host, site)
     if env_text:
         files[str(host.paths.redis_conf(name))] = redis.site_conf(

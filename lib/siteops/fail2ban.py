@@ -15,7 +15,8 @@ def ensure(host: Host) -> None:
     path = host.paths.fail2ban_jail
     with host.step("fail2ban (sshd, nginx-limit-req)"):
         with host.validated([path], ["fail2ban-client", "-t"], "fail2ban") as outcome:
-            host.write(path, render("fail2ban/jail.local", sites=host.paths.sites))
+            host.write(path, render("fail2ban/jail.local",
+                                         site_error_logs=host.paths.of("*").nginx_error_log))
         if outcome.changed:
             host.run(["systemctl", "enable", "fail2ban"])
             host.run(["systemctl", "restart", "fail2ban"])

@@ -62,10 +62,10 @@ def http_status(host: Host, domain: str, port: int, path: str) -> int:
 
 def log_sizes(host: Host, site: Site) -> dict[Path, int]:
     """Current sizes of the site's app logs, to show only what a new instance wrote."""
-    logs = host.paths.of(site.name).logs
+    files = host.paths.of(site.name)
     sizes = {}
     for c in site.components:
-        for f in (logs / f"{c}.log", logs / f"{c}-error.log"):
+        for f in (files.app_log(c), files.app_error_log(c)):
             sizes[f] = f.stat().st_size if f.exists() else 0
     return sizes
 
@@ -96,11 +96,11 @@ def render_dropins(host: Host, site: Site, rid: str, record: Release,
     files = {host.paths.dropin(units.instance(name, c, p)): systemd.render_dropin(
                 name, rid, rel, systemd.resolve_command(rel, record.commands[c]), ports)
              for c, p in ports.items()}
-    logs = host.paths.of(name).logs
+    files_of = host.paths.of(name)
     for unit, kind in units.worker_instances(name, record.workers, offset).items():
         command = systemd.resolve_command(rel, record.workers[kind].command)
         files[host.paths.dropin(unit)] = systemd.render_dropin(
-            name, rid, rel, command, ports, log=logs / f"worker-{kind}.log")
+            name, rid, rel, command, ports, log=files_of.worker_log(kind))
     return files
 
 
@@ -247,7 +247,6 @@ def switch(host: Host, site: Site, rid: str, record: Release,
     registry entry. on_live(site) adds its own changes to the registry update
     that records the switch. keep_warm: the old web instances keep running."""
     name = site.name
-    logs = host.paths.of(name).logs
     warm = site.warm if site.warm and site.warm.release == rid and all(
         unit_state(host, u) == ("active", 0) for u in units.warm_instances(site)) else None
     if site.warm and not warm:  # another release, or one of them stopped or restarted
@@ -273,7 +272,7 @@ def switch(host: Host, site: Site, rid: str, record: Release,
         wait_healthy(host, site, record, live.offset)
         serving = site.copy(live=live)
         serving.releases[rid] = record  # what it runs, before the registry records it
-        nginx.ensure_site(host, serving, logs)
+        nginx.ensure_site(host, serving)
         # `current` and the registry move together: a signal between the two
         # would run the put-back (or a failed deploy's clean-up) on a release
         # that nginx and `current` already serve. Held until both are done,
@@ -291,7 +290,7 @@ def switch(host: Host, site: Site, rid: str, record: Release,
         # answer requests nginx still sends them with 502). Not cut short by a
         # second Ctrl-C or a SIGTERM.
         with uninterrupted(), host.step("put the live release back"):
-            nginx.ensure_site(host, site, logs)
+            nginx.ensure_site(host, site)
             host.put_back(current, before)
             if new_units:
                 drain(host, list(units.instance_ports(site, live.offset, record).values()))
@@ -411,13 +410,12 @@ def recover(host: Host, site: Site) -> Site:
 
     Returns the updated entry."""
     name = site.name
-    logs = host.paths.of(name).logs
     live = set(units.live_instances(site))
     kept = set(units.warm_instances(site)) - live  # running or not: a switch to them starts them
     for unit in sorted(live):
         with host.step(f"{unit} running"):
             systemd.ensure_started(host, unit)
-    nginx.ensure_site(host, site, logs)
+    nginx.ensure_site(host, site)
     if site.live and host.paths.of(name).release(site.live.release).is_dir():
         with host.step(f"current -> releases/{site.live.release}"):
             host.symlink(host.paths.of(name).current, f"releases/{site.live.release}")

@@ -10,12 +10,12 @@ from .templates import render
 def config(host: Host, site: Site) -> str:
     """The site's logrotate file: nginx logs are reopened (no line lost); app logs
     are copied then truncated, since their writer cannot be told to reopen."""
-    logs = host.paths.of(site.name).logs
-    app = [f"{c}{suffix}.log" for c in site.components for suffix in ("", "-error")]
-    app.append("redis.log")
+    files = host.paths.of(site.name)
+    app = [log for c in site.components for log in (files.app_log(c), files.app_error_log(c))]
+    app += [files.redis_log, files.worker_log("*"), files.job_log("*")]
     return render("logrotate/site", name=site.name,
-                  nginx_logs=f"{logs}/nginx-access.log {logs}/nginx-error.log",
-                  app_logs=" ".join(f"{logs}/{f}" for f in app))
+                  nginx_logs=f"{files.nginx_access_log} {files.nginx_error_log}",
+                  app_logs=" ".join(map(str, app)))
 
 
 def ensure_site(host: Host, site: Site) -> None:

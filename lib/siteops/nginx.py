@@ -15,7 +15,7 @@ from pathlib import Path
 from . import distro, registry, safefs, systemd, units
 from .errors import PutBackFailed, SiteopsError
 from .model import Site
-from .paths import TEMPLATES, Paths
+from .paths import TEMPLATES, Paths, SitePaths
 from .host import Host
 from .templates import render
 
@@ -192,7 +192,7 @@ def heal_other_site(host: Host, error: str, ours: set[Path]) -> bool:
     with host.step(f"nginx site {site.name} rendered again"):
         host.write(host.paths.nginx_site(site.name),
                    site_config(site, distro.nginx_version(host), cert_dir(host, site),
-                               host.paths.of(site.name).logs))
+                               host.paths.of(site.name)))
     return True
 
 
@@ -248,7 +248,8 @@ def cert_dir(host: Host, site: Site) -> Path | None:
     return None
 
 
-def site_config(site: Site, version: tuple[int, ...], certs: Path | None, logs: Path) -> str:
+def site_config(site: Site, version: tuple[int, ...], certs: Path | None,
+                files: SitePaths) -> str:
     """Render a site's nginx file from its registry entry and live facts: the
     upstreams are the live instances' ports, a placeholder before the first
     deploy. Paths of a component the live release does not run go to the one it
@@ -279,9 +280,10 @@ def site_config(site: Site, version: tuple[int, ...], certs: Path | None, logs: 
                            placeholder_dir=SERVER.placeholder(name),
                            retry_after=site.maintenance.retry_after,
                            hsts=hsts.replace("    add_header", "        add_header"))
-    common = dict(name=name, domains=" ".join(site.domains), logs=logs,
+    common = dict(name=name, domains=" ".join(site.domains),
+                  access_log=files.nginx_access_log, error_log=files.nginx_error_log,
                   acme_root=SERVER.acme_root,
-                  trusted=trusted(site, logs),
+                  trusted=trusted(site, files.nginx_access_log),
                   log_if=" if=$siteops_forward_believed" if site.forwarded_by else "")
     https = ""
     if certs:
@@ -316,7 +318,7 @@ def forward_locations(site: Site, certs: Path | None) -> str:
 FORWARD_HEADER = "X-Siteops-Forward"
 
 
-def trusted(site: Site, logs: Path | str) -> str:
+def trusted(site: Site, access_log: Path) -> str:
     """A moved site's server lines on the host it moved to: the addresses of
     the hosts that forward to it may say the visitor's address, and the check
     (in a root-only file) that refuses what comes from them without the
@@ -326,7 +328,7 @@ def trusted(site: Site, logs: Path | str) -> str:
         return ""
     return ("".join(f"    set_real_ip_from {a};\n" for a in site.forwarded_by)
             + f"    include {SERVER.nginx_move_secret(site.name)};\n"
-            + f"    access_log {logs}/nginx-access.log siteops_direct "
+            + f"    access_log {access_log} siteops_direct "
               "if=$siteops_forward_refused;\n")
 
 
@@ -361,11 +363,12 @@ def maintenance_page(site: Site) -> str:
                                       "This site is down for maintenance; back shortly."))
 
 
-def ensure_site(host: Host, site: Site, logs: Path) -> bool:
+def ensure_site(host: Host, site: Site) -> bool:
     """Write and enable the site's nginx file, then reload; on a failed check
     nothing changes. True if nginx reloaded."""
     name = site.name
-    text = site_config(site, distro.nginx_version(host), cert_dir(host, site), logs)
+    text = site_config(site, distro.nginx_version(host), cert_dir(host, site),
+                       host.paths.of(name))
     with host.step(f"nginx site {name}"):
         page = host.paths.placeholder(name) / "index.html"
         host.ensure_dir(page.parent, 0o755)

@@ -243,6 +243,31 @@ class SitePaths:
     def logs(self) -> Path:
         return self.shared / "logs"
 
+    # A site's log files, each named here only (logs NAME reads them all).
+    @property
+    def nginx_access_log(self) -> Path:
+        return self.logs / "nginx-access.log"
+
+    @property
+    def nginx_error_log(self) -> Path:
+        return self.logs / "nginx-error.log"
+
+    def app_log(self, component: str) -> Path:
+        return self.logs / f"{component}.log"
+
+    def app_error_log(self, component: str) -> Path:
+        return self.logs / f"{component}-error.log"
+
+    def worker_log(self, kind: str) -> Path:
+        return self.logs / f"worker-{kind}.log"
+
+    def job_log(self, job: str) -> Path:
+        return self.logs / f"job-{job}.log"
+
+    @property
+    def redis_log(self) -> Path:
+        return self.logs / "redis.log"
+
     @property
     def uploads(self) -> Path:
         return self.shared / "uploads"

@@ -53,20 +53,22 @@ def socket_bind(site: Site) -> list[str]:
 
 def render_units(host: Host, site: Site) -> dict[str, str]:
     """The slice and unit files of a site, by unit name."""
-    name, root = site.name, host.paths.site(site.name)
+    name, tree = site.name, host.paths.of(site.name)
     hardening = render("systemd/hardening.conf")
     binds = "\n".join(socket_bind(site))
     lim = limits(site)
+    common = dict(name=name, current=tree.current, env=tree.env, uploads=tree.uploads,
+                  hardening=hardening, socket_bind=binds)
     files = {units.slice_name(name): render("systemd/site.slice", name=name, **lim)}
     for c in site.components:
         files[units.app_unit(name, c)] = render(
-            "systemd/app.service", name=name, component=c, root=root, port=site.ports[c],
-            command=site.commands[c], hardening=hardening, socket_bind=binds)
-    files[units.worker_unit(name)] = render("systemd/worker.service", name=name, root=root,
-                                            hardening=hardening, socket_bind=binds)
+            "systemd/app.service", component=c, port=site.ports[c], command=site.commands[c],
+            out_log=tree.app_log(c), error_log=tree.app_error_log(c), **common)
+    files[units.worker_unit(name)] = render("systemd/worker.service", **common)
     files[units.redis_unit(name)] = render(
-        "systemd/redis.service", name=name, root=root, port=site.ports["redis"],
-        conf=host.paths.redis_conf(name), hardening=hardening, socket_bind=binds)
+        "systemd/redis.service", name=name, port=site.ports["redis"], log=tree.redis_log,
+        data=tree.redis, conf=host.paths.redis_conf(name), hardening=hardening,
+        socket_bind=binds)
     return files
 
 
@@ -186,11 +188,12 @@ def render_dropin(site: str, release_id: str, release: Path, command: str,
 
 def render_job(host: Host, site: Site, job: str, spec: Job, release_id: str) -> dict[str, str]:
     """{unit: text} of a job's service (in release release_id) and timer."""
-    name, root = site.name, host.paths.site(site.name)
-    release = host.paths.of(name).release(release_id)
+    name, tree = site.name, host.paths.of(site.name)
+    release = tree.release(release_id)
     service, timer = units.job_units(name, job)
     return {
-        service: render("systemd/job.service", name=name, job=job, root=root,
+        service: render("systemd/job.service", name=name, job=job, env=tree.env,
+                        uploads=tree.uploads, log=tree.job_log(job),
                         release=release, release_id=release_id,
                         search_path=":".join(search_path(release)),
                         command=resolve_command(release, spec.command),
@@ -299,7 +302,6 @@ def sandbox_argv(host: Host, entry: Site, workdir: Path, command: str, unit: str
     the services' hardening, in the site's slice (its limits), binding only its
     ports; only workdir, the site's build cache and `writable` are writable."""
     site = entry.name
-    root = host.paths.site(site)
     cache = host.paths.of(site).cache
     props = [line.strip() for line in render("systemd/hardening.conf").splitlines()
              if "=" in line and not line.startswith("#")]
@@ -307,7 +309,7 @@ def sandbox_argv(host: Host, entry: Site, workdir: Path, command: str, unit: str
     props += [f"User={site}", f"Group={site}", f"Slice={units.slice_name(site)}",
               f"WorkingDirectory={workdir}",
               "ReadWritePaths=" + " ".join(map(str, (workdir, cache, *writable))),
-              f"EnvironmentFile={root}/shared/.env"]
+              f"EnvironmentFile={host.paths.of(site).env}"]
     env = {"HOME": cache, "XDG_CACHE_HOME": cache, "NODE_ENV": "production",
            "npm_config_cache": cache / "npm", "CI": "true",
            "PATH": ":".join(search_path(workdir))}

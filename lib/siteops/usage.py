@@ -118,7 +118,7 @@ def traffic(host: Host, name: str, window: float, now: float) -> dict:
     out: dict[str, Any] = {"requests": 0, "status_2xx": 0, "status_3xx": 0, "status_4xx": 0,
                            "status_5xx": 0, "status_429": 0, "upstream_p50_ms": None,
                            "upstream_p99_ms": None}
-    fh = safefs.open_read(host.paths.of(name).logs / "nginx-access.log")
+    fh = safefs.open_read(host.paths.of(name).nginx_access_log)
     if fh is None:
         return out
     times = []

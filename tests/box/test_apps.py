@@ -180,6 +180,18 @@ def test_logs_follow_a_running_worker(host):
     wait_for(host, "grep -x 'worker q | processed followed' /tmp/follow.log")
 
 
+def test_worker_and_job_logs_are_rotated_and_the_worker_keeps_writing(host):
+    """Worker and job logs grow like the web ones: logrotate takes them too
+    (copytruncate: systemd keeps the file open for the worker)."""
+    logs = f"{SITE}/shared/logs"
+    host.sh(f"test -s {logs}/worker-q.log && test -s {logs}/job-tick.log")
+    host.sh("logrotate -f /etc/logrotate.d/siteops-app")
+    rotated = host.sh(f"ls {logs}").stdout.split()
+    assert {"worker-q.log.1", "job-tick.log.1"} <= set(rotated), rotated
+    push(host, "after-rotation")
+    wait_for(host, f"grep -x 'processed after-rotation' {logs}/worker-q.log")
+
+
 def test_a_redeploy_with_unchanged_requirements_reuses_the_venv(host):
     before = live(host)
     commit(host, REPO, {"app.py": APP.replace("v?", "v?2")}, "app only")

@@ -66,7 +66,7 @@ def shop(root, monkeypatch):
 
 def prepared_host(root, site, rules):
     host, runner = make_host(root, rules, dry_run=False)
-    nginx.ensure_site(host, site, root / "srv/sites/shop/shared/logs")
+    nginx.ensure_site(host, site)
     host.actions.clear()
     return host, runner
 
@@ -355,10 +355,10 @@ def test_a_reload_left_pending_by_a_killed_run_is_done_by_the_next(root, shop):
     host, _ = prepared_host(root, shop, healthy())  # wrote the site file and reloaded
     marker = root / "var/lib/siteops/nginx-reload-pending"
     assert not marker.exists()
-    nginx.ensure_site(host, shop, root / "srv/sites/shop/shared/logs")
+    nginx.ensure_site(host, shop)
     assert planned_commands(host) == []  # unchanged, nothing due
     nginx.mark_reload_pending(host)  # as a run killed before its reload leaves it
-    nginx.ensure_site(host, shop, root / "srv/sites/shop/shared/logs")
+    nginx.ensure_site(host, shop)
     assert planned_commands(host) == ["nginx -t -q", "systemctl reload-or-restart nginx"]
     assert not marker.exists()
 

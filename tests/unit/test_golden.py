@@ -19,7 +19,7 @@ SITE = Site(name="shop", slot=2, domains=["shop.example.com", "www.shop.example.
             commands={"frontend": "pnpm start", "api": "node dist/api.js"})
 API_ONLY = SITE.copy(name="api1", components=["api"], ports={"api": 4030, "redis": 5030},
                      commands={"api": "pnpm run start:api"})
-LOGS = Path("/srv/sites/shop/shared/logs")
+LOGS = Paths().of("shop")
 CERTS = Path("/etc/letsencrypt/live/shop.example.com")
 HOST = Host(paths=Paths())
 NO_SERVER = Host(paths=Paths(Path(__file__).parent / "no-such-root"))  # reads find nothing
@@ -51,7 +51,7 @@ def renders():
         {"frontend": 3121, "api": 4021})
     yield "systemd-shop-worker@mail-1-1.service.d-siteops-release.conf", systemd.render_dropin(
         "shop", release.name, release, "/usr/bin/python3 worker.py", {"frontend": 3121, "api": 4021},
-        log=LOGS / "worker-mail.log")
+        log=LOGS.worker_log("mail"))
     for unit, text in systemd.render_job(HOST, SITE, "cleanup", Job(
             "*-*-* 03:00:00", "python3 cleanup.py"), release.name).items():
         yield f"systemd-{unit}", text
@@ -76,7 +76,8 @@ def renders():
     for name in ("postgres/siteops.conf", "postgres/pg_hba.conf", "ssh/sshd_siteops.conf",
                  "certbot/reload-nginx", "apt/20auto-upgrades"):
         yield name.replace("/", "-"), render(name)
-    yield "fail2ban-jail.local", render("fail2ban/jail.local", sites="/srv/sites")
+    yield "fail2ban-jail.local", render("fail2ban/jail.local",
+                                        site_error_logs=Paths().of("*").nginx_error_log)
     yield "sysctl-90-siteops.conf", render("sysctl/90-siteops.conf")
     for template in sorted(set(hardening.FILES.values())):
         yield template.replace("/", "-"), render(template, deploy_home="/home/deploy")

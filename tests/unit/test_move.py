@@ -10,6 +10,7 @@ from siteops.commands import move_site
 from siteops.ops import move
 from siteops.errors import UsageError
 from siteops.model import Move, Site
+from siteops.paths import Paths
 
 
 def test_the_transfer_repository_is_reached_through_the_pinned_ssh(root):
@@ -37,7 +38,7 @@ def test_audit_names_a_move_in_progress_on_either_host(move, held, severity, wor
 def test_only_the_forward_stage_forwards():
     for stage in ("copying", "copied", "frozen", "aborting"):
         site = Site("shop", ["shop.test"], move=Move("big", "192.0.2.2", stage))
-        assert "192.0.2.2" not in nginx.site_config(site, (1, 26, 3), None, "/srv/sites/shop/logs")
+        assert "192.0.2.2" not in nginx.site_config(site, (1, 26, 3), None, Paths().of("shop"))
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -65,13 +66,13 @@ def test_the_forward_carries_a_secret_and_the_target_refuses_its_source_without_
     target = Site("shop", ["shop.test"], forwarded_by=["192.0.2.1"])
     source = Site("shop", ["shop.test"], move=Move("big", "192.0.2.2", "forwarding"))
     for site in (target, source):
-        text = nginx.site_config(site, (1, 26, 3), None, "/srv/sites/shop/logs")
+        text = nginx.site_config(site, (1, 26, 3), None, Paths().of("shop"))
         assert "include /etc/nginx/siteops-moves/shop.conf;" in text and secret not in text
     # On the target, refused requests are logged by the address that connected.
-    text = nginx.site_config(target, (1, 26, 3), None, "/srv/sites/shop/logs")
-    assert "access_log /srv/sites/shop/logs/nginx-access.log siteops " \
+    text = nginx.site_config(target, (1, 26, 3), None, Paths().of("shop"))
+    assert "access_log /srv/sites/shop/shared/logs/nginx-access.log siteops " \
            "if=$siteops_forward_believed;" in text
-    assert "access_log /srv/sites/shop/logs/nginx-access.log siteops_direct " \
+    assert "access_log /srv/sites/shop/shared/logs/nginx-access.log siteops_direct " \
            "if=$siteops_forward_refused;" in text
 
 

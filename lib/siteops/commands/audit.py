@@ -112,7 +112,7 @@ def repair(host: Host, site: Site, kinds: set[str]) -> None:
                 redis_changed = redis.ensure_site_conf(host, site, envfile.passwords(env_text)[1])
         with host.step(f"systemd units of {name}"):
             changed = systemd.ensure_units(host, site, redis_config_changed=redis_changed)
-        nginx.ensure_site(host, site, host.paths.of(name).logs)
+        nginx.ensure_site(host, site)
         logrotate.ensure_site(host, site)
         systemd.ensure_jobs(host, site)
         site = instances.refresh(host, site, changed,

@@ -73,7 +73,7 @@ def run(host: Host, args: argparse.Namespace) -> None:
                 if not same:
                     entry.maintenance = wanted
             site = registry.update_site(host, name, f"maintenance {name}", change)
-        nginx.ensure_site(host, site, host.paths.of(name).logs)
+        nginx.ensure_site(host, site)
     host.say(f"{name}: " + ("in maintenance: visitors get a 503 page; the apps keep running"
                             if wanted else "serving again"))
 

@@ -91,7 +91,7 @@ def receive_step(host: Host, name: str, step: str, size: int, trust: str | None)
             if maintenance and not entry.maintenance:  # the operator's, kept through the move
                 entry.maintenance = maintenance
         here = registry.update_site(host, name, f"move-site {name}", serve)
-        nginx.ensure_site(host, here, host.paths.of(name).logs)
+        nginx.ensure_site(host, here)
         instances.hold(host, name, False, f"move-site {name}")
     else:  # clean
         with host.step(f"transfer repository of {name} removed"):
@@ -99,7 +99,7 @@ def receive_step(host: Host, name: str, step: str, size: int, trust: str | None)
         if here is not None and here.forwarded_by:
             here = registry.update_site(host, name, f"move-site {name}",
                                         lambda e: e.forwarded_by.clear())
-            nginx.ensure_site(host, here, host.paths.of(name).logs)
+            nginx.ensure_site(host, here)
         remove_move_secret(host, name)
 
 
@@ -231,7 +231,7 @@ def set_move(host: Host, name: str, move: Move | None, maintenance: Maintenance 
     def change(entry: Site) -> None:
         entry.move, entry.maintenance = move, maintenance
     site = registry.update_site(host, name, f"move-site {name}", change)
-    nginx.ensure_site(host, site, host.paths.of(name).logs)
+    nginx.ensure_site(host, site)
     return site
 
 
@@ -284,7 +284,7 @@ def start(host: Host, name: str, to: str) -> None:
         site = set_move(host, name, move, None)
     else:  # run again: the forwarding as the registry has it (a stop may have come between)
         write_move_secret(host, name, nginx.forward_secret(secret))
-        nginx.ensure_site(host, site, host.paths.of(name).logs)
+        nginx.ensure_site(host, site)
     host.say(f"{name} is served by {remote.name} ({remote.address}); this host forwards its "
              f"visitors there. Point DNS for {', '.join(site.domains)} at {remote.address}, "
              f"then run: move-site {name} --finish")
@@ -298,7 +298,7 @@ def finish(host: Host, name: str, *, confirmed: bool = False) -> None:
         raise UsageError(f"{name} is not forwarding to another host (move-site {name} --to HOST "
                          "first); nothing was changed")
     remote = fleet.get(host, site.move.to)
-    arrived = recent_requests(host.paths.of(name).logs / "nginx-access.log", time.time())
+    arrived = recent_requests(host.paths.of(name).nginx_access_log, time.time())
     if arrived and not confirmed:
         raise UsageError(f"{arrived} request(s) for {name} came to this host in the last hour "
                          f"and were forwarded to {remote.name}: DNS may not have moved for "

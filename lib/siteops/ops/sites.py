@@ -124,7 +124,7 @@ def enable_tls(host: Host, name: str, asked: TlsAsked) -> Site:
     # A certificate issued (or re-issued under the same file names) leaves a
     # reload pending, which ensure_site carries out even if the file is unchanged.
     tls.issue(host, site)
-    nginx.ensure_site(host, site, host.paths.of(name).logs)
+    nginx.ensure_site(host, site)
     return site
 
 
@@ -155,7 +155,7 @@ def provision(host: Host, site: Site, db_port: int, sites: list[Site]) -> list[s
     for unit in units.live_instances(site):  # once deployed, keep the live release up
         with host.step(f"{unit} running"):
             systemd.ensure_started(host, unit)
-    reloaded = nginx.ensure_site(host, site, host.paths.of(name).logs)
+    reloaded = nginx.ensure_site(host, site)
     logrotate.ensure_site(host, site)
     if reloaded:  # its nginx file changed: a new error log, maybe
         with host.step("fail2ban watches the site's nginx error log"):
