@@ -194,7 +194,7 @@ def site_files(host: Host, site: Site) -> list[Path]:
     them first), and those of its data, generated and root-only files that
     exist (parts.py)."""
     return [host.paths.staging(site.name)] + parts.present(
-        parts.data(host, site.name) + parts.generated(host, site) + parts.root_only(host, site))
+        parts.files(host, site, "data", "generated", "root-only"))
 
 
 def dump_site(host: Host, site: Site) -> None:

@@ -17,19 +17,27 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import Any, Literal, Protocol, Sequence
 
 from .errors import PutBackFailed, SiteopsError
 from .signals import uninterrupted
 
-if TYPE_CHECKING:
-    from .host import Host
+
+class Files(Protocol):
+    """What a validation needs of the host (host.Host is one): its actions so
+    far, snapshots of paths and putting them back, and running the check."""
+    dry_run: bool
+    actions: list
+
+    def snapshot(self, path: Path) -> tuple | None: ...
+    def put_back(self, path: Path, snap: tuple | None) -> None: ...
+    def query(self, argv: Sequence[str | Path], *, ok: Sequence[int] = (0,)) -> Any: ...
 
 
 class Validation:
     """One checked change: use as a context manager (Host.validated)."""
 
-    def __init__(self, host: "Host", paths: Sequence[Path], check: Sequence[str | Path],
+    def __init__(self, host: Files, paths: Sequence[Path], check: Sequence[str | Path],
                  what: str):
         self.host, self.paths, self.what = host, list(paths), what
         self.check = [str(a) for a in check]

@@ -2,6 +2,8 @@
 files, backup's snapshot and remove-site all follow it, for a site with two
 components, workers, jobs and a certificate."""
 
+import json
+
 from siteops import backup, facts, model, parts
 from siteops import units
 from siteops.ops import sites as sites_op
@@ -30,7 +32,7 @@ def test_audit_expects_exactly_the_generated_files_the_declaration_names(root):
     site = full_site()
     (root / f"srv/sites/shop/releases/{RID}").mkdir(parents=True)
     expected = set(facts.expected_files(host, site, (1, 22, 1), ENV))
-    declared = {str(p) for p in parts.generated(host, site)}
+    declared = {str(p) for p in parts.files(host, site, "generated")}
     # Every file audit renders is declared; the one declared and not rendered
     # is nginx's enabled link (audit checks the file it points at).
     assert expected <= declared
@@ -42,7 +44,7 @@ def test_audit_expects_exactly_the_generated_files_the_declaration_names(root):
 def test_a_backup_holds_every_declared_file_of_the_site(root):
     host, _ = make_host(root)
     site = full_site()
-    every = parts.data(host, "shop") + parts.generated(host, site) + parts.root_only(host, site)
+    every = parts.files(host, site, "data", "generated", "root-only")
     for path in every:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x\n")
@@ -56,11 +58,12 @@ def test_remove_site_takes_every_declared_part_away(root):
                                (["runuser"], 0, ""), (["systemctl", "is-active"], 3, ""),
                                (["nft", "list"], 1, "")])
     site = full_site()
-    every = (parts.generated(host, site) + parts.root_only(host, site)
-             + parts.state(host, "shop") + [host.paths.site("shop")])
+    every = parts.files(host, site, *[p.name for p in parts.PARTS if p.files])
     for path in every:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
+        if path == host.paths.site("shop"):
+            path.mkdir(exist_ok=True)
+        elif not path.exists():
             path.write_text("x\n")
     sites_op.remove(host, site, keep_data=False)
     gone = [a.path for a in host.actions if a.kind == "remove"] + [
@@ -68,3 +71,32 @@ def test_remove_site_takes_every_declared_part_away(root):
     left = [str(p) for p in every if not any(str(p) == g or str(p).startswith(g + "/")
                                              for g in gone)]
     assert left == [], left
+
+
+# How remove-site's plan shows each part that is not files going away, by the
+# actions it records; a part declared without an entry here fails the test.
+REMOVED = {
+    "user": lambda a: a.kind == "run" and a.argv == ("userdel", "shop"),
+    "database": lambda a: a.kind == "run" and a.detail == 'DROP DATABASE "shop" WITH (FORCE);',
+    "redis": lambda a: a.kind == "run" and a.argv == ("systemctl", "stop", "siteops-shop.slice"),
+    "firewall": lambda a: a.kind == "run" and a.argv[:2] == ("nft", "-f"),
+}
+
+
+def test_remove_site_removes_every_part_that_is_not_files(root):
+    assert set(REMOVED) == {p.name for p in parts.PARTS if p.files is None}
+    site = full_site().copy(uid=1001)
+    (root / "var/lib/siteops").mkdir(parents=True)
+    (root / "var/lib/siteops/registry.json").write_text(json.dumps(
+        {"version": 2, "sites": {"shop": model.to_json(site)}}))
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (root / "etc/systemd/system/siteops-shop.slice").write_text("[Slice]\n")
+    host, _ = make_host(root, [(["getent", "passwd"], 0, "shop:x:1001:1001:siteops site shop:"
+                                                         "/srv/sites/shop:/usr/sbin/nologin\n"),
+                               (["getent", "group"], 0, "shop:x:1001:\n"),
+                               (["runuser"], 0, "t|f|f|f|20|SCRAM-SHA-256$x", "", "pg_authid"),
+                               (["runuser"], 0, "1"), (["systemctl", "is-active"], 0, ""),
+                               (["nft", "list"], 1, "")])
+    sites_op.remove_site(host, "shop", final_backup=False)
+    missing = [name for name, seen in REMOVED.items() if not any(map(seen, host.actions))]
+    assert missing == [], [(a.kind, a.argv, a.detail) for a in host.actions]

@@ -66,7 +66,7 @@ def restore_config(host: Host, site: Site, target) -> None:
     """Root-only files of a recreated site: mirror, deploy key, certificate."""
     name = site.name
     with host.step(f"mirror, deploy key and certificate of {name}"):
-        for path in parts.root_only(host, site):
+        for path in parts.files(host, site, "root-only"):
             saved = backup.inside(target, path)
             if saved.exists() or saved.is_symlink():
                 host.remove_tree(path)

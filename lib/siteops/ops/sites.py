@@ -171,8 +171,8 @@ def provision(host: Host, site: Site, db_port: int, sites: list[Site]) -> list[s
 def leftovers(host: Host, name: str) -> list[str]:
     """What of a site not in the registry is still on the host."""
     site = Site(name=name, slot=-1)
-    found = [str(p) for p in parts.present([host.paths.site(name), *parts.generated(host, site),
-                                            *parts.root_only(host, site)])]
+    found = [str(p) for p in parts.present(parts.files(host, site, "tree", "generated",
+                                                        "root-only"))]
     found += [str(p) for p in systemd.site_unit_files(host, name) if p.exists()]
     account = users.lookup(host, name)
     if account is not None and account.comment == users.site_comment(name):
@@ -206,7 +206,7 @@ def remove(host: Host, site: Site, keep_data: bool) -> None:
             host.remove_tree(host.paths.site(name))
         users.remove_site_user(host, name)
     with host.step(f"mirror, deploy key and lock of {name} removed"):
-        for path in parts.present([*parts.root_only(host, site), *parts.state(host, name)]):
+        for path in parts.present(parts.files(host, site, "root-only", "state")):
             if path.is_dir() and not path.is_symlink():
                 host.remove_tree(path)
             else:
