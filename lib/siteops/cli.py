@@ -71,11 +71,10 @@ def parser(prog: str, description: str, epilog: str = "") -> Parser:
 
 def log_action(host: Host, prog: str, argv: Sequence[str], result: str) -> None:
     """Append one JSON line about this run to /var/log/siteops/actions.jsonl."""
-    if host.dry_run or not host.paths.log_dir.is_dir():
-        return
-    journal.append(host.paths.log_dir / "actions.jsonl",
-                   {"time": journal.now(), "command": prog, "argv": list(argv),
-                    "result": result, "user": journal.who(), "changed": host.changed_steps})
+    if not host.dry_run:
+        journal.record_action(host.paths, {
+            "command": prog, "argv": list(argv), "result": result, "user": journal.who(),
+            "changed": host.changed_steps})
 
 
 def main(prog: str, p: argparse.ArgumentParser,

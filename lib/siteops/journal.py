@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+from .paths import Paths
 from .users import sudo_caller
 
 
@@ -32,6 +33,13 @@ def who() -> str:
     passes no variable of its caller's by that name)."""
     key = os.environ.get("SITEOPS_KEY")
     return (sudo_caller() or "root") + (f" (key {key})" if key else "")
+
+
+def record_action(paths: Paths, entry: dict) -> None:
+    """Append one line to the action log, stamped with the time, if the host
+    has siteops's log directory (bootstrap makes it)."""
+    if paths.log_dir.is_dir():
+        append(paths.actions_log, {"time": now(), **entry})
 
 
 def append(path: Path, entry: dict) -> None:

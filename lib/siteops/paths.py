@@ -169,6 +169,11 @@ class Paths:
         return self.p("/var/log/siteops")
 
     @property
+    def actions_log(self) -> Path:
+        """One JSON line per command run (cli) and per tenant request (tenant)."""
+        return self.log_dir / "actions.jsonl"
+
+    @property
     def install_dir(self) -> Path:
         return self.p("/opt/siteops")
 

@@ -256,12 +256,10 @@ def run_command(request: Request) -> int:
 
 def log(host: Host, fingerprint: str, label: str, request: Request | None, asked: str,
         result: str) -> None:
-    if not host.paths.log_dir.is_dir():
-        return
     shown = asked if request is None or request.command != "config" else \
         " ".join(["config", *public_argv(list(request.argv))])
-    journal.append(host.paths.log_dir / "actions.jsonl", {
-        "time": journal.now(), "command": "tenant", "key": fingerprint, "label": label,
+    journal.record_action(host.paths, {
+        "command": "tenant", "key": fingerprint, "label": label,
         "site": request.site if request else None, "argv": shown[:300], "result": result,
         "from": (os.environ.get("SSH_CONNECTION") or "").split(" ")[0]})
 
