@@ -141,8 +141,9 @@ def unit_states(host: Host, names: list[str]) -> dict[str, dict]:
     disk: the manager's UnitFileState lags behind `enable --no-reload`)."""
     out = host.query(["systemctl", "show", "-p", "ActiveState", "--", *names], ok=range(256)).out
     active = [line.partition("=")[2] for line in out.splitlines() if line.startswith("ActiveState=")]
-    wants = host.paths.boot_wants
-    return {u: {"active": a, "enabled": "enabled" if (wants / u).exists() else "not enabled"}
+    def wants(unit: str) -> Path:
+        return host.paths.socket_wants if unit.endswith(".socket") else host.paths.boot_wants
+    return {u: {"active": a, "enabled": "enabled" if (wants(u) / u).exists() else "not enabled"}
             for u, a in zip(names, active)}
 
 
@@ -326,7 +327,8 @@ def gather(host: Host, sites: list[Site]) -> Facts:
         verifiers = {}  # PostgreSQL down: host.postgres says so
     waiting = started({
         "backup": lambda: {**backup.facts(host), "verified": verify.results(host)},
-        "exposure": lambda: exposure(host, [u for names in site_units.values() for u in names]),
+        "exposure": lambda: exposure(host, [u for names in site_units.values() for u in names
+                                            if u.endswith(".service")]),
         "du": lambda: usage.du(host, [host.paths.site(s.name) for s in sites]),
         "units": lambda: unit_states(host, every_unit),
         "postgres": lambda: postgres_facts(host),

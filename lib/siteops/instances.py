@@ -86,21 +86,29 @@ def new_log_lines(sizes: dict[Path, int], limit: int = 15) -> str:
 
 
 def render_dropins(host: Host, site: Site, rid: str, record: Release,
-                   offset: int) -> dict[Path, str]:
+                   offset: int, doors: bool = False) -> dict[Path, str]:
     """The drop-ins that pin release rid and its commands on its instances and
-    workers at port offset, by path. SiteopsError if a command's program is not
-    in the release."""
+    workers at port offset, by path; doors: those of its doors too, and its
+    instances and workers stop once their door no longer needs them.
+    SiteopsError if a command's program is not in the release."""
     name = site.name
     rel = host.paths.of(name).release(rid)
     ports = units.instance_ports(site, offset, record)
     files = {host.paths.dropin(units.instance(name, c, p)): systemd.render_dropin(
-                name, rid, rel, systemd.resolve_command(rel, record.commands[c]), ports)
+                name, rid, rel, systemd.resolve_command(rel, record.commands[c]), ports,
+                sleeps=doors)
              for c, p in ports.items()}
     files_of = host.paths.of(name)
-    for unit, kind in units.worker_instances(name, record.workers, offset).items():
+    workers = units.worker_instances(name, record.workers, offset)
+    for unit, kind in workers.items():
         command = systemd.resolve_command(rel, record.workers[kind].command)
         files[host.paths.dropin(unit)] = systemd.render_dropin(
-            name, rid, rel, command, ports, log=files_of.worker_log(kind))
+            name, rid, rel, command, ports, log=files_of.worker_log(kind), sleeps=doors)
+    if doors:
+        woken = [] if site.held else sorted(workers)
+        for c, p in ports.items():
+            files.update(systemd.render_door_dropins(
+                host.paths, name, units.instance(name, c, p), units.door_port(p, offset), woken))
     return files
 
 
@@ -112,18 +120,20 @@ def live_dropins(host: Host, site: Site) -> dict[Path, str]:
         return {}
     assert site.live is not None
     try:
-        return render_dropins(host, site, site.live.release, record, site.live.offset)
+        return render_dropins(host, site, site.live.release, record, site.live.offset,
+                              site.live.doors)
     except SiteopsError:  # the release is gone; audit's `current` check says so
         return {}
 
 
 def ensure_dropins(host: Host, site: Site, rid: str, record: Release,
-                   offset: int) -> list[str]:
+                   offset: int, doors: bool = False) -> list[str]:
     """Pin release rid and its commands on its instances and workers at offset
-    (drop-ins checked with `systemd-analyze verify`, then daemon-reload);
-    return the units."""
-    names = units.instance_units(site, record, offset)
-    files = render_dropins(host, site, rid, record, offset)
+    (and its doors, with doors; drop-ins checked with `systemd-analyze
+    verify`, then daemon-reload); return the units."""
+    names = units.instance_units(site, record, offset) + (
+        [units.door_service(s) for s in units.doors(site, record, offset)] if doors else [])
+    files = render_dropins(host, site, rid, record, offset, doors)
     with host.validated(list(files), ["systemd-analyze", "verify", *names],
                         "instance drop-ins") as outcome:
         for path, text in files.items():
@@ -134,10 +144,12 @@ def ensure_dropins(host: Host, site: Site, rid: str, record: Release,
 
 
 def start(host: Host, site: Site, rid: str, record: Release, offset: int,
-          warm: bool = False) -> list[str]:
+          warm: bool = False, doors: bool = False) -> list[str]:
     """Start release rid at port offset beside the live instances; return the
     new units. warm: its web instances may run already (kept warm), their
-    ports are theirs (the health check still checks who listens)."""
+    ports are theirs (the health check still checks who listens). doors: with
+    its doors, whose services hold the instances up until the site has been
+    idle for its sleep time (started together: nothing else needs them)."""
     ports = units.instance_ports(site, offset, record)
     busy = [] if warm else sorted(set(ports.values()) & network.listening_ports(host))
     if busy:
@@ -149,10 +161,14 @@ def start(host: Host, site: Site, rid: str, record: Release, offset: int,
                    f"{', '.join(map(str, ports.values()))}"
                    + (f" and {len(workers)} worker(s)" if workers else "")
                    + (" (workers held)" if site.held and record.workers else "")):
-        ensure_dropins(host, site, rid, record, offset)  # the held workers' too
-        started = units.web_instances(site, record, offset) + list(workers)
+        ensure_dropins(host, site, rid, record, offset, doors)  # the held workers' too
+        started = units.web_instances(site, record, offset) + list(workers) + (
+            units.release_doors(site, record, offset) if doors else [])
+        # A door's service starts once its instance answers: not waited for here
+        # (the health check below says whether the instances came up).
+        block = ["--no-block"] if doors else []
         try:
-            host.run(["systemctl", "start", *started])
+            host.run(["systemctl", "start", *block, *started])
         except CommandError:
             # Deploys and rollbacks in quick succession start the same
             # instance names often: systemd's start rate limit (5 in 10 s)
@@ -162,7 +178,7 @@ def start(host: Host, site: Site, rid: str, record: Release, offset: int,
             if not limited:
                 raise
             host.run(["systemctl", "reset-failed", *limited])
-            host.run(["systemctl", "start", *started])
+            host.run(["systemctl", "start", *block, *started])
     return started
 
 
@@ -247,14 +263,22 @@ def switch(host: Host, site: Site, rid: str, record: Release,
     registry entry. on_live(site) adds its own changes to the registry update
     that records the switch. keep_warm: the old web instances keep running."""
     name = site.name
-    warm = site.warm if site.warm and site.warm.release == rid and all(
+    sleeps = site.sleep_after is not None
+    if sleeps and keep_warm:
+        host.say(f"{'':13}{name} sleeps when idle: nothing is kept warm (a release of it "
+                 "starts on its first request)")
+        keep_warm = False
+    warm = site.warm if site.warm and site.warm.release == rid and not sleeps and all(
         unit_state(host, u) == ("active", 0) for u in units.warm_instances(site)) else None
     if site.warm and not warm:  # another release, or one of them stopped or restarted
         site = cool(host, site)
     previous = site.live
-    live = warm or Live(rid, units.spare_offset(site, network.listening_ports(host)))
-    old_units = units.live_instances(site)
-    old_web = units.live_web(site)
+    live = warm or Live(rid, units.spare_offset(site, network.listening_ports(host)), sleeps)
+    old_doors = units.live_door_units(site)
+    old_processes = units.live_instances(site)
+    old_units = old_processes + old_doors
+    old_web = units.live_web(site) + old_doors
+    old_boot = units.always_on(site)
     old_ports = list((units.live_ports(site) or {}).values())
     sizes = log_sizes(host, site)
     new_units: list[str] = []
@@ -268,8 +292,11 @@ def switch(host: Host, site: Site, rid: str, record: Release,
 
     committed = False
     try:
-        new_units = start(host, site, rid, record, live.offset, warm=bool(warm))
+        new_units = start(host, site, rid, record, live.offset, warm=bool(warm),
+                          doors=live.doors)
         wait_healthy(host, site, record, live.offset)
+        if live.doors:
+            wait_doors(host, list(units.doors(site, record, live.offset)))
         serving = site.copy(live=live)
         serving.releases[rid] = record  # what it runs, before the registry records it
         nginx.ensure_site(host, serving)
@@ -300,10 +327,15 @@ def switch(host: Host, site: Site, rid: str, record: Release,
             raise SiteopsError(f"{exc}\n{detail}") from exc
         raise
 
-    with host.step(f"{', '.join(new_units)} enabled at boot"):
-        host.run(["systemctl", "--no-reload", "enable", "--quiet", *new_units])
-        if old_units:  # kept warm or not, only the live release starts at boot
-            host.run(["systemctl", "--no-reload", "disable", "--quiet", *old_units])
+    boot = units.always_on(site)
+    on = [u for u in boot if u not in old_boot]
+    with host.step(f"{', '.join(on or boot)} enabled at boot"):
+        if on:
+            host.run(["systemctl", "--no-reload", "enable", "--quiet", *on])
+        # Kept warm or not, only the live release (or its doors) starts at boot.
+        off = [u for u in dict.fromkeys(old_boot + old_processes) if u not in boot]
+        if off:
+            host.run(["systemctl", "--no-reload", "disable", "--quiet", *off])
     # The old workers have exited before the command returns: a job enqueued
     # after it is taken by the new release's workers only.
     old_workers = [u for u in old_units if u not in old_web]
@@ -318,8 +350,24 @@ def switch(host: Host, site: Site, rid: str, record: Release,
     if site.warm:
         host.say(f"{'':13}kept warm for a rollback to {site.warm.release}: {', '.join(old_web)} "
                  f"({memory_mb(host, old_web)} MB)")
+    if live.doors:
+        host.say(f"{'':13}{name} sleeps when idle: release {rid} goes back to sleep after "
+                 f"{site.sleep_after}s without a request")
     systemd.ensure_jobs(host, site)
     return site
+
+
+def wait_doors(host: Host, sockets: list[str], timeout: float = 10,
+               clock=time.monotonic, sleep=time.sleep) -> None:
+    """Return once every door socket listens; SiteopsError if one fails."""
+    if not host.waits(f"until {', '.join(sockets)} listen"):
+        return
+    deadline = clock() + timeout
+    for socket in sockets:
+        while (state := unit_state(host, socket)[0]) != "active":
+            if state == "failed" or clock() > deadline:
+                raise SiteopsError(f"{socket} does not listen ({state}): journalctl -u {socket}")
+            sleep(0.05)
 
 
 def cool(host: Host, site: Site) -> Site:
@@ -376,9 +424,9 @@ def restart(host: Host, site: Site, reason: str) -> Site:
 
 
 def running_instances(host: Host, name: str) -> list[str]:
-    """Every loaded instance of the site's component templates."""
+    """Every loaded instance of the site's templates (components, workers, doors)."""
     out = host.query(["systemctl", "list-units", "--all", "--plain", "--no-legend",
-                      f"{name}-*@*.service"]).out
+                      f"{name}-*@*.service", f"{name}-*@*.socket"]).out
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
@@ -401,7 +449,8 @@ def recover(host: Host, site: Site) -> Site:
     release it does not record as live is not live, however far its switch
     got. Traffic leaves a release before its files do:
 
-      1. the live instances run (started if a kill left them stopped);
+      1. the live instances run (started if a kill left them stopped), or,
+         for a site that sleeps, their doors listen;
       2. nginx points at their ports and `current` at the live release;
       3. every other instance of the site (a half-started release, an old
          one still stopping) stops, but those kept warm;
@@ -410,9 +459,9 @@ def recover(host: Host, site: Site) -> Site:
 
     Returns the updated entry."""
     name = site.name
-    live = set(units.live_instances(site))
+    live = set(units.live_instances(site) + units.live_door_units(site))  # awake or asleep
     kept = set(units.warm_instances(site)) - live  # running or not: a switch to them starts them
-    for unit in sorted(live):
+    for unit in units.always_on(site):
         with host.step(f"{unit} running"):
             systemd.ensure_started(host, unit)
     nginx.ensure_site(host, site)

@@ -62,9 +62,11 @@ DEFAULT_COMMANDS = {"frontend": "pnpm start", "api": "pnpm run start:api"}
 
 @dataclass
 class Live:
-    """Which release serves, and on which port offset of the site's blocks."""
+    """Which release serves, on which port offset of the site's blocks, and
+    whether nginx reaches it through doors (the site sleeps when idle)."""
     release: str
     offset: int = 0
+    doors: bool = False
 
 
 @dataclass
@@ -212,6 +214,7 @@ class Site:
     move: Move | None = None
     forwarded_by: list[str] = field(default_factory=list)  # hosts whose visitor address it trusts
     held: bool = False  # its workers and timers do not run (move-site)
+    sleep_after: int | None = None  # seconds without a request, then it sleeps; None: never
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -283,6 +286,12 @@ def _checked(tp: Any, value: Any, where: str) -> Any:
     raise RegistryTypeError(f"{where} must be {what}, not {_shown(value)}")
 
 
+# Fields added after schema 2, written only when not at their default: the
+# registry of a host that never uses them stays as it was, byte for byte.
+LATER_FIELDS: dict[type, tuple[str, ...]] = {
+    Move: ("maintenance",), Live: ("doors",), Site: ("sleep_after",)}
+
+
 def to_json(obj: Any) -> Any:
     """JSON data of a registry type (extra keys kept; unset limits left out)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -290,8 +299,10 @@ def to_json(obj: Any) -> Any:
                 if f.name != "extra"}
         if isinstance(obj, Limits):
             data = {k: v for k, v in data.items() if v is not None}
-        if isinstance(obj, Move) and obj.maintenance is None:  # as moves before it was kept
-            del data["maintenance"]
+        defaults = {f.name: f.default for f in dataclasses.fields(obj)}
+        for name in LATER_FIELDS.get(type(obj), ()):
+            if data[name] == defaults[name]:
+                del data[name]
         return {**getattr(obj, "extra", {}), **data}
     if isinstance(obj, list):
         return [to_json(v) for v in obj]

@@ -21,6 +21,37 @@ def listening_ports(host: Host) -> set[int]:
     return {p for f in fields if len(f) >= 4 and (p := _port(f[3])) is not None}
 
 
+def unavailable_ports(host: Host) -> set[int]:
+    """Ports a new slot may not take: those something listens on, and those
+    the kernel may give an outgoing connection (its ephemeral range, less the
+    ports reserved from it: bootstrap reserves siteops's second range)."""
+    return listening_ports(host) | ephemeral_ports(host)
+
+
+def ephemeral_ports(host: Host) -> set[int]:
+    """The ports of the kernel's ephemeral range that are not reserved."""
+    proc = Path(host.paths.p("/proc/sys/net/ipv4"))
+    try:
+        low, high = map(int, (proc / "ip_local_port_range").read_text().split())
+        reserved = (proc / "ip_local_reserved_ports").read_text().strip()
+    except (OSError, ValueError):
+        return set()  # no such kernel file (a test root): nothing known to avoid
+    return set(range(low, high + 1)) - port_list(reserved)
+
+
+def port_list(text: str) -> set[int]:
+    """The ports of a list such as the kernel's ip_local_reserved_ports.
+
+    >>> sorted(port_list("10-12,20"))
+    [10, 11, 12, 20]
+    """
+    ports: set[int] = set()
+    for item in filter(None, (i.strip() for i in text.split(","))):
+        first, _, last = item.partition("-")
+        ports.update(range(int(first), int(last or first) + 1))
+    return ports
+
+
 def connections_to(host: Host, ports: list[int]) -> int:
     """Established TCP connections whose local port is one of ports."""
     if not ports:

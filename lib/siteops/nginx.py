@@ -251,12 +251,16 @@ def cert_dir(host: Host, site: Site) -> Path | None:
 def site_config(site: Site, version: tuple[int, ...], certs: Path | None,
                 files: SitePaths) -> str:
     """Render a site's nginx file from its registry entry and live facts: the
-    upstreams are the live instances' ports, a placeholder before the first
+    upstreams are the live instances' ports (their doors' for a site that
+    sleeps), a placeholder before the first
     deploy. Paths of a component the live release does not run go to the one it
     does (/api/ to the frontend, or / to the api)."""
-    name, ports = site.name, units.live_ports(site)
+    name, ports = site.name, units.upstream_ports(site)
     components = list(ports or ())
-    upstreams = "".join(render("nginx/upstream.conf", name=name, component=c, port=ports[c])
+    # A door counts idle connections as use: nginx's idle ones to it close soon.
+    timeout = "    keepalive_timeout 5s;\n" if site.live and site.live.doors else ""
+    upstreams = "".join(render("nginx/upstream.conf", name=name, component=c, port=ports[c],
+                               keepalive_timeout=timeout)
                         for c in components) if ports else ""
     if ports:
         locations = ""

@@ -49,7 +49,8 @@ def generated(host: Host, site: Site) -> list[Path]:
     the live release's drop-ins and job units, nginx, Redis and logrotate."""
     name, paths = site.name, host.paths
     return [*(paths.unit(u) for u in units.template_units(site)),
-            *(paths.dropin(u) for u in units.live_instances(site, held=False)),
+            *(paths.dropin(u) for u in units.live_instances(site, held=False)
+              + units.live_door_units(site)),
             *(paths.unit(u) for job in sorted(systemd.live_jobs(site))
               for u in units.job_units(name, job)),
             paths.nginx_site(name), paths.nginx_enabled(name), paths.redis_conf(name),

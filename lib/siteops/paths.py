@@ -79,6 +79,11 @@ class Paths:
         return self.unit("multi-user.target.wants")
 
     @property
+    def socket_wants(self) -> Path:
+        """Where `systemctl enable` links the sockets that listen from boot."""
+        return self.unit("sockets.target.wants")
+
+    @property
     def sudoers(self) -> Path:
         """The deploy user's sudo rule."""
         return self.p("/etc/sudoers.d/siteops-deploy")
@@ -177,6 +182,11 @@ class Paths:
     def install_dir(self) -> Path:
         return self.p("/opt/siteops")
 
+    @property
+    def door_program(self) -> Path:
+        """What a sleeping site's doors run (door.py), readable by every site."""
+        return self.install_dir / "lib" / "siteops" / "door.py"
+
     # Sites.
     @property
     def sites(self) -> Path:
@@ -272,6 +282,11 @@ class SitePaths:
     @property
     def redis_log(self) -> Path:
         return self.logs / "redis.log"
+
+    @property
+    def door_log(self) -> Path:
+        """A sleeping site's wakes (door.py)."""
+        return self.logs / "door.log"
 
     @property
     def uploads(self) -> Path:

@@ -154,10 +154,12 @@ def update_site(host: Host, name: str, purpose: str, change) -> Site:
         return site
 
 
-def allocate_slot(data: Registry, listening: set[int]) -> int:
-    """Lowest slot that no site owns and whose ports nothing listens on."""
+def allocate_slot(data: Registry, unavailable: set[int]) -> int:
+    """Lowest slot that no site owns and none of whose ports is unavailable
+    (listened on, or the kernel's to hand out: network.unavailable_ports)."""
     taken = {site.slot for site in data.sites.values()}
     for slot in range(units.MAX_SLOTS):
-        if slot not in taken and not listening.intersection(units.block_ports(slot)):
+        if slot not in taken and not unavailable.intersection(units.block_ports(slot)):
             return slot
-    raise SiteopsError(f"no free port block: all {units.MAX_SLOTS} slots are taken or in use")
+    raise SiteopsError(f"no free port block: all {units.MAX_SLOTS} slots are taken or in use "
+                       "(ports listened on, or in the kernel's ephemeral range)")

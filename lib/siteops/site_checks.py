@@ -140,13 +140,31 @@ def parts_check(site: Site, sf: SiteFacts) -> Finding:
 
 def unit_checks(site: Site, facts: Facts) -> list[Finding]:
     out = []
+    sleepers = units.asleep_allowed(site)
+    doors = units.live_door_units(site)
     for unit in units.live_units(site):
         st = facts["units"].get(unit, {})
-        ok = st.get("active") == "active" and st.get("enabled") == "enabled"
-        out.append(_f(f"site.{site.name}.unit:{unit}", ok, site.name,
-                      f"{unit} enabled and active",
-                      f"{unit} is {st.get('active', '?')} and {st.get('enabled') or 'not enabled'}",
-                      remedy=f"audit --fix starts it; journalctl -u {unit}", fix="unit"))
+        state = st.get("active", "?")
+        if unit in sleepers:  # a sleeping site's: asleep or awake, never failed
+            out.append(_f(f"site.{site.name}.unit:{unit}", state != "failed", site.name,
+                          f"{unit} {'awake' if state == 'active' else 'asleep'}",
+                          f"{unit} failed", remedy=f"logs {site.name}; journalctl -u {unit}",
+                          fix="unit"))
+        elif unit in doors and unit.endswith(".service"):
+            out.append(_f(f"site.{site.name}.door:{unit}", state != "failed", site.name,
+                          f"{unit} {'open' if state == 'active' else 'waiting'}",
+                          f"{unit} failed: the release did not answer when a request woke it "
+                          "(those requests got 502)",
+                          remedy=f"logs {site.name} (door and the app's errors); the next "
+                                 "request tries again; audit --fix clears the failure",
+                          fix="unit"))
+            continue
+        else:
+            ok = state == "active" and st.get("enabled") == "enabled"
+            out.append(_f(f"site.{site.name}.unit:{unit}", ok, site.name,
+                          f"{unit} enabled and active",
+                          f"{unit} is {state} and {st.get('enabled') or 'not enabled'}",
+                          remedy=f"audit --fix starts it; journalctl -u {unit}", fix="unit"))
         score = facts["exposure"].get(unit)
         if score is not None:
             out.append(_f(f"site.{site.name}.exposure:{unit}", score <= MAX_EXPOSURE,
@@ -259,14 +277,22 @@ def own_unit(name: str, unit: str) -> bool:
     return unit.startswith(f"{name}-") or unit == f"siteops-build-{name}.service"
 
 
+def door_holder(listener: dict, unit: str, doors: set[int]) -> bool:
+    """True if unit is systemd itself holding one of the site's door ports."""
+    return unit == "init.scope" and listener["port"] in doors
+
+
 def ports_check(site: Site, facts: Facts) -> Finding:
     """Nothing but the site's own units listens on its ports."""
     name = site.name
     own = set(units.block_ports(site.slot))
+    doors = set((units.upstream_ports(site) or {}).values()) if site.live and site.live.doors \
+        else set()
     foreign = sorted({f"{l['port']} held by {'/'.join(l['units']) or 'a process outside any unit'}"
                       f" ({'/'.join(l['programs']) or '?'})"
                       for l in facts["listeners"] if l["port"] in own
-                      and not (l["units"] and all(own_unit(name, u) for u in l["units"]))})
+                      and not (l["units"] and all(own_unit(name, u) or door_holder(l, u, doors)
+                                                  for u in l["units"]))})
     return _f(f"site.{name}.ports", not foreign, name,
               "only its own units listen on its ports",
               "another process listens on its ports: " + ", ".join(foreign),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import units
 from .host import Host
 from .paths import Paths
 from .templates import render
@@ -17,10 +18,16 @@ from .templates import render
 CONF = str(Paths().sysctl_conf)  # as the server names it (ufw's IPT_SYSCTL)
 
 
+def conf_text() -> str:
+    """The baseline file, with siteops's second port range reserved."""
+    first, last = units.SECOND_RANGE
+    return render("sysctl/90-siteops.conf", reserved_ports=f"{first}-{last}")
+
+
 def baseline(text: str | None = None) -> dict[str, str]:
     """{key: value} of the baseline file (text: as already rendered)."""
     values = {}
-    for line in (text or render("sysctl/90-siteops.conf")).splitlines():
+    for line in (text or conf_text()).splitlines():
         line = line.split("#", 1)[0].strip()
         if "=" in line:
             key, value = (part.strip() for part in line.split("=", 1))
@@ -53,7 +60,7 @@ def facts(host: Host) -> dict:
 def ensure(host: Host) -> None:
     """Write the baseline and apply it (outside a container)."""
     with host.step(f"kernel settings ({CONF})"):
-        text = render("sysctl/90-siteops.conf")
+        text = conf_text()
         changed = host.write(host.paths.sysctl_conf, text)
         if in_container(host):
             return

@@ -23,11 +23,16 @@ from . import units
 from .errors import CommandError, SiteopsError
 from .model import Job, Site
 from .host import Host
+from .paths import Paths
 from .templates import render
 
 
 # Per-site limits on its slice (every process of the site, builds included),
 # sized for a small VPS running a handful of sites; `limits NAME` changes them.
+# A sleeping site: its Redis, instances and workers stop once nothing needs them
+# (their door's service has exited); a wake that takes longer than this fails.
+UNNEEDED = "StopWhenUnneeded=yes"
+WAKE_TIMEOUT = 30
 DEFAULT_LIMITS = {"memory_max": "1G", "tasks_max": 512, "cpu_weight": 100, "io_weight": 100}
 
 
@@ -68,7 +73,14 @@ def render_units(host: Host, site: Site) -> dict[str, str]:
     files[units.redis_unit(name)] = render(
         "systemd/redis.service", name=name, port=site.ports["redis"], log=tree.redis_log,
         data=tree.redis, conf=host.paths.redis_conf(name), hardening=hardening,
-        socket_bind=binds)
+        socket_bind=binds, unneeded=UNNEEDED if site.sleep_after is not None else "")
+    if site.sleep_after is not None:
+        door = units.door_template(name)
+        files[door] = render("systemd/door.socket", name=name)
+        files[units.door_service(door)] = render(
+            "systemd/door.service", name=name, door=host.paths.door_program, idle=site.sleep_after,
+            timeout=WAKE_TIMEOUT, start_timeout=WAKE_TIMEOUT + 10, log=tree.door_log,
+            hardening=hardening, socket_bind=binds)
     return files
 
 
@@ -175,15 +187,31 @@ def resolve_command(release: Path, command: str) -> str:
 
 
 def render_dropin(site: str, release_id: str, release: Path, command: str,
-                  ports: dict[str, int], log: Path | None = None) -> str:
+                  ports: dict[str, int], log: Path | None = None, sleeps: bool = False) -> str:
     """An instance's drop-in: its release, command, and the ports of its peers
     (FRONTEND_PORT, API_PORT: the instances started with it); a worker's also
-    names its log file."""
+    names its log file. sleeps: it stops once nothing needs it (its door)."""
     env = " ".join(f"{c.upper()}_PORT={p}" for c, p in ports.items())
     output = f"StandardOutput=append:{log}\nStandardError=append:{log}\n" if log else ""
     return render("systemd/release.conf", name=site, release_id=release_id, release=release,
                   search_path=":".join(search_path(release)), command=command, ports_env=env,
-                  output=output)
+                  output=output, unit=f"[Unit]\n{UNNEEDED}\n" if sleeps else "")
+
+
+def render_door_dropins(paths: Paths, site: str, unit: str, door_port: int,
+                        wants: list[str]) -> dict[Path, str]:
+    """The drop-ins of the door of instance unit: the port its socket holds;
+    the instance its service wakes (and is bound to), and the workers it
+    starts with it."""
+    port = unit.rsplit("@", 1)[1].removesuffix(".service")
+    socket = units.door(site, int(port))
+    head = f"# Managed by siteops: the door of {unit}. Edits are overwritten.\n"
+    return {
+        paths.dropin(socket): f"{head}[Socket]\nListenStream=127.0.0.1:{door_port}\n",
+        paths.dropin(units.door_service(socket)): (
+            f"{head}[Unit]\nBindsTo={unit}\nAfter={unit}\n"
+            + "".join(f"Wants={w}\n" for w in wants)),
+    }
 
 
 def render_job(host: Host, site: Site, job: str, spec: Job, release_id: str) -> dict[str, str]:
@@ -193,6 +221,8 @@ def render_job(host: Host, site: Site, job: str, spec: Job, release_id: str) -> 
     service, timer = units.job_units(name, job)
     return {
         service: render("systemd/job.service", name=name, job=job, env=tree.env,
+                        wants=f"Wants={units.redis_unit(name)}\n"
+                        if site.sleep_after is not None else "",
                         uploads=tree.uploads, log=tree.job_log(job),
                         release=release, release_id=release_id,
                         search_path=":".join(search_path(release)),

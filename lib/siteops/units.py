@@ -3,15 +3,29 @@ run a release, which run the site now (live), which were kept warm, which are
 workers. The registry stores sites; systemd renders and runs these units;
 instances switches between them.
 
-Ports come in blocks of ten per slot k (the reference's plan): frontend
-3100+10k.., API 4000+10k.., Redis and extra services 5000+10k..; a
+Ports come in blocks of ten per slot k. The first 90 slots keep the
+reference's plan: frontend 3100+10k.., API 4000+10k.., Redis and extra
+services 5000+10k... Slots 90 and up continue in a second range, their three
+blocks side by side: slot 90+j holds 10000+30j.. (frontend), 10010+30j..
+(API), 10020+30j.. (Redis and extra), up to slot 1089 at 39970-39999;
+bootstrap reserves 10000-39999 from the kernel's ephemeral ports
+(net.ipv4.ip_local_reserved_ports), so no outgoing connection takes one. A
 component's instances take the ports of its block, the live one at
 site.live.offset. A component template NAME-COMPONENT@PORT.service runs each
 web instance; NAME-worker@TYPE-N-OFFSET.service each worker, beside the web
 instances at the same offset.
 
+Instances take offsets 0-7. A site that sleeps when idle is reached through
+doors: the door NAME-door@PORT.socket of the instance on PORT listens on
+offset 8 or 9 of the same block (by the instance's offset's parity, so a
+release and the next have different doors), held by systemd while the site
+sleeps; its first connection starts NAME-door@PORT.service, which starts
+the instance and proxies to it until the site has been idle long enough.
+
     >>> ports_for(2, ["frontend"])
     {'frontend': 3120, 'redis': 5020}
+    >>> ports_for(91, ["frontend", "api"])
+    {'frontend': 10030, 'api': 10040, 'redis': 10050}
 """
 
 from __future__ import annotations
@@ -19,9 +33,68 @@ from __future__ import annotations
 from .errors import SiteopsError
 from .model import Release, Site, Worker
 
-MAX_SLOTS = 90  # frontend ports 3100..3999
 FRONTEND_BASE, API_BASE, EXTRA_BASE, BLOCK = 3100, 4000, 5000, 10
-BLOCK_BASES = (FRONTEND_BASE, API_BASE, EXTRA_BASE)
+INSTANCE_OFFSETS = 8              # instances on offsets 0-7 of a block
+DOOR_OFFSETS = (8, 9)             # a sleeping site's doors, by the instance offset's parity
+REFERENCE_SLOTS = 90              # frontend ports 3100..3999
+SECOND_RANGE = (10000, 39999)     # slots 90.., three blocks each
+MAX_SLOTS = REFERENCE_SLOTS + (SECOND_RANGE[1] - SECOND_RANGE[0] + 1) // (3 * BLOCK)
+
+
+def block_bases(slot: int) -> tuple[int, int, int]:
+    """The first port of slot k's frontend, API and extra blocks."""
+    if not 0 <= slot < MAX_SLOTS:
+        raise ValueError(f"slot {slot} is outside 0..{MAX_SLOTS - 1}")
+    if slot < REFERENCE_SLOTS:
+        return FRONTEND_BASE + BLOCK * slot, API_BASE + BLOCK * slot, EXTRA_BASE + BLOCK * slot
+    first = SECOND_RANGE[0] + 3 * BLOCK * (slot - REFERENCE_SLOTS)
+    return first, first + BLOCK, first + 2 * BLOCK
+
+
+def upstream_ports(site: Site) -> dict[str, int] | None:
+    """The ports nginx sends each component's requests to: its live instance's,
+    or its door's when the live release is reached through doors."""
+    ports = live_ports(site)
+    if ports is None or site.live is None or not site.live.doors:
+        return ports
+    return {c: door_port(p, site.live.offset) for c, p in ports.items()}
+
+
+def door_port(port: int, offset: int) -> int:
+    """The port the door of the instance on port (at offset) listens on."""
+    return port - offset + DOOR_OFFSETS[offset % 2]
+
+
+def door(site: str, port: int) -> str:
+    """The door socket of a sleeping site's instance on port; its service has
+    the same name (.service)."""
+    return f"{site}-door@{port}.socket"
+
+
+def door_service(socket: str) -> str:
+    return socket.removesuffix(".socket") + ".service"
+
+
+def doors(site: Site, record: Release | None, offset: int) -> dict[str, int]:
+    """{door socket: the port it listens on} of a release's instances at offset."""
+    return {door(site.name, p): door_port(p, offset)
+            for p in instance_ports(site, offset, record).values()}
+
+
+def live_doors(site: Site) -> list[str]:
+    """The door sockets of the live release, if it is reached through doors."""
+    if not site.live or not site.live.doors:
+        return []
+    return list(doors(site, site.releases.get(site.live.release), site.live.offset))
+
+
+def always_on(site: Site) -> list[str]:
+    """What runs at all times (and is started at boot): Redis and the live
+    instances, or, for a site that sleeps, only the live release's doors."""
+    doors = site.live.doors if site.live else site.sleep_after is not None
+    if doors:
+        return live_doors(site)
+    return [redis_unit(site.name), *live_instances(site)]
 
 
 def live_ports(site: Site) -> dict[str, int] | None:
@@ -54,8 +127,11 @@ def spare_offset(site: Site, busy: set[int] | frozenset = frozenset()) -> int:
     block, so a port held by another process cannot block a deploy."""
     live = site.live.offset if site.live else None
     preferred = 0 if live is None else 1 - live if live in (0, 1) else 0
-    for offset in sorted(range(BLOCK), key=lambda o: (o != preferred, o)):
-        if offset != live and not any(site.ports[c] + offset in busy for c in site.components):
+    # Doors take their port by the offset's parity: the next release's differ.
+    parity = site.live.offset % 2 if site.live and site.live.doors else None
+    for offset in sorted(range(INSTANCE_OFFSETS), key=lambda o: (o != preferred, o)):
+        if offset != live and offset % 2 != parity \
+                and not any(site.ports[c] + offset in busy for c in site.components):
             return offset
     raise SiteopsError(f"site {site.name}: every port of its blocks is in use; "
                        "free one (ss -ltnp) and try again")
@@ -63,7 +139,7 @@ def spare_offset(site: Site, busy: set[int] | frozenset = frozenset()) -> int:
 
 def block_ranges(slot: int) -> list[tuple[int, int]]:
     """(first, last) port of each of slot k's three blocks of ten."""
-    return [(base + BLOCK * slot, base + BLOCK * slot + BLOCK - 1) for base in BLOCK_BASES]
+    return [(base, base + BLOCK - 1) for base in block_bases(slot)]
 
 
 def block_ports(slot: int) -> list[int]:
@@ -73,10 +149,9 @@ def block_ports(slot: int) -> list[int]:
 
 def ports_for(slot: int, components: list[str]) -> dict[str, int]:
     """The ports a site in slot k uses: its components and its Redis."""
-    bases = {"frontend": FRONTEND_BASE, "api": API_BASE}
-    ports = {c: bases[c] + BLOCK * slot for c in components}
-    ports["redis"] = EXTRA_BASE + BLOCK * slot
-    return ports
+    frontend, api, extra = block_bases(slot)
+    bases = {"frontend": frontend, "api": api}
+    return {**{c: bases[c] for c in components}, "redis": extra}
 
 
 def slice_name(site: str) -> str:
@@ -152,15 +227,42 @@ def warm_instances(site: Site) -> list[str]:
 
 def template_units(site: Site) -> list[str]:
     """The unit files siteops writes for the site (its slice and templates,
-    not their instances)."""
+    not their instances; the doors' only for a site that sleeps)."""
     name = site.name
+    sleeps = [door_template(name), door_service(door_template(name))] \
+        if site.sleep_after is not None else []
     return [slice_name(name), *(app_unit(name, c) for c in site.components),
-            worker_unit(name), redis_unit(name)]
+            worker_unit(name), redis_unit(name), *sleeps]
+
+
+def door_template(site: str) -> str:
+    return f"{site}-door@.socket"
 
 
 def live_units(site: Site) -> list[str]:
-    """The running service units of a site: its live instances, then its Redis."""
+    """The units that run a site: its live instances, then its Redis, then
+    the live release's doors (a sleeping site's)."""
+    return live_instances(site) + [redis_unit(site.name)] + live_door_units(site)
+
+
+def asleep_allowed(site: Site) -> list[str]:
+    """The units of a sleeping site that may be stopped (asleep) or running."""
+    if not site.live or not site.live.doors:
+        return []
     return live_instances(site) + [redis_unit(site.name)]
+
+
+def live_door_units(site: Site) -> list[str]:
+    """The live release's door sockets and services (a sleeping site's)."""
+    if not site.live or not site.live.doors:
+        return []
+    return release_doors(site, site.releases.get(site.live.release), site.live.offset)
+
+
+def release_doors(site: Site, record: Release | None, offset: int) -> list[str]:
+    """A release's door sockets and their services, for a site that sleeps."""
+    sockets = list(doors(site, record, offset))
+    return sockets + [door_service(s) for s in sockets]
 
 
 def web_instances(site: Site, record: Release | None, offset: int) -> list[str]:

@@ -201,6 +201,36 @@ def number(flag: str, low: int, high: int):
     return parse
 
 
+SLEEP_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MIN_SLEEP, MAX_SLEEP = 10, 7 * 86400
+
+
+def sleep_after(value: str) -> int | None:
+    """--sleep-after: 90s, 15m, 2h or 1d (10 s to 7 days), or never (None).
+
+    >>> sleep_after("15m"), sleep_after("never")
+    (900, None)
+    """
+    if value == "never":
+        return None
+    m = re.fullmatch(r"([1-9][0-9]{0,6})([smhd])", value)
+    seconds = int(m.group(1)) * SLEEP_UNITS[m.group(2)] if m else 0
+    if not MIN_SLEEP <= seconds <= MAX_SLEEP:
+        raise InvalidInput(f"invalid --sleep-after {value!r}: a time like 90s, 15m, 2h or 1d "
+                           "(10s to 7d), or never")
+    return seconds
+
+
+def duration(seconds: int | None) -> str:
+    """How sleep_after reads a time back: 15m, 90s, never."""
+    if seconds is None:
+        return "never"
+    for unit, size in sorted(SLEEP_UNITS.items(), key=lambda u: -u[1]):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def keep_count(value: str) -> int:
     """Return value as a number of releases to keep (2-100)."""
     if not (value.isascii() and value.isdigit()) or not 2 <= int(value) <= 100:

@@ -434,3 +434,44 @@ def test_an_operators_strict_umask_changes_nothing_siteops_creates(host):
     version(host, "v14")
     host.sh(f"umask 077 && {SRC}/bin/deploy nodeapp")
     assert curl(host, "nodeapp.test").startswith("nodeapp v14 ")
+
+
+def test_a_site_past_the_reference_ninety_takes_the_second_port_range_and_serves(host):
+    """With slots 0-89 owned, the next site gets slot 90: ports 10000.. of the
+    second range, bound by its units (SocketBindAllow), fenced by nftables,
+    and served through nginx like any other."""
+    data = registry(host)
+    taken = {s["slot"] for s in data["sites"].values()}
+    fillers = {f"filler{k}": {"name": f"filler{k}", "slot": k, "state": "ready",
+                              "domains": [f"filler{k}.test"], "components": ["frontend"],
+                              "ports": {"frontend": 3100 + 10 * k, "redis": 5000 + 10 * k},
+                              "created": "2026-12-07T00:00:00Z"}
+               for k in range(90) if k not in taken}
+    # Entries only (no user, nothing runs): they hold their slots in the registry.
+    original = json.dumps(data)
+    data["sites"].update(fillers)
+    host.sh("cat > /var/lib/siteops/registry.json", input=json.dumps(data))
+    try:
+        host.siteops("add-site far --domain far.test --components frontend")
+        far = registry(host)["sites"]["far"]
+        assert far["slot"] == 90 and far["ports"] == {"frontend": 10000, "redis": 10020}, far
+        deploy(host, f"far --repo {NODE_REPO}")
+        rid = live_release(host, "far")
+        page = curl(host, "far.test")
+        served = re.fullmatch(rf"nodeapp v\d+ (1000[0-9]) {rid} built v\d+\n", page)
+        assert served, page
+        unit = host.sh("cat /etc/systemd/system/far-frontend@.service").stdout
+        assert "SocketBindAllow=tcp:10000-10009" in unit and "SocketBindAllow=tcp:10020-10029" \
+            in unit, unit
+        assert host.sh(f"systemctl is-active far-frontend@{served.group(1)}.service"
+                       ).stdout.strip() == "active"
+        rules = host.sh("nft list ruleset").stdout
+        assert "10000-10009, 10010-10019, 10020-10029" in rules, rules
+        assert host.sh("ss -Hltn 'sport = :10020'").stdout.strip(), "far's Redis listens"
+    finally:
+        host.siteops("remove-site far --yes --no-backup", check=False)
+        now = registry(host)
+        for name in fillers:
+            now["sites"].pop(name, None)
+        host.sh("cat > /var/lib/siteops/registry.json", input=json.dumps(now))
+    assert set(registry(host)["sites"]) == set(json.loads(original)["sites"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from siteops import hardening, logrotate, nftables, nginx, systemd, users
+from siteops import hardening, logrotate, nftables, nginx, sysctl, systemd, users
 from siteops.model import Job, Limits, Live, Maintenance, Move, Site, Tls
 from siteops.paths import TEMPLATES, Paths
 from siteops.host import Host
@@ -55,6 +55,22 @@ def renders():
     for unit, text in systemd.render_job(HOST, SITE, "cleanup", Job(
             "*-*-* 03:00:00", "python3 cleanup.py"), release.name).items():
         yield f"systemd-{unit}", text
+    # A site that sleeps when idle: its doors, Redis and instances stop when unneeded.
+    sleepy = SITE.copy(name="nap", sleep_after=900, live=Live("20261125T201500Z", 1, True))
+    for unit, text in systemd.render_units(HOST, sleepy).items():
+        if "door" in unit or "redis" in unit:
+            yield f"systemd-{unit}", text
+    yield "systemd-nap-frontend@3121.service.d-siteops-release.conf", systemd.render_dropin(
+        "nap", release.name, release, "/usr/bin/node server.js", {"frontend": 3121},
+        sleeps=True)
+    for path, text in systemd.render_door_dropins(HOST.paths, "nap", "nap-frontend@3121.service",
+                                                  3129, ["nap-worker@mail-1-1.service"]).items():
+        yield f"systemd-{path.parent.name}-{path.name}", text
+    for unit, text in systemd.render_job(HOST, sleepy, "cleanup", Job(
+            "*-*-* 03:00:00", "python3 cleanup.py"), release.name).items():
+        if unit.endswith(".service"):
+            yield f"systemd-{unit}", text
+    yield "nginx-site-sleeps.conf", nginx.site_config(sleepy, (1, 26, 3), None, Paths().of("nap"))
     yield "redis-shop.conf", render("redis/site.conf", name="shop", port=5020, password="PASSWORD",
                                     dir="/srv/sites/shop/shared/redis", maxmemory="64mb")
     yield "logrotate-siteops-shop", logrotate.config(HOST, SITE)
@@ -78,7 +94,7 @@ def renders():
         yield name.replace("/", "-"), render(name)
     yield "fail2ban-jail.local", render("fail2ban/jail.local",
                                         site_error_logs=Paths().of("*").nginx_error_log)
-    yield "sysctl-90-siteops.conf", render("sysctl/90-siteops.conf")
+    yield "sysctl-90-siteops.conf", sysctl.conf_text()
     for template in sorted(set(hardening.FILES.values())):
         yield template.replace("/", "-"), render(template, deploy_home="/home/deploy")
 

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from siteops import model, registry
+from siteops import model, network, registry, sysctl
 from siteops import units
 from siteops.model import Site
 from siteops.errors import SiteopsError
@@ -174,3 +174,40 @@ def test_a_value_of_the_wrong_type_is_one_clear_error_naming_its_field(root, cha
     with pytest.raises(SiteopsError) as err:
         registry.load(host)
     assert field in str(err.value) and "nothing was changed" in str(err.value), str(err.value)
+
+
+def test_slots_past_the_reference_continue_in_a_second_range_that_collides_with_nothing():
+    # The first 90 keep the reference's ports exactly.
+    assert units.ports_for(89, ["frontend", "api"]) == {"frontend": 3990, "api": 4890,
+                                                       "redis": 5890}
+    assert units.ports_for(90, ["frontend", "api"]) == {"frontend": 10000, "api": 10010,
+                                                       "redis": 10020}
+    assert units.MAX_SLOTS >= 1000
+    every = [units.block_ports(k) for k in range(units.MAX_SLOTS)]
+    flat = [p for ports in every for p in ports]
+    assert len(flat) == len(set(flat)) == 30 * units.MAX_SLOTS   # never shared
+    second = [p for ports in every[units.REFERENCE_SLOTS:] for p in ports]
+    first, last = units.SECOND_RANGE
+    assert min(second) == first and max(second) == last
+    # Below the kernel's default ephemeral range (32768-60999) except the part
+    # bootstrap reserves, and clear of PostgreSQL's 5432 and Redis's 6379.
+    assert 5432 not in second and 6379 not in second
+    reserved = network.port_list(sysctl.baseline()["net.ipv4.ip_local_reserved_ports"])
+    assert set(second) <= reserved
+    with pytest.raises(ValueError):
+        units.block_bases(units.MAX_SLOTS)
+
+
+def test_a_slot_the_kernel_may_hand_out_is_skipped(root):
+    proc = root / "proc/sys/net/ipv4"
+    proc.mkdir(parents=True)
+    (proc / "ip_local_port_range").write_text("32768\t60999\n")
+    (proc / "ip_local_reserved_ports").write_text("\n")   # not reserved (yet)
+    host, _ = make_host(root, [(["ss"], 0, "")])
+    data = registry.Registry({f"s{k}": Site(f"s{k}", k) for k in range(848)})
+    unavailable = network.unavailable_ports(host)
+    assert units.block_ranges(847)[-1][1] < 32768 <= units.block_ranges(848)[-1][1]
+    with pytest.raises(SiteopsError, match="ephemeral range"):
+        registry.allocate_slot(data, unavailable)
+    (proc / "ip_local_reserved_ports").write_text("10000-39999\n")
+    assert registry.allocate_slot(data, network.unavailable_ports(host)) == 848

@@ -19,7 +19,8 @@ What it creates:
   user        NAME, nologin, home /srv/sites/NAME, its own group and UID
   directories /srv/sites/NAME/{releases,shared/{logs,uploads,redis,backups}}
   ports       slot k of the registry: frontend 3100+10k, API 4000+10k,
-              Redis 5000+10k, all on 127.0.0.1; nftables lets only NAME
+              Redis 5000+10k, all on 127.0.0.1 (slots 90 and up: the second
+              range, 10000-39999, see docs/server.md); nftables lets only NAME
               answer from them and only NAME, nginx and root connect to them
   .env        shared/.env (0600): DATABASE_URL, REDIS_URL, NODE_ENV and
               generated secrets; values already there are never changed (PORT,
@@ -65,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "nginx) and serve it; see `tls --help`. A site on HTTPS gets its "
                         "certificate issued again when its domains change")
     tls_command.add_arguments(p)
+    p.add_argument("--sleep-after", type=validate.sleep_after, default=argparse.SUPPRESS,
+                   metavar="TIME",
+                   help="stop every process of the site after this long without a request "
+                        "(90s, 15m, 2h, 1d) and start them on the next one, or never (the "
+                        "default for a new site; unchanged for an existing one); see "
+                        "`limits --help`")
     p.add_argument("--start", action="append", type=validate.start_command, default=[],
                    metavar="COMPONENT=COMMAND",
                    help="command a component's unit runs in current/ (default: "
@@ -75,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(host: Host, args: argparse.Namespace) -> None:
     sites_op.add_site(host, args.name, args.domains, components=args.components,
-                      starts=args.start, https=args.tls, tls_asked=tls_command.asked(args))
+                      starts=args.start, https=args.tls, tls_asked=tls_command.asked(args),
+                      sleep_after=getattr(args, "sleep_after", sites_op.KEEP))
 
 
 def main(argv: list[str] | None = None, host: Host | None = None) -> int:

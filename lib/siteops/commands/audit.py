@@ -10,6 +10,7 @@ import sys
 from .. import (access, checks, cli, fleet, envfile, facts, instances, journal, layout, logrotate, model,
                 nftables, nginx, notify, postgres, redis, registry, releases, systemd, validate)
 from .. import site_checks, units
+from ..ops import sites as sites_op
 from ..errors import UsageError
 from ..model import Site
 from ..host import Host
@@ -118,9 +119,12 @@ def repair(host: Host, site: Site, kinds: set[str]) -> None:
         site = instances.refresh(host, site, changed,
                                  force=restart or not instances.dropins_match(host, site))
     if "unit" in kinds:
-        for unit in units.live_units(site):
-            with host.step(f"{unit} running"):
-                systemd.ensure_started(host, unit)
+        sites_op.ensure_running(host, site)
+        failed = [u for u in units.live_units(site) if systemd.show(
+            host, u, "ActiveState").get("ActiveState") == "failed"]
+        if failed:  # a sleeping site's door or instance: the next request tries again
+            with host.step(f"failure of {', '.join(failed)} cleared"):
+                host.run(["systemctl", "reset-failed", *failed])
     live_id = releases.live_id(site)
     if "current" in kinds and live_id and host.paths.of(name).release(live_id).is_dir():
         with host.step(f"current -> releases/{live_id}"):

@@ -211,10 +211,8 @@ def doc_lines(host: Host, rows: list[dict]) -> list[str]:
                 f"- **Disk used:** {mib(r['disk_bytes'])}", ""]
     out += ["### Port allocation summary", "", "| Ports | Site |", "|---|---|"]
     for r in rows:
-        base = r["slot"] * units.BLOCK
-        out.append(f"| {units.FRONTEND_BASE + base}-{units.FRONTEND_BASE + base + 9}, "
-                   f"{units.API_BASE + base}-{units.API_BASE + base + 9}, "
-                   f"{units.EXTRA_BASE + base}-{units.EXTRA_BASE + base + 9} | {r['name']} |")
+        blocks = ", ".join(f"{first}-{last}" for first, last in units.block_ranges(r["slot"]))
+        out.append(f"| {blocks} | {r['name']} |")
     out += ["", "### Domain registry", "", "| Domain | Site | TLS expires |", "|---|---|---|"]
     out += [f"| {d} | {r['name']} | {r['tls_expires'] or 'no certificate'} |"
             for r in rows for d in r["domains"]]

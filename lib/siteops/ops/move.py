@@ -51,7 +51,7 @@ def receive_step(host: Host, name: str, step: str, size: int, trust: str | None)
         if here is not None and not (moving and here.held):
             raise UsageError(f"site {name} already exists on this host (not a move in progress)")
         if here is None:
-            registry.allocate_slot(registry.load(host), network.listening_ports(host))
+            registry.allocate_slot(registry.load(host), network.unavailable_ports(host))
         st = os.statvfs(host.paths.sites)
         if st.f_bavail * st.f_frsize < 2 * size + 500 * 2**20:
             raise SiteopsError(f"not enough disk for {name}: it needs about "

@@ -83,7 +83,7 @@ def recreate(host: Host, saved: Site, held: bool = False) -> Site:
     with registry.locked(host, f"restore {saved.name}") as data:
         if saved.name in data.sites:
             return data.sites[saved.name]
-        listening = network.listening_ports(host)
+        listening = network.unavailable_ports(host)
         free = saved.slot not in {s.slot for s in data.sites.values()} \
             and not listening.intersection(units.block_ports(saved.slot))
         slot = saved.slot if free else registry.allocate_slot(data, listening)

@@ -10,13 +10,20 @@ from typing import Callable, Sequence
 
 from .. import (access, backup, distro, envfile, fail2ban, instances, layout, logrotate, model,
                 network, nftables, nginx, parts, postgres, redis, registry, systemd, tls, units,
-                users)
+                users, validate)
 from ..errors import SiteopsError, UsageError
 from ..journal import now
 from ..model import READY, Site, Tls
 from ..host import Host
 
 REMOVING = "removing"
+
+
+class Keep:
+    """An existing site's setting, kept (add_site's sleep_after default)."""
+
+
+KEEP = Keep()
 
 
 def check_bootstrapped(host: Host) -> None:
@@ -42,15 +49,19 @@ def refuse_conflicts(host: Host, data: registry.Registry, name: str, domains: li
 
 def add_site(host: Host, name: str, domains: list[str], *,
              components: list[str] | None = None, starts: Sequence[tuple[str, str]] = (),
-             https: bool = False, tls_asked: TlsAsked | None = None) -> Site:
+             https: bool = False, tls_asked: TlsAsked | None = None,
+             sleep_after: int | None | Keep = KEEP) -> Site:
     """Make the site, or converge an existing one onto these domains (and
     components and start commands, when given); https: put it on HTTPS (a
-    site already on HTTPS stays there), with tls_asked over its settings.
-    Returns its entry."""
+    site already on HTTPS stays there), with tls_asked over its settings;
+    sleep_after: seconds without a request before it sleeps, None never (a
+    new site's default), KEEP an existing one's setting. Returns its entry."""
     distro.detect(host)
     check_bootstrapped(host)
     with registry.locked(host, f"add-site {name}") as data:
         site = plan_entry(host, data, name, domains, components, starts)
+        if not isinstance(sleep_after, Keep):
+            site.sleep_after = sleep_after
         if site != data.sites.get(name):
             site.updated = now()
         data.sites[name] = site
@@ -63,7 +74,12 @@ def add_site(host: Host, name: str, domains: list[str], *,
             site.state = READY
             site.updated = now()
         registry.save(host, data)
-    instances.refresh(host, site, changed)  # after the registry lock: it takes it itself
+    site = instances.refresh(host, site, changed)  # after the registry lock: it takes it itself
+    if site.live and site.live.doors != (site.sleep_after is not None):
+        with registry.site_locked(host, name, f"add-site {name}") as site:
+            site = instances.restart(host, site, "sleeping turned "
+                                     + ("on" if site.sleep_after is not None else "off"))
+            ensure_running(host, site)
     if https or site.tls:
         with registry.site_locked(host, name, f"tls {name}"):
             site = enable_tls(host, name, tls_asked or TlsAsked())
@@ -77,7 +93,7 @@ def plan_entry(host: Host, data: registry.Registry, name: str, domains: list[str
     refuse_conflicts(host, data, name, domains)
     site = data.sites.get(name)
     if site is None:
-        slot = registry.allocate_slot(data, network.listening_ports(host))
+        slot = registry.allocate_slot(data, network.unavailable_ports(host))
         site = Site(name=name, slot=slot, created=now())
     site = site.copy(domains=domains)
     if components:
@@ -150,11 +166,7 @@ def provision(host: Host, site: Site, db_port: int, sites: list[Site]) -> list[s
         redis_changed = redis.ensure_site_conf(host, site, redis_password)
     with host.step(f"systemd units of {name}"):
         changed = systemd.ensure_units(host, site, redis_config_changed=redis_changed)
-    with host.step(f"{units.redis_unit(name)} running"):
-        systemd.ensure_started(host, units.redis_unit(name))
-    for unit in units.live_instances(site):  # once deployed, keep the live release up
-        with host.step(f"{unit} running"):
-            systemd.ensure_started(host, unit)
+    ensure_running(host, site)
     reloaded = nginx.ensure_site(host, site)
     logrotate.ensure_site(host, site)
     if reloaded:  # its nginx file changed: a new error log, maybe
@@ -166,6 +178,37 @@ def provision(host: Host, site: Site, db_port: int, sites: list[Site]) -> list[s
     if gone:
         raise SiteopsError(f"site {name} lacks {', '.join(map(str, gone))} after provisioning")
     return changed
+
+
+def ensure_running(host: Host, site: Site) -> None:
+    """What runs at all times runs, and is started at boot: Redis and, once
+    deployed, the live release; for a site that sleeps, only the live
+    release's doors (Redis then runs only while something needs it)."""
+    running = units.always_on(site)
+    for unit in running:
+        with host.step(f"{unit} running"):
+            systemd.ensure_started(host, unit)
+    redis_unit = units.redis_unit(site.name)
+    if redis_unit not in running and systemd.is_enabled(host, redis_unit):
+        with host.step(f"{redis_unit} started only when needed (the site sleeps)"):
+            host.run(["systemctl", "--no-reload", "disable", "--quiet",
+                      *([] if site.live else ["--now"]), redis_unit])
+
+
+def set_sleep(host: Host, name: str, seconds: int | None) -> Site:
+    """Make the site sleep after seconds without a request (None: never): its
+    units rendered for it, and its live release moved behind doors (or out
+    from behind them) by the switch a deploy uses, with no dropped request."""
+    with registry.site_locked(host, name, f"limits {name}"):
+        site = registry.update_site(host, name, f"limits {name}",
+                                    lambda entry: setattr(entry, "sleep_after", seconds))
+        with host.step(f"{name} sleeps after {validate.duration(seconds)} without a request"):
+            systemd.ensure_units(host, site)
+        if site.live and site.live.doors != (seconds is not None):
+            site = instances.restart(host, site, "sleeping turned "
+                                     + ("on" if seconds is not None else "off"))
+        ensure_running(host, site)
+    return site
 
 
 def leftovers(host: Host, name: str) -> list[str]:

@@ -1,0 +1,168 @@
+"""Sleeping sites on real booted Debian 12 and 13 machines: an idle site runs
+no process at all (its doors held by systemd), the first request wakes it
+and is answered, requests during a wake wait for it, siteops's own probes do
+not wake it, a deploy to a sleeping site drops no request and lets it sleep
+again, a release that crashes on wake answers 502 with the reason and the
+next request tries again, and sleeping turns off with no dropped request."""
+
+import json
+import re
+import time
+
+import pytest
+
+from machine import Load, commit
+
+REPO = "/srv/repos/sleepy"
+SLEEP = 10  # --sleep-after 10s: the shortest a site may have
+APP = {
+    "app.py": """\
+import http.server, os, sys, time
+
+if os.path.exists("CRASH"):
+    sys.exit("cannot reach the payment service")
+time.sleep(0.3)  # an app that takes a moment to start
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = f"sleepy {open('VERSION').read().strip()} {os.environ['PORT']}\\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+""",
+    "requirements.txt": "",
+    "siteops.toml": 'runtime = "python"\n\n[frontend]\nstart = "python app.py"\nhealth = "/"\n',
+    "VERSION": "v1\n",
+}
+
+
+@pytest.fixture(scope="module")
+def host(box):
+    box.siteops("bootstrap")
+    box.siteops(f"add-site sleepy --domain sleepy.test --components frontend "
+                f"--sleep-after {SLEEP}s")
+    commit(box, REPO, APP, "v1")
+    box.siteops(f"deploy sleepy --repo {REPO}")
+    return box
+
+
+def registry(box) -> dict:
+    return json.loads(box.sh("cat /var/lib/siteops/registry.json").stdout)["sites"]["sleepy"]
+
+
+def live_unit(box) -> str:
+    site = registry(box)
+    return f"sleepy-frontend@{3100 + site['slot'] * 10 + site['live']['offset']}.service"
+
+
+def slice_processes(box) -> list[str]:
+    """The site's processes (every process of its units runs as its user)."""
+    return box.sh("ps -u sleepy -o pid=,args= || true").stdout.splitlines()
+
+
+def wait_asleep(box, seconds: float = SLEEP + 30) -> None:
+    """Until the site's slice runs no process (its door's idle time, then
+    nginx's idle upstream connections closed)."""
+    deadline = time.time() + seconds
+    while slice_processes(box):
+        assert time.time() < deadline, f"still awake: {slice_processes(box)}"
+        time.sleep(0.5)
+
+
+def get(box, path: str = "/") -> tuple[str, float]:
+    res = box.sh("curl -sS -o /tmp/body -w '%{http_code} %{time_total}' "
+                 f"-H 'Host: sleepy.test' http://127.0.0.1{path}; echo; cat /tmp/body")
+    status, took = res.stdout.split("\n")[0].split()
+    return f"{status} {res.stdout.split(chr(10), 1)[1]}", float(took)
+
+
+def test_an_idle_site_runs_no_process_and_its_doors_are_held_by_systemd(host):
+    wait_asleep(host)
+    site = registry(host)
+    assert site["live"]["doors"] is True and site["sleep_after"] == SLEEP
+    assert host.sh(f"systemctl is-active {live_unit(host)} sleepy-redis.service",
+                   check=False).stdout.split() == ["inactive", "inactive"]
+    door = 3108 + site["slot"] * 10 + site["live"]["offset"] % 2
+    listeners = host.sh(f"ss -Hltnp 'sport = :{door}'").stdout
+    assert "systemd" in listeners and "127.0.0.1" in listeners, listeners
+    # Nothing of the site starts at boot but its door.
+    assert host.sh(f"systemctl is-enabled {live_unit(host)} sleepy-redis.service",
+                   check=False).stdout.split() == ["disabled", "disabled"]
+
+
+def test_siteops_probes_do_not_wake_it(host):
+    wait_asleep(host)
+    host.siteops("audit", check=False)
+    host.siteops("sites usage sleepy")
+    host.siteops("sites show sleepy")
+    host.siteops("backup sleepy")
+    assert slice_processes(host) == []
+
+
+def test_the_first_request_wakes_it_and_concurrent_ones_wait_for_the_wake(host):
+    wait_asleep(host)
+    out = host.sh("seq 20 | xargs -P 20 -I{} curl -sS -o /dev/null -w '%{http_code}\\n' "
+                  "-H 'Host: sleepy.test' http://127.0.0.1/").stdout.split()
+    assert out == ["200"] * 20, out
+    assert host.sh(f"systemctl is-active {live_unit(host)}").stdout.strip() == "active"
+    page, took = get(host)
+    assert page.startswith("200 sleepy v1 "), page
+    wakes = host.sh("cat /srv/sites/sleepy/shared/logs/door.log").stdout
+    assert re.search(r"wake: port \d+ answered in \d+\.\d+s", wakes), wakes
+    wait_asleep(host)  # and it sleeps again
+
+
+def test_a_deploy_to_a_sleeping_site_drops_no_request_and_it_sleeps_again(host):
+    wait_asleep(host)
+    load = Load(host, "sleepy.test", rate=20)
+    commit(host, REPO, {"VERSION": "v2\n"}, "v2")
+    out = host.siteops("deploy sleepy").stdout
+    time.sleep(2)
+    samples, failed = load.failed()
+    assert failed == [] and len(samples) > 40, failed[:5]
+    assert f"goes back to sleep after {SLEEP}s without a request" in out, out
+    assert get(host)[0].startswith("200 sleepy v2 ")
+    wait_asleep(host)
+    assert host.siteops("audit sleepy", check=False).returncode == 0
+
+
+def test_a_release_that_crashes_on_wake_answers_502_and_the_next_request_tries_again(host):
+    wait_asleep(host)
+    rid = registry(host)["live"]["release"]
+    crash = f"/srv/sites/sleepy/releases/{rid}/CRASH"
+    host.sh(f"touch {crash}")
+    try:
+        page, _ = get(host)
+        assert page.startswith("502 The site did not start within"), page
+        assert "cannot reach the payment service" in host.siteops("logs sleepy -n 50").stdout
+        audit = json.loads(host.siteops("audit sleepy --json", check=False).stdout)
+        bad = [f for f in audit["findings"] if f["severity"] != "ok" and "door" in f["id"]]
+        assert bad, audit["findings"]
+    finally:
+        host.sh(f"rm -f {crash}")
+    page, _ = get(host)
+    assert page.startswith("200 sleepy v2 "), page
+
+
+def test_sleeping_turns_off_and_on_with_no_dropped_request(host):
+    load = Load(host, "sleepy.test", rate=20)
+    host.siteops("limits sleepy --sleep-after never")
+    time.sleep(1)
+    samples, failed = load.failed()
+    assert failed == [] and samples
+    site = registry(host)
+    assert not site["live"].get("doors") and "sleep_after" not in site
+    assert host.sh(f"systemctl is-enabled {live_unit(host)} sleepy-redis.service"
+                   ).stdout.split() == ["enabled", "enabled"]
+    host.siteops(f"limits sleepy --sleep-after {SLEEP}s")
+    assert registry(host)["live"]["doors"] is True
+    wait_asleep(host)
+    assert get(host)[0].startswith("200 sleepy v2 ")
