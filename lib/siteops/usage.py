@@ -199,8 +199,56 @@ def collect(host: Host, sites: list[Site], interval: float = 1.0, window: float 
         rows.append({"name": s.name, **cg, "cpu_percent": share,
                      "limits": systemd.limits(s), "disk_bytes": sizes.get(s.name),
                      "database_bytes": dbs.get(s.database),
-                     "window_seconds": window, **traffic(host, s.name, window, now)})
+                     "window_seconds": window, **traffic(host, s.name, window, now),
+                     "sleep": sleep_state(host, s, now)})
     return rows
+
+
+def sleep_state(host: Host, site: Site, now: float | None = None) -> dict | None:
+    """A sleeping site's state, read without waking it: asleep or awake, since
+    when (its web instances' last start or stop), its last request (the
+    access log's last line) and its wakes today (the door's log); None for a
+    site that never sleeps."""
+    if site.sleep_after is None:
+        return None
+    web = units.live_web(site)
+    props = [systemd.show(host, u, "ActiveState", "ActiveEnterTimestamp",
+                          "InactiveEnterTimestamp", unix_times=True) for u in web]
+    awake = any(p.get("ActiveState") in ("active", "activating") for p in props)
+    stamps = [p.get("ActiveEnterTimestamp" if awake else "InactiveEnterTimestamp", "")
+              for p in props]
+    since = max((float(s[1:]) for s in stamps if s.startswith("@")), default=None)
+    files = host.paths.of(site.name)
+    today = time.strftime("%Y-%m-%d", time.localtime(now))
+    wakes = 0
+    fh = safefs.open_read(files.door_log)
+    if fh is not None:
+        with fh:
+            wakes = sum(1 for line in fh.read().decode(errors="replace").splitlines()
+                        if line.startswith(today) and " wake: " in line)
+    return {"sleep_after": site.sleep_after, "state": "awake" if awake else "asleep",
+            "since": stamp(since), "last_request": stamp(last_request(host, site.name)),
+            "wakes_today": wakes}
+
+
+def last_request(host: Host, name: str) -> float | None:
+    """When the site's access log says its last request came (t=<epoch>)."""
+    fh = safefs.open_read(host.paths.of(name).nginx_access_log)
+    if fh is None:
+        return None
+    with fh:
+        for block in backwards(fh):
+            for line in reversed(block.decode(errors="replace").splitlines()):
+                _, sep, value = line.rpartition(" t=")
+                try:
+                    return float(value) if sep else None
+                except ValueError:
+                    return None
+    return None
+
+
+def stamp(epoch: float | None) -> str | None:
+    return None if epoch is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def near_memory_limit(row: dict) -> bool:
@@ -244,6 +292,14 @@ def prometheus(rows: list[dict]) -> str:
         lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}"]
         lines += [f'{metric}{{site="{r["name"]}"}} {r[key] * scale:g}'
                   for r in rows if r.get(key) is not None]
+    lines += ["# HELP siteops_site_asleep 1 if the site sleeps now (it sleeps when idle).",
+              "# TYPE siteops_site_asleep gauge"]
+    lines += [f'siteops_site_asleep{{site="{r["name"]}"}} {int(r["sleep"]["state"] == "asleep")}'
+              for r in rows if r.get("sleep")]
+    lines += ["# HELP siteops_site_wakes_today Times a request woke the site today.",
+              "# TYPE siteops_site_wakes_today gauge"]
+    lines += [f'siteops_site_wakes_today{{site="{r["name"]}"}} {r["sleep"]["wakes_today"]}'
+              for r in rows if r.get("sleep")]
     lines += ["# HELP siteops_site_requests Requests over the last window, by status class.",
               "# TYPE siteops_site_requests gauge"]
     for r in rows:

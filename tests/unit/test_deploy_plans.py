@@ -96,6 +96,34 @@ def test_switch_starts_beside_checks_health_then_moves_nginx_and_current(root, s
     assert saved.live == site.live == model.Live(R2, 1) and len(marks) == 1
 
 
+def test_switch_of_a_sleeping_site_starts_the_release_with_its_doors_and_moves_nginx_to_them(
+        root, shop):
+    def sleeps(entry):
+        entry.sleep_after = 900
+    shop = registry.update_site(make_host(root, dry_run=False)[0], "shop", "test", sleeps)
+    host, runner = prepared_host(root, shop, healthy())
+    site = instances.switch(host, shop, R2, shop.releases[R2], lambda e: None)
+    plan = planned_commands(host)
+    assert plan[1] == ("systemctl start --no-block shop-frontend@3101.service "
+                       "shop-door@3101.socket shop-door@3101.service"), plan
+    assert ["systemd-analyze", "verify", "shop-frontend@3101.service",
+            "shop-door@3101.service"] in runner.calls
+    # Only its door starts at boot; the instance and Redis stop when unneeded.
+    assert "systemctl --no-reload enable --quiet shop-door@3101.socket" in plan
+    assert ("systemctl --no-reload disable --quiet shop-redis.service "
+            "shop-frontend@3100.service") in plan
+    dropins = root / "etc/systemd/system"
+    assert "StopWhenUnneeded=yes" in (
+        dropins / "shop-frontend@3101.service.d/siteops-release.conf").read_text()
+    assert "ListenStream=127.0.0.1:3109" in (
+        dropins / "shop-door@3101.socket.d/siteops-release.conf").read_text()
+    assert "BindsTo=shop-frontend@3101.service" in (
+        dropins / "shop-door@3101.service.d/siteops-release.conf").read_text()
+    assert "127.0.0.1:3109" in (root / "etc/nginx/sites-available/shop.conf").read_text()
+    assert site.live == model.Live(R2, 1, True)
+    assert "goes back to sleep after 900s without a request" in host.out.getvalue()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_at_the_switchs_commit_waits_until_the_registry_says_live(root, shop,
                                                                             monkeypatch, signum):

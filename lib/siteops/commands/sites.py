@@ -126,6 +126,7 @@ def summary(host: Host, site: Site, du: dict, states: dict) -> dict:
                                "units": units.warm_instances(site)},
         "workers": {kind: spec.count for kind, spec in (record.workers if record else {}).items()},
         "jobs": systemd.job_results(host, site),
+        "sleep": usage.sleep_state(host, site),
     }
 
 
@@ -148,7 +149,8 @@ def list_lines(rows: list[dict]) -> list[str]:
         r["name"], str(r["slot"]),
         ",".join(str((r["live_ports"] or r["ports"]).get(c, "-")) for c in r["components"])
         + f",{r['ports']['redis']}",
-        ",".join(r["domains"]), ",".join(r["components"]), r["state"] or "?",
+        ",".join(r["domains"]), ",".join(r["components"]),
+        (r["state"] or "?") + (f" ({r['sleep']['state']})" if r["sleep"] else ""),
         r["live_release"] or "-", r["tls_expires"] or "-", mib(r["disk_bytes"]))
         for r in rows], rows)
 
@@ -166,7 +168,8 @@ def show_lines(r: dict, site: Site) -> list[str]:
         ("kept warm", f"{r['warm']['release']} on {' '.join(r['warm']['units'])} (deploy "
                       "--keep-warm: a rollback there needs no start)" if r["warm"] else "-"),
         ("workers", " ".join(f"{k} x{n}" for k, n in r["workers"].items()) or "-"),
-        ("TLS expires", r["tls_expires"] or "no certificate"), ("disk", mib(r["disk_bytes"])))]
+        ("TLS expires", r["tls_expires"] or "no certificate"), ("disk", mib(r["disk_bytes"])),
+        ("sleeps", sleep_line(r["sleep"])))]
     if r["jobs"]:
         lines.append("jobs:")
         lines += [f"  {job:<12} {j['schedule']:<20} last {j['last'] or 'never'}: "
@@ -178,6 +181,14 @@ def show_lines(r: dict, site: Site) -> list[str]:
         lines += [f"  {e.at or ''}  {e.action:<8} {e.release}  {e.result}"
                   f"  {e.user or ''}  {e.extra.get('error', '')}".rstrip() for e in history]
     return lines
+
+
+def sleep_line(s: dict | None) -> str:
+    if s is None:
+        return "never (always on)"
+    return (f"after {validate.duration(s['sleep_after'])} without a request; {s['state']} since "
+            f"{s['since'] or '?'}; last request {s['last_request'] or 'none'}; "
+            f"{s['wakes_today']} wake(s) today")
 
 
 def doc_lines(host: Host, rows: list[dict]) -> list[str]:
