@@ -162,13 +162,13 @@ def start(host: Host, site: Site, rid: str, record: Release, offset: int,
                    + (f" and {len(workers)} worker(s)" if workers else "")
                    + (" (workers held)" if site.held and record.workers else "")):
         ensure_dropins(host, site, rid, record, offset, doors)  # the held workers' too
+        # One transaction: a sleeping site's instances stop as soon as nothing
+        # needs them, and their doors' services (up once the instance answers,
+        # at most systemd.WAKE_TIMEOUT) need them from the start.
         started = units.web_instances(site, record, offset) + list(workers) + (
             units.release_doors(site, record, offset) if doors else [])
-        # A door's service starts once its instance answers: not waited for here
-        # (the health check below says whether the instances came up).
-        block = ["--no-block"] if doors else []
         try:
-            host.run(["systemctl", "start", *block, *started])
+            host.run(["systemctl", "start", *started], timeout=systemd.WAKE_TIMEOUT + 60)
         except CommandError:
             # Deploys and rollbacks in quick succession start the same
             # instance names often: systemd's start rate limit (5 in 10 s)
@@ -178,7 +178,7 @@ def start(host: Host, site: Site, rid: str, record: Release, offset: int,
             if not limited:
                 raise
             host.run(["systemctl", "reset-failed", *limited])
-            host.run(["systemctl", "start", *block, *started])
+            host.run(["systemctl", "start", *started], timeout=systemd.WAKE_TIMEOUT + 60)
     return started
 
 

@@ -104,7 +104,7 @@ def test_switch_of_a_sleeping_site_starts_the_release_with_its_doors_and_moves_n
     host, runner = prepared_host(root, shop, healthy())
     site = instances.switch(host, shop, R2, shop.releases[R2], lambda e: None)
     plan = planned_commands(host)
-    assert plan[1] == ("systemctl start --no-block shop-frontend@3101.service "
+    assert plan[1] == ("systemctl start shop-frontend@3101.service "
                        "shop-door@3101.socket shop-door@3101.service"), plan
     assert ["systemd-analyze", "verify", "shop-frontend@3101.service",
             "shop-door@3101.service"] in runner.calls
