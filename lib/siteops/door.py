@@ -1,7 +1,8 @@
 """The door of a sleeping site's instance: what NAME-door@PORT.service runs,
 as the site's user, holding the door's listening socket from systemd (fd 3).
 
-It waits until the instance its start woke answers on PORT, then becomes
+It waits until the instance its start woke answers on PORT, tells systemd
+the door is open (READY=1: a deploy waits for it), then becomes
 systemd-socket-proxyd (exec: the same process, the same socket), which
 proxies every connection to the instance and exits once none has been open
 for IDLE seconds; the instance, its workers and its Redis then stop, since
@@ -66,6 +67,17 @@ def answer_waiting(listener: socket.socket, body: str) -> int:
         answered += 1
 
 
+def notify_ready() -> None:
+    """Tell systemd the door is open (Type=notify): the instance answers."""
+    path = os.environ.get("NOTIFY_SOCKET", "")
+    if not path:
+        return
+    address = "\0" + path[1:] if path.startswith("@") else path
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        s.connect(address)
+        s.sendall(b"READY=1")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 4 or os.environ.get("LISTEN_FDS") != "1":
         print("door: run by a door's service, with its socket (see units.py)", file=sys.stderr)
@@ -81,6 +93,7 @@ def main(argv: list[str]) -> int:
         return 1
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} wake: port {port} answered in "
           f"{time.monotonic() - started:.2f}s", flush=True)
+    notify_ready()
     os.execv(PROXYD, [PROXYD, f"--exit-idle-time={idle}s", f"127.0.0.1:{port}"])
     return 0  # not reached
 
