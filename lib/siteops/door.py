@@ -67,6 +67,16 @@ def answer_waiting(listener: socket.socket, body: str) -> int:
         answered += 1
 
 
+def knock_once() -> socket.socket:
+    """A connection to the door itself, closed by the exec: proxyd's idle timer
+    starts when its last connection closes, so a door opened by a deploy,
+    with no request, closes after the idle time too."""
+    listener = socket.socket(fileno=LISTEN_FD)
+    address = listener.getsockname()[:2]
+    listener.detach()
+    return socket.create_connection(address, timeout=1)  # close-on-exec
+
+
 def notify_ready() -> None:
     """Tell systemd the door is open (Type=notify): the instance answers."""
     path = os.environ.get("NOTIFY_SOCKET", "")
@@ -94,6 +104,7 @@ def main(argv: list[str]) -> int:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} wake: port {port} answered in "
           f"{time.monotonic() - started:.2f}s", flush=True)
     notify_ready()
+    knock_once()
     os.execv(PROXYD, [PROXYD, f"--exit-idle-time={idle}s", f"127.0.0.1:{port}"])
     return 0  # not reached
 
