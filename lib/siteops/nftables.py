@@ -30,8 +30,10 @@ def port_sets(slot: int) -> str:
 
 def site_rules(name: str, slot: int, uid: int, nginx_uid: int) -> str:
     ports = port_sets(slot)
-    return (f"\t\ttcp sport {ports} meta skuid != {uid} drop "
-            f"comment \"siteops site {name}: only {name} answers from its ports\"\n"
+    # Root too: systemd (PID 1) holds a sleeping site's doors, and the kernel
+    # answers a connection to a listening socket as the socket's owner.
+    return (f"\t\ttcp sport {ports} meta skuid != {{ 0, {uid} }} drop "
+            f"comment \"siteops site {name}: only {name} (or root) answers from its ports\"\n"
             f"\t\ttcp dport {ports} meta skuid != {{ 0, {nginx_uid}, {uid} }} "
             f"reject with tcp reset comment \"siteops site {name}: only {name}, nginx and "
             f"root connect to its ports\"\n")
