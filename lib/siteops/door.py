@@ -20,14 +20,19 @@ site's user, with only this file's directory readable to it.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import time
 
 PROXYD = "/usr/lib/systemd/systemd-socket-proxyd"
 LISTEN_FD = 3  # SD_LISTEN_FDS_START
-BODY = ("The site did not start within {timeout:g} s; its owner can read why with "
-        "`logs NAME` (the next request tries again).\n")
+BODY = ("The site did not start ({why}); its owner can read why with `logs NAME` (the "
+        "next request tries again).\n")
+
+
+class Stopped(Exception):
+    """systemd stops the door: its instance exited while starting (BindsTo=)."""
 
 
 def wait_ready(port: int, timeout: float) -> bool:
@@ -94,13 +99,23 @@ def main(argv: list[str]) -> int:
         return 2
     port, idle, timeout = int(argv[1]), int(argv[2]), float(argv[3])
     started = time.monotonic()
-    if not wait_ready(port, timeout):
+
+    def stopped(signum, frame):
+        raise Stopped()
+    signal.signal(signal.SIGTERM, stopped)
+    try:
+        why = "" if wait_ready(port, timeout) else f"it did not answer within {timeout:g} s"
+    except Stopped:
+        why = "it exited while starting"
+    if why:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # answering takes a moment
         listener = socket.socket(fileno=LISTEN_FD)
-        answered = answer_waiting(listener, BODY.format(timeout=timeout))
+        answered = answer_waiting(listener, BODY.format(why=why))
         listener.detach()  # systemd's socket: it keeps listening for the next request
-        print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} wake failed: nothing answered on port "
-              f"{port} within {timeout:g}s; {answered} request(s) answered 502", flush=True)
+        print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} wake failed on port {port}: {why}; "
+              f"{answered} request(s) answered 502", flush=True)
         return 1
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} wake: port {port} answered in "
           f"{time.monotonic() - started:.2f}s", flush=True)
     notify_ready()

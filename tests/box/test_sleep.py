@@ -141,7 +141,7 @@ def test_a_release_that_crashes_on_wake_answers_502_and_the_next_request_tries_a
     host.sh(f"touch {crash}")
     try:
         page, _ = get(host)
-        assert page.startswith("502 The site did not start within"), page
+        assert page.startswith("502 The site did not start (it exited while starting)"), page
         assert "cannot reach the payment service" in host.siteops("logs sleepy -n 50").stdout
         audit = json.loads(host.siteops("audit sleepy --json", check=False).stdout)
         bad = [f for f in audit["findings"] if f["severity"] != "ok" and "door" in f["id"]]
