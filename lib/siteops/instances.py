@@ -334,8 +334,11 @@ def switch(host: Host, site: Site, rid: str, record: Release,
             host.run(["systemctl", "--no-reload", "enable", "--quiet", *on])
         # Kept warm or not, only the live release (or its doors) starts at boot.
         off = [u for u in dict.fromkeys(old_boot + old_processes) if u not in boot]
+        # Redis going to sleep with the site: the manager must forget that boot
+        # wants it (a reload), or it never counts as unneeded.
+        reload = [] if units.redis_unit(name) in off else ["--no-reload"]
         if off:
-            host.run(["systemctl", "--no-reload", "disable", "--quiet", *off])
+            host.run(["systemctl", *reload, "disable", "--quiet", *off])
     # The old workers have exited before the command returns: a job enqueued
     # after it is taken by the new release's workers only.
     old_workers = [u for u in old_units if u not in old_web]

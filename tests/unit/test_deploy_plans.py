@@ -110,7 +110,7 @@ def test_switch_of_a_sleeping_site_starts_the_release_with_its_doors_and_moves_n
             "shop-door@3101.service"] in runner.calls
     # Only its door starts at boot; the instance and Redis stop when unneeded.
     assert "systemctl --no-reload enable --quiet shop-door@3101.socket" in plan
-    assert ("systemctl --no-reload disable --quiet shop-redis.service "
+    assert ("systemctl disable --quiet shop-redis.service "
             "shop-frontend@3100.service") in plan
     dropins = root / "etc/systemd/system"
     assert "StopWhenUnneeded=yes" in (

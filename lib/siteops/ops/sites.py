@@ -191,8 +191,9 @@ def ensure_running(host: Host, site: Site) -> None:
     redis_unit = units.redis_unit(site.name)
     if redis_unit not in running and systemd.is_enabled(host, redis_unit):
         with host.step(f"{redis_unit} started only when needed (the site sleeps)"):
-            host.run(["systemctl", "--no-reload", "disable", "--quiet",
-                      *([] if site.live else ["--now"]), redis_unit])
+            # With a reload: the manager must forget that boot wants it.
+            host.run(["systemctl", "disable", "--quiet", *([] if site.live else ["--now"]),
+                      redis_unit])
 
 
 def set_sleep(host: Host, name: str, seconds: int | None) -> Site:
