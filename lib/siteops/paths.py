@@ -174,6 +174,11 @@ class Paths:
         return self.p("/var/log/siteops")
 
     @property
+    def sleep_default(self) -> Path:
+        """The host's default --sleep-after for new sites (bootstrap --sleep-after)."""
+        return self.etc / "sleep-after"
+
+    @property
     def actions_log(self) -> Path:
         """One JSON line per command run (cli) and per tenant request (tenant)."""
         return self.log_dir / "actions.jsonl"

@@ -69,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sleep-after", type=validate.sleep_after, default=argparse.SUPPRESS,
                    metavar="TIME",
                    help="stop every process of the site after this long without a request "
-                        "(90s, 15m, 2h, 1d) and start them on the next one, or never (the "
-                        "default for a new site; unchanged for an existing one); see "
-                        "`limits --help`")
+                        "(90s, 15m, 2h, 1d) and start them on the next one, or never (a new "
+                        "site's default: the host's, bootstrap --sleep-after; unchanged for "
+                        "an existing one); see docs/sleeping.md")
     p.add_argument("--start", action="append", type=validate.start_command, default=[],
                    metavar="COMPONENT=COMMAND",
                    help="command a component's unit runs in current/ (default: "

@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow the deploy user (through sudo) to deploy local repositories "
                         "under DIR; repeat for more; kept in /etc/siteops/repo-dirs. The "
                         "repository is read with the deploy user's own permissions")
+    p.add_argument("--sleep-after", type=validate.sleep_after, default=argparse.SUPPRESS,
+                   metavar="TIME",
+                   help="the host's default for new sites: they sleep after this long without "
+                        "a request (15m, 2h, ...) or never (the default); kept in "
+                        "/etc/siteops/sleep-after; add-site --sleep-after overrides it")
     p.add_argument("--cloudflare-ips", type=validate.readable_file, metavar="FILE",
                    help="replace the shipped Cloudflare ranges with this list (one CIDR a "
                         "line; e.g. https://www.cloudflare.com/ips-v4 and ips-v6 joined)")
@@ -155,6 +160,10 @@ def run(host: Host, args: argparse.Namespace) -> None:
         access.write(host, list(registry.load(host).sites.values()), create=True)
     users.ensure_sudoers(host, host.paths.install_dir / "bin", args.deploy_full_sudo)
     ensure_repo_dirs(host, args.repo_dir)
+    if "sleep_after" in args:
+        with host.step(f"new sites sleep after {validate.duration(args.sleep_after)} "
+                       "without a request"):
+            host.write(host.paths.sleep_default, validate.duration(args.sleep_after) + "\n")
     ssh.ensure_key_only(host)
     hardening.ensure(host)
     upgrades.ensure(host)

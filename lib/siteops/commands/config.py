@@ -165,11 +165,20 @@ def outdated(host: Host, site: Site) -> bool:
     if st is None:
         return False
     for unit in units.live_instances(site):
-        out = systemd.show(host, unit, "ExecMainStartTimestamp",
-                           unix_times=True).get("ExecMainStartTimestamp", "")
-        if out.startswith("@") and float(out[1:]) < st.st_mtime:
+        props = systemd.show(host, unit, "ActiveState", "ExecMainStartTimestamp",
+                             unix_times=True)
+        out = props.get("ExecMainStartTimestamp", "")
+        if props.get("ActiveState") == "active" and out.startswith("@") \
+                and float(out[1:]) < st.st_mtime:
             return True
     return False
+
+
+def asleep(host: Host, site: Site) -> bool:
+    """True if the site sleeps now: no live web instance runs (its next
+    wake starts them afresh, reading .env)."""
+    return bool(site.live and site.live.doors) and not any(
+        systemd.is_active(host, u) for u in units.live_web(site))
 
 
 def apply(host: Host, site: Site) -> None:
@@ -177,6 +186,9 @@ def apply(host: Host, site: Site) -> None:
     new .env (the switch deploy uses); nothing before the first deploy."""
     if not site.live:
         host.say(f"site {site.name} has no live release yet: its first deploy reads the settings")
+        return
+    if asleep(host, site):
+        host.say(f"site {site.name} sleeps: its next wake reads the settings")
         return
     instances.restart(host, site, "settings changed")
 

@@ -54,14 +54,18 @@ def add_site(host: Host, name: str, domains: list[str], *,
     """Make the site, or converge an existing one onto these domains (and
     components and start commands, when given); https: put it on HTTPS (a
     site already on HTTPS stays there), with tls_asked over its settings;
-    sleep_after: seconds without a request before it sleeps, None never (a
-    new site's default), KEEP an existing one's setting. Returns its entry."""
+    sleep_after: seconds without a request before it sleeps, None never, KEEP
+    an existing one's setting (a new site's: the host's default, never unless
+    bootstrap --sleep-after says otherwise). Returns its entry."""
     distro.detect(host)
     check_bootstrapped(host)
     with registry.locked(host, f"add-site {name}") as data:
+        new = name not in data.sites
         site = plan_entry(host, data, name, domains, components, starts)
         if not isinstance(sleep_after, Keep):
             site.sleep_after = sleep_after
+        elif new:
+            site.sleep_after = sleep_default(host)
         if site != data.sites.get(name):
             site.updated = now()
         data.sites[name] = site
@@ -194,6 +198,16 @@ def ensure_running(host: Host, site: Site) -> None:
             # With a reload: the manager must forget that boot wants it.
             host.run(["systemctl", "disable", "--quiet", *([] if site.live else ["--now"]),
                       redis_unit])
+
+
+def sleep_default(host: Host) -> int | None:
+    """The host's default sleep time for new sites (bootstrap --sleep-after)."""
+    text = (host.read(host.paths.sleep_default) or "never").strip()
+    try:
+        return validate.sleep_after(text)
+    except validate.InvalidInput:
+        raise SiteopsError(f"{host.paths.sleep_default} holds {text!r}: set it again with "
+                           "bootstrap --sleep-after") from None
 
 
 def set_sleep(host: Host, name: str, seconds: int | None) -> Site:
