@@ -27,7 +27,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
-        body = f"sleepy {open('VERSION').read().strip()} {os.environ['PORT']}\\n".encode()
+        body = (f"sleepy {open('VERSION').read().strip()} {os.environ['PORT']} "
+                f"greeting={os.environ.get('GREETING', '')}\\n").encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -152,6 +153,27 @@ def test_a_release_that_crashes_on_wake_answers_502_and_the_next_request_tries_a
     assert page.startswith("200 sleepy v2 "), page
 
 
+def test_config_set_on_a_sleeping_site_does_not_wake_it_and_its_next_wake_reads_it(host):
+    wait_asleep(host)
+    out = host.siteops("config sleepy set GREETING=hello").stdout
+    assert "sleeps: its next wake reads the settings" in out, out
+    assert slice_processes(host) == []
+    page, _ = get(host)
+    assert page.startswith("200 sleepy v2 ") and "greeting=hello" in page, page
+
+
+def test_rollback_of_a_sleeping_site_serves_the_previous_release_and_sleeps_again(host):
+    load = Load(host, "sleepy.test", rate=20)
+    host.siteops("rollback sleepy")
+    time.sleep(1)
+    samples, failed = load.failed()
+    assert failed == [] and samples
+    assert get(host)[0].startswith("200 sleepy v1 ")
+    wait_asleep(host)
+    host.siteops("deploy sleepy")  # v2 again, for the tests below
+    assert get(host)[0].startswith("200 sleepy v2 ")
+
+
 def test_sleeping_turns_off_and_on_with_no_dropped_request(host):
     load = Load(host, "sleepy.test", rate=20)
     host.siteops("limits sleepy --sleep-after never")
@@ -166,3 +188,49 @@ def test_sleeping_turns_off_and_on_with_no_dropped_request(host):
     assert registry(host)["live"]["doors"] is True
     wait_asleep(host)
     assert get(host)[0].startswith("200 sleepy v2 ")
+
+
+WORKER_APP = dict(APP, **{
+    "worker.sh": """\
+trap 'exit 0' TERM
+while true; do
+  item=$(redis-cli -u "$REDIS_URL" --no-auth-warning --raw BRPOP queue 1 | tail -n 1)
+  [ -n "$item" ] && echo "$item" >> uploads/taken.txt
+done
+""",
+    "enqueue.sh": """\
+redis-cli -u "$REDIS_URL" --no-auth-warning LPUSH queue "job-$(date +%s%N)" >/dev/null
+date +%s >> uploads/ticks.txt
+""",
+    "siteops.toml": 'runtime = "python"\n\n[frontend]\nstart = "python app.py"\nhealth = "/"\n\n'
+                    '[workers.q]\ncommand = "sh worker.sh"\n\n'
+                    '[jobs.enqueue]\nschedule = "*:*:0/20"\ncommand = "sh enqueue.sh"\n',
+})
+
+
+def test_jobs_run_on_time_while_the_site_sleeps_and_its_workers_take_them_at_the_next_wake(
+        host):
+    """A job wakes only Redis (its unit wants it), which stops after it; the
+    items it queued wait in Redis (saved at its stop) for the next wake, when
+    the workers start with the web instance and take every one."""
+    host.siteops("add-site napq --domain napq.test --components frontend --sleep-after 10s")
+    commit(host, "/srv/repos/napq", WORKER_APP, "v1")
+    host.siteops("deploy napq --repo /srv/repos/napq")
+    uploads = "/srv/sites/napq/shared/uploads"
+
+    def procs():
+        return host.sh("ps -u napq -o args= || true").stdout.splitlines()
+    deadline = time.time() + 60
+    while procs() or int(host.sh(f"cat {uploads}/ticks.txt 2>/dev/null | wc -l").stdout) < 2:
+        assert time.time() < deadline, procs()
+        time.sleep(1)
+    # Two jobs ran; the site sleeps (Redis stopped after each); nothing taken yet
+    # after the last wake... until a request wakes it and its worker.
+    queued = int(host.sh(f"cat {uploads}/ticks.txt | wc -l").stdout)
+    assert host.sh("curl -sS -o /dev/null -w '%{http_code}' -H 'Host: napq.test' "
+                   "http://127.0.0.1/").stdout == "200"
+    deadline = time.time() + 20
+    while int(host.sh(f"cat {uploads}/taken.txt 2>/dev/null | wc -l").stdout) < queued:
+        assert time.time() < deadline, host.sh(f"cat {uploads}/taken.txt", check=False).stdout
+        time.sleep(0.5)
+    host.siteops("remove-site napq --yes --no-backup")
