@@ -41,6 +41,17 @@ def index():
 """
 
 
+def local_wheels() -> Path:
+    """Flask's and gunicorn's wheels in a directory the box binds at
+    /srv/wheels (the box has no network; the site users install from it)."""
+    wheels = Path(tempfile.mkdtemp(prefix="siteops-wheels-"))
+    wheels.chmod(0o755)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(wheels),
+                    "--only-binary=:all:", "--python-version", "3.11", "flask", "gunicorn"],
+                   check=True)
+    return wheels
+
+
 def deploy(box: Box) -> tuple[float, str]:
     t0 = time.monotonic()
     out = box.siteops("deploy flask").stdout
@@ -67,12 +78,7 @@ def main() -> int:
                    help="then one more redeploy, a rollback and a rollback onto instances "
                         "kept warm, each traced step by step (--trace)")
     args = p.parse_args()
-    wheels = Path(tempfile.mkdtemp(prefix="siteops-wheels-"))
-    wheels.chmod(0o755)  # the site user installs from it
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(wheels),
-                    "--only-binary=:all:", "--python-version", "3.11", "flask", "gunicorn"],
-                   check=True)
-    box = Box(build_image("bookworm"), binds={str(wheels): "/srv/wheels"}).start()
+    box = Box(build_image("bookworm"), binds={str(local_wheels()): "/srv/wheels"}).start()
     try:
         box.siteops("bootstrap")
         box.siteops("add-site flask --domain flask.test --components frontend")

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Benchmark: how many sleeping sites one host holds.
+
+Boots the box (tests/box), bootstraps it, adds --sites sites that sleep
+after 10 s and deploys the same small Flask app to each (gunicorn, 2 workers;
+from a local wheel directory: the box has no network), then measures:
+
+- the host's memory per sleeping site: MemAvailable with every site asleep,
+  against the same box before the sites were added (and the memory of all
+  the site slices together, from their cgroups);
+- wake latency: the first request of a sleeping site answered, over
+  --wakes random sites (p50, p99; each site asleep before its request);
+- add-site mean over the N, and audit of all N.
+
+Goals (issue: sleeping sites): at most 1 MB per sleeping site, wake p50 at
+most 0.8 s and p99 at most 2 s, add-site mean at most 1.0 s, audit of 500
+sites at most 3 s. Needs root; --sites 500 takes about an hour (the
+deploys: a venv and Flask each, from the box's pip cache).
+Run: sudo python3 bench/density.py --sites 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests/box"))
+
+from machine import SRC, Box, build_image, commit  # noqa: E402
+from redeploy import local_wheels  # noqa: E402  (bench/ is this script's path)
+
+APP = {
+    "app.py": "from flask import Flask\napp = Flask(__name__)\n\n\n@app.get('/')\n"
+              "def index():\n    return 'ok\\n'\n",
+    "requirements.txt": "--no-index\n--find-links /srv/wheels\nflask\ngunicorn\n",
+    "siteops.toml": 'runtime = "python"\n\n[frontend]\n'
+                    'start = "gunicorn -w 2 -b 127.0.0.1:$PORT app:app"\nhealth = "/"\n',
+}
+SLEEP = 10
+
+
+def available_kb(box: Box) -> int:
+    return int(box.sh("awk '/MemAvailable/ {print $2}' /proc/meminfo").stdout)
+
+
+def asleep(box: Box, names: list[str], timeout: float = 120) -> None:
+    """Until no process of any of names runs."""
+    users = ",".join(names)
+    deadline = time.monotonic() + timeout
+    while box.sh(f"ps -u {users} -o pid= | wc -l", check=False).stdout.strip() != "0":
+        if time.monotonic() > deadline:
+            raise SystemExit(f"sites still awake after {timeout} s")
+        time.sleep(1)
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sites", type=int, default=500)
+    p.add_argument("--wakes", type=int, default=50)
+    args = p.parse_args()
+    box = Box(build_image("bookworm"), binds={str(local_wheels()): "/srv/wheels"}).start()
+    try:
+        box.siteops("bootstrap")
+        commit(box, "/srv/repos/app", APP, "app")
+        time.sleep(5)
+        before = available_kb(box)
+        names = [f"s{i:03d}" for i in range(args.sites)]
+        adds = []
+        start = time.monotonic()
+        for name in names:
+            t0 = time.monotonic()
+            box.siteops(f"add-site {name} --domain {name}.test --components frontend "
+                        f"--sleep-after {SLEEP}s")
+            adds.append(time.monotonic() - t0)
+            box.siteops(f"deploy {name} --repo /srv/repos/app")
+        print(f"added and deployed {args.sites} sleeping sites in "
+              f"{time.monotonic() - start:.0f} s; add-site mean {statistics.mean(adds):.2f} s, "
+              f"median {statistics.median(adds):.2f} s")
+        asleep(box, names)
+        time.sleep(5)
+        after = available_kb(box)
+        per_site = (before - after) / args.sites
+        slices = box.sh("cat /sys/fs/cgroup/siteops.slice/memory.current 2>/dev/null || "
+                        "cat /sys/fs/cgroup/memory/siteops.slice/memory.usage_in_bytes",
+                        check=False).stdout.strip() or "?"
+        print(f"memory: MemAvailable {before // 1024} MB before, {after // 1024} MB with "
+              f"{args.sites} sites asleep: {per_site:.0f} kB per sleeping site "
+              f"(siteops.slice: {slices} bytes)")
+        t0 = time.monotonic()
+        box.sh(f"{SRC}/bin/audit >/dev/null", check=False)
+        print(f"audit of {args.sites} sites: {time.monotonic() - t0:.2f} s")
+        latencies = []
+        for name in random.sample(names, min(args.wakes, len(names))):
+            took = box.sh(f"curl -sS -o /dev/null -w '%{{http_code}} %{{time_total}}' "
+                          f"-H 'Host: {name}.test' http://127.0.0.1/").stdout.split()
+            if took[0] != "200":
+                raise SystemExit(f"{name} answered {took[0]} on wake")
+            latencies.append(float(took[1]))
+        print(f"wake (first request of a sleeping site answered), {len(latencies)} sites: "
+              f"p50 {statistics.median(latencies):.2f} s, p99 {pct(latencies, 99):.2f} s, "
+              f"max {max(latencies):.2f} s")
+    finally:
+        box.stop()
+
+
+if __name__ == "__main__":
+    main()
