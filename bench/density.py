@@ -10,7 +10,9 @@ from a local wheel directory: the box has no network), then measures:
   the site slices together, from their cgroups);
 - wake latency: the first request of a sleeping site answered, over
   --wakes random sites (p50, p99; each site asleep before its request);
-- add-site mean over the N, and audit of all N.
+- add-site mean over the N, and audit of all N;
+- a wake storm: --storm sleeping sites requested at once, each answered
+  within 10 s? (the slowest, and whether the host swapped).
 
 Goals (issue: sleeping sites): at most 1 MB per sleeping site, wake p50 at
 most 0.8 s and p99 at most 2 s, add-site mean at most 1.0 s, audit of 500
@@ -38,13 +40,20 @@ APP = {
               "def index():\n    return 'ok\\n'\n",
     "requirements.txt": "--no-index\n--find-links /srv/wheels\nflask\ngunicorn\n",
     "siteops.toml": 'runtime = "python"\n\n[frontend]\n'
-                    'start = "gunicorn -w 2 -b 127.0.0.1:$PORT app:app"\nhealth = "/"\n',
+                    'start = "gunicorn -w 2 -b 127.0.0.1:${PORT} app:app"\nhealth = "/"\n',
 }
 SLEEP = 10
 
 
 def available_kb(box: Box) -> int:
     return int(box.sh("awk '/MemAvailable/ {print $2}' /proc/meminfo").stdout)
+
+
+def processes_kb(box: Box) -> int:
+    """The proportional memory (PSS) of every process in the box: nginx,
+    PostgreSQL, systemd, journald, ... and the sites' own (none asleep)."""
+    return int(box.sh("cat /proc/[0-9]*/smaps_rollup 2>/dev/null | "
+                      "awk '/^Pss:/ {s += $2} END {print s}'").stdout)
 
 
 def asleep(box: Box, names: list[str], timeout: float = 120) -> None:
@@ -66,13 +75,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sites", type=int, default=500)
     p.add_argument("--wakes", type=int, default=50)
+    p.add_argument("--storm", type=int, default=50,
+                   help="then wake this many sleeping sites at once (each within 10 s?)")
     args = p.parse_args()
     box = Box(build_image("bookworm"), binds={str(local_wheels()): "/srv/wheels"}).start()
     try:
         box.siteops("bootstrap")
         commit(box, "/srv/repos/app", APP, "app")
         time.sleep(5)
-        before = available_kb(box)
+        before, before_pss = available_kb(box), processes_kb(box)
         names = [f"s{i:03d}" for i in range(args.sites)]
         adds = []
         start = time.monotonic()
@@ -87,14 +98,14 @@ def main() -> None:
               f"median {statistics.median(adds):.2f} s")
         asleep(box, names)
         time.sleep(5)
-        after = available_kb(box)
-        per_site = (before - after) / args.sites
-        slices = box.sh("cat /sys/fs/cgroup/siteops.slice/memory.current 2>/dev/null || "
-                        "cat /sys/fs/cgroup/memory/siteops.slice/memory.usage_in_bytes",
+        after, after_pss = available_kb(box), processes_kb(box)
+        slices = box.sh("systemctl show -p MemoryCurrent --value siteops.slice",
                         check=False).stdout.strip() or "?"
-        print(f"memory: MemAvailable {before // 1024} MB before, {after // 1024} MB with "
-              f"{args.sites} sites asleep: {per_site:.0f} kB per sleeping site "
-              f"(siteops.slice: {slices} bytes)")
+        print(f"memory per sleeping site: {(after_pss - before_pss) / args.sites:.0f} kB of "
+              f"process memory (PSS of every process in the box: {before_pss // 1024} MB "
+              f"before, {after_pss // 1024} MB with {args.sites} sites asleep; the sites' "
+              f"slices: {slices} bytes); MemAvailable (the machine's, noisy): "
+              f"{(before - after) / args.sites:.0f} kB per site")
         t0 = time.monotonic()
         box.sh(f"{SRC}/bin/audit >/dev/null", check=False)
         print(f"audit of {args.sites} sites: {time.monotonic() - t0:.2f} s")
@@ -108,6 +119,19 @@ def main() -> None:
         print(f"wake (first request of a sleeping site answered), {len(latencies)} sites: "
               f"p50 {statistics.median(latencies):.2f} s, p99 {pct(latencies, 99):.2f} s, "
               f"max {max(latencies):.2f} s")
+        storm = names[:args.storm]
+        asleep(box, storm)
+        swap = box.sh("awk '/SwapFree/ {print $2}' /proc/meminfo").stdout.strip()
+        out = box.sh("printf '%s\\n' " + " ".join(storm) + " | xargs -P 64 -I{} curl -sS -m 30 "
+                     "-o /dev/null -w '%{http_code} %{time_total}\\n' -H 'Host: {}.test' "
+                     "http://127.0.0.1/", check=False).stdout.split("\n")
+        answers = [line.split() for line in out if line.strip()]
+        slow = [float(t) for _, t in answers]
+        bad = [c for c, _ in answers if c != "200"]
+        swap_after = box.sh("awk '/SwapFree/ {print $2}' /proc/meminfo").stdout.strip()
+        print(f"wake storm: {len(storm)} sleeping sites requested at once: {len(bad)} not 200, "
+              f"slowest {max(slow):.2f} s, p50 {statistics.median(slow):.2f} s; SwapFree "
+              f"{swap} kB before, {swap_after} kB after")
     finally:
         box.stop()
 

@@ -501,13 +501,17 @@ def recover(host: Host, site: Site) -> Site:
 
 def hold(host: Host, name: str, held: bool, by: str) -> Site:
     """Hold the site's workers and timers (stopped, and not started by later
-    deploys), or run them again; returns the entry."""
+    deploys), or run them again (a sleeping site's: at its next wake, its
+    doors told again which workers to start); returns the entry."""
     site = registry.update_site(host, name, by, lambda e: setattr(e, "held", held))
     workers = list(units.live_workers(site))
     with host.step(f"{name}: workers and timers {'held' if held else 'running'}"):
+        if site.live and site.live.doors:  # a sleeping site's doors start its workers
+            ensure_dropins(host, site, site.live.release, site.releases[site.live.release],
+                           site.live.offset, doors=True)
         if held and workers:  # not started at boot either
             host.run(["systemctl", "--no-reload", "disable", "--now", "--quiet", *workers])
-        elif not held:
+        elif not held and not (site.live and site.live.doors):
             for unit in workers:
                 systemd.ensure_started(host, unit)
         systemd.ensure_jobs(host, site)
