@@ -49,11 +49,18 @@ def available_kb(box: Box) -> int:
     return int(box.sh("awk '/MemAvailable/ {print $2}' /proc/meminfo").stdout)
 
 
-def processes_kb(box: Box) -> int:
-    """The proportional memory (PSS) of every process in the box: nginx,
-    PostgreSQL, systemd, journald, ... and the sites' own (none asleep)."""
-    return int(box.sh("cat /proc/[0-9]*/smaps_rollup 2>/dev/null | "
-                      "awk '/^Pss:/ {s += $2} END {print s}'").stdout)
+def processes_kb(box: Box) -> dict[str, int]:
+    """The proportional memory (PSS, kB) of the processes in the box by
+    program: nginx, PostgreSQL, systemd, journald, ... and the sites' own
+    (none while they sleep)."""
+    out = box.sh("for p in /proc/[0-9]*; do c=$(cat $p/comm 2>/dev/null) && "
+                 "awk -v c=\"$c\" '/^Pss:/ {print c, $2}' $p/smaps_rollup 2>/dev/null; done"
+                 ).stdout
+    by: dict[str, int] = {}
+    for line in out.splitlines():
+        name, _, kb = line.rpartition(" ")
+        by[name] = by.get(name, 0) + int(kb)
+    return by
 
 
 def asleep(box: Box, names: list[str], timeout: float = 120) -> None:
@@ -101,11 +108,16 @@ def main() -> None:
         after, after_pss = available_kb(box), processes_kb(box)
         slices = box.sh("systemctl show -p MemoryCurrent --value siteops.slice",
                         check=False).stdout.strip() or "?"
-        print(f"memory per sleeping site: {(after_pss - before_pss) / args.sites:.0f} kB of "
-              f"process memory (PSS of every process in the box: {before_pss // 1024} MB "
-              f"before, {after_pss // 1024} MB with {args.sites} sites asleep; the sites' "
-              f"slices: {slices} bytes); MemAvailable (the machine's, noisy): "
+        grown = sum(after_pss.values()) - sum(before_pss.values())
+        print(f"memory per sleeping site: {grown / args.sites:.0f} kB of process memory (PSS "
+              f"of every process in the box: {sum(before_pss.values()) // 1024} MB before, "
+              f"{sum(after_pss.values()) // 1024} MB with {args.sites} sites asleep; the "
+              f"sites' slices: {slices} bytes); MemAvailable (the machine's, noisy): "
               f"{(before - after) / args.sites:.0f} kB per site")
+        deltas = sorted(((after_pss.get(k, 0) - before_pss.get(k, 0), k)
+                         for k in set(after_pss) | set(before_pss)), reverse=True)
+        print("  of which, per site: " + ", ".join(f"{k} {d / args.sites:.0f} kB"
+                                                   for d, k in deltas[:8] if d > 0))
         t0 = time.monotonic()
         box.sh(f"{SRC}/bin/audit >/dev/null", check=False)
         print(f"audit of {args.sites} sites: {time.monotonic() - t0:.2f} s")
