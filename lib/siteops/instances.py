@@ -32,6 +32,7 @@ whose deploy was killed back to what the registry says.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -274,12 +275,7 @@ def switch(host: Host, site: Site, rid: str, record: Release,
         site = cool(host, site)
     previous = site.live
     live = warm or Live(rid, units.spare_offset(site, network.listening_ports(host)), sleeps)
-    old_doors = units.live_door_units(site)
-    old_processes = units.live_instances(site)
-    old_units = old_processes + old_doors
-    old_web = units.live_web(site) + old_doors
-    old_boot = units.always_on(site)
-    old_ports = list((units.live_ports(site) or {}).values())
+    old = leaving(site)
     sizes = log_sizes(host, site)
     new_units: list[str] = []
     current = host.paths.of(name).current
@@ -287,7 +283,7 @@ def switch(host: Host, site: Site, rid: str, record: Release,
 
     def commit(entry: Site) -> None:
         entry.live = live
-        entry.warm = previous if keep_warm and old_web else None
+        entry.warm = previous if keep_warm and old.web else None
         on_live(entry)
 
     committed = False
@@ -327,37 +323,61 @@ def switch(host: Host, site: Site, rid: str, record: Release,
             raise SiteopsError(f"{exc}\n{detail}") from exc
         raise
 
-    boot = units.always_on(site)
-    on = [u for u in boot if u not in old_boot]
-    with host.step(f"{', '.join(on or boot)} enabled at boot"):
-        if on:
-            host.run(["systemctl", "--no-reload", "enable", "--quiet", *on])
-        # Kept warm or not, only the live release (or its doors) starts at boot.
-        off = [u for u in dict.fromkeys(old_boot + old_processes) if u not in boot]
-        # Redis going to sleep with the site: the manager must forget that boot
-        # wants it (a reload), or it never counts as unneeded.
-        reload = [] if units.redis_unit(name) in off else ["--no-reload"]
-        if off:
-            host.run(["systemctl", *reload, "disable", "--quiet", *off])
-    # The old workers have exited before the command returns: a job enqueued
-    # after it is taken by the new release's workers only.
-    old_workers = [u for u in old_units if u not in old_web]
-    if old_workers:
-        with host.step(f"stop {', '.join(old_workers)}"):
-            stop(host, old_workers)
-    retired = [u for u in old_web if not site.warm]
-    if retired:
-        with host.step(f"drain and stop {', '.join(retired)}"):
-            drain(host, old_ports)
-            stop(host, retired, wait=False)
-    if site.warm:
-        host.say(f"{'':13}kept warm for a rollback to {site.warm.release}: {', '.join(old_web)} "
-                 f"({memory_mb(host, old_web)} MB)")
+    retire(host, site, old)
     if live.doors:
         host.say(f"{'':13}{name} sleeps when idle: release {rid} goes back to sleep after "
                  f"{site.sleep_after}s without a request")
     systemd.ensure_jobs(host, site)
     return site
+
+
+@dataclass(frozen=True)
+class Leaving:
+    """What of a site a switch leaves: the live release's processes (web
+    instances and workers), its web instances and doors, the units started at
+    boot, and the web instances' ports."""
+    processes: list[str]
+    web: list[str]
+    boot: list[str]
+    ports: list[int]
+
+
+def leaving(site: Site) -> Leaving:
+    doors = units.live_door_units(site)
+    return Leaving(units.live_instances(site), units.live_web(site) + doors,
+                   units.always_on(site), list((units.live_ports(site) or {}).values()))
+
+
+def retire(host: Host, site: Site, old: Leaving) -> None:
+    """After a switch to site's live release: only it (or its doors) starts at
+    boot; the old workers are stopped and waited for, the old web instances
+    and doors drained and stopped without waiting (or kept warm)."""
+    boot = units.always_on(site)
+    on = [u for u in boot if u not in old.boot]
+    with host.step(f"{', '.join(on or boot)} enabled at boot"):
+        if on:
+            host.run(["systemctl", "--no-reload", "enable", "--quiet", *on])
+        # Kept warm or not, only the live release (or its doors) starts at boot.
+        off = [u for u in dict.fromkeys(old.boot + old.processes) if u not in boot]
+        # Redis going to sleep with the site: the manager must forget that boot
+        # wants it (a reload), or it never counts as unneeded.
+        reload = [] if units.redis_unit(site.name) in off else ["--no-reload"]
+        if off:
+            host.run(["systemctl", *reload, "disable", "--quiet", *off])
+    # The old workers have exited before the command returns: a job enqueued
+    # after it is taken by the new release's workers only.
+    old_workers = [u for u in old.processes if u not in old.web]
+    if old_workers:
+        with host.step(f"stop {', '.join(old_workers)}"):
+            stop(host, old_workers)
+    retired = [u for u in old.web if not site.warm]
+    if retired:
+        with host.step(f"drain and stop {', '.join(retired)}"):
+            drain(host, old.ports)
+            stop(host, retired, wait=False)
+    if site.warm:
+        host.say(f"{'':13}kept warm for a rollback to {site.warm.release}: {', '.join(old.web)} "
+                 f"({memory_mb(host, old.web)} MB)")
 
 
 def wait_doors(host: Host, sockets: list[str], timeout: float = 10,
