@@ -333,8 +333,9 @@ name = sys.argv[1]
 site = json.load(open("/var/lib/siteops/registry.json"))["sites"][name]
 env_text = open(f"/srv/sites/{name}/shared/.env").read()
 secrets = sorted(envfile.secrets_of(env_text), key=len, reverse=True)
-ports = {str(p): f"block{base}+{p - first}"
-         for base, (first, last) in zip(units.BLOCK_BASES, units.block_ranges(site["slot"]))
+ports = {str(p): f"{block}+{p - first}"
+         for block, (first, last) in zip(("frontend", "api", "extra"),
+                                         units.block_ranges(site["slot"]))
          for p in range(first, last + 1)}
 def norm(text):
     for secret in secrets:
