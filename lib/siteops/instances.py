@@ -291,8 +291,6 @@ def switch(host: Host, site: Site, rid: str, record: Release,
         new_units = start(host, site, rid, record, live.offset, warm=bool(warm),
                           doors=live.doors)
         wait_healthy(host, site, record, live.offset)
-        if live.doors:
-            wait_doors(host, list(units.doors(site, record, live.offset)))
         serving = site.copy(live=live)
         serving.releases[rid] = record  # what it runs, before the registry records it
         nginx.ensure_site(host, serving)
@@ -378,19 +376,6 @@ def retire(host: Host, site: Site, old: Leaving) -> None:
     if site.warm:
         host.say(f"{'':13}kept warm for a rollback to {site.warm.release}: {', '.join(old.web)} "
                  f"({memory_mb(host, old.web)} MB)")
-
-
-def wait_doors(host: Host, sockets: list[str], timeout: float = 10,
-               clock=time.monotonic, sleep=time.sleep) -> None:
-    """Return once every door socket listens; SiteopsError if one fails."""
-    if not host.waits(f"until {', '.join(sockets)} listen"):
-        return
-    deadline = clock() + timeout
-    for socket in sockets:
-        while (state := unit_state(host, socket)[0]) != "active":
-            if state == "failed" or clock() > deadline:
-                raise SiteopsError(f"{socket} does not listen ({state}): journalctl -u {socket}")
-            sleep(0.05)
 
 
 def cool(host: Host, site: Site) -> Site:
