@@ -3,6 +3,8 @@ over every site's nginx error log; bans go through UFW."""
 
 from __future__ import annotations
 
+import time
+
 from . import systemd
 from .host import Host
 from .templates import render
@@ -17,14 +19,33 @@ def ensure(host: Host) -> None:
         with host.validated([path], ["fail2ban-client", "-t"], "fail2ban") as outcome:
             host.write(path, render("fail2ban/jail.local",
                                          site_error_logs=host.paths.of("*").nginx_error_log))
-        if outcome.changed:
+        running = answering(host)
+        if outcome.changed or not running:
             host.run(["systemctl", "enable", "fail2ban"])
+        if not running:
+            host.run(["systemctl", "reset-failed", "fail2ban"])
             host.run(["systemctl", "restart", "fail2ban"])
-        elif not systemd.is_active(host, "fail2ban"):
-            host.run(["systemctl", "enable", "--now", "fail2ban"])
+        elif outcome.changed:
+            host.run(["fail2ban-client", "reload", "--restart", "--all"])
+
+
+def answering(host: Host, timeout: float = 60) -> bool:
+    """True once a running fail2ban answers on its socket, which it opens a
+    moment after its unit is active. The jails are reloaded in place rather
+    than the server restarted: a restart before the socket is there cannot
+    stop the server (its ExecStop is a fail2ban-client), and one soon after
+    the boot's start can meet systemd's start limit."""
+    if not systemd.is_active(host, "fail2ban"):
+        return False
+    deadline = time.monotonic() + timeout
+    while host.query(["fail2ban-client", "ping"], ok=range(256)).code != 0:
+        if time.monotonic() > deadline or not systemd.is_active(host, "fail2ban"):
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def reload(host: Host) -> None:
     """Make the nginx jail pick up a new site's error log."""
-    if systemd.is_active(host, "fail2ban"):
+    if answering(host):
         host.run(["fail2ban-client", "reload", "nginx-limit-req"])

@@ -96,6 +96,7 @@ def test_remove_site_removes_every_part_that_is_not_files(root):
                                (["getent", "group"], 0, "shop:x:1001:\n"),
                                (["runuser"], 0, "t|f|f|f|20|SCRAM-SHA-256$x", "", "pg_authid"),
                                (["runuser"], 0, "1"), (["systemctl", "is-active"], 0, ""),
+                               (["fail2ban-client", "ping"], 0, "Server replied: pong"),
                                (["nft", "list"], 1, "")])
     sites_op.remove_site(host, "shop", final_backup=False)
     missing = [name for name, seen in REMOVED.items() if not any(map(seen, host.actions))]

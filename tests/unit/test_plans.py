@@ -66,6 +66,7 @@ def test_bootstrap_plan_on_a_new_server(root):
         "systemctl enable --quiet siteops-nftables.service",
         f"nft -f {root}/etc/siteops/nftables.conf",
         "systemctl enable fail2ban",
+        "systemctl reset-failed fail2ban",
         "systemctl restart fail2ban",
         "useradd --user-group --create-home --key HOME_MODE=0750 --shell /bin/bash "
         "--comment 'siteops deploy' deploy",
