@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from machine import Load, commit
+from machine import (Load, commit, killed_at, settled, signals_for, step_count,
+                     stopped_before_changes, stopped_by)
 
 REPO = "/srv/repos/sleepy"
 SLEEP = 10  # --sleep-after 10s: the shortest a site may have
@@ -188,6 +189,51 @@ def test_sleeping_turns_off_and_on_with_no_dropped_request(host):
     assert registry(host)["live"]["doors"] is True
     wait_asleep(host)
     assert get(host)[0].startswith("200 sleepy v2 ")
+
+
+
+def sleeping(host) -> bool:
+    """The site as the registry has it, with its units agreeing: doors in
+    front when it sleeps, none when it is always on."""
+    site = registry(host)
+    doors = host.sh("systemctl list-units --plain --no-legend --state=active "
+                    "'sleepy-door@*.socket'").stdout.split()
+    assert bool(site["live"].get("doors")) == bool(doors) == ("sleep_after" in site), (site, doors)
+    return "sleep_after" in site
+
+
+def test_sleeping_turned_on_and_off_stopped_at_every_step_keeps_serving_and_converges(host):
+    """limits --sleep-after stopped (KILL, INT, TERM in turn) after each of
+    its steps and before each change of the registry, both ways, under load:
+    no failed request, and the run again ends in the asked state."""
+    if "bookworm" not in str(host.image):
+        pytest.skip("the crash harness runs on Debian 12 only (CI time)")
+    load = Load(host, "sleepy.test", rate=20)
+    ways = {False: "limits sleepy --sleep-after never", True: f"limits sleepy --sleep-after {SLEEP}s"}
+    steps = {want: step_count(host.siteops(ways[want]).stdout) for want in (False, True)}
+    runs = 0
+    for want in (False, True):
+        for k, signal in signals_for(steps[want], runs):
+            host.siteops(ways[not want])
+            res = killed_at(host, k, ways[want], signal)
+            assert stopped_by(res, signal) or res.stdout.strip().endswith("exit 0"), \
+                res.stdout[-500:] + res.stderr[-1500:]
+            host.siteops(ways[want])
+            assert sleeping(host) is want
+            runs += 1
+
+        def again(k, want=want):
+            host.siteops(ways[want])
+            assert sleeping(host) is want
+            host.siteops(ways[not want])
+        host.siteops(ways[not want])
+        runs += stopped_before_changes(host, ways[want], again)
+    samples, failed = load.failed()
+    print(f"sleep on/off: {steps} steps, {runs} stopped runs, {len(samples)} requests, "
+          f"{len(failed)} failed")
+    assert len(samples) > 100 and failed == [], failed[:5]
+    settled(host, "sleepy")
+    assert sleeping(host)
 
 
 WORKER_APP = dict(APP, **{

@@ -12,6 +12,7 @@ from siteops import instances, model, network, nginx, registry, releases, signal
 from siteops import host as siteops_host
 from siteops.errors import Interrupted, SiteopsError
 from siteops.ops import deploy as deploy_op
+from siteops.ops import sites as sites_op
 from siteops.commands import deploy, limits, rollback
 
 from fakes import CHANGES, Rule, make_host, planned_commands
@@ -505,3 +506,23 @@ def test_a_build_unit_left_loaded_is_stopped_and_reset_before_the_next_step(root
     host, _ = make_host(root, [(["systemctl", "show"], 0, "not-found\n")], dry_run=False)
     systemd.wait_unloaded(host, "siteops-build-shop.service", timeout=0)
     assert planned_commands(host) == []
+
+
+def test_sleeping_turned_off_again_stops_the_doors_a_stopped_run_left(root, shop):
+    """A limits --sleep-after never stopped after its switch committed (the
+    registry: always on) but before the old doors stopped: the run again has
+    nothing to switch, and stops them."""
+    host, runner = prepared_host(root, shop, [
+        (["systemctl", "list-units"], 0, "shop-frontend@3100.service loaded active running x\n"
+                                         "shop-door@3101.socket loaded active listening x\n"
+                                         "shop-door@3101.service loaded active running x\n"),
+        (["systemctl", "is-enabled", "--quiet", "shop-door@3101.socket"], 0, ""),
+        (["systemctl", "is-enabled"], 1, ""),
+        (["systemctl", "show"], 0, "ActiveState=active\nSubState=running\n")] + healthy())
+    site = sites_op.set_sleep(host, "shop", None)
+    plan = planned_commands(host)
+    assert site.live == model.Live(R1, 0) and site.sleep_after is None
+    assert "systemctl stop shop-door@3101.socket" in plan, plan
+    assert "systemctl stop shop-door@3101.service" in plan, plan
+    assert "systemctl --no-reload disable --quiet shop-door@3101.socket" in plan, plan
+    assert not any("shop-frontend@3100" in c for c in plan if "stop" in c), plan

@@ -222,6 +222,8 @@ def set_sleep(host: Host, name: str, seconds: int | None) -> Site:
         if site.live and site.live.doors != (seconds is not None):
             site = instances.restart(host, site, "sleeping turned "
                                      + ("on" if seconds is not None else "off"))
+        elif site.live:  # what a stopped run left (the doors it switched from)
+            site = instances.recover(host, site)
         ensure_running(host, site)
     return site
 
