@@ -105,13 +105,45 @@ def test_a_crashing_process_leaves_no_core_dump(host):
     assert crash_leaves(host) == ""  # the baseline sends it to /bin/false
 
 
+BIND = """\
+import socket, sys
+for port in map(int, sys.argv[1:]):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        print(port, "bound", flush=True)
+    except OSError as e:
+        print(port, "refused", e.strerror, flush=True)
+"""
+
+
+def blog_processes(host) -> str:
+    return host.sh("ps -u blog -o args= || true").stdout.strip()
+
+
 def test_after_a_reboot_the_baseline_and_the_sites_are_back(host):
+    """blog sleeps through the reboot: nothing of it starts at boot but its
+    door (held by systemd), shop cannot bind its ports meanwhile, and its
+    first request wakes it."""
+    host.siteops("limits blog --sleep-after 10s")
+    host.sh("for i in $(seq 120); do ps -u blog >/dev/null || exit 0; sleep 1; done; exit 1")
     host.reboot()
     assert running_sysctls(host) == SYSCTLS  # systemd-sysctl read the file at boot
     assert loaded_audit_keys(host) == set(AUDIT_KEYS)  # augenrules loaded the rules
+    assert host.sh("sysctl -n net.ipv4.ip_local_reserved_ports").stdout.strip() == "10000-39999"
     doc = json.loads(host.sh(f"{SRC}/bin/audit --json", check=False).stdout)
     bad = [f for f in doc["findings"] if f["severity"] != "ok"]
     assert bad == [], bad
-    for site in ("shop", "blog"):
-        out = host.sh(f"curl -s -H 'Host: {site}.test' http://127.0.0.1/").stdout
+    assert blog_processes(host) == ""  # audit did not wake it either
+    listeners = host.sh("ss -Hltnp '( sport >= :3110 and sport <= :3119 )'").stdout
+    assert "systemd" in listeners and "python" not in listeners, listeners
+    host.sh("cat > /srv/bindtry.py && chmod 644 /srv/bindtry.py", input=BIND)
+    host.run_as_site("shop", 0, "shop-bind", "/usr/bin/python3 /srv/bindtry.py 3110 3111 3118 3119")
+    host.sh("for i in $(seq 60); do systemctl is-active --quiet shop-bind || exit 0; sleep 0.5; done")
+    out = host.sh("journalctl -u shop-bind --no-pager -o cat").stdout
+    for port in (3110, 3111, 3118, 3119):
+        assert f"{port} refused" in out, out
+    for site in ("shop", "blog"):  # blog's first request wakes it
+        out = host.sh(f"curl -s -m 60 -H 'Host: {site}.test' http://127.0.0.1/").stdout
         assert out.startswith(f"{site} python"), out
+    host.siteops("limits blog --sleep-after never")
