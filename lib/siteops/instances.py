@@ -31,12 +31,13 @@ whose deploy was killed back to what the registry says.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import model, network, nginx, registry, releases, systemd, units, usage, users
+from . import fastcgi, model, network, nginx, php, registry, releases, systemd, units, usage, users
 from .errors import CommandError, SiteopsError
 from .journal import now
 from .model import Live, Release, Site
@@ -54,10 +55,17 @@ def unit_state(host: Host, unit: str) -> tuple[str, int]:
     return props.get("ActiveState", "unknown"), int(props.get("NRestarts") or 0)
 
 
-def http_status(host: Host, domain: str, port: int, path: str) -> int:
-    """Status of GET http://127.0.0.1:port/path with the site's Host; 0 if none."""
-    res = host.query(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2",
-                      "-H", f"Host: {domain}", f"http://127.0.0.1:{port}{path}"], ok=range(256))
+def http_status(host: Host, domain: str, port: int, path: str, script: Path | None = None
+                ) -> int:
+    """Status of GET http://127.0.0.1:port/path with the site's Host; 0 if none.
+    With script (a PHP-FPM instance's front controller), the same GET asked
+    in FastCGI, as nginx will ask it."""
+    if script is not None:
+        argv = [sys.executable, "-I", fastcgi.__file__, str(port), str(script), path, domain]
+    else:
+        argv = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2",
+                "-H", f"Host: {domain}", f"http://127.0.0.1:{port}{path}"]
+    res = host.query(argv, ok=range(256))
     return int(res.out.strip() or 0) if res.out.strip().isdigit() else 0
 
 
@@ -183,7 +191,7 @@ def start(host: Host, site: Site, rid: str, record: Release, offset: int,
     return started
 
 
-def wait_healthy(host: Host, site: Site, record: Release, offset: int,
+def wait_healthy(host: Host, site: Site, rid: str, record: Release, offset: int,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
     """Return once every new instance passes its health check and every new
@@ -195,6 +203,8 @@ def wait_healthy(host: Host, site: Site, record: Release, offset: int,
     pending = dict(ports)
     domain = site.domains[0]
     paths = ", ".join(f"{c} {record.health[c]}" for c in ports)
+    front = host.paths.of(site.name).release(rid) / (record.web_root or ".") / "index.php"
+    scripts = {c: front for c in ports if php.is_fpm(record.commands.get(c, ""))}
     with host.step(f"health check of {paths}"):
         if not host.waits(f"until {', '.join(f'{c} on port {p}' for c, p in ports.items())} "
                           f"answer 2xx/3xx (at most {timeout}s)"):
@@ -204,7 +214,7 @@ def wait_healthy(host: Host, site: Site, record: Release, offset: int,
             for c, port in list(pending.items()):
                 unit = units.instance(site.name, c, port)
                 exited(host, unit)
-                code = http_status(host, domain, port, record.health[c])
+                code = http_status(host, domain, port, record.health[c], scripts.get(c))
                 if 200 <= code < 400:
                     check_owner(host, unit, port)
                     host.say(f"{'':13}{c} answered {code} on port {port}")
@@ -290,7 +300,7 @@ def switch(host: Host, site: Site, rid: str, record: Release,
     try:
         new_units = start(host, site, rid, record, live.offset, warm=bool(warm),
                           doors=live.doors)
-        wait_healthy(host, site, record, live.offset)
+        wait_healthy(host, site, rid, record, live.offset)
         serving = site.copy(live=live)
         serving.releases[rid] = record  # what it runs, before the registry records it
         nginx.ensure_site(host, serving)

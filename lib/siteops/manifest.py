@@ -1,10 +1,19 @@
 """siteops.toml: what an app repository tells deploy about itself.
 
-    runtime = "node"            # node | python | static | command (default: detected)
+    runtime = "node"            # node | python | php | static | command (default: detected)
     install = "pnpm install"    # replaces the runtime's install step (optional)
     build = "pnpm run build"    # runs after install (node default: the build script)
     health_timeout = 60         # seconds the new release has to pass its health check
     static_dir = "public"       # static runtime: the directory served
+    web_root = "public"         # php runtime: the directory nginx serves and PHP
+                                # runs index.php from (default: public if the
+                                # repository has it, else its top)
+
+    [php]                       # php runtime: the ini settings a site may change
+    memory_limit = "256M"
+    upload_max_filesize = "32M" # nginx's client_max_body_size follows the larger
+    post_max_size = "32M"       # of the two
+    max_execution_time = 60
 
     release = "python manage.py migrate"  # once per deploy, after the build,
                                 # before the switch (a shell command; failing stops the deploy)
@@ -22,7 +31,8 @@
     command = "python cleanup.py"
 
 The file is optional: without it the runtime is detected (package.json: node,
-requirements.txt: python, otherwise command: no install step) and the start
+requirements.txt: python, composer.json or index.php: php, otherwise command:
+no install step) and the start
 commands are the site's (add-site --start); deploy --start overrides either.
 "static" must be named: it serves static_dir with Python's http.server.
 
@@ -47,9 +57,9 @@ from .validate import COMPONENTS, InvalidInput, exec_command, process_name, star
 
 FILE = "siteops.toml"
 PROCFILE = "Procfile"
-RUNTIMES = ("node", "python", "static", "command")
-TOP_KEYS = {"runtime", "install", "build", "health_timeout", "static_dir", "release",
-            "workers", "jobs", *COMPONENTS}
+RUNTIMES = ("node", "python", "php", "static", "command")
+TOP_KEYS = {"runtime", "install", "build", "health_timeout", "static_dir", "web_root",
+            "release", "workers", "jobs", "php", *COMPONENTS}
 COMPONENT_KEYS = {"start", "health"}
 MAX_WORKERS = 16
 # It reaches the unit's ExecStart: nothing systemd or a shell would interpret.
@@ -71,6 +81,8 @@ class Manifest:
     build: str | None = None
     health_timeout: int = 60
     static_dir: str = "public"
+    web_root: str | None = None
+    php: dict[str, str] = field(default_factory=dict)
     starts: dict[str, str] = field(default_factory=dict)
     health: dict[str, str] = field(default_factory=dict)
     web: str | None = None      # a Procfile's web process: the front component's start
@@ -110,13 +122,18 @@ def parse(text: str | None) -> Manifest:
         if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= 600:
             raise ManifestError(f"{FILE}: health_timeout must be a number of seconds, 1-600")
         m.health_timeout = t
-    if "static_dir" in data:
-        d = _text("static_dir", data["static_dir"])
-        if not STATIC_DIR.fullmatch(d) or ".." in d.split("/"):
-            raise ManifestError(f"{FILE}: static_dir must be a relative path inside the "
-                                "repository: letters, digits, '.', '_', '-' and '/', not "
-                                "starting with '-' or '/', no '..'")
-        m.static_dir = d
+    for key in ("static_dir", "web_root"):
+        if key in data:
+            d = _text(key, data[key]).rstrip("/") or "."
+            if not STATIC_DIR.fullmatch(d) or ".." in d.split("/"):
+                raise ManifestError(f"{FILE}: {key} must be a relative path inside the "
+                                    "repository: letters, digits, '.', '_', '-' and '/', not "
+                                    "starting with '-' or '/', no '..'")
+            setattr(m, key, d)
+    if "php" in data:
+        if not isinstance(data["php"], dict):
+            raise ManifestError(f"{FILE}: php must be a table: [php]")
+        m.php = php_settings(data["php"])
     for component in COMPONENTS:
         table = data.get(component)
         if table is None:
@@ -138,6 +155,32 @@ def parse(text: str | None) -> Manifest:
     m.workers = _processes(data, "workers", {"command"}, {"count"}, _worker)
     m.jobs = _processes(data, "jobs", {"schedule", "command"}, set(), _job)
     return m
+
+
+# The ini settings a site's [php] table may set, each checked by its pattern:
+# sizes as PHP reads them (a number, then K, M or G), seconds as a number.
+PHP_SIZE = re.compile(r"[1-9][0-9]{0,5}[KMG]?")
+PHP_SETTINGS = {"memory_limit": (PHP_SIZE, "a size like 256M"),
+                "upload_max_filesize": (PHP_SIZE, "a size like 32M"),
+                "post_max_size": (PHP_SIZE, "a size like 32M"),
+                "max_execution_time": (re.compile(r"[0-9]{1,4}"), "seconds, 0-9999")}
+
+
+def php_settings(table: dict) -> dict[str, str]:
+    """A [php] table's settings, as the strings php-fpm's -d takes; any other
+    key is refused (disable_functions, open_basedir and the like are siteops's,
+    not an app's)."""
+    out = {}
+    for key, value in table.items():
+        if key not in PHP_SETTINGS:
+            raise ManifestError(f"{FILE}: [php] {key} is not a setting a site may change "
+                                f"(it may: {', '.join(PHP_SETTINGS)})")
+        pattern, what = PHP_SETTINGS[key]
+        text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        if not isinstance(text, str) or not pattern.fullmatch(text):
+            raise ManifestError(f"{FILE}: [php] {key} must be {what}, not {value!r}")
+        out[key] = text
+    return out
 
 
 def _processes(data: dict, section: str, required: set[str], optional: set[str],
@@ -222,6 +265,8 @@ def detect_runtime(m: Manifest, files: set[str]) -> str:
         return "node"
     if "requirements.txt" in files:
         return "python"
+    if "composer.json" in files or "index.php" in files:
+        return "php"
     return "command"
 
 
@@ -244,6 +289,10 @@ def build_steps(m: Manifest, runtime: str, files: set[str], package_json: str | 
         if "requirements.txt" in files:
             steps.append(("install", ".venv/bin/pip install --no-input --disable-pip-version-check "
                                      "-r requirements.txt"))
+    elif runtime == "php" and "composer.json" in files and "vendor" not in files:
+        # A committed vendor/ is used as it is.
+        steps.append(("install", "composer install --no-dev --optimize-autoloader "
+                                 "--no-interaction --no-progress"))
     if m.build:
         steps.append(("build", m.build))
     elif runtime == "node" and _has_build_script(package_json):
@@ -252,10 +301,10 @@ def build_steps(m: Manifest, runtime: str, files: set[str], package_json: str | 
 
 
 # What a runtime's default install step reads, and what it writes into the release.
-LOCKFILES = {"python": ("requirements.txt",),
+LOCKFILES = {"python": ("requirements.txt",), "php": ("composer.json", "composer.lock"),
              "node": ("package.json", "package-lock.json", "npm-shrinkwrap.json",
                       "pnpm-lock.yaml", "yarn.lock")}
-DEPS_DIR = {"python": ".venv", "node": "node_modules"}
+DEPS_DIR = {"python": ".venv", "node": "node_modules", "php": "vendor"}
 INSTALL_STEPS = ("venv", "install")
 
 
@@ -308,20 +357,32 @@ DEFAULT_SCRIPTS = {"frontend": "start", "api": "start:api"}
 
 def start_commands(m: Manifest, runtime: str, components: list[str], registered: dict[str, str],
                    overrides: dict[str, str], scripts: frozenset[str] | set[str] = frozenset(),
-                   required: bool = False) -> tuple[dict[str, str], list[str]]:
+                   required: bool = False, php_fpm: str | None = None
+                   ) -> tuple[dict[str, str], list[str]]:
     """What the app declares it runs: each component's start command from
     --start, then siteops.toml, then the Procfile's web (the front component),
     then the site's own (add-site --start), then what its runtime starts by
     itself (node: the default `pnpm start` / `pnpm run start:api` when
     package.json has that script; static: static_dir, served by the front
-    component). Returns (commands, components not started). A component
+    component). A php site's front component is always its PHP-FPM, php_fpm
+    (siteops's command: nginx speaks FastCGI to it); a start given for it is
+    refused. Returns (commands, components not started). A component
     none of these gives a command is not started, unless the operator chose
     the site's components (required) or none would run: then ManifestError
     naming the ways to give it one."""
     static = f"python3 -m http.server --bind 127.0.0.1 --directory {m.static_dir} ${{PORT}}"
     front = "frontend" if "frontend" in components else "api"
     commands, skipped = {}, []
+    if runtime == "php":
+        given = overrides.get(front) or m.starts.get(front) or m.web
+        if given:
+            raise ManifestError(f"a php site's {front} is its PHP-FPM, which siteops runs: "
+                                f"no start command for it ({given!r})")
+        assert php_fpm is not None, "the php runtime needs its PHP-FPM command"
     for c in components:
+        if runtime == "php" and c == front and php_fpm:
+            commands[c] = php_fpm
+            continue
         own = registered.get(c)
         explicit = own if own and own != DEFAULT_COMMANDS.get(c) else None
         if runtime == "static":

@@ -181,6 +181,8 @@ class Release:
     workers: dict[str, Worker] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
     deps: str | None = None
+    web_root: str | None = None  # php: the directory served, in the release
+    php: dict[str, str] = field(default_factory=dict)  # php: the release's [php] settings
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -289,7 +291,8 @@ def _checked(tp: Any, value: Any, where: str) -> Any:
 # Fields added after schema 2, written only when not at their default: the
 # registry of a host that never uses them stays as it was, byte for byte.
 LATER_FIELDS: dict[type, tuple[str, ...]] = {
-    Move: ("maintenance",), Live: ("doors",), Site: ("sleep_after",)}
+    Move: ("maintenance",), Live: ("doors",), Site: ("sleep_after",),
+    Release: ("web_root", "php")}
 
 
 def to_json(obj: Any) -> Any:
@@ -299,7 +302,8 @@ def to_json(obj: Any) -> Any:
                 if f.name != "extra"}
         if isinstance(obj, Limits):
             data = {k: v for k, v in data.items() if v is not None}
-        defaults = {f.name: f.default for f in dataclasses.fields(obj)}
+        defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING
+                    else f.default for f in dataclasses.fields(obj)}
         for name in LATER_FIELDS.get(type(obj), ()):
             if data[name] == defaults[name]:
                 del data[name]

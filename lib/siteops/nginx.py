@@ -12,7 +12,7 @@ import re
 import time
 from pathlib import Path
 
-from . import distro, registry, safefs, systemd, units
+from . import distro, php, registry, safefs, systemd, units
 from .errors import PutBackFailed, SiteopsError
 from .model import Site
 from .paths import TEMPLATES, Paths, SitePaths
@@ -269,8 +269,16 @@ def site_config(site: Site, version: tuple[int, ...], certs: Path | None,
                                 zone="api", burst=20, component="api")
         front = "frontend" if "frontend" in components else "api"
         zone, burst = ("general", 50) if front == "frontend" else ("api", 20)
-        locations += render("nginx/location-proxy.conf", name=name, path="/", zone=zone,
-                            burst=burst, component=front)
+        assert site.live is not None  # ports are the live release's
+        record = site.releases.get(site.live.release)
+        if record and php.is_fpm(record.commands.get(front, "")):
+            locations += render("nginx/location-php.conf", name=name, zone=zone, burst=burst,
+                                component=front, body_size=php.body_size(record.php),
+                                web_root=files.release(site.live.release) / (record.web_root
+                                                                             or "."))
+        else:
+            locations += render("nginx/location-proxy.conf", name=name, path="/", zone=zone,
+                                burst=burst, component=front)
     else:
         locations = render("nginx/location-placeholder.conf", name=name,
                            placeholder_dir=SERVER.placeholder(name))

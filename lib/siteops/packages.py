@@ -23,15 +23,19 @@ def missing(host: Host, names: tuple[str, ...] = PACKAGES) -> list[str]:
     return [name for name in names if name not in installed]
 
 
+def install(host: Host, names: list[str]) -> None:
+    """apt-get install names (none: no apt call at all)."""
+    if names:
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        host.run(["apt-get", "update", "-q"], env=env)
+        host.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *names],
+                 env=env, timeout=1800)
+
+
 def ensure_installed(host: Host) -> None:
     """apt-get install whatever is missing; no apt call at all when nothing is."""
     with host.step("packages"):
-        absent = missing(host)
-        if absent:
-            env = {"DEBIAN_FRONTEND": "noninteractive"}
-            host.run(["apt-get", "update", "-q"], env=env)
-            host.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *absent],
-                     env=env, timeout=1800)
+        install(host, missing(host))
     with host.step("pnpm"):
         if host.query(["sh", "-c", "command -v pnpm"], ok=(0, 1, 127)).code != 0:
             host.run(["npm", "install", "--global", PNPM])

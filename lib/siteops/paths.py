@@ -179,6 +179,11 @@ class Paths:
         return self.etc / "sleep-after"
 
     @property
+    def php_fpm_conf(self) -> Path:
+        """The PHP-FPM configuration every php site's instances start with."""
+        return self.etc / "php-fpm.conf"
+
+    @property
     def actions_log(self) -> Path:
         """One JSON line per command run (cli) and per tenant request (tenant)."""
         return self.log_dir / "actions.jsonl"
@@ -296,6 +301,12 @@ class SitePaths:
     @property
     def uploads(self) -> Path:
         return self.shared / "uploads"
+
+    @property
+    def php_sessions(self) -> Path:
+        """A php site's sessions: in uploads/, the one place its app may write
+        (and that outlives a release), never served by nginx."""
+        return self.uploads / ".sessions"
 
     @property
     def redis(self) -> Path:

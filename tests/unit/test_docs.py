@@ -45,7 +45,9 @@ def test_every_command_and_long_option_is_documented(command):
 def test_every_siteops_toml_key_is_documented():
     keys = (manifest.TOP_KEYS - set(manifest.COMPONENTS)) | manifest.COMPONENT_KEYS \
         | {"command", "count", "schedule"}
-    missing = sorted(k for k in keys if f"{k} =" not in DOCS and f"[{k}." not in DOCS)
+    keys |= set(manifest.PHP_SETTINGS)
+    missing = sorted(k for k in keys if f"{k} =" not in DOCS and f"[{k}." not in DOCS
+                     and f"[{k}]" not in DOCS)
     assert missing == [], f"siteops.toml keys not documented: {missing}"
     for component in manifest.COMPONENTS:
         assert f"[{component}]" in DOCS or f"`[{component}]" in DOCS or component in DOCS

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from siteops import hardening, logrotate, nftables, nginx, sysctl, systemd, users
-from siteops.model import Job, Limits, Live, Maintenance, Move, Site, Tls
+from siteops import hardening, logrotate, nftables, nginx, php, sysctl, systemd, users
+from siteops.model import Job, Limits, Live, Maintenance, Move, Release, Site, Tls
 from siteops.paths import TEMPLATES, Paths
 from siteops.host import Host
 from siteops.templates import render
@@ -71,6 +71,18 @@ def renders():
         if unit.endswith(".service"):
             yield f"systemd-{unit}", text
     yield "nginx-site-sleeps.conf", nginx.site_config(sleepy, (1, 26, 3), None, Paths().of("nap"))
+    # A php site: its FPM instance on its port, nginx serving the release's web root.
+    fpm = php.start_command("8.2", HOST.paths.php_fpm_conf, {"memory_limit": "96M",
+                                                             "upload_max_filesize": "20M"},
+                            Paths().of("wiki").php_sessions)
+    wiki = SITE.copy(name="wiki", components=["frontend"], ports={"frontend": 3120, "redis": 5020},
+                     live=Live("20261125T201500Z", 1), releases={"20261125T201500Z": Release(
+                         "live", runtime="php", commands={"frontend": fpm}, web_root="public",
+                         php={"memory_limit": "96M", "upload_max_filesize": "20M"})})
+    yield "nginx-site-php.conf", nginx.site_config(wiki, (1, 26, 3), None, Paths().of("wiki"))
+    yield "systemd-wiki-frontend@3121.service.d-siteops-release.conf", systemd.render_dropin(
+        "wiki", release.name, release, fpm, {"frontend": 3121})
+    yield "php-fpm.conf", render("php/fpm.conf")
     yield "redis-shop.conf", render("redis/site.conf", name="shop", port=5020, password="PASSWORD",
                                     dir="/srv/sites/shop/shared/redis", maxmemory="64mb")
     yield "logrotate-siteops-shop", logrotate.config(HOST, SITE)

@@ -9,7 +9,7 @@ import dataclasses
 import os
 from typing import Sequence
 
-from .. import git, instances, manifest, model, registry, releases, systemd, units, users
+from .. import git, instances, manifest, model, php, registry, releases, systemd, units, users
 from ..errors import CommandError, SiteopsError, UsageError
 from ..journal import now, who
 from ..model import Release, Site
@@ -77,6 +77,12 @@ def build(host: Host, site: Site, rid: str, record: Release, starts: dict[str, s
     check_schedules(host, m)
     runtime = manifest.detect_runtime(m, files)
     check_runtime(host, runtime)
+    php_fpm = None
+    if runtime == "php":
+        record.web_root = m.web_root or ("public" if "public" in files else ".")
+        record.php = m.php
+        php_fpm = php.start_command(php.ensure(host), host.paths.php_fpm_conf, m.php,
+                                    host.paths.of(name).php_sessions)
     extra = sorted((set(m.starts) | set(m.health)) - set(site.components))
     if extra:
         host.say(f"note: {manifest.FILE} describes {', '.join(extra)}, which site {name} does "
@@ -88,7 +94,7 @@ def build(host: Host, site: Site, rid: str, record: Release, starts: dict[str, s
     else:
         commands, skipped = manifest.start_commands(
             m, runtime, site.components, site.commands, starts,
-            manifest.package_scripts(package_json), site.components_chosen)
+            manifest.package_scripts(package_json), site.components_chosen, php_fpm)
     for c in skipped:
         to = next(iter(commands))
         host.say(f"note: the app declares no {c} (no start command in {manifest.FILE}, a "
@@ -99,6 +105,8 @@ def build(host: Host, site: Site, rid: str, record: Release, starts: dict[str, s
     with host.step(f"export {commit[:12]} into releases/{rid}"):
         git.export(host, name, commit, rel)
     link_shared(host, name, rel)
+    if runtime == "php":
+        php.prepare_release(host, name, rel, record.web_root or ".")
     pnpm = have(host, "pnpm")
     steps = manifest.build_steps(m, runtime, files, package_json, pnpm)
     record.deps = manifest.deps_key(
@@ -142,7 +150,7 @@ def in_sandbox(host: Host, site: Site, rel, label: str, command: str) -> None:
 def toolchain(host: Host, runtime: str, pnpm: bool) -> str:
     """The runtime's version, part of the dependencies' key (a Python or Node
     upgrade installs them afresh)."""
-    program = {"python": "python3", "node": "node"}.get(runtime)
+    program = {"python": "python3", "node": "node", "php": "php"}.get(runtime)
     if program is None:
         return runtime
     version = host.query([program, "--version"], ok=range(256))

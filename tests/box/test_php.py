@@ -1,0 +1,122 @@
+"""PHP sites on a real booted Debian machine: a PHP app of the tests' own
+(PDO pgsql, phpredis, composer's autoloader, a static asset) deployed with
+its own PHP-FPM on its port, served by nginx over FastCGI; redeployed and
+rolled back under load with no failed request, the very next request
+running the new code; its ini settings applied; its files and port closed
+to a neighbour."""
+
+import json
+import time
+
+import pytest
+
+from machine import Load, commit
+
+REPO = "/srv/repos/pshop"
+INDEX = """\
+<?php
+require __DIR__ . '/../vendor/autoload.php';
+$path = parse_url($_SERVER['REQUEST_URI'], PHP_URL_PATH);
+$version = trim(file_get_contents(__DIR__ . '/../VERSION'));
+if ($path === '/healthz') {
+    echo "ok\\n";
+    return;
+}
+if ($path === '/ini') {
+    echo ini_get('memory_limit'), ' ', ini_get('upload_max_filesize'), ' ', ini_get('post_max_size'), "\\n";
+    return;
+}
+if ($path === '/session') {
+    session_start();
+    $_SESSION['n'] = ($_SESSION['n'] ?? 0) + 1;
+    echo 'session ', $_SESSION['n'], "\\n";
+    return;
+}
+if ($path === '/read') {
+    $f = @file_get_contents($_GET['f']);
+    echo $f === false ? "refused\\n" : "read\\n";
+    return;
+}
+$db = parse_url(getenv('DATABASE_URL'));
+$pdo = new PDO(sprintf('pgsql:host=%s;port=%d;dbname=%s', $db['host'], $db['port'],
+                       ltrim($db['path'], '/')), urldecode($db['user']), urldecode($db['pass']));
+$pdo->exec('CREATE TABLE IF NOT EXISTS hits (n serial)');
+$pdo->exec('INSERT INTO hits DEFAULT VALUES');
+$hits = $pdo->query('SELECT count(*) FROM hits')->fetchColumn();
+$r = parse_url(getenv('REDIS_URL'));
+$redis = new Redis();
+$redis->connect($r['host'], $r['port']);
+$redis->auth($r['pass']);
+echo 'pshop ', $version, ' ', Pshop\\Greeting::text(), " hits=$hits redis=", $redis->incr('k'), "\\n";
+"""
+APP = {
+    "public/index.php": INDEX,
+    "public/style.css": "body { color: teal; }\n",
+    "src/Greeting.php": "<?php\nnamespace Pshop;\nclass Greeting { static function text() "
+                        "{ return 'hello'; } }\n",
+    "composer.json": json.dumps({"name": "siteops/pshop", "autoload": {"psr-4": {"Pshop\\": "src/"}},
+                                 "require": {}}),
+    "siteops.toml": 'runtime = "php"\nrelease = "php -r \'echo 1;\'"\n\n[frontend]\n'
+                    'health = "/healthz"\n\n[php]\nmemory_limit = "96M"\n'
+                    'upload_max_filesize = "20M"\n',
+    "VERSION": "v1\n",
+}
+
+
+@pytest.fixture(scope="module")
+def host(box):
+    box.siteops("bootstrap")
+    box.siteops("add-site pshop --domain pshop.test --components frontend")
+    commit(box, REPO, APP, "v1")
+    box.siteops(f"deploy pshop --repo {REPO}")
+    return box
+
+
+def get(box, path: str = "/", site: str = "pshop") -> str:
+    return box.sh(f"curl -sS -w ' %{{http_code}}' -H 'Host: {site}.test' "
+                  f"'http://127.0.0.1{path}'").stdout
+
+
+def test_a_php_app_is_served_by_its_own_fpm_over_fastcgi(host):
+    assert get(host).startswith("pshop v1 hello hits=1 redis=1\n")
+    assert get(host) .startswith("pshop v1 hello hits=2 redis=2\n")
+    assert get(host, "/style.css") == "body { color: teal; }\n 200"  # nginx, from the release
+    assert get(host, "/.env").endswith(" 403")
+    assert get(host, "/ini") == "96M 20M 8M\n 200"
+    units = host.sh("systemctl list-units --plain --no-legend 'pshop-frontend@*'").stdout
+    assert "active running" in units, units
+    procs = host.sh("ps -u pshop -o args=").stdout
+    assert "php-fpm: master process" in procs, procs
+    # nginx's body size follows the larger of the two.
+    assert "client_max_body_size 20M;" in host.sh("cat /etc/nginx/sites-available/pshop.conf").stdout
+    assert get(host, "/session") == "session 1\n 200"
+
+
+def test_a_neighbour_cannot_reach_the_fpm_or_read_the_sites_files(host):
+    host.siteops("add-site pblog --domain pblog.test --components frontend")
+    commit(host, "/srv/repos/pblog", dict(APP, VERSION="b1\n"), "b1")
+    host.siteops("deploy pblog --repo /srv/repos/pblog")
+    site = json.loads(host.sh("cat /var/lib/siteops/registry.json").stdout)["sites"]["pshop"]
+    port = 3100 + site["slot"] * 10 + site["live"]["offset"]
+    out = host.sh(f"runuser -u pblog -- python3 -I /opt/siteops-src/lib/siteops/fastcgi.py {port} "
+                  "/srv/sites/pshop/current/public/index.php / pshop.test").stdout
+    assert out.strip() == "0", out  # no answer: the kernel refused the connection
+    root = host.sh(f"python3 -I /opt/siteops-src/lib/siteops/fastcgi.py {port} "
+                   "/srv/sites/pshop/current/public/index.php /healthz pshop.test").stdout
+    assert root.strip() == "200"
+    assert get(host, "/read?f=/srv/sites/pshop/shared/.env", "pblog") == "refused\n 200"
+    assert get(host, "/read?f=/etc/siteops/restic-password", "pblog") == "refused\n 200"
+
+
+def test_redeploys_and_a_rollback_under_load_fail_no_request(host):
+    load = Load(host, "pshop.test", rate=40)
+    for n in (2, 3):
+        commit(host, REPO, {"VERSION": f"v{n}\n"}, f"v{n}")
+        host.siteops("deploy pshop")
+        assert get(host).startswith(f"pshop v{n} hello")  # the very next request
+    host.siteops("rollback pshop")
+    assert get(host).startswith("pshop v2 hello")
+    time.sleep(1)
+    samples, failed = load.failed()
+    assert len(samples) > 50 and failed == [], failed[:5]
+    assert get(host, "/session").endswith(" 200")
