@@ -120,3 +120,21 @@ def test_redeploys_and_a_rollback_under_load_fail_no_request(host):
     samples, failed = load.failed()
     assert len(samples) > 50 and failed == [], failed[:5]
     assert get(host, "/session").endswith(" 200")
+
+
+def test_audit_finds_a_php_site_as_built(host):
+    res = host.siteops("audit pshop --json", check=False)
+    bad = [f for f in json.loads(res.stdout)["findings"]
+           if f["severity"] != "ok" and f["id"].startswith("site.pshop")]
+    assert bad == [], bad
+
+
+def test_a_sleeping_php_site_runs_no_fpm_and_wakes_on_a_request(host):
+    host.siteops("limits pshop --sleep-after 10s")
+    deadline = time.time() + 60
+    while host.sh("ps -u pshop -o args= || true").stdout.strip():
+        assert time.time() < deadline, host.sh("ps -u pshop -o args=").stdout
+        time.sleep(1)
+    assert get(host).startswith("pshop v2 hello")
+    assert get(host, "/style.css") == "body { color: teal; }\n 200"
+    host.siteops("limits pshop --sleep-after never")
