@@ -60,7 +60,7 @@ from typing import Any, Callable, NotRequired, TypedDict, cast
 from urllib.parse import urlsplit
 
 from . import (access, backup, distro, envfile, firewall, hardening, instances, journal, layout,
-               logrotate, network, nftables, nginx, parts, postgres, redis, registry, sysctl,
+               logrotate, network, nftables, nginx, parts, php, postgres, redis, registry, sysctl,
                outdated, systemd, tls, units, usage, users, verify)
 from .errors import CommandError, SiteopsError
 from .model import Site
@@ -208,6 +208,8 @@ def expected_files(host: Host, site: Site, nginx_version: tuple[int, ...],
     files[str(host.paths.nginx_site(name))] = nginx.site_config(
         site, nginx_version, nginx.cert_dir(host, site), host.paths.of(name))
     files[str(host.paths.logrotate(name))] = logrotate.config(host, site)
+    if php.runs_fpm(site):
+        files[str(host.paths.php_fpm_conf)] = php.conf_text()
     if env_text:
         files[str(host.paths.redis_conf(name))] = redis.site_conf(
             host, site, envfile.passwords(env_text)[1])

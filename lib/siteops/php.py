@@ -22,6 +22,7 @@ from pathlib import Path
 from . import packages, systemd, users
 from .errors import SiteopsError
 from .host import CANDIDATE, Host
+from .model import Site
 from .templates import render
 
 PACKAGES = ("php-fpm", "php-cli", "php-pgsql", "php-redis", "composer")
@@ -64,11 +65,26 @@ def ensure(host: Host) -> str:
     with host.step(f"{shared} off (each php site runs its own FPM)"):
         if systemd.is_enabled(host, shared) or systemd.is_active(host, shared):
             host.run(["systemctl", "disable", "--now", "--quiet", shared])
+    ensure_conf(host, ver)
+    return ver
+
+
+def conf_text() -> str:
+    return render("php/fpm.conf")
+
+
+def ensure_conf(host: Host, ver: str) -> None:
+    """The pool configuration, checked with `php-fpm --test` before it is written."""
     with host.step(f"PHP-FPM pool configuration {host.paths.php_fpm_conf}"):
-        host.write_checked(host.paths.php_fpm_conf, render("php/fpm.conf"),
+        host.write_checked(host.paths.php_fpm_conf, conf_text(),
                            ["env", "PORT=9", fpm(ver), "--test", "--allow-to-run-as-root",
                             "--fpm-config", CANDIDATE], "PHP-FPM configuration")
-    return ver
+
+
+def runs_fpm(site: Site) -> bool:
+    """True if the site's live release runs PHP-FPM."""
+    record = site.releases.get(site.live.release) if site.live else None
+    return record is not None and any(is_fpm(c) for c in record.commands.values())
 
 
 def start_command(ver: str, conf: Path, settings: dict[str, str], sessions: Path) -> str:

@@ -122,11 +122,19 @@ def test_redeploys_and_a_rollback_under_load_fail_no_request(host):
     assert get(host, "/session").endswith(" 200")
 
 
-def test_audit_finds_a_php_site_as_built(host):
+def findings(host) -> list[str]:
     res = host.siteops("audit pshop --json", check=False)
-    bad = [f for f in json.loads(res.stdout)["findings"]
-           if f["severity"] != "ok" and f["id"].startswith("site.pshop")]
-    assert bad == [], bad
+    return [f["id"] for f in json.loads(res.stdout)["findings"]
+            if f["severity"] != "ok" and f["id"].startswith("site.pshop")]
+
+
+def test_audit_finds_a_php_site_as_built_and_renders_its_fpm_configuration_again(host):
+    assert findings(host) == []
+    host.sh("sed -i 's/^pm.max_children = 8/pm.max_children = 500/' /etc/siteops/php-fpm.conf")
+    assert findings(host) == ["site.pshop.file:/etc/siteops/php-fpm.conf"]
+    host.siteops("audit pshop --fix", check=False)
+    assert findings(host) == []
+    assert "pm.max_children = 8\n" in host.sh("cat /etc/siteops/php-fpm.conf").stdout
 
 
 def test_a_sleeping_php_site_runs_no_fpm_and_wakes_on_a_request(host):

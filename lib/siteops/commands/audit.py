@@ -9,7 +9,7 @@ import sys
 
 from .. import (access, checks, cli, fleet, envfile, facts, instances, journal, layout, logrotate, model,
                 nftables, nginx, notify, postgres, redis, registry, releases, systemd, validate)
-from .. import site_checks, units
+from .. import php, site_checks, units
 from ..ops import sites as sites_op
 from ..errors import UsageError
 from ..model import Site
@@ -116,6 +116,8 @@ def repair(host: Host, site: Site, kinds: set[str]) -> None:
         nginx.ensure_site(host, site)
         logrotate.ensure_site(host, site)
         systemd.ensure_jobs(host, site)
+        if php.runs_fpm(site):
+            php.ensure_conf(host, php.version(host) or "")
         site = instances.refresh(host, site, changed,
                                  force=restart or not instances.dropins_match(host, site))
     if "unit" in kinds:
