@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from machine import Load, commit
+from machine import (Load, commit, killed_at, settled, signals_for, step_count,
+                     stopped_before_changes, stopped_by)
 
 REPO = "/srv/repos/pshop"
 INDEX = """\
@@ -146,3 +147,33 @@ def test_a_sleeping_php_site_runs_no_fpm_and_wakes_on_a_request(host):
     assert get(host).startswith("pshop v2 hello")
     assert get(host, "/style.css") == "body { color: teal; }\n 200"
     host.siteops("limits pshop --sleep-after never")
+
+
+def test_a_php_deploy_stopped_at_every_step_keeps_serving_and_converges(host):
+    """deploy stopped (KILL, INT, TERM in turn) after each of its steps and
+    before each change of the registry, under load: no failed request, and
+    the deploy run again serves the new release (composer, the release
+    command and the FPM instance included)."""
+    if "bookworm" not in str(host.image):
+        pytest.skip("the crash harness runs on Debian 12 only (CI time)")
+    commit(host, REPO, {"VERSION": "k\n"}, "k")
+    n = step_count(host.siteops("deploy pshop").stdout)
+    load = Load(host, "pshop.test", rate=20)
+    stops = 0
+    for i, (k, signal) in enumerate(signals_for(n)):
+        commit(host, REPO, {"VERSION": f"k{i}\n"}, f"k{i}")
+        stops += stopped_by(killed_at(host, k, "deploy pshop", signal), signal)
+        host.siteops("deploy pshop")
+        assert get(host).startswith(f"pshop k{i} hello"), (k, signal)
+    version = "c0"
+    commit(host, REPO, {"VERSION": "c0\n"}, "c0")
+
+    def again(label) -> None:
+        host.siteops("deploy pshop")
+        assert get(host).startswith(f"pshop {version} hello"), label
+    changes = stopped_before_changes(host, "deploy pshop", again)
+    samples, failed = load.failed()
+    print(f"php deploy: {n} steps, {stops} stopped after a step, {changes} before a registry "
+          f"change, {len(samples)} requests, {len(failed)} failed")
+    assert stops == n and changes >= 3 and len(samples) > 100 and failed == [], failed[:5]
+    settled(host, "pshop")
