@@ -177,3 +177,34 @@ def test_a_php_deploy_stopped_at_every_step_keeps_serving_and_converges(host):
           f"change, {len(samples)} requests, {len(failed)} failed")
     assert stops == n and changes >= 3 and len(samples) > 100 and failed == [], failed[:5]
     settled(host, "pshop")
+
+
+def test_adminer_from_debian_reaches_the_sites_own_database_and_no_other(host):
+    """Adminer (Debian's package, its one-file build) deployed as a site:
+    logged in with the site's own credentials it lists the site's database;
+    the same credentials on a neighbour's database are refused by PostgreSQL."""
+    repo = "/srv/repos/dba"
+    host.sh(f"mkdir -p {repo} && cp /usr/share/adminer/adminer.php {repo}/index.php")
+    commit(host, repo, {"siteops.toml": 'runtime = "php"\n'}, "adminer")
+    host.siteops("add-site dba --domain dba.test --components frontend")
+    host.siteops(f"deploy dba --repo {repo}")
+    env = dict(line.split("=", 1) for line in host.sh(
+        "grep -E '^DATABASE_URL=' /srv/sites/dba/shared/.env").stdout.split())
+    url = env["DATABASE_URL"]  # postgresql://USER:PASSWORD@localhost:5432/DB
+    user, rest = url.removeprefix("postgresql://").split(":", 1)
+    password, _, database = rest.partition("@localhost:5432/")
+
+    def login(db: str) -> str:
+        host.sh("rm -f /tmp/jar; curl -sS -c /tmp/jar -b /tmp/jar -H 'Host: dba.test' "
+                "http://127.0.0.1/ >/dev/null")
+        return host.sh(
+            "curl -sS -L -c /tmp/jar -b /tmp/jar -H 'Host: dba.test' "
+            "--data-urlencode 'auth[driver]=pgsql' --data-urlencode 'auth[server]=localhost' "
+            f"--data-urlencode 'auth[username]={user}' --data-urlencode 'auth[db]={db}' "
+            "--data-urlencode 'auth[password]@/tmp/pw' http://127.0.0.1/",
+            input=None).stdout
+    host.sh("cat > /tmp/pw", input=password)
+    page = login(database)
+    assert "Logout" in page and database in page, page[-2000:]
+    page = login("pshop")
+    assert "Logout" not in page and "no pg_hba.conf entry" in page, page[-2000:]
