@@ -17,7 +17,10 @@ Figures, each stack in turn on the same box:
 - rollback to the previous release, command to serving (piku has none);
 - memory (PSS) of the idle deployed site's own processes, and how many such
   sites fit in 4 GB by that figure alone;
-- request latency p50/p99 at --rate requests/s, idle (no deploy running).
+- request latency p50/p99 at --rate requests/s, idle (no deploy running);
+- then each stack's idle setting (siteops `limits --sleep-after 10s`, piku
+  `UWSGI_IDLE=10` in the app's ENV): the memory of the idle site once idle,
+  and its first request after idle (median of --wakes), seconds.
 
 Needs root (systemd-nspawn) and a checkout of piku: --piku DIR (piku.py and
 its uwsgi-piku.service, piku-nginx.path and piku-nginx.service are used from
@@ -173,6 +176,36 @@ def stopped(box: Box) -> list:
     return json.loads(box.sh("cat /tmp/load.json").stdout)
 
 
+def idle(box: Box, rows: dict[str, dict], n: int, wakes: int) -> None:
+    """Both stacks with their idle setting: siteops's site sleeps after 10 s
+    (no process at all), piku's uWSGI vassal is cheap and dies on idle after
+    10 s (UWSGI_IDLE: its master starts again, without workers, until a
+    request). The idle site's memory, and the first request after idle."""
+    box.siteops("limits app --sleep-after 10s")
+    commit(box, APP_REPO, {"app.py": APP.format(n=n), "ENV": FILES["ENV"] + "UWSGI_IDLE=10\n"},
+           f"v{n}")
+    for stack in STACKS:
+        push(box, stack, n)
+    first: dict[str, list[float]] = {stack: [] for stack in STACKS}
+    for _ in range(wakes):
+        time.sleep(30)  # idle past 10 s (and nginx's 5 s keepalive to siteops's door)
+        mem = memory(box)
+        for stack, (_, name) in STACKS.items():
+            res = box.sh(f"curl -sS -o /dev/null -w '%{{http_code}} %{{time_total}}' "
+                         f"-H 'Host: {name}' http://127.0.0.1/")
+            code, took = res.stdout.split()
+            first[stack].append(float(took) if code == "200" else float("inf"))
+    for stack in STACKS:
+        site = mem[f"{stack} app"] + mem.get(f"{stack} Redis", 0)
+        rows[stack]["idle setting"] = {"siteops": "--sleep-after 10s",
+                                       "piku": "UWSGI_IDLE=10"}[stack]
+        rows[stack]["memory once idle (PSS), MB"] = round(site, 1)
+        rows[stack]["first request after idle, median s"] = statistics.median(first[stack])
+        rows[stack]["idle sites in 4 GB by that figure"] = (
+            int(4096 // site) if site >= 0.1 else
+            "no process: the host's own cost per site decides (bench/density.py)")
+
+
 def latency(samples: list) -> tuple[float, float]:
     lat = sorted(s[1] for s in samples)
     return 1000 * lat[len(lat) // 2], 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))]
@@ -184,6 +217,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5, help="redeploys timed per stack (median)")
     p.add_argument("--redeploys", type=int, default=10, help="redeploys under load per stack")
     p.add_argument("--rate", type=int, default=100, help="requests per second of the load")
+    p.add_argument("--wakes", type=int, default=3, help="first requests after idle per stack")
     args = p.parse_args()
     piku_py = args.piku / "piku.py"
     if not piku_py.is_file():
@@ -260,6 +294,7 @@ def main() -> int:
         rows["piku"]["idle site memory (PSS), MB"] = \
             f"{rows['piku']['idle site memory (PSS), MB']} (+ uWSGI emperor " \
             f"{mem['piku emperor']:.1f}, shared)"
+        idle(box, rows, n + 1, args.wakes)
     except BaseException:
         print(f"figures so far: {rows}\n" + box.sh(
             "tail -5 /tmp/load.log /tmp/push.log; journalctl -n 30 --no-pager -u uwsgi-piku "
