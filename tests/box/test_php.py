@@ -24,7 +24,8 @@ if ($path === '/healthz') {
     return;
 }
 if ($path === '/ini') {
-    echo ini_get('memory_limit'), ' ', ini_get('upload_max_filesize'), ' ', ini_get('post_max_size'), "\\n";
+    echo ini_get('memory_limit'), ' ', ini_get('upload_max_filesize'), ' ',
+         ini_get('post_max_size'), "\\n";
     return;
 }
 if ($path === '/session') {
@@ -48,15 +49,16 @@ $r = parse_url(getenv('REDIS_URL'));
 $redis = new Redis();
 $redis->connect($r['host'], $r['port']);
 $redis->auth($r['pass']);
-echo 'pshop ', $version, ' ', Pshop\\Greeting::text(), " hits=$hits redis=", $redis->incr('k'), "\\n";
+echo 'pshop ', $version, ' ', Pshop\\Greeting::text(), " hits=$hits redis=", $redis->incr('k'),
+     "\\n";
 """
 APP = {
     "public/index.php": INDEX,
     "public/style.css": "body { color: teal; }\n",
     "src/Greeting.php": "<?php\nnamespace Pshop;\nclass Greeting { static function text() "
                         "{ return 'hello'; } }\n",
-    "composer.json": json.dumps({"name": "siteops/pshop", "autoload": {"psr-4": {"Pshop\\": "src/"}},
-                                 "require": {}}),
+    "composer.json": json.dumps({"name": "siteops/pshop", "require": {},
+                                 "autoload": {"psr-4": {"Pshop\\": "src/"}}}),
     "siteops.toml": 'runtime = "php"\nrelease = "php -r \'echo 1;\'"\n\n[frontend]\n'
                     'health = "/healthz"\n\n[php]\nmemory_limit = "96M"\n'
                     'upload_max_filesize = "20M"\n',
@@ -89,7 +91,8 @@ def test_a_php_app_is_served_by_its_own_fpm_over_fastcgi(host):
     procs = host.sh("ps -u pshop -o args=").stdout
     assert "php-fpm: master process" in procs, procs
     # nginx's body size follows the larger of the two.
-    assert "client_max_body_size 20M;" in host.sh("cat /etc/nginx/sites-available/pshop.conf").stdout
+    conf = host.sh("cat /etc/nginx/sites-available/pshop.conf").stdout
+    assert "client_max_body_size 20M;" in conf
     assert get(host, "/session") == "session 1\n 200"
 
 
