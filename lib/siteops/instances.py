@@ -203,8 +203,9 @@ def wait_healthy(host: Host, site: Site, rid: str, record: Release, offset: int,
     pending = dict(ports)
     domain = site.domains[0]
     paths = ", ".join(f"{c} {record.health[c]}" for c in ports)
-    front = host.paths.of(site.name).release(rid) / (record.web_root or ".") / "index.php"
-    scripts = {c: front for c in ports if php.is_fpm(record.commands.get(c, ""))}
+    web_root = host.paths.of(site.name).release(rid) / (record.web_root or ".")
+    scripts = {c: php.health_script(web_root, record.health[c]) for c in ports
+               if php.is_fpm(record.commands.get(c, ""))}
     with host.step(f"health check of {paths}"):
         if not host.waits(f"until {', '.join(f'{c} on port {p}' for c, p in ports.items())} "
                           f"answer 2xx/3xx (at most {timeout}s)"):

@@ -96,6 +96,13 @@ def start_command(ver: str, conf: Path, settings: dict[str, str], sessions: Path
                        *(a for k, v in defines.items() for a in ("-d", f"{k}={v}"))])
 
 
+def health_script(web_root: Path, path: str) -> Path:
+    """The file nginx would run for a GET of path: the .php file it names,
+    else the front controller, index.php (try_files' last resort)."""
+    name = path.partition("?")[0].lstrip("/")
+    return web_root / name if name.endswith(".php") else web_root / "index.php"
+
+
 def size_bytes(size: str) -> int:
     """A PHP size (32M) in bytes."""
     unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1:], 1)

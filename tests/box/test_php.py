@@ -5,7 +5,10 @@ rolled back under load with no failed request, the very next request
 running the new code; its ini settings applied; its files and port closed
 to a neighbour."""
 
+import html
 import json
+import re
+import shlex
 import time
 
 import pytest
@@ -150,6 +153,69 @@ def test_a_sleeping_php_site_runs_no_fpm_and_wakes_on_a_request(host):
     assert get(host).startswith("pshop v2 hello")
     assert get(host, "/style.css") == "body { color: teal; }\n 200"
     host.siteops("limits pshop --sleep-after never")
+
+
+WIKI = "/srv/repos/wiki"
+# Debian's DokuWiki made an app repository: its files with the package's
+# links resolved, its configuration in conf/ (the package reads /etc), the
+# data skeleton copied into shared/uploads by the release command.
+WIKI_REPO = f"""\
+rm -rf {WIKI}; mkdir -p {WIKI}/conf
+cp -rL /usr/share/dokuwiki/. {WIKI}/ 2>/dev/null || true
+cp -rL /etc/dokuwiki/. {WIKI}/conf/ 2>/dev/null || true
+cp -r /var/lib/dokuwiki/data {WIKI}/data-skeleton
+rm -f {WIKI}/.htaccess {WIKI}/conf/.htaccess {WIKI}/inc/preload.php
+"""
+WIKI_FILES = {
+    "inc/preload.php": "<?php\ndefine('DOKU_CONF', DOKU_INC . 'conf/');\n",
+    "conf/local.php": "<?php\n$conf['savedir'] = DOKU_INC . 'uploads/wiki';\n"
+                      "$conf['useacl'] = 0;\n",
+    # git keeps no empty directory: the release command makes DokuWiki's.
+    "siteops.toml": 'runtime = "php"\nweb_root = "."\n'
+                    'release = "' + " && ".join(
+                        [f"mkdir -p uploads/wiki/{d}" for d in (
+                            "attic", "cache", "index", "locks", "log", "media", "media_attic",
+                            "media_meta", "meta", "pages", "tmp")]
+                        + ["cp -rn data-skeleton/. uploads/wiki/"]) + '"\n\n'
+                    '[frontend]\nhealth = "/doku.php"\n',
+}
+
+
+def wiki_save(host, page: str, text: str) -> None:
+    """Save a page the way a browser does: the edit form's hidden fields, then a POST."""
+    form = host.sh(f"curl -sS -c /tmp/wjar -b /tmp/wjar -H 'Host: wiki.test' "
+                   f"'http://127.0.0.1/doku.php?id={page}&do=edit'").stdout
+    fields = {}
+    for tag in re.findall(r"<input[^>]*>", form):
+        attrs = dict(re.findall(r'(\w+)="([^"]*)"', tag))
+        if attrs.get("type") == "hidden" and "name" in attrs:
+            fields[attrs["name"]] = html.unescape(attrs.get("value", ""))
+    assert "sectok" in fields, form[-1500:]
+    fields.update({"wikitext": text, "do[save]": "1", "id": page})
+    data = " ".join(f"--data-urlencode {shlex.quote(k + '=' + v)}" for k, v in fields.items())
+    host.sh(f"curl -sS -o /dev/null -c /tmp/wjar -b /tmp/wjar -H 'Host: wiki.test' {data} "
+            "http://127.0.0.1/doku.php")
+
+
+def test_dokuwiki_from_debian_keeps_its_pages_in_shared_across_deploys(host):
+    host.sh(WIKI_REPO)
+    commit(host, WIKI, WIKI_FILES, "dokuwiki")
+    host.siteops("add-site wiki --domain wiki.test --components frontend")
+    host.siteops(f"deploy wiki --repo {WIKI}")
+    wiki_save(host, "start", "siteops keeps ====== this page ======")
+    page = host.sh("curl -sS -H 'Host: wiki.test' 'http://127.0.0.1/doku.php?id=start'").stdout
+    assert "siteops keeps" in page, page[-1500:]
+    stored = "/srv/sites/wiki/shared/uploads/wiki/pages/start.txt"
+    assert host.sh(f"stat -c %U {stored}; cat {stored}").stdout == \
+        "wiki\nsiteops keeps ====== this page ======"
+    commit(host, WIKI, {"conf/local.php": WIKI_FILES["conf/local.php"]
+                        + "$conf['title'] = 'Second release';\n"}, "title")
+    host.siteops("deploy wiki")
+    page = host.sh("curl -sS -H 'Host: wiki.test' 'http://127.0.0.1/doku.php?id=start'").stdout
+    assert "siteops keeps" in page and "Second release" in page, page[-1500:]
+    assert "savedir" not in get(host, "/conf/local.php", "wiki")  # run by PHP, never shown
+    # shared/ is closed to nginx: the request falls through to DokuWiki.
+    assert "siteops keeps" not in get(host, "/uploads/wiki/pages/start.txt", "wiki")
 
 
 def test_a_php_deploy_stopped_at_every_step_keeps_serving_and_converges(host):

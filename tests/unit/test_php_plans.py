@@ -5,6 +5,7 @@ and the FastCGI client's bytes (the box tier proves it against real PHP-FPM)."""
 import socket
 import struct
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -156,3 +157,10 @@ def test_a_response_without_status_is_200_and_long_values_take_four_length_bytes
     assert fastcgi.parse(fastcgi.record(fastcgi.STDOUT, b"Content-Type: x\r\n\r\nok")).status == 200
     encoded = fastcgi.pairs({"K": "v" * 200})
     assert encoded[:5] == bytes([1]) + struct.pack(">I", 200 | 0x80000000)
+
+
+@pytest.mark.parametrize("path, script", [
+    ("/", "index.php"), ("/healthz?x=1", "index.php"), ("/doku.php", "doku.php"),
+    ("/lib/exe/ping.php?a=b", "lib/exe/ping.php")])
+def test_the_health_check_runs_the_file_nginx_would(path, script):
+    assert php.health_script(Path("/r/public"), path) == Path("/r/public") / script
