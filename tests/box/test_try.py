@@ -63,8 +63,11 @@ def test_keep_then_enter_then_remove():
 
 def test_an_interrupt_powers_the_box_off_and_unmounts_it():
     before = boxes()
+    # As from a terminal: Ctrl-C's default, even if this run was started with
+    # SIGINT ignored (a background job of a script).
     proc = subprocess.Popen([TRY], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
     deadline = time.monotonic() + 600
     while "==> bootstrap" not in seen and time.monotonic() < deadline:
