@@ -306,12 +306,19 @@ def main() -> int:
         shutil.rmtree(wheels, ignore_errors=True)
     digest = hashlib.sha256(piku_py.read_bytes()).hexdigest()[:12]
     print(f"\nsiteops and piku (piku.py sha256 {digest}), one box, {time.strftime('%Y-%m-%d')}\n")
-    print("| figure | siteops | piku |\n| --- | --- | --- |")
-    for figure in rows["siteops"]:
-        cells = [rows[s][figure] for s in STACKS]
+    print_table(rows, {"siteops": "siteops", "piku": "piku"})
+    return 0
+
+
+def print_table(rows: dict[str, dict], columns: dict[str, str]) -> None:
+    """rows (column key: {figure: value}) as a Markdown table, a column per
+    key of columns (key: heading), figures in the first column's order."""
+    print("| figure | " + " | ".join(columns.values()) + " |")
+    print("| --- |" + " --- |" * len(columns))
+    for figure in rows[next(iter(columns))]:
+        cells = [rows[key][figure] for key in columns]
         print(f"| {figure} | " + " | ".join(f"{c:.2f}" if isinstance(c, float) else str(c)
                                             for c in cells) + " |")
-    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

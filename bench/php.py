@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "tests/box"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from machine import Box, Load, build_image, commit  # noqa: E402
-from peers import PSS, latency, stopped  # noqa: E402  the same measures as beside piku
+from peers import PSS, latency, print_table, stopped  # noqa: E402  the same measures as beside piku
 from redeploy import APP as FLASK, local_wheels  # noqa: E402
 
 PHP = """\
@@ -128,12 +128,8 @@ def main() -> int:
         box.stop()
         shutil.rmtree(wheels, ignore_errors=True)
     print(f"\nA PHP site beside a Flask site, one Debian 12 box, {time.strftime('%Y-%m-%d')}\n")
-    print("| figure | Flask (gunicorn, 2 workers) | PHP (its own PHP-FPM, ondemand) |")
-    print("| --- | --- | --- |")
-    for figure in rows["pyapp"]:
-        cells = [rows[s][figure] for s in SITES]
-        print(f"| {figure} | " + " | ".join(f"{c:.2f}" if isinstance(c, float) else str(c)
-                                            for c in cells) + " |")
+    print_table(rows, {"pyapp": "Flask (gunicorn, 2 workers)",
+                       "phpapp": "PHP (its own PHP-FPM, ondemand)"})
     return 0
 
 

@@ -20,6 +20,18 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # A box writes to a sparse file of this size (bench/density.py with 500 sites
 # writes some 40 GB; a test, a few hundred MB).
 DISK_SIZE = "64G"
+# A probe run as a site: try to bind each port given, print bound or refused.
+BIND = """\
+import socket, sys
+for port in map(int, sys.argv[1:]):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        print(port, "bound", flush=True)
+    except OSError as e:
+        print(port, "refused", e.strerror, flush=True)
+    s.close()
+"""
 
 
 def build_image(suite: str | None = None) -> Path:

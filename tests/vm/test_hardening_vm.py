@@ -5,7 +5,7 @@ same VM: bench/lynis.py.)"""
 
 import json
 
-from machine import SRC
+from machine import BIND, SRC
 
 
 def finding(host, id_: str) -> dict:
@@ -105,16 +105,6 @@ def test_a_crashing_process_leaves_no_core_dump(host):
     assert crash_leaves(host) == ""  # the baseline sends it to /bin/false
 
 
-BIND = """\
-import socket, sys
-for port in map(int, sys.argv[1:]):
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-        print(port, "bound", flush=True)
-    except OSError as e:
-        print(port, "refused", e.strerror, flush=True)
-"""
 
 
 def blog_processes(host) -> str:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from machine import SRC
+from machine import BIND, SRC
 
 HOG = """\
 import time
@@ -36,18 +36,6 @@ while time.time() < end:
             print("fork refused after", n, "children:", e.strerror, flush=True)
         time.sleep(0.01)
 print("children", n, "refused", failed, flush=True)
-"""
-
-BIND = """\
-import socket, sys
-for port in map(int, sys.argv[1:]):
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-        print(port, "bound", flush=True)
-    except OSError as e:
-        print(port, "refused", e.strerror, flush=True)
-    s.close()
 """
 
 
