@@ -55,6 +55,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sites", type=int, default=50)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--sleep-after", metavar="DURATION",
+                   help="add the sites with this --sleep-after (e.g. 10s): audit of sleeping "
+                        "sites, and many more of them in the machine's memory")
     p.add_argument("--profile", action="store_true",
                    help="then where one audit of every site spends its time: its slowest "
                         "commands (--trace) and Python's own profile (cProfile)")
@@ -66,9 +69,10 @@ def main() -> None:
         start = time.monotonic()
         names = [f"s{i:02d}" for i in range(args.sites)]
         adds = []
+        sleep = f" --sleep-after {args.sleep_after}" if args.sleep_after else ""
         for name in names:
             t0 = time.monotonic()
-            box.siteops(f"add-site {name} --domain {name}.test --components frontend")
+            box.siteops(f"add-site {name} --domain {name}.test --components frontend{sleep}")
             adds.append(time.monotonic() - t0)
             box.siteops(f"deploy {name} --repo /srv/repos/app")
         print(f"provisioned and deployed {args.sites} sites in {time.monotonic() - start:.0f} s; "

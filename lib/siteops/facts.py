@@ -139,12 +139,12 @@ def unit_states(host: Host, names: list[str]) -> dict[str, dict]:
     """Active state of many units (names) from one `systemctl show`; enabled means the
     multi-user.target.wants link that starts it at boot is there (read from
     disk: the manager's UnitFileState lags behind `enable --no-reload`)."""
-    out = host.query(["systemctl", "show", "-p", "ActiveState", "--", *names], ok=range(256)).out
-    active = [line.partition("=")[2] for line in out.splitlines() if line.startswith("ActiveState=")]
+    shown = systemd.show_many(host, names, "ActiveState")
     def wants(unit: str) -> Path:
         return host.paths.socket_wants if unit.endswith(".socket") else host.paths.boot_wants
-    return {u: {"active": a, "enabled": "enabled" if (wants(u) / u).exists() else "not enabled"}
-            for u, a in zip(names, active)}
+    return {u: {"active": shown.get(u, {}).get("ActiveState", ""),
+                "enabled": "enabled" if (wants(u) / u).exists() else "not enabled"}
+            for u in names}
 
 
 def exposure(host: Host, names: list[str]) -> dict[str, float]:
@@ -250,7 +250,9 @@ def service_urls(site: Site, env_text: str | None, db_port: int,
 
 
 def site_facts(host: Host, site: Site, nginx_version: tuple[int, ...], db_port: int,
-               verifier: str | None) -> SiteFacts:
+               verifier: str | None, jobs: dict[str, dict[str, str]] | None = None) -> SiteFacts:
+    """jobs: the properties of its job units, if already read (gather reads
+    every site's at once)."""
     name = site.name
     env_path = host.paths.of(name).env
     env_text = host.read(env_path)
@@ -272,7 +274,7 @@ def site_facts(host: Host, site: Site, nginx_version: tuple[int, ...], db_port: 
         "missing_parts": [str(p) for p in parts.missing(host, site)],
         "secrets": envfile.secrets_of(env_text or ""),
         "tls": tls_facts(host, site),
-        "jobs": systemd.job_results(host, site),
+        "jobs": systemd.job_results(host, site, jobs),
         "urls": service_urls(site, env_text, db_port, verifier),
     }
 
@@ -359,6 +361,8 @@ def gather(host: Host, sites: list[Site]) -> Facts:
                  if root_stat.f_blocks else 0},
         "usage": {r["name"]: r for r in usage.collect(host, sites, interval=0, with_sizes=False)},
     }
-    facts["sites"] = {s.name: site_facts(host, s, version, db_port, verifiers.get(s.user))
+    jobs = systemd.show_many(host, [u for s in sites for u in systemd.job_units(s)],
+                             *systemd.JOB_PROPS)
+    facts["sites"] = {s.name: site_facts(host, s, version, db_port, verifiers.get(s.user), jobs)
                       for s in sites}
     return cast(Facts, {**facts, **waiting()})

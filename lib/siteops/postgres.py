@@ -166,11 +166,21 @@ def ensure_site_database(host: Host, name: str, password: str) -> None:
     """Role and database for a site, isolated from PUBLIC and from other sites."""
     attrs = (f"LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
              f"CONNECTION LIMIT {CONNECTION_LIMIT}")
+    role = role_facts(host, name)
+    owner = psql(host, "SELECT pg_get_userbyid(datdba) FROM pg_database "
+                       f"WHERE datname = {quote_literal(name)};")
+    create_role = (f'CREATE ROLE "{name}" {attrs} PASSWORD '
+                   f"{quote_literal(scram_verifier(password))};")
+    create_db = f'CREATE DATABASE "{name}" OWNER "{name}" TEMPLATE template0 ENCODING \'UTF8\';'
+    if role is None and not owner:  # a new site: one psql session (each is ~30 ms)
+        with host.step(f"postgresql role and database {name}"):
+            psql(host, f'{create_role}\n{create_db}\nREVOKE ALL ON DATABASE "{name}" FROM PUBLIC;\n'
+                       f'\\connect "{name}"\nREVOKE ALL ON SCHEMA public FROM PUBLIC;\n',
+                 change=True)
+        return
     with host.step(f"postgresql role {name}"):
-        role = role_facts(host, name)
         if role is None:
-            psql(host, f'CREATE ROLE "{name}" {attrs} PASSWORD '
-                       f"{quote_literal(scram_verifier(password))};", change=True)
+            psql(host, create_role, change=True)
         else:
             if role["attrs"] != ROLE_ATTRS:
                 psql(host, f'ALTER ROLE "{name}" {attrs};', change=True)
@@ -178,11 +188,8 @@ def ensure_site_database(host: Host, name: str, password: str) -> None:
                 psql(host, f'ALTER ROLE "{name}" PASSWORD '
                            f"{quote_literal(scram_verifier(password))};", change=True)
     with host.step(f"postgresql database {name}"):
-        owner = psql(host, "SELECT pg_get_userbyid(datdba) FROM pg_database "
-                           f"WHERE datname = {quote_literal(name)};")
         if not owner:
-            psql(host, f'CREATE DATABASE "{name}" OWNER "{name}" TEMPLATE template0 '
-                       "ENCODING 'UTF8';", change=True)
+            psql(host, create_db, change=True)
         elif owner != name:
             raise SiteopsError(f"database {name} exists and belongs to {owner}, not the site; "
                                "refusing to take it over")

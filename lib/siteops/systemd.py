@@ -289,16 +289,19 @@ def ensure_jobs(host: Host, site: Site) -> None:
             host.run(["systemctl", "enable", "--now", "--quiet", *timers])
 
 
-def job_results(host: Host, site: Site) -> dict[str, dict]:
+def job_results(host: Host, site: Site, shown: dict[str, dict[str, str]] | None = None
+                ) -> dict[str, dict]:
     """{job: {schedule, running, last (start of its last run, or null),
     result ("success" | why it failed | null before its first run), timer
-    (its ActiveState), next}} of the live release's jobs."""
+    (its ActiveState), next}} of the live release's jobs. shown: their units'
+    properties (JOB_PROPS) already read, as audit reads every site's at once."""
+    jobs = sorted(live_jobs(site).items())
+    if shown is None:
+        shown = show_many(host, job_units(site), *JOB_PROPS)
     out = {}
-    for job, spec in sorted(live_jobs(site).items()):
+    for job, spec in jobs:
         service, timer = units.job_units(site.name, job)
-        props = show(host, service, "Result", "ExecMainStatus", "ExecMainStartTimestamp",
-                     "ActiveState")
-        tprops = show(host, timer, "ActiveState", "NextElapseUSecRealtime")
+        props, tprops = shown.get(service, {}), shown.get(timer, {})
         ran = props.get("ExecMainStartTimestamp") not in (None, "", "n/a")
         result = None
         if ran and props.get("ActiveState") != "activating":
@@ -311,14 +314,39 @@ def job_results(host: Host, site: Site) -> dict[str, dict]:
     return out
 
 
+JOB_PROPS = ("Result", "ExecMainStatus", "ExecMainStartTimestamp", "ActiveState",
+             "NextElapseUSecRealtime")
+
+
+def job_units(site: Site) -> list[str]:
+    """The service and timer of each of the live release's jobs."""
+    return [u for job in sorted(live_jobs(site)) for u in units.job_units(site.name, job)]
+
+
 def show(host: Host, unit: str, *props: str, unix_times: bool = False) -> dict[str, str]:
     """`systemctl show` properties of a unit (with unix_times, timestamps as
     @SECONDS)."""
+    return show_many(host, [unit], *props, unix_times=unix_times).get(unit, {})
+
+
+def show_many(host: Host, names: list[str], *props: str, unix_times: bool = False
+              ) -> dict[str, dict[str, str]]:
+    """show()'s properties of many units from one `systemctl show` (its
+    output: a block for each unit, in order, a blank line between two)."""
+    if not names:
+        return {}
     argv = ["systemctl", "show", *(["--timestamp=unix"] if unix_times else [])]
     for prop in props:
         argv += ["-p", prop]
-    out = host.query([*argv, unit], ok=range(256)).out
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    blocks: list[dict[str, str]] = [{}]
+    for line in host.query([*argv, "--", *names], ok=range(256)).out.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep or key in blocks[-1]:  # a blank line: the next unit's block
+            blocks.append({})
+        if sep:
+            blocks[-1][key] = value
+    blocks = [b for b in blocks if b] or [{}]
+    return dict(zip(names, blocks))
 
 
 def in_slice(site: str, argv: list) -> list:

@@ -190,6 +190,8 @@ def collect(host: Host, sites: list[Site], interval: float = 1.0, window: float 
     now = clock()
     sizes = disk(host, sites) if with_sizes else {}
     dbs = databases(host) if with_sizes else {}
+    shown = systemd.show_many(host, [u for s in sites if s.sleep_after is not None
+                                     for u in units.live_web(s)], *SLEEP_PROPS, unix_times=True)
     rows = []
     for s in sites:
         cg = cgroup(host, s.name) if interval > 0 else before[s.name]
@@ -200,20 +202,26 @@ def collect(host: Host, sites: list[Site], interval: float = 1.0, window: float 
                      "limits": systemd.limits(s), "disk_bytes": sizes.get(s.name),
                      "database_bytes": dbs.get(s.database),
                      "window_seconds": window, **traffic(host, s.name, window, now),
-                     "sleep": sleep_state(host, s, now)})
+                     "sleep": sleep_state(host, s, now, shown)})
     return rows
 
 
-def sleep_state(host: Host, site: Site, now: float | None = None) -> dict | None:
+SLEEP_PROPS = ("ActiveState", "ActiveEnterTimestamp", "InactiveEnterTimestamp")
+
+
+def sleep_state(host: Host, site: Site, now: float | None = None,
+                shown: dict[str, dict[str, str]] | None = None) -> dict | None:
     """A sleeping site's state, read without waking it: asleep or awake, since
     when (its web instances' last start or stop), its last request (the
     access log's last line) and its wakes today (the door's log); None for a
-    site that never sleeps."""
+    site that never sleeps. shown: its web instances' SLEEP_PROPS already
+    read (collect reads every site's in one call)."""
     if site.sleep_after is None:
         return None
     web = units.live_web(site)
-    props = [systemd.show(host, u, "ActiveState", "ActiveEnterTimestamp",
-                          "InactiveEnterTimestamp", unix_times=True) for u in web]
+    if shown is None:
+        shown = systemd.show_many(host, web, *SLEEP_PROPS, unix_times=True)
+    props = [shown.get(u, {}) for u in web]
     awake = any(p.get("ActiveState") in ("active", "activating") for p in props)
     stamps = [p.get("ActiveEnterTimestamp" if awake else "InactiveEnterTimestamp", "")
               for p in props]

@@ -277,3 +277,122 @@ def test_adminer_from_debian_reaches_the_sites_own_database_and_no_other(host):
     assert "Logout" in page and database in page, page[-2000:]
     page = login("pshop")
     assert "Logout" not in page and "no pg_hba.conf entry" in page, page[-2000:]
+
+
+JOBS = {
+    "public/index.php": """\
+<?php
+$r = parse_url(getenv('REDIS_URL'));
+$redis = new Redis();
+$redis->connect($r['host'], $r['port']);
+$redis->auth($r['pass']);
+$path = parse_url($_SERVER['REQUEST_URI'], PHP_URL_PATH);
+if ($path === '/enqueue') {
+    $redis->rPush('jobs', $_GET['v']);
+    echo "queued\\n";
+} else {
+    echo implode(' ', $redis->lRange('done', 0, -1)), "\\n";
+}
+""",
+    # A queue consumer: each item taken is written back with the release that took it.
+    "worker.php": """\
+<?php
+$r = parse_url(getenv('REDIS_URL'));
+$redis = new Redis();
+$redis->connect($r['host'], $r['port']);
+$redis->auth($r['pass']);
+while (true) {
+    $item = $redis->blPop(['jobs'], 5);
+    if ($item) {
+        $redis->rPush('done', $item[1] . '@' . getenv('SITEOPS_RELEASE'));
+    }
+}
+""",
+    "tick.php": """\
+<?php
+$db = parse_url(getenv('DATABASE_URL'));
+$pdo = new PDO(sprintf('pgsql:host=%s;port=%d;dbname=%s', $db['host'], $db['port'],
+                       ltrim($db['path'], '/')), urldecode($db['user']), urldecode($db['pass']));
+$pdo->exec('CREATE TABLE IF NOT EXISTS ticks (at timestamptz DEFAULT now())');
+$pdo->exec('INSERT INTO ticks DEFAULT VALUES');
+""",
+    "siteops.toml": 'runtime = "php"\n\n[frontend]\n\n[workers.q]\ncommand = "php worker.php"\n\n'
+                    '[jobs.tick]\nschedule = "*:*:0/5"\ncommand = "php tick.php"\n',
+    "VERSION": "1\n",
+}
+
+
+def live_release(host, site: str) -> str:
+    return json.loads(host.sh("cat /var/lib/siteops/registry.json").stdout)["sites"][site][
+        "live"]["release"]
+
+
+def until(check, what: str, timeout: float = 30):
+    deadline = time.time() + timeout
+    while not (result := check()):
+        assert time.time() < deadline, what
+        time.sleep(0.5)
+    return result
+
+
+def test_a_php_queue_worker_and_a_scheduled_job_run_as_for_any_runtime(host):
+    """A PHP worker (phpredis, a blocking pop) takes the queue's items, the
+    new release's worker every item enqueued after a deploy; a PHP job
+    writes to the site's database on its schedule."""
+    commit(host, "/srv/repos/pjobs", JOBS, "j1")
+    host.siteops("add-site pjobs --domain pjobs.test --components frontend")
+    host.siteops("deploy pjobs --repo /srv/repos/pjobs")
+    first = live_release(host, "pjobs")
+    for item in ("a", "b", "c"):
+        assert get(host, f"/enqueue?v={item}", "pjobs") == "queued\n 200"
+    until(lambda: get(host, "/", "pjobs") == f"a@{first} b@{first} c@{first}\n 200",
+          get(host, "/", "pjobs"))
+    commit(host, "/srv/repos/pjobs", {"VERSION": "2\n"}, "j2")
+    host.siteops("deploy pjobs")
+    second = live_release(host, "pjobs")
+    assert get(host, "/enqueue?v=d", "pjobs") == "queued\n 200"
+    until(lambda: get(host, "/", "pjobs").endswith(f" d@{second}\n 200"), get(host, "/", "pjobs"))
+    ticks = "runuser -u postgres -- psql -At -d pjobs -c 'SELECT count(*) FROM ticks' 2>/dev/null"
+    until(lambda: host.sh(ticks, check=False).stdout.strip() not in ("", "0"),
+          "no tick within 30 s")
+    assert "pjobs-worker" in host.sh("ps -u pjobs -o unit=").stdout
+
+
+def php_fingerprint(host, site: str, data: str) -> dict:
+    """Checksums of a site's data: its database rows (in order), the files
+    under shared/uploads/DATA (path, mode, owner, content), its .env."""
+    sh = host.sh
+    return {
+        "db": sh(f"runuser -u postgres -- pg_dump --data-only --inserts --no-comments {site} "
+                 "| grep '^INSERT' | sort | sha256sum").stdout.split()[0],
+        "files": sh(f"cd /srv/sites/{site}/shared/uploads/{data} && find . -type f "
+                    "-printf '%p %m %u\\n' -exec sha256sum {} + | sort").stdout,
+        "env": sh(f"sha256sum < /srv/sites/{site}/shared/.env").stdout.split()[0],
+    }
+
+
+def test_a_backup_restores_php_sites_identical(host):
+    """pshop (its database, its PHP sessions) and DokuWiki (its pages and
+    their history in shared/) backed up, damaged, restored: identical, and
+    served again by their FPMs."""
+    data = {"pshop": ".sessions", "wiki": "wiki/pages wiki/attic"}
+    assert get(host, "/session").endswith(" 200")
+    before = {site: php_fingerprint(host, site, d.split()[0]) for site, d in data.items()}
+    pages = host.sh("cd /srv/sites/wiki/shared/uploads/wiki && find pages attic -type f "
+                    "-exec sha256sum {} + | sort").stdout
+    assert "start.txt" in pages and before["pshop"]["files"].count("sess_") >= 1
+    for site in data:
+        host.siteops(f"backup {site}")
+    wiki_save(host, "start", "vandalised")
+    host.sh("runuser -u postgres -- psql -q -d pshop -c 'DELETE FROM hits' && "
+            "rm -f /srv/sites/pshop/shared/uploads/.sessions/sess_*")
+    assert "vandalised" in host.sh("cat /srv/sites/wiki/shared/uploads/wiki/pages/start.txt").stdout
+    assert php_fingerprint(host, "pshop", ".sessions") != before["pshop"]
+    for site in data:
+        host.siteops(f"restore {site} --yes")
+    assert {site: php_fingerprint(host, site, d.split()[0]) for site, d in data.items()} == before
+    assert host.sh("cd /srv/sites/wiki/shared/uploads/wiki && find pages attic -type f "
+                   "-exec sha256sum {} + | sort").stdout == pages
+    page = host.sh("curl -sS -H 'Host: wiki.test' 'http://127.0.0.1/doku.php?id=start'").stdout
+    assert "siteops keeps" in page and "vandalised" not in page, page[-1500:]
+    assert re.match(r"pshop \S+ hello hits=\d+ redis=\d+\n 200", get(host)), get(host)

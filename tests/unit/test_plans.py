@@ -136,8 +136,7 @@ def test_add_site_plan_for_a_new_site(root):
         "useradd --user-group --no-create-home --home-dir "
         f"{root}/srv/sites/shop --shell /usr/sbin/nologin --comment 'siteops site shop' shop",
         f"nft -f {root}/etc/siteops/nftables.conf",
-        f"{PSQL} postgres",
-        f"{PSQL} postgres",
+        f"{PSQL} postgres",  # role, database and both REVOKEs in one session
         "systemctl daemon-reload",
         "systemctl --no-reload enable --now shop-redis.service",
         "systemctl reload-or-restart nginx",
@@ -155,6 +154,10 @@ def test_add_site_plan_for_a_new_site(root):
     for secret in (db_password, redis_password, values["SESSION_SECRET"], values["JWT_SECRET"]):
         assert len(secret) >= 40 and secret not in shown
     assert "PASSWORD '********'" in out
+    sql = next(a.detail for a in host.actions if a.kind == "run" and "psql" in a.argv)
+    assert [line.split(" ON ")[0] if "REVOKE" in line else line.split(" ")[0]
+            for line in sql.splitlines()] == ["CREATE", "CREATE", "REVOKE ALL", '\\connect',
+                                              "REVOKE ALL"]
     assert not (root / "srv").exists()
     assert out.strip().endswith("nothing was changed")
 

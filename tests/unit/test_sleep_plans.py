@@ -127,6 +127,23 @@ def test_the_door_answers_waiting_requests_502_and_waits_for_a_port(tmp_path):
     late["s"].close()
 
 
+def test_usage_of_many_sleeping_sites_asks_systemd_once(root):
+    """One `systemctl show` for every sleeping site's instances (a call per
+    site made audit of 313 sleeping sites take 10 s of CPU), each site's
+    block read as its own."""
+    out = "\n\n".join(f"ActiveState={state}\nActiveEnterTimestamp=@1700000000\n"
+                      f"InactiveEnterTimestamp=@1700000900"
+                      for state in ("inactive", "active", "inactive")) + "\n"
+    host, runner = make_host(root, [(["systemctl", "show"], 0, out)])
+    naps = [Site(f"nap{i}", i, domains=[f"nap{i}.test"], components=["frontend"],
+                 ports=units.ports_for(i, ["frontend"]), sleep_after=900,
+                 live=Live("r1", 0, True), releases={"r1": RUNS}) for i in range(3)]
+    rows = usage.collect(host, naps, interval=0, with_sizes=False)
+    assert [r["sleep"]["state"] for r in rows] == ["asleep", "awake", "asleep"]
+    shows = [c for c in runner.calls if c[:2] == ["systemctl", "show"]]
+    assert len(shows) == 1 and shows[0][-3:] == [units.live_web(s)[0] for s in naps]
+
+
 def test_sleep_state_reads_wakes_and_the_last_request_without_touching_the_site(root):
     host, _ = make_host(root, [(["systemctl", "show"], 0,
                                 "ActiveState=inactive\nActiveEnterTimestamp=@1700000000\n"
