@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Callable, NotRequired, TypedDict, cast
 from urllib.parse import urlsplit
 
-from . import (access, backup, distro, envfile, firewall, hardening, instances, journal, layout,
+from . import (access, backup, distro, drains, envfile, firewall, hardening, instances, journal, layout,
                logrotate, network, nftables, nginx, parts, php, postgres, redis, registry, sysctl,
                outdated, systemd, tls, units, usage, users, verify)
 from .errors import CommandError, SiteopsError
@@ -210,6 +210,7 @@ def expected_files(host: Host, site: Site, nginx_version: tuple[int, ...],
     files[str(host.paths.logrotate(name))] = logrotate.config(host, site)
     if php.runs_fpm(site):
         files[str(host.paths.php_fpm_conf)] = php.conf_text()
+    files.update({str(path): text for path, text in drains.files(host, [site]).items()})
     if env_text:
         files[str(host.paths.redis_conf(name))] = redis.site_conf(
             host, site, envfile.passwords(env_text)[1])

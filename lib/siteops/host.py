@@ -411,20 +411,28 @@ class Host:
         For a file its tool can check alone (visudo -c -f, nft -c -f, logrotate)."""
         if self.read(path) == text:
             return self.write(path, text, mode, owner, group)  # at most its mode
-        if not self.dry_run:
-            candidate = self.paths.state / "candidates" / path.name
-            safefs.ensure_dir(candidate.parent, 0o700, 0, 0)
-            safefs.write(candidate, text.encode(), mode, uid_of(owner), gid_of(group))
-            try:
-                res = self.query([str(candidate) if a == CANDIDATE else a for a in check],
-                                 ok=range(256))
-            finally:
-                safefs.remove(candidate)
-            if res.code != 0:
-                lines = (res.err or res.out).strip().splitlines() or ["no output"]
-                raise SiteopsError(f"{what}: the new {path} fails `{check[0]}`'s check, so "
-                                   f"it was not written: {lines[-1]}")
+        self.check_candidate(path.name, text, check, f"{what}: the new {path}")
         return self.write(path, text, mode, owner, group)
+
+    def check_candidate(self, name: str, text: str, check: Sequence[str], what: str,
+                        mode: int = 0o600, owner: str = "root", group: str = "root") -> None:
+        """Run check on text in a root-only candidate file called name
+        (CANDIDATE in check stands for it); SiteopsError if it fails. Nothing
+        is run in a dry run."""
+        if self.dry_run:
+            return
+        candidate = self.paths.state / "candidates" / name
+        safefs.ensure_dir(candidate.parent, 0o700, 0, 0)
+        safefs.write(candidate, text.encode(), mode, uid_of(owner), gid_of(group))
+        try:
+            res = self.query([str(candidate) if a == CANDIDATE else a for a in check],
+                             ok=range(256))
+        finally:
+            safefs.remove(candidate)
+        if res.code != 0:
+            lines = (res.err or res.out).strip().splitlines() or ["no output"]
+            raise SiteopsError(f"{what} fails `{check[0]}`'s check, so it was not written: "
+                               f"{lines[-1]}")
 
     def snapshot(self, path: Path) -> tuple | None:
         """What path is now (file text and metadata, or symlink target), for put_back."""

@@ -148,7 +148,7 @@ def ensure_dropins(host: Host, site: Site, rid: str, record: Release,
         for path, text in files.items():
             host.write(path, text)
     if outcome.changed:
-        host.run(["systemctl", "daemon-reload"])
+        systemd.reload_for(host, names)
     return names
 
 

@@ -123,6 +123,15 @@ class Event:
 
 
 @dataclass
+class Drain:
+    """A collector the site's logs are shipped to (logs NAME drain add)."""
+    url: str                      # syslog+tls://HOST:PORT, or syslog://HOST:PORT (plain)
+    ca: str | None = None         # PEM of the CA the collector's certificate must chain to
+    added: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Maintenance:
     """The site answers 503 with this message (maintenance NAME on)."""
     message: str = ""
@@ -217,6 +226,7 @@ class Site:
     forwarded_by: list[str] = field(default_factory=list)  # hosts whose visitor address it trusts
     held: bool = False  # its workers and timers do not run (move-site)
     sleep_after: int | None = None  # seconds without a request, then it sleeps; None: never
+    drains: list[Drain] = field(default_factory=list)  # where its logs are shipped
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -291,7 +301,7 @@ def _checked(tp: Any, value: Any, where: str) -> Any:
 # Fields added after schema 2, written only when not at their default: the
 # registry of a host that never uses them stays as it was, byte for byte.
 LATER_FIELDS: dict[type, tuple[str, ...]] = {
-    Move: ("maintenance",), Live: ("doors",), Site: ("sleep_after",),
+    Move: ("maintenance",), Live: ("doors",), Site: ("sleep_after", "drains"),
     Release: ("web_root", "php")}
 
 

@@ -184,6 +184,24 @@ class Paths:
         return self.etc / "php-fpm.conf"
 
     @property
+    def rsyslog_d(self) -> Path:
+        return self.p("/etc/rsyslog.d")
+
+    @property
+    def rsyslog_shared(self) -> Path:
+        """What every site's log drain uses (drains.py)."""
+        return self.rsyslog_d / "50-siteops.conf"
+
+    def rsyslog_site(self, name: str) -> Path:
+        """Site name's log drains, for rsyslog."""
+        return self.rsyslog_d / f"60-siteops-{name}.conf"
+
+    @property
+    def drains_dir(self) -> Path:
+        """The CA certificates drains verify their collectors with."""
+        return self.etc / "drains"
+
+    @property
     def actions_log(self) -> Path:
         """One JSON line per command run (cli) and per tenant request (tenant)."""
         return self.log_dir / "actions.jsonl"

@@ -51,6 +51,9 @@ rm -f "$tmp/tmp/pnpm.tgz"
 umount "$tmp/proc"
 rm -f "$tmp/usr/sbin/policy-rc.d"
 chroot "$tmp" apt-get clean
+# rsyslog is there for the log drains' tests (the box has no network to install
+# it): off, as on a host that never had a drain, until the first drain starts it.
+chroot "$tmp" systemctl disable --quiet rsyslog.service
 # A root password is not needed: tests enter the box with nsenter.
 echo siteops-box > "$tmp/etc/hostname"
 printf '127.0.0.1 localhost siteops-box\n::1 localhost\n' > "$tmp/etc/hosts"

@@ -19,6 +19,8 @@ def parsers(name: str):
     """The command's parser and its subcommands' parsers."""
     module = importlib.import_module(f"siteops.commands.{name.replace('-', '_')}")
     stack = [module.build_parser()]
+    if hasattr(module, "build_drain_parser"):  # logs NAME drain ...
+        stack.append(module.build_drain_parser())
     while stack:
         p = stack.pop()
         yield p

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from siteops import hardening, logrotate, nftables, nginx, php, sysctl, systemd, users
-from siteops.model import Job, Limits, Live, Maintenance, Move, Release, Site, Tls
+from siteops import drains, hardening, logrotate, nftables, nginx, php, sysctl, systemd, users
+from siteops.model import Drain, Job, Limits, Live, Maintenance, Move, Release, Site, Tls
 from siteops.paths import TEMPLATES, Paths
 from siteops.host import Host
 from siteops.templates import render
@@ -107,6 +107,12 @@ def renders():
     yield "fail2ban-jail.local", render("fail2ban/jail.local",
                                         site_error_logs=Paths().of("*").nginx_error_log)
     yield "sysctl-90-siteops.conf", sysctl.conf_text()
+    # Log drains: one over TLS with its own CA, one with the system's CAs, one plain.
+    drained = SITE.copy(drains=[Drain("syslog+tls://logs.example.com:6514", "PEM"),
+                                Drain("syslog+tls://logs.papertrailapp.com:12345"),
+                                Drain("syslog://10.0.0.5:514")])
+    for path, text in drains.files(HOST, [drained]).items():
+        yield f"rsyslog-{path.name}", text
     for template in sorted(set(hardening.FILES.values())):
         yield template.replace("/", "-"), render(template, deploy_home="/home/deploy")
 

@@ -9,7 +9,7 @@ import sys
 
 from .. import (access, checks, cli, fleet, envfile, facts, instances, journal, layout, logrotate, model,
                 nftables, nginx, notify, postgres, redis, registry, releases, systemd, validate)
-from .. import php, site_checks, units
+from .. import drains, php, site_checks, units
 from ..ops import sites as sites_op
 from ..errors import UsageError
 from ..model import Site
@@ -118,6 +118,7 @@ def repair(host: Host, site: Site, kinds: set[str]) -> None:
         systemd.ensure_jobs(host, site)
         if php.runs_fpm(site):
             php.ensure_conf(host, php.version(host) or "")
+        drains.ensure(host, list(registry.load(host).sites.values()))
         site = instances.refresh(host, site, changed,
                                  force=restart or not instances.dropins_match(host, site))
     if "unit" in kinds:

@@ -1,14 +1,17 @@
-"""logs: a site's app, worker, job and nginx logs, one prefix per source."""
+"""logs: a site's app, worker, job and nginx logs, one prefix per source;
+`logs NAME drain ...`: where they are shipped (drains.py)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from .. import cli, registry, safefs, validate
+from .. import cli, drains, registry, safefs, validate
+from ..ops import drains as drains_op
 from ..logfiles import tail
 from ..errors import UsageError
 from ..host import Host, clean
@@ -25,6 +28,9 @@ name, or a kind: web, worker, job, nginx.
 
 Logs are opened without following any link the site's user could have
 planted, so the deploy user may run it through its sudo rule.
+
+`logs NAME drain add|list|remove` ships the same files to a collector as
+they are written (see `logs NAME drain --help` and docs/logs.md).
 """
 
 EPILOG = """\
@@ -32,6 +38,35 @@ examples:
   sudo logs shop                 the last 20 lines of every log of shop
   sudo logs shop mail -f         follow the workers of type mail
   sudo logs shop nginx -n 100
+  sudo logs shop drain add syslog+tls://logs.example.com:6514
+"""
+
+DRAIN_DESCRIPTION = """\
+Ship site NAME's logs (the files `logs NAME` prints) to a collector, as
+they are written: RFC 5424 syslog records over TLS (RFC 5425 framing), one
+program name per log file (NAME.frontend, NAME.nginx-access,
+NAME.worker-mail, ...), the host in each record's HOSTNAME and the site in
+its structured data [siteops@32473 site="NAME"]. rsyslog, the
+distribution's, does the shipping (installed with the first drain); each
+drain has its own queue: a collector that is down gets what was written
+meanwhile when it is back, in order, up to 256 MB per drain (then new lines
+are dropped, never the host's disk filled). Lines written before the drain
+was added are not sent.
+
+  add URL     syslog+tls://HOST:PORT: the collector's certificate must name
+              HOST and chain to --ca FILE (PEM), else to the system's CAs;
+              syslog://HOST:PORT sends the logs readable by anyone on the
+              way, and needs --plain
+  list        the site's drains (--json)
+  remove URL  stop shipping there (what its queue still holds is dropped)
+"""
+
+DRAIN_EPILOG = """\
+examples:
+  sudo logs shop drain add syslog+tls://logs.example.com:6514 --ca /root/collector-ca.pem
+  sudo logs shop drain add syslog://10.0.0.5:514 --plain
+  sudo logs shop drain list
+  sudo logs shop drain remove syslog://10.0.0.5:514
 """
 
 KINDS = {"web": ("frontend", "api"), "worker": ("worker",), "job": ("job",), "nginx": ("nginx",)}
@@ -46,6 +81,55 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lines of each log to print first (default 20)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     return p
+
+
+def build_drain_parser() -> argparse.ArgumentParser:
+    p = cli.parser("logs NAME drain", DRAIN_DESCRIPTION, DRAIN_EPILOG)
+    p.add_argument("name", type=validate.site_name, help="the site")
+    p.add_argument("drain", choices=["drain"], help=argparse.SUPPRESS)
+    p.add_argument("action", choices=["add", "list", "remove"])
+    p.add_argument("url", nargs="?", help="the collector (add, remove)")
+    p.add_argument("--ca", metavar="FILE", help="add: the PEM certificate of the CA the "
+                   "collector's certificate must chain to (default: the system's CAs)")
+    p.add_argument("--plain", action="store_true",
+                   help="add: allow a syslog:// URL (no encryption, no check of the collector)")
+    p.add_argument("--json", action="store_true", help="list: as JSON")
+    return p
+
+
+def run_drain(host: Host, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        if args.url or args.ca or args.plain:
+            raise UsageError("drain list takes no URL, --ca or --plain")
+        site = registry.get_site(registry.load(host), args.name)
+        rows = [{"url": d.url, "ca": "given" if d.ca else "system", "added": d.added}
+                for d in site.drains]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        elif not rows:
+            print(f"site {site.name} has no drain")
+        for row in [] if args.json else rows:
+            print(f"{row['url']}  (CA: {row['ca']}, added {row['added']})")
+        return 0
+    if not args.url:
+        raise UsageError(f"drain {args.action} needs the collector's URL")
+    if args.action == "remove":
+        if args.ca or args.plain:
+            raise UsageError("drain remove takes only the URL")
+        drains_op.remove(host, args.name, args.url)
+        host.say(f"site {args.name}: no longer shipped to {args.url}")
+        return 0
+    ca = None
+    if args.ca:
+        try:
+            ca = Path(args.ca).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--ca {args.ca}: {exc}") from None
+    site = drains_op.add(host, args.name, args.url, ca, args.plain)
+    if host.dry_run:
+        host.say(drains.site_conf(host, site))
+    host.say(f"site {args.name}: its logs are shipped to {args.url}")
+    return 0
 
 
 def source(filename: str) -> str:
@@ -119,4 +203,7 @@ def follow(logs: Path, opened: dict[str, tuple], process: str | None, width: int
 
 
 def main(argv: list[str] | None = None, host: Host | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if [a for a in argv if not a.startswith("-")][1:2] == ["drain"]:
+        return cli.main("logs", build_drain_parser(), run_drain, argv, host)
     return cli.main("logs", build_parser(), run, argv, host)

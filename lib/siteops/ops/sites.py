@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .. import (access, backup, distro, envfile, fail2ban, instances, layout, logrotate, model,
+from .. import (access, backup, distro, drains, envfile, fail2ban, instances, layout, logrotate, model,
                 network, nftables, nginx, parts, postgres, redis, registry, systemd, tls, units,
                 users, validate)
 from ..errors import SiteopsError, UsageError
@@ -173,6 +173,7 @@ def provision(host: Host, site: Site, db_port: int, sites: list[Site]) -> list[s
     ensure_running(host, site)
     reloaded = nginx.ensure_site(host, site)
     logrotate.ensure_site(host, site)
+    drains.ensure(host, sites)  # a restored or moved site's drains
     if reloaded:  # its nginx file changed: a new error log, maybe
         with host.step("fail2ban watches the site's nginx error log"):
             fail2ban.reload(host)
@@ -315,6 +316,7 @@ def remove_site(host: Host, name: str, *, keep_data: bool = False, final_backup:
         others = [s for s in data.sites.values() if s.name != name]
         with host.step("loopback port ownership (nftables)"):
             nftables.ensure(host, others)
+        drains.ensure(host, others)
         if name in data.sites:
             del data.sites[name]
             registry.save(host, data)

@@ -1,0 +1,182 @@
+"""Log drains: a site's logs shipped to collectors by the distribution's
+rsyslog (imfile reads the files `logs NAME` reads, omfwd sends RFC 5424
+records over TLS with RFC 5425 octet-counted framing, each drain through
+a disk-assisted queue of its own).
+
+siteops renders /etc/rsyslog.d/50-siteops.conf (imfile, the record's
+template) and one 60-siteops-NAME.conf per site with drains, and each
+drain's CA certificate under /etc/siteops/drains/; the whole set is
+checked with `rsyslogd -N1` before any of it is written, and rsyslog
+restarted once (it has no reload). A run stopped between the files and
+the restart leaves a note, so the next run restarts even though the files
+then look unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from . import packages
+from .errors import UsageError
+from .host import CANDIDATE, Host
+from .model import Drain, Site
+from .templates import render
+
+PACKAGES = ("rsyslog", "rsyslog-gnutls")
+SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"
+QUEUE_MEMORY = 20000       # records held in memory per drain before the disk takes them
+QUEUE_DISK = "256m"        # per drain: past it, new records are dropped (and counted)
+SPOOL = "/var/spool/rsyslog"  # Debian's and Ubuntu's rsyslog work directory
+HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a drain's URL points."""
+    tls: bool
+    host: str
+    port: int
+
+
+def parse_url(url: str, plain: bool = False) -> Target:
+    """A drain's URL checked: syslog+tls://HOST:PORT, or syslog://HOST:PORT
+    only with plain (its records cross the network readable)."""
+    usage = "a drain is syslog+tls://HOST:PORT (or syslog://HOST:PORT with --plain)"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UsageError(f"{usage}; {url!r}: {exc}") from None
+    if parts.scheme not in ("syslog+tls", "syslog"):
+        raise UsageError(f"{usage}, not {url!r}")
+    if parts.username or parts.password or parts.query or parts.fragment \
+            or parts.path not in ("", "/"):
+        raise UsageError(f"{usage}: nothing after the port, no user or password ({url!r})")
+    host = (parts.hostname or "").lower()
+    if port is None or not host:
+        raise UsageError(f"{usage}: {url!r} lacks the " + ("port" if host else "host"))
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not HOSTNAME.match(host):
+            raise UsageError(f"{usage}: {host!r} is not a host name") from None
+    if parts.scheme == "syslog" and not plain:
+        raise UsageError(f"{url} sends the site's logs unencrypted: use syslog+tls://, or pass "
+                         "--plain to say that is meant")
+    if parts.scheme == "syslog+tls" and plain:
+        raise UsageError("--plain is for syslog:// URLs only")
+    return Target(parts.scheme == "syslog+tls", host, port)
+
+
+def check_ca(host: Host, text: str) -> str:
+    """The CA file's text, if it is PEM certificates only (openssl reads the
+    first); UsageError otherwise."""
+    if "PRIVATE KEY" in text:
+        raise UsageError("the --ca file holds a private key: give only the CA's certificate")
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise UsageError("the --ca file is not a PEM certificate")
+    try:
+        host.check_candidate("drain-ca.pem", text, ["openssl", "x509", "-noout", "-in", CANDIDATE],
+                             "the --ca file")
+    except Exception as exc:
+        raise UsageError(str(exc)) from None
+    return text
+
+
+def drain_id(site: str, url: str) -> str:
+    """A drain's stable name: its queue's and CA file's (NAME-HASH of its URL)."""
+    return f"{site}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+
+
+def ca_path(host: Host, site: str, drain: Drain) -> Path:
+    return host.paths.drains_dir / f"{drain_id(site, drain.url)}.pem"
+
+
+def site_conf(host: Host, site: Site) -> str:
+    """The site's rsyslog file: its logs read, each drain's action."""
+    logs = host.paths.of(site.name).logs
+    actions = []
+    for drain in site.drains:
+        target = parse_url(drain.url, plain=drain.url.startswith("syslog:"))
+        tls = ""
+        if target.tls:
+            ca = ca_path(host, site.name, drain) if drain.ca else SYSTEM_CAS
+            tls = ('\n           StreamDriver="gtls" StreamDriverMode="1" '
+                   'StreamDriverAuthMode="x509/name"\n'
+                   f'           StreamDriverPermittedPeers="{target.host}" '
+                   f'StreamDriver.CAFile="{ca}"')
+        actions.append(render("rsyslog/action.conf", url=drain.url,
+                              id=drain_id(site.name, drain.url), target=target.host,
+                              port=target.port, tls=tls, memory=QUEUE_MEMORY, disk=QUEUE_DISK))
+    return render("rsyslog/site.conf", name=site.name, logs=logs, field=len(logs.parts) + 1,
+                  actions="".join(actions))
+
+
+def files(host: Host, sites: list[Site]) -> dict[Path, str]:
+    """Every file of the drains of sites (all the registry's): the shared
+    file, each site's, each drain's CA; none when no site has a drain."""
+    out: dict[Path, str] = {}
+    for site in sites:
+        if site.drains:
+            out[host.paths.rsyslog_site(site.name)] = site_conf(host, site)
+            out.update({ca_path(host, site.name, d): d.ca for d in site.drains if d.ca})
+    if out:
+        out[host.paths.rsyslog_shared] = render("rsyslog/siteops.conf")
+    return out
+
+
+def stale(host: Host, wanted: dict[Path, str]) -> list[Path]:
+    """siteops's drain files that no drain wants any more."""
+    found = [*host.paths.rsyslog_d.glob("60-siteops-*.conf"),
+             *(host.paths.drains_dir.glob("*.pem") if host.paths.drains_dir.is_dir() else [])]
+    shared = host.paths.rsyslog_shared
+    found += [shared] if shared.exists() else []
+    return sorted(p for p in found if p not in wanted)
+
+
+def pending_marker(host: Host) -> Path:
+    return host.paths.state / "rsyslog-restart-pending"
+
+
+def ensure(host: Host, sites: list[Site]) -> bool:
+    """rsyslog ships every drain of sites (all the registry's) and nothing
+    else of siteops's: the files checked together with `rsyslogd -N1`,
+    written, rsyslog restarted if any changed. True if it was."""
+    wanted = files(host, sites)
+    gone = stale(host, wanted)
+    changed = [p for p, text in wanted.items() if host.read(p) != text]
+    pending = pending_marker(host).exists()
+    if not (changed or gone or pending):
+        return False
+    with host.step("rsyslog: the log drains' files, checked together (rsyslogd -N1)"):
+        if wanted:
+            packages.install(host, packages.missing(host, PACKAGES))
+            for path, text in wanted.items():  # the CAs first: the check reads them
+                if path.suffix == ".pem":
+                    host.ensure_dir(path.parent, 0o755)
+                    host.write(path, text, 0o644)
+            shared = host.paths.rsyslog_shared  # first: it loads imfile, defines the template
+            confs = [wanted[shared]] + [text for p, text in sorted(wanted.items())
+                                        if p.suffix == ".conf" and p != shared]
+            host.check_candidate("rsyslog-siteops.conf",
+                                 f'global(workDirectory="{SPOOL}")\n' + "\n".join(confs),
+                                 ["rsyslogd", "-N1", "-f", CANDIDATE],
+                                 "the log drains' rsyslog configuration")
+        host.ensure_dir(host.paths.state, 0o700)
+        host.write(pending_marker(host), "a restart of rsyslog is due\n", 0o600)
+        for path, text in wanted.items():
+            host.write(path, text, 0o644)
+        for path in gone:
+            host.remove(path)
+    with host.step("rsyslog restarted (it has no reload)"):
+        if wanted:
+            host.run(["systemctl", "enable", "--quiet", "rsyslog"])
+            host.run(["systemctl", "restart", "rsyslog"])
+        elif host.query(["systemctl", "is-active", "--quiet", "rsyslog"], ok=range(256)).code == 0:
+            host.run(["systemctl", "restart", "rsyslog"])
+        host.remove(pending_marker(host))
+    return True
