@@ -76,7 +76,7 @@ def received(box) -> list[str]:
 
 def ticks(lines: list[str], site: str = "shop") -> list[int]:
     return [int(m.group(1)) for line in lines
-            if (m := re.search(rf" {site}\.worker-tick - - \S+ tick (\d+)$", line))]
+            if (m := re.search(rf" {site}\.worker-tick - - \[[^]]*\] tick (\d+)$", line))]
 
 
 def until(check, what, timeout: float = 30):

@@ -39,6 +39,10 @@ ALLOWED = [
     ("maintenance blog on --message 'Back at 14:00' --retry-after 600", "maintenance",
      "deploy"),
     ("maintenance blog off", "maintenance", "deploy"),
+    ("logs blog drain add syslog+tls://logs.example.com:6514 --ca -", "logs drain", "deploy"),
+    ("logs blog drain add syslog://10.0.0.5:514 --plain", "logs drain", "deploy"),
+    ("logs blog drain remove syslog://10.0.0.5:514", "logs drain", "deploy"),
+    ("logs blog drain list --json", "logs drain", "deploy"),
 ]
 SPECIAL = [
     ("git-receive-pack 'blog'", "git-receive-pack", "deploy"),
@@ -105,6 +109,12 @@ HOSTILE = [
     "git-receive-pack '~/blog'", "git-receive-pack 'blog/../shop'", "git-receive-pack",
     "git-receive-pack blog shop", "git-receive-pack '/blog/'", "git-receive-pack '-blog'",
     "git-receive-pack '--upload-pack=id'",
+    # Drains: a CA only on stdin (a path would have root read a file), and the
+    # same flags as root's parser has, nothing more.
+    "logs blog drain add syslog+tls://l.example:6514 --ca /etc/shadow",
+    "logs blog drain add syslog+tls://l.example:6514 --ca=/root/key.pem",
+    "logs blog drain add syslog+tls://l.example:6514 --debug", "logs blog drain rm x",
+    "logs blog drain add syslog+tls://l.example:6514 x", "logs blog drain --trace list",
 ]
 
 
@@ -116,6 +126,7 @@ def test_hostile_requests_are_refused_in_one_line(asked):
 
 
 @pytest.mark.parametrize("asked", ["deploy shop", "logs shop", "git-receive-pack 'shop'",
+                                   "logs shop drain add syslog://10.0.0.5:514 --plain",
                                    "sites show shop", "config shop --show", "backup shop",
                                    "backup --list shop", "rollback shop"])
 def test_another_sites_name_is_refused(asked):
@@ -125,7 +136,8 @@ def test_another_sites_name_is_refused(asked):
 
 @pytest.mark.parametrize("asked", ["deploy blog", "rollback blog", "config blog",
                                    "config blog set A", "backup blog", "git-receive-pack 'blog'",
-                                   "rollback blog --list"])
+                                   "rollback blog --list", "logs blog drain list",
+                                   "logs blog drain add syslog://10.0.0.5:514 --plain"])
 def test_a_read_key_may_not_change_or_see_configuration(asked):
     with pytest.raises(tenant.Refused, match="read role on blog"):
         tenant.authorize(tenant.parse(asked), READER)

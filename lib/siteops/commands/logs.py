@@ -87,10 +87,11 @@ def build_drain_parser() -> argparse.ArgumentParser:
     p = cli.parser("logs NAME drain", DRAIN_DESCRIPTION, DRAIN_EPILOG)
     p.add_argument("name", type=validate.site_name, help="the site")
     p.add_argument("drain", choices=["drain"], help=argparse.SUPPRESS)
-    p.add_argument("action", choices=["add", "list", "remove"])
+    p.add_argument("action", nargs="?", choices=["add", "list", "remove"])
     p.add_argument("url", nargs="?", help="the collector (add, remove)")
     p.add_argument("--ca", metavar="FILE", help="add: the PEM certificate of the CA the "
-                   "collector's certificate must chain to (default: the system's CAs)")
+                   "collector's certificate must chain to (default: the system's CAs); "
+                   "- reads it from standard input")
     p.add_argument("--plain", action="store_true",
                    help="add: allow a syslog:// URL (no encryption, no check of the collector)")
     p.add_argument("--json", action="store_true", help="list: as JSON")
@@ -98,6 +99,8 @@ def build_drain_parser() -> argparse.ArgumentParser:
 
 
 def run_drain(host: Host, args: argparse.Namespace) -> int:
+    if args.action is None:
+        raise UsageError("drain needs add, list or remove (see logs NAME drain --help)")
     if args.action == "list":
         if args.url or args.ca or args.plain:
             raise UsageError("drain list takes no URL, --ca or --plain")
@@ -120,7 +123,9 @@ def run_drain(host: Host, args: argparse.Namespace) -> int:
         host.say(f"site {args.name}: no longer shipped to {args.url}")
         return 0
     ca = None
-    if args.ca:
+    if args.ca == "-":
+        ca = sys.stdin.read()
+    elif args.ca:
         try:
             ca = Path(args.ca).read_text()
         except (OSError, UnicodeDecodeError) as exc:

@@ -15,6 +15,9 @@ in one line with nothing changed. Every use is appended to the action log.
   backup NAME
   maintenance NAME [on [--message TEXT] [--retry-after S] | off]
   git push deploy@HOST:NAME REF                    deploys the pushed commit
+  logs NAME drain add URL [--ca -] [--plain]       the CA's PEM on stdin
+  logs NAME drain remove URL
+  logs NAME drain list [--json]
   logs NAME [PROCESS] [-n N] [-f]                  role read
   sites show NAME [--json]
   sites usage NAME [--json]
@@ -70,6 +73,7 @@ class Allowed:
     reads: frozenset[str] = frozenset()      # options that make it a read
     check: Callable[[argparse.Namespace], object] | None = None   # the values a tenant may give
     prefix: tuple[str, ...] = ()             # words of the command before NAME
+    suffix: tuple[str, ...] = ()             # and the words after it it always has
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,12 @@ def _logs(args: argparse.Namespace) -> None:
         raise Refused(f"invalid process name {args.process!r}")
     if not 0 <= args.lines <= MAX_LINES:
         raise Refused(f"invalid -n {args.lines}: a number from 0 to {MAX_LINES}")
+
+
+def _drain(args: argparse.Namespace) -> None:
+    """A tenant's CA comes on stdin: a path would have root read a file for it."""
+    if args.ca not in (None, "-"):
+        raise Refused("--ca takes '-' with a tenant key: the CA's PEM on standard input")
 
 
 def _config(args: argparse.Namespace) -> None:
@@ -115,6 +125,9 @@ ALLOWED: dict[str, Allowed] = {
                       frozenset({"list", "json"}), reads=frozenset({"list"})),
     "logs": Allowed(logs.main, logs.build_parser, READ_ROLE,
                     frozenset({"process", "lines", "follow"}), check=_logs),
+    "logs drain": Allowed(logs.main, logs.build_drain_parser, DEPLOY_ROLE,
+                          frozenset({"action", "url", "ca", "plain", "json", "dry_run"}),
+                          check=_drain, suffix=("drain",)),
     "maintenance": Allowed(maintenance.main, maintenance.build_parser, DEPLOY_ROLE,
                            frozenset({"state", "message", "retry_after", "dry_run"})),
     "sites show": _sites("show"),
@@ -157,6 +170,8 @@ def parse(command: str | None) -> Request:
     verb = words[0]
     if verb == "sites" and len(words) > 1:
         verb = f"sites {words[1]}"
+    if verb == "logs" and words[2:3] == ["drain"]:
+        verb = "logs drain"
     allowed = ALLOWED.get(verb)
     if allowed is None:
         raise Refused(f"{verb!r} is not a command a tenant key may run (ssh ... help lists them)")
@@ -168,7 +183,7 @@ def parse(command: str | None) -> Request:
     if len(names) != 1:
         raise Refused(f"{verb} takes one site's name, not {len(names)}")
     site = names[0]
-    plain = vars(_parsed(allowed, (*allowed.prefix, site)))
+    plain = vars(_parsed(allowed, (*allowed.prefix, site, *allowed.suffix)))
     given = {dest for dest, value in vars(args).items() if plain.get(dest, MISSING) != value}
     refused = sorted(given - allowed.options - {"name", "names"})
     if refused:
