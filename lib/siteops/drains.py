@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
+import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import packages
+from . import packages, safefs
+from .logfiles import backwards
 from .errors import UsageError
 from .host import CANDIDATE, Host
 from .model import Drain, Site
@@ -31,6 +35,10 @@ SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"
 QUEUE_MEMORY = 20000       # records held in memory per drain before the disk takes them
 QUEUE_DISK = "256m"        # per drain: past it, new records are dropped (and counted)
 SPOOL = "/var/spool/rsyslog"  # Debian's and Ubuntu's rsyslog work directory
+STATS_INTERVAL = 60        # seconds between two of rsyslog's statistics records
+# A drain is failing when it has delivered nothing for this long while records
+# wait in its queue (SITEOPS_DRAIN_FAILING_AFTER: shorter, for the tests only).
+FAILING_AFTER = int(os.environ.get("SITEOPS_DRAIN_FAILING_AFTER", "3600"))
 HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
 
@@ -125,7 +133,10 @@ def files(host: Host, sites: list[Site]) -> dict[Path, str]:
             out[host.paths.rsyslog_site(site.name)] = site_conf(host, site)
             out.update({ca_path(host, site.name, d): d.ca for d in site.drains if d.ca})
     if out:
-        out[host.paths.rsyslog_shared] = render("rsyslog/siteops.conf")
+        out[host.paths.rsyslog_shared] = render("rsyslog/siteops.conf", interval=STATS_INTERVAL,
+                                                stats=host.paths.drain_stats)
+        out[host.paths.logrotate_drains] = render("logrotate/drains",
+                                                  stats=host.paths.drain_stats)
     return out
 
 
@@ -133,8 +144,7 @@ def stale(host: Host, wanted: dict[Path, str]) -> list[Path]:
     """siteops's drain files that no drain wants any more."""
     found = [*host.paths.rsyslog_d.glob("60-siteops-*.conf"),
              *(host.paths.drains_dir.glob("*.pem") if host.paths.drains_dir.is_dir() else [])]
-    shared = host.paths.rsyslog_shared
-    found += [shared] if shared.exists() else []
+    found += [p for p in (host.paths.rsyslog_shared, host.paths.logrotate_drains) if p.exists()]
     return sorted(p for p in found if p not in wanted)
 
 
@@ -161,7 +171,8 @@ def ensure(host: Host, sites: list[Site]) -> bool:
                     host.write(path, text, 0o644)
             shared = host.paths.rsyslog_shared  # first: it loads imfile, defines the template
             confs = [wanted[shared]] + [text for p, text in sorted(wanted.items())
-                                        if p.suffix == ".conf" and p != shared]
+                                        if p.suffix == ".conf" and p != shared
+                                        and p.parent == shared.parent]
             host.check_candidate("rsyslog-siteops.conf",
                                  f'global(workDirectory="{SPOOL}")\n' + "\n".join(confs),
                                  ["rsyslogd", "-N1", "-f", CANDIDATE],
@@ -180,3 +191,40 @@ def ensure(host: Host, sites: list[Site]) -> bool:
             host.run(["systemctl", "restart", "rsyslog"])
         host.remove(pending_marker(host))
     return True
+
+
+def failing(host: Host, now: float | None = None) -> dict[str, dict]:
+    """{drain id: {waiting, since}} of the drains that have delivered nothing
+    for FAILING_AFTER seconds while records waited in their queues, read
+    from the end of rsyslog's statistics: every record of that span shows
+    records waiting and no record leaving the queue."""
+    now = time.time() if now is None else now
+    fh = safefs.open_read(host.paths.drain_stats)
+    if fh is None:
+        return {}
+    samples: dict[str, list[tuple[float, int, int]]] = {}  # id: [(time, size, enqueued)]
+    with fh:
+        for line in backwards(fh):
+            stamp, sep, body = line.decode(errors="replace").partition(": {")
+            try:
+                at = time.mktime(time.strptime(stamp, "%a %b %d %H:%M:%S %Y"))
+                record = json.loads("{" + body) if sep else {}
+            except (ValueError, OverflowError):
+                continue
+            if at < now - FAILING_AFTER - 2 * STATS_INTERVAL:
+                break
+            name = str(record.get("name", ""))
+            if record.get("origin") == "core.queue" and name.startswith("siteops-") \
+                    and name.endswith(" queue"):
+                samples.setdefault(name.removeprefix("siteops-").removesuffix(" queue"),
+                                   []).append((at, int(record.get("size", 0)),
+                                               int(record.get("enqueued", 0))))
+    out = {}
+    for drain, seen in samples.items():
+        seen.sort()
+        first, last = seen[0], seen[-1]
+        left = (last[2] - first[2]) - (last[1] - first[1])  # records that left the queue
+        if last[0] - first[0] >= FAILING_AFTER - STATS_INTERVAL and left <= 0 \
+                and all(size > 0 for _, size, _ in seen):
+            out[drain] = {"waiting": last[1], "since": first[0]}
+    return out

@@ -31,6 +31,8 @@ below; the checks in checks.py and site_checks.py take them):
     postgres_unit the cluster's unit
     disk          {used_pct}
     du            {site root: bytes}
+    drains_failing {drain id: {waiting, since}}: drains that delivered nothing
+                  for an hour while records waited (rsyslog's statistics)
     sites         {name: {user: {uid, gid, shell, home} | null,
                           tree: {path: STAT}, env: STAT | null,
                           current: STAT + {link, target_exists} | null, releases: [id],
@@ -119,6 +121,7 @@ class Facts(TypedDict):
     disk: dict[str, float]
     usage: dict[str, dict]
     sites: dict[str, SiteFacts]
+    drains_failing: dict[str, dict]
     backup: dict[str, Any]
     exposure: dict[str, float]
     du: dict[str, int]
@@ -361,6 +364,7 @@ def gather(host: Host, sites: list[Site]) -> Facts:
         "disk": {"used_pct": round(100 * (1 - root_stat.f_bavail / root_stat.f_blocks), 1)
                  if root_stat.f_blocks else 0},
         "usage": {r["name"]: r for r in usage.collect(host, sites, interval=0, with_sizes=False)},
+        "drains_failing": drains.failing(host) if any(s.drains for s in sites) else {},
     }
     jobs = systemd.show_many(host, [u for s in sites for u in systemd.job_units(s)],
                              *systemd.JOB_PROPS)

@@ -197,6 +197,15 @@ class Paths:
         return self.rsyslog_d / f"60-siteops-{name}.conf"
 
     @property
+    def drain_stats(self) -> Path:
+        """rsyslog's statistics, a JSON record per queue and action a minute."""
+        return self.log_dir / "drains-stats.log"
+
+    @property
+    def logrotate_drains(self) -> Path:
+        return self.p("/etc/logrotate.d") / "siteops-log-drains"  # no site is named with a -
+
+    @property
     def drains_dir(self) -> Path:
         """The CA certificates drains verify their collectors with."""
         return self.etc / "drains"

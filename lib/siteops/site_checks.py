@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import difflib
 
-from . import access, layout, releases, units, usage
+from . import access, drains, layout, releases, units, usage
 from .checks import (BACKUP_CRIT_HOURS, BACKUP_WARN_HOURS, CRITICAL, LOOPBACK, MAX_EXPOSURE, OK,
                      TLS_CRIT_DAYS, TLS_WARN_DAYS, VERIFY_WARN_DAYS, WARNING, Finding, _f)
 from .facts import Facts, SiteFacts
@@ -37,6 +37,8 @@ def site_checks(host: Host, site: Site, facts: Facts) -> list[Finding]:
                   f"in maintenance since {m and m.since} ({m and m.by}): visitors get a 503",
                   WARNING, remedy=f"sudo maintenance {name} off, once the work is done"))
     out.append(move_check(site))
+    if site.drains:
+        out.append(drain_check(site, facts["drains_failing"]))
     if not facts["backup"]["error"]:
         out.append(backup_check(site, facts))
         out.append(verified_check(site, facts))
@@ -44,6 +46,19 @@ def site_checks(host: Host, site: Site, facts: Facts) -> list[Finding]:
     if du is not None:
         out.append(Finding(f"site.{name}.disk", OK, name, f"uses {du / 2**20:.1f} MiB"))
     return out
+
+
+def drain_check(site: Site, failing: dict[str, dict]) -> Finding:
+    """A drain that has delivered nothing for an hour while records waited."""
+    name = site.name
+    down = [(d.url, failing[drains.drain_id(name, d.url)]) for d in site.drains
+            if drains.drain_id(name, d.url) in failing]
+    return _f(f"site.{name}.drains", not down, name,
+              f"ships its logs to {len(site.drains)} collector(s)",
+              "; ".join(f"drain {url} has delivered nothing for {drains.FAILING_AFTER // 60} min "
+                        f"while {f['waiting']} records wait" for url, f in down),
+              WARNING, remedy="is the collector up, and does its certificate name its host and "
+                              "chain to the drain's CA? rsyslog says why: journalctl -t rsyslogd")
 
 
 def move_check(site: Site) -> Finding:

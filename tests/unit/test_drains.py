@@ -5,11 +5,12 @@ file removed; a restart left due by a stopped run carried out)."""
 
 import json
 import re
+import time
 
 import pytest
 
 from fakes import make_host, planned_commands
-from siteops import drains, model
+from siteops import drains, model, site_checks
 from siteops.commands import logs
 from siteops.errors import UsageError
 from siteops.model import Drain, Site
@@ -61,7 +62,7 @@ def test_files_name_each_drain_stably_and_only_for_sites_with_drains(root):
     both = drains.files(host, [site(URL, "syslog://10.0.0.5:514"), site(name="blog")])
     conf = both[host.paths.rsyslog_site("shop")]
     assert set(both) == {host.paths.rsyslog_shared, host.paths.rsyslog_site("shop"),
-                         drains.ca_path(host, "shop", Drain(URL))}
+                         drains.ca_path(host, "shop", Drain(URL)), host.paths.logrotate_drains}
     assert conf.count("action(") == 2 and "StreamDriverMode=\"1\"" in conf
     # A drain keeps its queue's name whatever is added or removed beside it.
     alone = drains.files(host, [site("syslog://10.0.0.5:514")])[host.paths.rsyslog_site("shop")]
@@ -100,6 +101,7 @@ def test_ensure_checks_everything_together_then_writes_and_restarts_once(root):
     assert drains.ensure(host, [site()]) is True
     assert not (root / "etc/rsyslog.d/60-siteops-shop.conf").exists()
     assert not (root / "etc/rsyslog.d/50-siteops.conf").exists()
+    assert not (root / "etc/logrotate.d/siteops-log-drains").exists()
     assert list((root / "etc/siteops/drains").iterdir()) == []
 
 
@@ -133,3 +135,36 @@ def test_drain_list_and_bad_input_through_the_command(root, capsys):
     assert logs.main(["shop", "drain", "remove", "--dry-run"], host) == 2
     assert "needs the collector's URL" in capsys.readouterr().err
     assert host.actions == []
+
+
+def stats_line(at: float, drain: str, size: int, enqueued: int) -> str:
+    stamp = time.strftime("%a %b %d %H:%M:%S %Y", time.localtime(at))
+    return (f'{stamp}: {{ "name": "siteops-{drain} queue", "origin": "core.queue", '
+            f'"size": {size}, "enqueued": {enqueued}, "full": 0 }}\n'
+            f'{stamp}: {{ "name": "siteops-{drain}", "origin": "core.action", "processed": 9 }}\n')
+
+
+def test_a_drain_that_delivered_nothing_for_an_hour_while_records_waited_is_failing(root):
+    host, _ = make_host(root)
+    now = time.time()
+    lines = []
+    for minute in range(70, -1, -1):
+        at = now - minute * 60
+        lines.append(stats_line(at, "shop-aaaa", 5 + (70 - minute), 100 + (70 - minute)))  # down
+        lines.append(stats_line(at, "shop-bbbb", 0, 100 + 70 - minute))         # delivers all
+        lines.append(stats_line(at, "blog-cccc", 3, 100 + (70 - minute) * 2))   # slow, delivers
+        lines.append(stats_line(at, "new-dddd", 4, 4) if minute < 10 else "")   # down 10 min
+    host.paths.drain_stats.parent.mkdir(parents=True)
+    host.paths.drain_stats.write_text("garbage line\n" + "".join(lines))
+    found = drains.failing(host, now)
+    assert set(found) == {"shop-aaaa"} and found["shop-aaaa"]["waiting"] == 75
+    assert drains.failing(host, now + 3 * 3600) == {}  # nothing read for hours: no verdict
+
+
+def test_audit_warns_of_a_failing_drain_only():
+    shop = site(URL, "syslog://10.0.0.5:514")
+    bad = drains.drain_id("shop", URL)
+    finding = site_checks.drain_check(shop, {bad: {"waiting": 75, "since": 0}})
+    assert finding.severity == "warning" and URL in finding.message and "75 records" in finding.message
+    assert "10.0.0.5" not in finding.message
+    assert site_checks.drain_check(shop, {"blog-1234": {"waiting": 1, "since": 0}}).severity == "ok"
