@@ -64,6 +64,7 @@ from urllib.parse import urlsplit
 from . import (access, backup, distro, drains, envfile, firewall, hardening, instances, journal, layout,
                logrotate, network, nftables, nginx, parts, php, postgres, redis, registry, sysctl,
                outdated, systemd, tls, units, usage, users, verify)
+from . import safefs
 from .errors import CommandError, SiteopsError
 from .model import Site
 from .host import Host, redact
@@ -139,25 +140,60 @@ def host_units(pg_unit: str) -> list[str]:
 
 
 def unit_states(host: Host, names: list[str]) -> dict[str, dict]:
-    """Active state of many units (names) from one `systemctl show`; enabled means the
+    """Active state of many units (names) from the manager's list of loaded
+    units (a unit not loaded is inactive); enabled means the
     multi-user.target.wants link that starts it at boot is there (read from
     disk: the manager's UnitFileState lags behind `enable --no-reload`)."""
-    shown = systemd.show_many(host, names, "ActiveState")
+    active = systemd.loaded(host)
     def wants(unit: str) -> Path:
         return host.paths.socket_wants if unit.endswith(".socket") else host.paths.boot_wants
-    return {u: {"active": shown.get(u, {}).get("ActiveState", ""),
+    return {u: {"active": active.get(u, "inactive"),
                 "enabled": "enabled" if (wants(u) / u).exists() else "not enabled"}
             for u in names}
 
 
 def exposure(host: Host, names: list[str]) -> dict[str, float]:
-    """`systemd-analyze security` exposure of each unit, from one call."""
+    """`systemd-analyze security` exposure of each unit, from one call for
+    the units whose files (or systemd-analyze itself) changed since the last
+    audit; the others' from the cache it keeps (a score depends on nothing
+    else, and scoring a thousand units takes seconds)."""
     if not names:
         return {}
-    out = host.query(["systemd-analyze", "security", "--no-pager", "--", *names],
-                     ok=range(256)).out
-    return {m.group(1): float(m.group(2))
-            for m in re.finditer(r"Overall exposure level for (\S+): ([\d.]+)", out)}
+    cache_path = host.paths.state / "exposure.json"
+    try:
+        cache = json.loads(host.read(cache_path) or "{}")
+    except json.JSONDecodeError:
+        cache = {}
+    tool = host.paths.p("/usr/bin/systemd-analyze")
+    stamp = (tool.stat().st_mtime_ns, tool.stat().st_size) if tool.exists() else None
+    keys = {u: unit_key(host, u, stamp) for u in names}
+    todo = [u for u in names if cache.get(u, {}).get("key") != keys[u]]
+    scores = {u: cache[u]["score"] for u in names if u not in todo}
+    if todo:
+        out = host.query(["systemd-analyze", "security", "--no-pager", "--", *todo],
+                         ok=range(256)).out
+        scores.update({m.group(1): float(m.group(2)) for m in re.finditer(
+            r"Overall exposure level for (\S+): ([\d.]+)", out)})
+        fresh = {u: {"key": keys[u], "score": scores[u]} for u in names if u in scores}
+        if fresh != cache and not host.dry_run and cache_path.parent.is_dir():
+            safefs.write(cache_path, json.dumps(fresh).encode(), 0o600)
+    return scores
+
+
+def unit_key(host: Host, unit: str, tool: object) -> str:
+    """What a unit's exposure score depends on: its file (an instance's
+    template), its drop-ins, and the systemd-analyze that scores it (tool:
+    its modification time and size)."""
+    template = re.sub(r"@[^.]+\.", "@.", unit)
+    digest = hashlib.sha256(repr((tool, unit)).encode())
+    for name in dict.fromkeys((template, unit)):
+        files = [host.paths.unit(name)]
+        dropins = host.paths.unit(name + ".d")
+        if dropins.is_dir():
+            files += sorted(dropins.glob("*.conf"))
+        for path in files:
+            digest.update(f"{path}\0{host.read(path)}\0".encode())
+    return digest.hexdigest()
 
 
 def postgres_facts(host: Host) -> dict:

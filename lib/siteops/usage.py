@@ -190,8 +190,11 @@ def collect(host: Host, sites: list[Site], interval: float = 1.0, window: float 
     now = clock()
     sizes = disk(host, sites) if with_sizes else {}
     dbs = databases(host) if with_sizes else {}
-    shown = systemd.show_many(host, [u for s in sites if s.sleep_after is not None
-                                     for u in units.live_web(s)], *SLEEP_PROPS, unix_times=True)
+    web = [u for s in sites if s.sleep_after is not None for u in units.live_web(s)]
+    if web:  # a unit not loaded has no time to show: asked only of the loaded ones
+        active = systemd.loaded(host)
+        web = [u for u in web if u in active]
+    shown = systemd.show_many(host, web, *SLEEP_PROPS, unix_times=True)
     rows = []
     for s in sites:
         cg = cgroup(host, s.name) if interval > 0 else before[s.name]

@@ -4,7 +4,7 @@ live facts they read (du, systemctl, psql) answered by the fake runner."""
 import json
 from pathlib import Path
 
-from siteops import model
+from siteops import model, units
 from siteops.commands import sites
 
 from fakes import make_host
@@ -19,8 +19,10 @@ def write_registry(root):
         (root / "srv/sites" / name).mkdir(parents=True)
 
 
+LOADED = "".join(f"{u} loaded active running x\n" for s in RECORDED["registry"]["sites"].values()
+                 for u in units.live_units(model.site_from_json(s)))
 RULES = [(["du"], 0, "61440\t{root}/srv/sites/alpha\n45056\t{root}/srv/sites/beta\n"),
-         (["systemctl", "show"], 0, "ActiveState=active\n\n" * 6),
+         (["systemctl", "list-units"], 0, LOADED),
          (["runuser"], 0, json.dumps({"connections": 7, "max_connections": 100}))]
 
 
@@ -39,7 +41,8 @@ def test_list_shows_live_ports_and_disk(root):
     assert lines[1].split()[:6] == ["alpha", "0", "3100,5000", "alpha.test", "frontend", "ready"]
     assert lines[2].split()[:3] == ["beta", "1", "3110,4010,5010"] and lines[2].endswith("44 KiB")
     # One systemctl call for every unit of every site, one du for every site.
-    assert sum(1 for c in runner.calls if c[:2] == ["systemctl", "show"]) == 1
+    assert [c[:2] for c in runner.calls if c[0] == "systemctl"] == [["systemctl", "list-units"]]
+    assert all(state == "active" for r in rows for state in r["units"].values()), rows
     assert sum(1 for c in runner.calls if c[0] == "du") == 1
 
 

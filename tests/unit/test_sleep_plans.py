@@ -134,14 +134,18 @@ def test_usage_of_many_sleeping_sites_asks_systemd_once(root):
     out = "\n\n".join(f"ActiveState={state}\nActiveEnterTimestamp=@1700000000\n"
                       f"InactiveEnterTimestamp=@1700000900"
                       for state in ("inactive", "active", "inactive")) + "\n"
-    host, runner = make_host(root, [(["systemctl", "show"], 0, out)])
     naps = [Site(f"nap{i}", i, domains=[f"nap{i}.test"], components=["frontend"],
                  ports=units.ports_for(i, ["frontend"]), sleep_after=900,
-                 live=Live("r1", 0, True), releases={"r1": RUNS}) for i in range(3)]
+                 live=Live("r1", 0, True), releases={"r1": RUNS}) for i in range(4)]
+    # nap3's instance is not loaded (stopped and let go): asleep, nothing to ask.
+    loaded = "".join(f"{units.live_web(s)[0]} loaded inactive dead x\n" for s in naps[:3])
+    host, runner = make_host(root, [(["systemctl", "show"], 0, out),
+                                    (["systemctl", "list-units"], 0, loaded)])
     rows = usage.collect(host, naps, interval=0, with_sizes=False)
-    assert [r["sleep"]["state"] for r in rows] == ["asleep", "awake", "asleep"]
+    assert [r["sleep"]["state"] for r in rows] == ["asleep", "awake", "asleep", "asleep"]
+    assert rows[3]["sleep"]["since"] is None
     shows = [c for c in runner.calls if c[:2] == ["systemctl", "show"]]
-    assert len(shows) == 1 and shows[0][-3:] == [units.live_web(s)[0] for s in naps]
+    assert len(shows) == 1 and shows[0][-4:] == ["--", *(units.live_web(s)[0] for s in naps[:3])]
 
 
 def test_sleep_state_reads_wakes_and_the_last_request_without_touching_the_site(root):
@@ -161,3 +165,27 @@ def test_sleep_state_reads_wakes_and_the_last_request_without_touching_the_site(
                      "last_request": "2023-11-14T22:26:40Z", "wakes_today": 2}
     assert usage.sleep_state(host, sleepy().copy(sleep_after=None)) is None
     assert planned_commands(host) == []  # read, never started
+
+
+def test_exposure_is_scored_again_only_for_units_whose_files_changed(root):
+    """audit keeps each unit's systemd-analyze score with what it depends
+    on; a second audit asks systemd-analyze nothing, a changed drop-in has
+    its unit scored again."""
+    from siteops import facts
+    out = ("→ Overall exposure level for a-frontend@3100.service: 1.2 OK\n"
+           "→ Overall exposure level for a-redis.service: 1.5 OK\n")
+    host, runner = make_host(root, [(["systemd-analyze"], 0, out)], dry_run=False)
+    (root / "var/lib/siteops").mkdir(parents=True)
+    units_dir = root / "etc/systemd/system"
+    (units_dir / "a-frontend@3100.service.d").mkdir(parents=True)
+    (units_dir / "a-frontend@.service").write_text("[Service]\n")
+    (units_dir / "a-redis.service").write_text("[Service]\n")
+    names = ["a-frontend@3100.service", "a-redis.service"]
+    assert facts.exposure(host, names) == {"a-frontend@3100.service": 1.2, "a-redis.service": 1.5}
+    assert facts.exposure(host, names) == {"a-frontend@3100.service": 1.2, "a-redis.service": 1.5}
+    analyzed = [c for c in runner.calls if c[0] == "systemd-analyze"]
+    assert len(analyzed) == 1
+    (units_dir / "a-frontend@3100.service.d/siteops-release.conf").write_text("[Service]\nX=1\n")
+    facts.exposure(host, names)
+    analyzed = [c for c in runner.calls if c[0] == "systemd-analyze"]
+    assert len(analyzed) == 2 and analyzed[1][-1:] == ["a-frontend@3100.service"]
