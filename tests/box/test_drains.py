@@ -176,10 +176,10 @@ BLOCK = ("nft add table inet outage && nft add chain inet outage out "
 
 def test_an_outage_and_log_rotation_lose_and_repeat_no_line(host):
     """The collector unreachable for 60 s (its packets dropped; 10 s on
-    Debian 13: CI time) under the worker's 50 lines a second, then
+    Debian 12, whose lane runs longer in CI) under the worker's 50 lines a second, then
     logrotate -f twice: every line from the first to the last arrives
     once, in order."""
-    outage = 60 if "bookworm" in str(host.image) else 10
+    outage = 10 if "bookworm" in str(host.image) else 60
     until(lambda: len(ticks(received(host))) > 100, "no tick")
     marks = {"blocked": written(host)}
     host.sh(BLOCK)
@@ -232,6 +232,8 @@ def test_drain_add_and_remove_stopped_at_every_step_converge(host):
     """add and remove sent KILL, INT or TERM after each of their steps:
     rsyslog's whole configuration stays valid and running, and the command
     run again converges (the registry, the file, rsyslog agree)."""
+    if "bookworm" not in str(host.image):
+        pytest.skip("the crash harness runs on Debian 12 only (CI time)")
     url = "syslog://127.0.0.1:6600"
     add, remove = f"logs shop drain add {url} --plain", f"logs shop drain remove {url}"
     n = step_count(host.siteops(add).stdout)
@@ -257,6 +259,8 @@ def test_audit_reports_a_drain_that_delivers_nothing_and_remove_takes_it_away(ho
     """blog's drain (a CA the collector's certificate does not chain to) has
     delivered nothing since it was added while its worker's lines wait:
     audit says so (here after 90 s instead of an hour); shop's is fine."""
+    if "bookworm" in str(host.image):
+        pytest.skip("waits minutes for rsyslog's statistics: on Debian 13 only (CI time)")
     def found() -> list[str]:
         res = host.sh(f"SITEOPS_DRAIN_FAILING_AFTER=90 {SRC}/bin/audit --json", check=False)
         return [f["id"] for f in json.loads(res.stdout)["findings"]
