@@ -104,8 +104,17 @@ def ca_path(host: Host, site: str, drain: Drain) -> Path:
     return host.paths.drains_dir / f"{drain_id(site, drain.url)}.pem"
 
 
-def site_conf(host: Host, site: Site) -> str:
-    """The site's rsyslog file: its logs read, each drain's action."""
+def hostname(host: Host) -> str:
+    """The host's name for the records: /etc/hostname (rsyslog's own guess
+    follows /etc/hosts, where 127.0.0.1 may come first as localhost); "-"
+    (RFC 5424's nil) if it is not a host name."""
+    name = (host.read(host.paths.p("/etc/hostname")) or "").strip()
+    return name if HOSTNAME.match(name.lower()) else "-"
+
+
+def site_conf(host: Host, site: Site, host_name: str | None = None) -> str:
+    """The site's rsyslog file: its logs read, each drain's action (the
+    records' HOSTNAME: host_name, else hostname())."""
     logs = host.paths.of(site.name).logs
     actions = []
     for drain in site.drains:
@@ -121,16 +130,16 @@ def site_conf(host: Host, site: Site) -> str:
                               id=drain_id(site.name, drain.url), target=target.host,
                               port=target.port, tls=tls, memory=QUEUE_MEMORY, disk=QUEUE_DISK))
     return render("rsyslog/site.conf", name=site.name, logs=logs, field=len(logs.parts) + 1,
-                  actions="".join(actions))
+                  hostname=host_name or hostname(host), actions="".join(actions))
 
 
-def files(host: Host, sites: list[Site]) -> dict[Path, str]:
+def files(host: Host, sites: list[Site], host_name: str | None = None) -> dict[Path, str]:
     """Every file of the drains of sites (all the registry's): the shared
     file, each site's, each drain's CA; none when no site has a drain."""
     out: dict[Path, str] = {}
     for site in sites:
         if site.drains:
-            out[host.paths.rsyslog_site(site.name)] = site_conf(host, site)
+            out[host.paths.rsyslog_site(site.name)] = site_conf(host, site, host_name)
             out.update({ca_path(host, site.name, d): d.ca for d in site.drains if d.ca})
     if out:
         out[host.paths.rsyslog_shared] = render("rsyslog/siteops.conf", interval=STATS_INTERVAL,

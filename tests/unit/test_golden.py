@@ -111,7 +111,7 @@ def renders():
     drained = SITE.copy(drains=[Drain("syslog+tls://logs.example.com:6514", "PEM"),
                                 Drain("syslog+tls://logs.papertrailapp.com:12345"),
                                 Drain("syslog://10.0.0.5:514")])
-    for path, text in drains.files(HOST, [drained]).items():
+    for path, text in drains.files(HOST, [drained], host_name="web1").items():
         yield f"rsyslog-{path.name}", text
     for template in sorted(set(hardening.FILES.values())):
         yield template.replace("/", "-"), render(template, deploy_home="/home/deploy")
