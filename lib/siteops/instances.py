@@ -148,7 +148,7 @@ def ensure_dropins(host: Host, site: Site, rid: str, record: Release,
         for path, text in files.items():
             host.write(path, text)
     if outcome.changed:
-        systemd.reload_for(host, names)
+        host.run(["systemctl", "daemon-reload"])
     return names
 
 

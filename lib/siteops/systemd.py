@@ -84,20 +84,6 @@ def render_units(host: Host, site: Site) -> dict[str, str]:
     return files
 
 
-def reload_for(host: Host, names: list[str]) -> None:
-    """daemon-reload, unless no unit of names needs it. A unit the manager has
-    not loaded is read from disk when it is next asked for (a new site's, an
-    instance stopped and let go), so only a loaded unit whose files (or
-    template's) changed needs a reload, which reads every unit file of the
-    host: a second with 200 sites, the most of add-site. names: the units
-    whose files were written and the instances of changed templates."""
-    shown = show_many(host, [n for n in dict.fromkeys(names) if "@." not in n],
-                      "NeedDaemonReload", "LoadState")
-    if not shown or any(p.get("NeedDaemonReload") != "no" or p.get("LoadState") != "loaded"
-                        for p in shown.values()):
-        host.run(["systemctl", "daemon-reload"])
-
-
 def is_active(host: Host, unit: str) -> bool:
     return host.query(["systemctl", "is-active", "--quiet", unit], ok=range(256)).code == 0
 
@@ -125,7 +111,7 @@ def ensure_units(host: Host, site: Site, redis_config_changed: bool = False) -> 
                 changed.append(unit)
     remove_legacy_units(host, site)
     if changed:
-        reload_for(host, [*changed, *units.live_units(site)])
+        host.run(["systemctl", "daemon-reload"])
     slice_ = units.slice_name(site.name)
     if slice_ in changed and is_active(host, slice_):
         # daemon-reload does not re-apply a running slice's cgroup settings.
@@ -293,10 +279,8 @@ def ensure_jobs(host: Host, site: Site) -> None:
                             f"jobs of {name}") as outcome:
             for unit, text in files.items():
                 host.write(paths[unit], text)
-        if gone:
+        if outcome.changed or gone:
             host.run(["systemctl", "daemon-reload"])
-        elif outcome.changed:
-            reload_for(host, list(files))
         timers = [u for u in files if u.endswith(".timer")]
         if site.held:  # a move's copy, or its source after the freeze
             if any(is_enabled(host, t) or is_active(host, t) for t in timers):

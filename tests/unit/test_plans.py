@@ -2,9 +2,7 @@
 
 import json
 
-import pytest
-
-from siteops import envfile, systemd
+from siteops import envfile
 from siteops.commands import add_site, bootstrap
 from siteops.packages import PACKAGES
 
@@ -227,20 +225,3 @@ def test_bootstrap_checks_a_cloudflare_list_before_any_change(root, tmp_path, ca
     host, runner = make_host(root, NEW_SERVER)
     assert bootstrap.main(["--dry-run", "--cloudflare-ips", str(good)], host) == 0
     assert host.written[str(root / "etc/siteops/cloudflare-ips.txt")] == good.read_text()
-
-
-@pytest.mark.parametrize("shown, reloads", [
-    ("NeedDaemonReload=no\nLoadState=loaded\n\nNeedDaemonReload=no\nLoadState=loaded\n", False),
-    ("NeedDaemonReload=no\nLoadState=loaded\n\nNeedDaemonReload=yes\nLoadState=loaded\n", True),
-    ("NeedDaemonReload=no\nLoadState=loaded\n\nNeedDaemonReload=no\nLoadState=not-found\n", True),
-    ("", True),  # systemd did not answer: reload, to be safe
-])
-def test_daemon_reload_only_when_a_loaded_unit_needs_it(root, shown, reloads):
-    """New units (a new site's) are read from disk when first asked for: no
-    reload of every unit file for them; a loaded unit whose files changed,
-    or one systemd could not load, gets the reload."""
-    host, runner = make_host(root, [(["systemctl", "show"], 0, shown)])
-    systemd.reload_for(host, ["a-frontend@.service", "a.slice", "a-redis.service"])
-    show = next(c for c in runner.calls if c[:2] == ["systemctl", "show"])
-    assert show[-3:] == ["--", "a.slice", "a-redis.service"]  # a template cannot be shown
-    assert ("systemctl daemon-reload" in planned_commands(host)) is reloads
