@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from . import packages, safefs
 from .logfiles import backwards
-from .errors import UsageError
+from .errors import SiteopsError, UsageError
 from .host import CANDIDATE, Host
 from .model import Drain, Site
 from .templates import render
@@ -90,7 +90,7 @@ def check_ca(host: Host, text: str) -> str:
     try:
         host.check_candidate("drain-ca.pem", text, ["openssl", "x509", "-noout", "-in", CANDIDATE],
                              "the --ca file")
-    except Exception as exc:
+    except SiteopsError as exc:  # openssl cannot read it
         raise UsageError(str(exc)) from None
     return text
 

@@ -164,8 +164,11 @@ def exposure(host: Host, names: list[str]) -> dict[str, float]:
         cache = json.loads(host.read(cache_path) or "{}")
     except json.JSONDecodeError:
         cache = {}
-    tool = host.paths.p("/usr/bin/systemd-analyze")
-    stamp = (tool.stat().st_mtime_ns, tool.stat().st_size) if tool.exists() else None
+    try:
+        tool = host.paths.p("/usr/bin/systemd-analyze").stat()
+        stamp: tuple | None = (tool.st_mtime_ns, tool.st_size)
+    except OSError:
+        stamp = None
     keys = {u: unit_key(host, u, stamp) for u in names}
     todo = [u for u in names if cache.get(u, {}).get("key") != keys[u]]
     scores = {u: cache[u]["score"] for u in names if u not in todo}

@@ -251,6 +251,16 @@ def signals_for(steps: int, offset: int = 0) -> list[tuple[int, str]]:
     return [(k, names[(k + offset) % len(names)]) for k in range(1, steps + 1)]
 
 
+def until(check, what, timeout: float = 30):
+    """check()'s first true result, asked every 0.5 s; after timeout seconds
+    an AssertionError saying what (a string, or a function giving one)."""
+    deadline = time.time() + timeout
+    while not (result := check()):
+        assert time.time() < deadline, what() if callable(what) else what
+        time.sleep(0.5)
+    return result
+
+
 def killed_at(box, k: int, command: str, signal: str = "KILL") -> subprocess.CompletedProcess:
     """Run a siteops command that sends itself signal after its k-th step
     (SITEOPS_KILL_AFTER_STEP, a test-only switch); stdout ends "exit N" (EXIT)."""

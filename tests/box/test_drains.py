@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from machine import SRC, commit, killed_at, signals_for, step_count, stopped_by
+from machine import SRC, commit, killed_at, signals_for, step_count, stopped_by, until
 
 COLLECTOR = "/srv/collector"
 # Server side of the collector: TLS with a certificate for collector.test,
@@ -79,14 +79,6 @@ def received(box) -> list[str]:
 def ticks(lines: list[str], site: str = "shop") -> list[int]:
     return [int(m.group(1)) for line in lines
             if (m := re.search(rf" {site}\.worker-tick - - \[[^]]*\] tick (\d+)$", line))]
-
-
-def until(check, what, timeout: float = 30):
-    deadline = time.time() + timeout
-    while not (result := check()):
-        assert time.time() < deadline, what() if callable(what) else what
-        time.sleep(0.5)
-    return result
 
 
 def get(box, site: str, path: str = "/") -> None:

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from machine import (Load, commit, killed_at, settled, signals_for, step_count,
-                     stopped_before_changes, stopped_by)
+                     stopped_before_changes, stopped_by, until)
 
 REPO = "/srv/repos/pshop"
 INDEX = """\
@@ -325,14 +325,6 @@ $pdo->exec('INSERT INTO ticks DEFAULT VALUES');
 def live_release(host, site: str) -> str:
     return json.loads(host.sh("cat /var/lib/siteops/registry.json").stdout)["sites"][site][
         "live"]["release"]
-
-
-def until(check, what: str, timeout: float = 30):
-    deadline = time.time() + timeout
-    while not (result := check()):
-        assert time.time() < deadline, what
-        time.sleep(0.5)
-    return result
 
 
 def test_a_php_queue_worker_and_a_scheduled_job_run_as_for_any_runtime(host):
