@@ -325,9 +325,15 @@ def states(box, *units: str, settle: float = 15) -> list[str]:
     """The units' ActiveState once none is still stopping: a switch tells
     systemd to stop the old instances and does not wait for it."""
     names = " ".join(units)
-    return box.sh(f"for i in $(seq {int(settle * 10)}); do systemctl show -p ActiveState --value "
-                  f"{names} | grep -q deactivating || break; sleep 0.1; done; "
-                  f"systemctl show -p ActiveState --value {names}").stdout.split()
+    found = box.sh(f"for i in $(seq {int(settle * 10)}); do systemctl show -p ActiveState --value "
+                   f"{names} | grep -q deactivating || break; sleep 0.1; done; "
+                   f"systemctl show -p ActiveState --value {names}").stdout.split()
+    failed = [u for u, state in zip(units, found) if state == "failed"]
+    if failed:  # why, in the failing test's output
+        print(box.sh(f"systemctl status --no-pager -n 0 {' '.join(failed)}; "
+                     f"journalctl --no-pager -n 40 {' '.join('-u ' + u for u in failed)}",
+                     check=False).stdout)
+    return found
 
 
 def crash(box, unit: str) -> None:
