@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import drains
 from .facts import Facts
 from .host import redact
 
@@ -56,13 +57,14 @@ def _f(id_, ok: bool, subject: str, good: str, bad: str, severity: str = CRITICA
 def host_checks(facts: Facts) -> list[Finding]:
     h = "host"
     ufw = facts["ufw"]
-    extra = sorted(set(ufw["allowed"]) - {"22/tcp", "80/tcp", "443/tcp"})
+    extra = sorted(set(ufw["allowed"]) - set(ufw["opened"]))
+    ports = ", ".join(r.split("/")[0] for r in ufw["opened"])
     out = [
         _f("host.ufw", ufw["active"] and ufw["policy"] == "deny", h,
            "UFW active, incoming denied by default",
            f"UFW is {'active' if ufw['active'] else 'inactive'} with incoming policy "
            f"{ufw['policy']}", remedy="sudo bootstrap (or: ufw --force enable)"),
-        _f("host.ufw.rules", not extra, h, "UFW allows only 22, 80 and 443",
+        _f("host.ufw.rules", not extra, h, f"UFW allows only {ports}",
            f"UFW also allows {', '.join(extra)}", WARNING,
            remedy="remove with `ufw delete allow RULE` unless you meant it"),
     ]
@@ -104,6 +106,16 @@ def host_checks(facts: Facts) -> list[Finding]:
                   f"{facts['units']['certbot.timer']['active']}, hook "
                   f"{'present' if facts['certbot_hook'] else 'missing'})", WARNING,
                   remedy="sudo bootstrap; systemctl enable --now certbot.timer"))
+    if facts["log_host"]:
+        down = sorted(d for d in facts["drains_failing"] if d.endswith(".fleet")
+                      or d == "fleet.actions")
+        out.append(_f("host.logs.upload", not down, h,
+                      f"logs shipped to the fleet's log host {facts['log_host']}",
+                      f"nothing delivered to the log host {facts['log_host']} for "
+                      f"{drains.FAILING_AFTER // 60} min while records wait: "
+                      + ", ".join(down), WARNING,
+                      remedy=f"is {facts['log_host']} up and its rsyslog running? "
+                             "journalctl -u rsyslog; hosts list"))
     used = facts["disk"]["used_pct"]
     out.append(_f("host.disk", used < DISK_WARN, h, f"disk {used}% used",
                   f"disk {used}% used", CRITICAL if used >= DISK_CRIT else WARNING,
@@ -112,11 +124,13 @@ def host_checks(facts: Facts) -> list[Finding]:
 
 
 def listener_checks(facts: Facts) -> list[Finding]:
+    opened = {int(r.split("/")[0]) for r in facts["ufw"]["opened"] if r.endswith("/tcp")}
     public = [l for l in facts["listeners"] if l["addr"] not in LOOPBACK
-              and not (l["proto"] == "tcp" and l["port"] in PUBLIC_TCP)
+              and not (l["proto"] == "tcp" and l["port"] in PUBLIC_TCP | opened)
               and not (l["proto"] == "udp" and l["port"] in PUBLIC_UDP)]
     out = [_f("host.listen.public", not public, "host",
-              "nothing but 22, 80 and 443 listens on a public address",
+              f"nothing but {', '.join(map(str, sorted(PUBLIC_TCP | opened)))} listens on a "
+              "public address",
               "listening on a public address: " + ", ".join(
                   f"{l['proto']} {l['addr']}:{l['port']} ({', '.join(l['programs']) or '?'})"
                   for l in public),

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import packages, safefs
+from . import fleetlogs, packages, safefs
 from .logfiles import backwards
 from .errors import SiteopsError, UsageError
 from .host import CANDIDATE, Host
@@ -112,11 +112,13 @@ def hostname(host: Host) -> str:
     return name if HOSTNAME.match(name.lower()) else "-"
 
 
-def site_conf(host: Host, site: Site, host_name: str | None = None) -> str:
-    """The site's rsyslog file: its logs read, each drain's action (the
-    records' HOSTNAME: host_name, else hostname())."""
+def site_conf(host: Host, site: Site, host_name: str | None = None,
+              ship: fleetlogs.Shipping | None = None) -> str:
+    """The site's rsyslog file: its logs read, each drain's action, and the
+    fleet's log host's if ship (the records' HOSTNAME: host_name, else
+    hostname())."""
     logs = host.paths.of(site.name).logs
-    actions = []
+    actions = [fleetlogs.action(host, ship, f"{site.name}.fleet", site.name)] if ship else []
     for drain in site.drains:
         target = parse_url(drain.url, plain=drain.url.startswith("syslog:"))
         tls = ""
@@ -134,13 +136,16 @@ def site_conf(host: Host, site: Site, host_name: str | None = None) -> str:
 
 
 def files(host: Host, sites: list[Site], host_name: str | None = None) -> dict[Path, str]:
-    """Every file of the drains of sites (all the registry's): the shared
-    file, each site's, each drain's CA; none when no site has a drain."""
+    """Every file of the drains of sites (all the registry's) and of the
+    fleet's log host (fleetlogs.py): the shared file, each site's, each
+    drain's CA; none when no site has a drain and the host ships nowhere."""
+    ship, _ = fleetlogs.load(host)
     out: dict[Path, str] = {}
     for site in sites:
-        if site.drains:
-            out[host.paths.rsyslog_site(site.name)] = site_conf(host, site, host_name)
+        if site.drains or ship:
+            out[host.paths.rsyslog_site(site.name)] = site_conf(host, site, host_name, ship)
             out.update({ca_path(host, site.name, d): d.ca for d in site.drains if d.ca})
+    out.update(fleetlogs.files(host, host_name or hostname(host)))
     if out:
         out[host.paths.rsyslog_shared] = render("rsyslog/siteops.conf", interval=STATS_INTERVAL,
                                                 stats=host.paths.drain_stats)
@@ -154,7 +159,7 @@ def stale(host: Host, wanted: dict[Path, str]) -> list[Path]:
     found = [*host.paths.rsyslog_d.glob("60-siteops-*.conf"),
              *(host.paths.drains_dir.glob("*.pem") if host.paths.drains_dir.is_dir() else [])]
     found += [p for p in (host.paths.rsyslog_shared, host.paths.logrotate_drains) if p.exists()]
-    return sorted(p for p in found if p not in wanted)
+    return sorted(p for p in [*found, *fleetlogs.stale(host, wanted)] if p not in wanted)
 
 
 def pending_marker(host: Host) -> Path:

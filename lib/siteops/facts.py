@@ -10,7 +10,8 @@ Shape of gather()'s result (as types mypy checks: Facts, SiteFacts and Stat
 below; the checks in checks.py and site_checks.py take them):
 
     time          when the facts were read (2026-11-25T20:15:00Z)
-    ufw           {active, policy, allowed: ["22/tcp", ...]}
+    ufw           {active, policy, allowed: ["22/tcp", ...], opened: the rules
+                  siteops opens (firewall.open_ports)}
     fail2ban      `fail2ban-client status` text
     sshd          `sshd -T` as {setting: value}
     nginx_t       {ok, detail: [last line]}
@@ -33,6 +34,7 @@ below; the checks in checks.py and site_checks.py take them):
     du            {site root: bytes}
     drains_failing {drain id: {waiting, since}}: drains that delivered nothing
                   for an hour while records waited (rsyslog's statistics)
+    log_host      the fleet's log host this host ships to, or null
     sites         {name: {user: {uid, gid, shell, home} | null,
                           tree: {path: STAT}, env: STAT | null,
                           current: STAT + {link, target_exists} | null, releases: [id],
@@ -61,7 +63,7 @@ from pathlib import Path
 from typing import Any, Callable, NotRequired, TypedDict, cast
 from urllib.parse import urlsplit
 
-from . import (access, backup, distro, drains, envfile, firewall, hardening, instances, journal, layout,
+from . import (access, backup, distro, drains, envfile, firewall, fleetlogs, hardening, instances, journal, layout,
                logrotate, network, nftables, nginx, parts, php, postgres, redis, registry, sysctl,
                outdated, systemd, tls, units, usage, users, verify)
 from . import safefs
@@ -123,6 +125,7 @@ class Facts(TypedDict):
     usage: dict[str, dict]
     sites: dict[str, SiteFacts]
     drains_failing: dict[str, dict]
+    log_host: str | None
     backup: dict[str, Any]
     exposure: dict[str, float]
     du: dict[str, int]
@@ -324,7 +327,8 @@ def site_facts(host: Host, site: Site, nginx_version: tuple[int, ...], db_port: 
 
 def ufw_facts(host: Host) -> dict:
     active, policy, allowed = firewall.status(host)
-    return {"active": active, "policy": policy, "allowed": sorted(allowed)}
+    return {"active": active, "policy": policy, "allowed": sorted(allowed),
+            "opened": list(firewall.open_ports(host))}
 
 
 def started(calls: dict[str, Callable[[], Any]]) -> Callable[[], dict[str, Any]]:
@@ -357,6 +361,7 @@ def started(calls: dict[str, Callable[[], Any]]) -> Callable[[], dict[str, Any]]
 def gather(host: Host, sites: list[Site]) -> Facts:
     """All facts for the host checks and for each of sites."""
     cluster = postgres.clusters(host)
+    ship, _ = fleetlogs.load(host)
     pg_unit = cluster[0].unit if cluster else "postgresql.service"
     db_port = cluster[0].port if cluster else 5432
     every_unit = host_units(pg_unit)
@@ -403,7 +408,8 @@ def gather(host: Host, sites: list[Site]) -> Facts:
         "disk": {"used_pct": round(100 * (1 - root_stat.f_bavail / root_stat.f_blocks), 1)
                  if root_stat.f_blocks else 0},
         "usage": {r["name"]: r for r in usage.collect(host, sites, interval=0, with_sizes=False)},
-        "drains_failing": drains.failing(host) if any(s.drains for s in sites) else {},
+        "log_host": ship.host if ship else None,
+        "drains_failing": drains.failing(host) if ship or any(s.drains for s in sites) else {},
     }
     jobs = systemd.show_many(host, [u for s in sites for u in systemd.job_units(s)],
                              *systemd.JOB_PROPS)

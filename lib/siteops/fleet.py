@@ -30,8 +30,9 @@ from .validate import InvalidInput
 from .paths import REPO
 
 HOST_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
-URL = re.compile(r"ssh://(?:(?P<user>[a-z_][a-z0-9_-]{0,31})@)?(?P<address>[A-Za-z0-9.-]{1,253}|"
-                 r"\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?/?")
+ADDRESS = r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]+\]"  # a name, an IPv4 or [IPv6] address
+URL = re.compile(rf"ssh://(?:(?P<user>[a-z_][a-z0-9_-]{{0,31}})@)?(?P<address>{ADDRESS})"
+                 r"(?::(?P<port>[0-9]{1,5}))?/?")
 CONNECT_TIMEOUT = 10
 SUITE_PARTS = ("bin", "lib", "templates")
 
@@ -65,6 +66,13 @@ def host_name(value: str) -> str:
     if not HOST_NAME.fullmatch(value):
         raise InvalidInput(f"invalid host name {value!r}: lowercase letters, digits and '-', "
                          "starting with a letter (at most 32)")
+    return value
+
+
+def address(value: str) -> str:
+    """A host's address as the inventory has it (a name or an IP address)."""
+    if not re.fullmatch(ADDRESS, value):
+        raise InvalidInput(f"invalid address {value!r}")
     return value
 
 

@@ -2,11 +2,12 @@
 change with UPDATE_GOLDEN=1 and review the diff."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from siteops import drains, hardening, logrotate, nftables, nginx, php, sysctl, systemd, users
+from siteops import drains, fleetlogs, hardening, logrotate, nftables, nginx, php, sysctl, systemd, users
 from siteops.model import Drain, Job, Limits, Live, Maintenance, Move, Release, Site, Tls
 from siteops.paths import TEMPLATES, Paths
 from siteops.host import Host
@@ -113,6 +114,13 @@ def renders():
                                 Drain("syslog://10.0.0.5:514")])
     for path, text in drains.files(HOST, [drained], host_name="web1").items():
         yield f"rsyslog-{path.name}", text
+    # The fleet's log host (fleetlogs.py): this host ships there and is it.
+    with tempfile.TemporaryDirectory() as root:
+        fleet_host = Host(paths=Paths(Path(root)))
+        fleetlogs.save(fleet_host, fleetlogs.Shipping("big", "192.0.2.2"),
+                       fleetlogs.Receiving("192.0.2.2", 6514, 30, "1G"))
+        for path, text in drains.files(fleet_host, [SITE], host_name="web1").items():
+            yield f"rsyslog-fleet-{path.name}", text.replace(root, "")
     for template in sorted(set(hardening.FILES.values())):
         yield template.replace("/", "-"), render(template, deploy_home="/home/deploy")
 

@@ -10,8 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from .. import cli, drains, registry, safefs, validate
+from .. import cli, drains, fleetlogs, registry, safefs, validate
 from ..ops import drains as drains_op
+from ..ops import fleetlogs as fleetlogs_op
 from ..logfiles import tail
 from ..errors import UsageError
 from ..host import Host, clean
@@ -29,6 +30,11 @@ name, or a kind: web, worker, job, nginx.
 Logs are opened without following any link the site's user could have
 planted, so the deploy user may run it through its sudo rule.
 
+With --all-hosts: NAME's lines from every host of the fleet, as the fleet's
+log host keeps them (`hosts logs-to`, docs/hosts.md), one time-ordered view
+naming each line's host, the lines a moved site wrote on its old host
+included; --since and --grep narrow it down there.
+
 `logs NAME drain add|list|remove` ships the same files to a collector as
 they are written (see `logs NAME drain --help` and docs/logs.md).
 """
@@ -38,6 +44,7 @@ examples:
   sudo logs shop                 the last 20 lines of every log of shop
   sudo logs shop mail -f         follow the workers of type mail
   sudo logs shop nginx -n 100
+  sudo logs shop --all-hosts --since 2h --grep ' 502 '
   sudo logs shop drain add syslog+tls://logs.example.com:6514
 """
 
@@ -80,7 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--lines", type=int, default=20, metavar="N",
                    help="lines of each log to print first (default 20)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("--all-hosts", action="store_true",
+                   help="from the fleet's log host: every host's lines of the site, time-ordered "
+                        "(-n: lines in all, default 20)")
+    p.add_argument("--since", type=since, metavar="AGE",
+                   help="with --all-hosts: only lines of the last AGE (30m, 2h, 7d)")
+    p.add_argument("--grep", metavar="TEXT",
+                   help="with --all-hosts: only lines holding TEXT (as written, case matters)")
+    # The log host's side of --all-hosts (run over SSH; the query on stdin).
+    p.add_argument("--from-store", action="store_true", help=argparse.SUPPRESS)
     return p
+
+
+def since(value: str) -> float:
+    """--since AGE: the Unix time AGE ago."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if not (value[:-1].isascii() and value[:-1].isdigit() and value[-1:] in units):
+        raise validate.InvalidInput(f"invalid --since {value!r}: a number and s, m, h or d "
+                                    "(30m, 2h, 7d)")
+    return time.time() - int(value[:-1]) * units[value[-1]]
 
 
 def build_drain_parser() -> argparse.ArgumentParser:
@@ -159,9 +184,13 @@ def emit(prefix: str, line: bytes, width: int) -> None:
 
 
 def run(host: Host, args: argparse.Namespace) -> int:
-    site = registry.get_site(registry.load(host), args.name)
     if args.lines < 0:
         raise UsageError("-n must be 0 or more")
+    if args.from_store or args.all_hosts:
+        return fleet_view(host, args)
+    if args.since is not None or args.grep is not None:
+        raise UsageError("--since and --grep go with --all-hosts")
+    site = registry.get_site(registry.load(host), args.name)
     logs = host.paths.of(site.name).logs
     names = [n for n in safefs.listdir(logs) if n.endswith(".log") and matches(n, args.process)]
     if not names:
@@ -180,6 +209,27 @@ def run(host: Host, args: argparse.Namespace) -> int:
     while args.follow:
         time.sleep(POLL)
         follow(logs, opened, args.process, width)
+    return 0
+
+
+def fleet_view(host: Host, args: argparse.Namespace) -> int:
+    """--all-hosts: the log host's lines of the site (it need not live here:
+    it may have moved away); --from-store: the log host answering."""
+    if args.follow:
+        raise UsageError("-f does not go with --all-hosts")
+    if args.from_store:
+        try:
+            q = json.loads(sys.stdin.read())
+            found = fleetlogs.query(host, args.name, q["since"], q["grep"], int(q["lines"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"--from-store reads a query on stdin: {exc}") from None
+    else:
+        found = fleetlogs_op.all_hosts(host, args.name, args.since, args.grep, args.lines)
+    for line in found:
+        words = line.split(" ", 3)
+        if len(words) == 4 and not matches(words[2].partition(".")[2] + ".log", args.process):
+            continue
+        sys.stdout.write(clean(line) + "\n")
     return 0
 
 

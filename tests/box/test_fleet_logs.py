@@ -1,0 +1,148 @@
+"""The fleet's log host on two booted machines joined by a private link: a
+(the operator's) makes b the log host; both ship their sites' logs and
+their action logs there over TLS with certificates b's CA signed; `logs
+NAME --all-hosts` answers from b with one time-ordered view naming each
+line's host (site shop lives on both, as a moved site's lines are on its
+old host and its new one); a neighbour's lines stay in their own file; a
+client without a certificate of that CA is refused; retention is
+rendered and shown; audit is clean on both; bad input changes nothing."""
+
+import json
+import os
+import time
+
+import pytest
+
+from machine import Box, build_image, link, until
+
+A, B = "192.0.2.1", "192.0.2.2"
+SUITES = os.environ.get("SITEOPS_BOX_SUITES", "bookworm trixie").split()  # as conftest.py
+STORE = "/var/log/siteops-fleet"
+
+
+@pytest.fixture(scope="module")
+def image():
+    """One suite: Debian 13 when it is chosen (CI runs this module in its
+    second lane only), else the one chosen."""
+    if os.geteuid() != 0:
+        pytest.fail("box tests need root (systemd-nspawn, mount)")
+    return build_image("trixie" if "trixie" in SUITES else SUITES[0])
+
+
+@pytest.fixture(scope="module")
+def fleet(image):
+    boxes = [Box(image) for _ in range(2)]
+    try:
+        for box in boxes:
+            box.start()
+        a, b = boxes
+        link(a, b, A, B, "fl0")
+        for box, name in ((a, "web-a"), (b, "logs-b")):
+            box.sh(f"echo {name} > /etc/hostname && hostname {name}")
+            box.siteops("bootstrap")
+            box.siteops("add-site shop --domain shop.test --components frontend")
+        a.siteops("add-site other --domain other.test --components frontend")
+        a.sh("ssh-keygen -q -t ed25519 -N '' -C fleet -f /root/.ssh/fleet")
+        b.sh("cat >> /root/.ssh/authorized_keys", input=a.sh("cat /root/.ssh/fleet.pub").stdout)
+        a.siteops(f"hosts add b ssh://root@{B} --key /root/.ssh/fleet")
+        yield boxes
+    finally:
+        for box in boxes:
+            box.stop()
+
+
+def write(box, site: str, log: str, text: str) -> None:
+    box.sh(f"runuser -u {site} -- sh -c 'cat >> /srv/sites/{site}/shared/logs/{log}'",
+           input=text)
+
+
+def test_bad_input_is_refused_with_nothing_changed(fleet):
+    a, b = fleet
+    for command, said in [("hosts logs-to nosuch", "no host 'nosuch'"),
+                          ("hosts logs-to b --max-size 5X", "invalid size"),
+                          ("hosts logs-to b --keep-days 0", "invalid --keep-days"),
+                          ("hosts logs-to b --address 'x;y' --receive serve", "invalid address"),
+                          ("logs shop --all-hosts", "ships its logs to no log host"),
+                          ("logs shop --since 2h", "go with --all-hosts"),
+                          ("logs shop --all-hosts --since 2x", "invalid --since")]:
+        res = a.siteops(command, check=False)
+        assert res.returncode in (1, 2) and said in res.stderr, (command, res.stderr)
+    for box in fleet:
+        box.sh("test ! -e /etc/siteops/fleet-logs.json && test ! -e /etc/siteops/fleet-logs")
+
+
+def test_logs_to_makes_b_the_log_host_and_both_hosts_ship_there(fleet):
+    a, b = fleet
+    out = a.siteops("hosts logs-to b --keep-days 7 --max-size 50M").stdout
+    assert "local, b ship their logs to b (192.0.2.2:6514)" in out, out
+    # b's CA key never left b; a holds its own key, a certificate b signed, b's CA.
+    a.sh("test ! -e /etc/siteops/fleet-logs/ca.key")
+    assert b.sh("stat -c %a /etc/siteops/fleet-logs/ca.key").stdout.strip() == "600"
+    assert a.sh("stat -c %a /etc/siteops/fleet-logs/client.key").stdout.strip() == "600"
+    a.sh("openssl verify -CAfile /etc/siteops/fleet-logs/fleet-ca.pem "
+         "/etc/siteops/fleet-logs/client.pem")
+    assert a.sh("cmp /etc/siteops/fleet-logs/fleet-ca.pem -", check=False,
+                input=b.sh("cat /etc/siteops/fleet-logs/ca.pem").stdout).returncode == 0
+    assert "6514/tcp" in b.sh("ufw status").stdout
+    assert "logs: shipped to b (192.0.2.2:6514)" in a.siteops("hosts list").stdout
+    shown = json.loads(b.siteops("hosts list --json").stdout)["logs"]["log_host"]
+    assert (shown["keep_days"], shown["max_size"]) == (7, "50M"), shown
+    rotate = b.sh("cat /etc/logrotate.d/siteops-fleet-logs").stdout
+    assert "maxsize 50M" in rotate and "rotate 7" in rotate and "maxage 7" in rotate
+    b.sh("logrotate -d /etc/logrotate.d/siteops-fleet-logs")
+    # Run again: nothing to change in rsyslog's files.
+    again = a.siteops("hosts logs-to b --keep-days 7 --max-size 50M").stdout
+    assert "rsyslog restarted" not in again, again
+
+
+def test_all_hosts_merges_both_hosts_lines_in_time_order(fleet):
+    a, b = fleet
+    for i in range(3):
+        write(a, "shop", "frontend.log", f"from-a {i}\n")
+        time.sleep(1.1)
+        write(b, "shop", "frontend.log", f"from-b {i}\n")
+        time.sleep(1.1)
+    write(a, "other", "frontend.log", "neighbour secret line\n")
+    out = until(lambda: (lambda o: o if o.count("from-") == 6 else None)(
+        a.siteops("logs shop --all-hosts --grep from-").stdout),
+        lambda: a.siteops("logs shop --all-hosts -n 50").stdout, 60)
+    lines = out.splitlines()
+    assert [line.split()[-2] for line in lines] == \
+        ["from-a", "from-b"] * 3, out
+    assert [line.split()[1] for line in lines] == ["web-a", "logs-b"] * 3, out
+    assert all(line.split()[2] == "shop.frontend" for line in lines), out
+    # The neighbour's line is in its own file, never in shop's view.
+    until(lambda: b.sh(f"grep -l 'neighbour secret' {STORE}/web-a/other.log",
+                       check=False).returncode == 0, "the neighbour's line stored")
+    assert "neighbour" not in a.siteops("logs shop --all-hosts -n 100").stdout
+    # --since, --grep, -n, and the log host answering itself.
+    b.sh(f"sed -i '1i 2020-01-01T00:00:00+00:00 web-a shop.frontend from-2020' "
+         f"{STORE}/web-a/shop.log")
+    assert "from-2020" in a.siteops("logs shop --all-hosts -n 100").stdout
+    assert a.siteops("logs shop --all-hosts --since 1h --grep from-").stdout == out
+    assert len(a.siteops("logs shop --all-hosts --grep from- -n 2").stdout.splitlines()) == 2
+    assert b.siteops("logs shop --all-hosts --grep from-").stdout == out
+    # Each host's action log, too.
+    until(lambda: b.sh(f"grep -q '\"command\": \"hosts\"' {STORE}/web-a/siteops.log",
+                       check=False).returncode == 0, "a's action log stored")
+
+
+def test_a_client_without_a_certificate_of_the_fleet_ca_is_refused(fleet):
+    a, b = fleet
+    a.sh("cd /tmp && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+         "-keyout rogue.key -out rogue.pem -days 1 -subj /CN=web-a 2>/dev/null")
+    for cert in ("", "-cert /tmp/rogue.pem -key /tmp/rogue.key"):
+        a.sh(f"(printf '60 <14>1 2026-12-07T00:00:00Z web-a shop.frontend - - - rogue-line\\n'; "
+             f"sleep 2) | timeout 10 openssl s_client -quiet -connect {B}:6514 {cert} "
+             "-CAfile /etc/siteops/fleet-logs/fleet-ca.pem >/dev/null 2>&1", check=False)
+    time.sleep(3)
+    assert b.sh(f"grep -r rogue-line {STORE}", check=False).returncode == 1
+
+
+def test_audit_is_clean_on_both_hosts(fleet):
+    for box in fleet:
+        res = box.siteops("audit --json", check=False)
+        bad = [f for f in json.loads(res.stdout)["findings"] if f["severity"] != "ok"]
+        assert res.returncode == 0 and not bad, bad
+        ids = {f["id"] for f in json.loads(res.stdout)["findings"]}
+        assert "host.logs.upload" in ids
