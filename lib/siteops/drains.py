@@ -145,12 +145,12 @@ def files(host: Host, sites: list[Site], host_name: str | None = None) -> dict[P
         if site.drains or ship:
             out[host.paths.rsyslog_site(site.name)] = site_conf(host, site, host_name, ship)
             out.update({ca_path(host, site.name, d): d.ca for d in site.drains if d.ca})
-    out.update(fleetlogs.files(host, host_name or hostname(host)))
-    if out:
+    if out or ship:  # files that read logs (imfile)
         out[host.paths.rsyslog_shared] = render("rsyslog/siteops.conf", interval=STATS_INTERVAL,
                                                 stats=host.paths.drain_stats)
         out[host.paths.logrotate_drains] = render("logrotate/drains",
                                                   stats=host.paths.drain_stats)
+    out.update(fleetlogs.files(host, host_name or hostname(host)))
     return out
 
 
@@ -184,7 +184,7 @@ def ensure(host: Host, sites: list[Site]) -> bool:
                     host.ensure_dir(path.parent, 0o755)
                     host.write(path, text, 0o644)
             shared = host.paths.rsyslog_shared  # first: it loads imfile, defines the template
-            confs = [wanted[shared]] + [text for p, text in sorted(wanted.items())
+            confs = [wanted.get(shared, "")] + [text for p, text in sorted(wanted.items())
                                         if p.suffix == ".conf" and p != shared
                                         and p.parent == shared.parent]
             host.check_candidate("rsyslog-siteops.conf",
