@@ -124,6 +124,13 @@ def _alt_name(address: str) -> str:
     return f"DNS:{bare}" + (f",IP:{bare}" if ip else "")
 
 
+def pem(text: str, kind: str = "CERTIFICATE") -> list[str]:
+    """The PEM blocks of kind in text (a remote step's output also holds what
+    it says of its steps)."""
+    return [m.group(0) + "\n" for m in re.finditer(
+        rf"-----BEGIN {kind}-----\n[A-Za-z0-9+/=\n]+?-----END {kind}-----", text)]
+
+
 def ensure_authority(host: Host, address: str) -> str:
     """The log host's CA and its server certificate for address (made once,
     the certificate again if the address changed); returns the CA's PEM."""

@@ -174,9 +174,7 @@ def receive_step(host: Host, args: argparse.Namespace, receive: fleetlogs.Receiv
     elif args.receive == "sign":
         sys.stdout.write(fleetlogs.sign_client(host, sys.stdin.read()))
     else:
-        pem = sys.stdin.read()
-        marker = "-----BEGIN CERTIFICATE-----"
-        parts = [marker + p for p in pem.split(marker)[1:]]
+        parts = fleetlogs.pem(sys.stdin.read())
         if len(parts) != 2:
             raise UsageError("--receive ship reads the CA and this host's certificate")
         fleetlogs_op.ship(host, fleetlogs.Shipping(args.name, args.address, args.port), *parts)

@@ -57,9 +57,10 @@ def logs_to(host: Host, name: str, receive: fleetlogs.Receiving) -> list[str]:
         fleet.check_version(host, each)
     with host.step(f"{name}: the fleet's log host (its CA, a certificate for {target.address}, "
                    f"TLS on port {receive.port}, {receive.keep_days} days kept)"):
-        ca = _remote(host, target, "logs-to", name, "--receive", "serve", "--address",
-                     target.address, "--port", str(receive.port), "--keep-days",
-                     str(receive.keep_days), "--max-size", receive.max_size)
+        ca = "".join(fleetlogs.pem(_remote(
+            host, target, "logs-to", name, "--receive", "serve", "--address", target.address,
+            "--port", str(receive.port), "--keep-days", str(receive.keep_days),
+            "--max-size", receive.max_size))[:1])
     to = fleetlogs.Shipping(name, target.address, receive.port)
     shipped = []
     hosts: list[Remote | None] = [None, *remotes.values()]
@@ -70,8 +71,10 @@ def logs_to(host: Host, name: str, receive: fleetlogs.Receiving) -> list[str]:
             if remote is None:
                 csr = fleetlogs.request(host, drains.hostname(host))
             else:
-                csr = _remote(host, remote, "logs-to", name, "--receive", "request")
-            cert = _remote(host, target, "logs-to", name, "--receive", "sign", input=csr)
+                csr = "".join(fleetlogs.pem(_remote(host, remote, "logs-to", name, "--receive",
+                                                    "request"), "CERTIFICATE REQUEST"))
+            cert = "".join(fleetlogs.pem(_remote(host, target, "logs-to", name, "--receive",
+                                                 "sign", input=csr))[:1])
             if remote is None:
                 ship(host, to, ca, cert)
             else:
