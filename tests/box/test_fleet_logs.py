@@ -128,15 +128,22 @@ def test_all_hosts_merges_both_hosts_lines_in_time_order(fleet):
 
 
 def test_a_client_without_a_certificate_of_the_fleet_ca_is_refused(fleet):
+    """The same well-formed record sent three ways: with no client
+    certificate and with a self-made one it is refused; with a's own
+    (which b's CA signed) it is stored, so the framing is not what refuses."""
     a, b = fleet
     a.sh("cd /tmp && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
          "-keyout rogue.key -out rogue.pem -days 1 -subj /CN=web-a 2>/dev/null")
-    for cert in ("", "-cert /tmp/rogue.pem -key /tmp/rogue.key"):
-        a.sh(f"(printf '60 <14>1 2026-12-07T00:00:00Z web-a shop.frontend - - - rogue-line\\n'; "
-             f"sleep 2) | timeout 10 openssl s_client -quiet -connect {B}:6514 {cert} "
-             "-CAfile /etc/siteops/fleet-logs/fleet-ca.pem >/dev/null 2>&1", check=False)
-    time.sleep(3)
-    assert b.sh(f"grep -r rogue-line {STORE}", check=False).returncode == 1
+    pki = "/etc/siteops/fleet-logs"
+    for tag, cert in (("none", ""), ("rogue", "-cert /tmp/rogue.pem -key /tmp/rogue.key"),
+                      ("signed", f"-cert {pki}/client.pem -key {pki}/client.key")):
+        record = f"<14>1 2026-12-07T00:00:00Z web-a shop.frontend - - - client-{tag}"
+        a.sh(f"(printf '{len(record)} {record}'; sleep 2) | timeout 10 openssl s_client "
+             f"-quiet -connect {B}:6514 {cert} -CAfile {pki}/fleet-ca.pem >/dev/null 2>&1",
+             check=False)
+    until(lambda: b.sh(f"grep -q client-signed {STORE}/web-a/shop.log", check=False)
+          .returncode == 0, "the record sent with a's certificate stored")
+    assert b.sh(f"grep -rE 'client-(none|rogue)' {STORE}", check=False).returncode == 1
 
 
 def test_audit_is_clean_on_both_hosts(fleet):
