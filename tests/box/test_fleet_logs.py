@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from machine import Box, build_image, link, until
+from machine import Box, build_image, killed_at, link, signals_for, step_count, stopped_by, until
 
 A, B = "192.0.2.1", "192.0.2.2"
 SUITES = os.environ.get("SITEOPS_BOX_SUITES", "bookworm trixie").split()  # as conftest.py
@@ -144,6 +144,35 @@ def test_a_client_without_a_certificate_of_the_fleet_ca_is_refused(fleet):
     until(lambda: b.sh(f"grep -q client-signed {STORE}/web-a/shop.log", check=False)
           .returncode == 0, "the record sent with a's certificate stored")
     assert b.sh(f"grep -rE 'client-(none|rogue)' {STORE}", check=False).returncode == 1
+
+
+FORGET = ("rm -rf /etc/siteops/fleet-logs /etc/siteops/fleet-logs.json "
+          "/etc/rsyslog.d/*siteops* /etc/logrotate.d/siteops-fleet-logs "
+          "/etc/logrotate.d/siteops-log-drains /var/lib/siteops/rsyslog-restart-pending && "
+          "systemctl restart rsyslog")
+
+
+def test_logs_to_stopped_after_any_step_leaves_rsyslog_valid_and_converges(fleet):
+    """From scratch each time (both hosts' fleet files removed), `hosts
+    logs-to b` on a stopped by KILL, INT or TERM after each of its steps:
+    rsyslog's whole configuration valid and running on both hosts, and the
+    command run again ships a's new lines to b."""
+    a, b = fleet
+    for box in fleet:
+        box.sh(FORGET)
+    n = step_count(a.siteops("hosts logs-to b").stdout)
+    stops = 0
+    for k, signal in signals_for(n):
+        for box in fleet:
+            box.sh(FORGET)
+        stops += stopped_by(killed_at(a, k, "hosts logs-to b", signal), signal)
+        for box in fleet:
+            box.sh("rsyslogd -N1 >/dev/null 2>&1 && systemctl is-active --quiet rsyslog")
+        a.siteops("hosts logs-to b")
+        write(a, "shop", "frontend.log", f"after-{k}-{signal}\n")
+        until(lambda: f"after-{k}-{signal}" in a.siteops(
+            f"logs shop --all-hosts --grep after-{k}-").stdout, f"a's line after stop {k}")
+    assert n >= 4 and stops == n
 
 
 def test_audit_is_clean_on_both_hosts(fleet):
