@@ -105,7 +105,7 @@ class Remotes:
 
 def test_logs_to_runs_each_hosts_step_in_order_and_keys_stay_home(tmp_path):
     runner = Remotes()
-    host = Host(runner=runner, dry_run=True, out=io.StringIO(), paths=Paths(tmp_path))
+    host = Host(runner=runner, dry_run=False, out=io.StringIO(), paths=Paths(tmp_path))
     (tmp_path / "etc/siteops").mkdir(parents=True)
     (tmp_path / "etc/siteops/hosts.json").write_text(json.dumps({"hosts": {
         "big": {"name": "big", "user": "root", "address": "192.0.2.2", "port": 22},
@@ -137,3 +137,15 @@ def test_all_hosts_without_a_log_host_says_how_to_make_one(tmp_path):
     host = Host(paths=Paths(tmp_path))
     with pytest.raises(Exception, match="hosts logs-to NAME"):
         fleetlogs_op.all_hosts(host, "shop", time.time(), None, 20)
+
+
+def test_a_dry_run_asks_no_host_to_change_and_shows_the_action(tmp_path):
+    runner = Remotes()
+    host = Host(runner=runner, dry_run=True, out=io.StringIO(), paths=Paths(tmp_path))
+    (tmp_path / "etc/siteops").mkdir(parents=True)
+    (tmp_path / "etc/siteops/hosts.json").write_text(json.dumps({"hosts": {
+        "big": {"name": "big", "user": "root", "address": "192.0.2.2", "port": 22}}}))
+    assert fleetlogs_op.logs_to(host, "big", fleetlogs.Receiving("192.0.2.2")) == []
+    assert runner.steps == []
+    said = host.out.getvalue()
+    assert 'StreamDriverPermittedPeers="192.0.2.2"' in said and "would make big" in said

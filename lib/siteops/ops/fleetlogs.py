@@ -55,13 +55,18 @@ def logs_to(host: Host, name: str, receive: fleetlogs.Receiving) -> list[str]:
     target = fleet.get(host, name)
     for each in remotes.values():  # every host first: nothing changed if one is not right
         fleet.check_version(host, each)
+    to = fleetlogs.Shipping(name, target.address, receive.port)
+    if host.dry_run:  # nothing asked of any host but its version
+        host.say(f"would make {name} the fleet's log host and ship there from "
+                 f"{', '.join([fleet.LOCAL, *remotes])}; each source gets this action:\n"
+                 + fleetlogs.action(host, to, "SITE.fleet", "SITE"))
+        return []
     with host.step(f"{name}: the fleet's log host (its CA, a certificate for {target.address}, "
                    f"TLS on port {receive.port}, {receive.keep_days} days kept)"):
         ca = "".join(fleetlogs.pem(_remote(
             host, target, "logs-to", name, "--receive", "serve", "--address", target.address,
             "--port", str(receive.port), "--keep-days", str(receive.keep_days),
             "--max-size", receive.max_size))[:1])
-    to = fleetlogs.Shipping(name, target.address, receive.port)
     shipped = []
     hosts: list[Remote | None] = [None, *remotes.values()]
     for remote in hosts:
