@@ -379,6 +379,7 @@ def retire(host: Host, site: Site, old: Leaving) -> None:
     if old_workers:
         with host.step(f"stop {', '.join(old_workers)}"):
             stop(host, old_workers)
+            forget_failed(host, site.name, old_workers)
     retired = [u for u in old.web if not site.warm]
     if retired:
         with host.step(f"drain and stop {', '.join(retired)}"):
@@ -387,6 +388,20 @@ def retire(host: Host, site: Site, old: Leaving) -> None:
     if site.warm:
         host.say(f"{'':13}kept warm for a rollback to {site.warm.release}: {', '.join(old.web)} "
                  f"({memory_mb(host, old.web)} MB)")
+
+
+def forget_failed(host: Host, name: str, stopped: list[str]) -> None:
+    """Say how each of the retired units that ended failed ended (a worker that
+    exits non-zero on SIGTERM, or was killed after its stop timeout), then
+    reset it: a retired instance left `failed` would count in every
+    `systemctl --failed` and failed-unit alert until the next deploy."""
+    shown = systemd.show_many(host, stopped, "ActiveState", "Result")
+    failed = [u for u in stopped if shown.get(u, {}).get("ActiveState") == "failed"]
+    for unit in failed:
+        host.say(f"{'':13}{unit} ended {shown[unit].get('Result', '?')} when it was stopped "
+                 f"(its log: logs {name} worker)")
+    if failed:
+        host.run(["systemctl", "reset-failed", *failed])
 
 
 def cool(host: Host, site: Site) -> Site:

@@ -526,3 +526,16 @@ def test_sleeping_turned_off_again_stops_the_doors_a_stopped_run_left(root, shop
     assert "systemctl stop shop-door@3101.service" in plan, plan
     assert "systemctl --no-reload disable --quiet shop-door@3101.socket" in plan, plan
     assert not any("shop-frontend@3100" in c for c in plan if "stop" in c), plan
+
+
+def test_a_retired_worker_that_ended_failed_is_said_and_reset(tmp_path):
+    """A worker exiting non-zero on SIGTERM (or killed at its stop timeout)
+    is named in the deploy's output, and not left `failed`."""
+    shown = ("ActiveState=failed\nResult=exit-code\n\n"
+             "ActiveState=inactive\nResult=success\n")
+    host, runner = make_host(tmp_path, [(["systemctl", "show"], 0, shown), (["systemctl"],)],
+                             dry_run=False)
+    instances.forget_failed(host, "shop", ["shop-worker@q-1-0.service", "shop-worker@q-2-0.service"])
+    assert ["systemctl", "reset-failed", "shop-worker@q-1-0.service"] in runner.calls
+    assert "shop-worker@q-1-0.service ended exit-code when it was stopped" in host.out.getvalue()
+    assert not any("q-2-0" in " ".join(c) for c in runner.calls if "reset-failed" in c)
