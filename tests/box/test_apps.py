@@ -6,6 +6,7 @@ a redeploy that reuses the installed dependencies."""
 import json
 import re
 import time
+import warnings
 
 import pytest
 
@@ -210,6 +211,9 @@ def test_a_redeploy_with_unchanged_requirements_reuses_the_venv(host):
     # New workers at the other offset; the old ones stopped after the switch.
     assert states(host, "app-worker@q-1-1.service", "app-worker@q-1-0.service") == \
         ["active", "inactive"]
+    if " when it was stopped" in out:  # seen on Debian 13 in CI: shown, to learn why
+        warnings.warn("an old worker ended failed: " + out[out.index(" when it was stopped")
+                                                           - 120:][:400])
     print(f"redeploy reusing the venv: {seconds:.1f} s")
     # A changed requirements.txt installs afresh.
     commit(host, REPO, {"requirements.txt": "# pinned nothing\n"}, "requirements")
