@@ -137,6 +137,21 @@ BREAKAGES = [
      {"host.ssh.deploy_keys": "critical"}),
     (lambda f: f["access"].update(unknown_operator=["SHA256:y eve"]),
      {"host.ssh.deploy_keys": "warning"}),
+    # The fleet's log host: a queue towards it that has delivered nothing for an
+    # hour; a site drain's failing is the site's finding, not this one.
+    (lambda f: f.update(log_host="big", drains_failing={"alpha.fleet": {"waiting": 5,
+                                                                        "since": 0}}),
+     {"host.logs.upload": "warning"}),
+    (lambda f: f.update(log_host="big", drains_failing={"alpha-0badcafe": {"waiting": 5,
+                                                                           "since": 0}}),
+     {}),
+    # The log host's receiver listens on its opened port: not a finding.
+    (lambda f: (f["ufw"].update(opened=["22/tcp", "80/tcp", "443/tcp", "6514/tcp"],
+                                allowed=f["ufw"]["allowed"] + ["6514/tcp"]),
+                f["listeners"].append(listen("tcp", "0.0.0.0", 6514, ["rsyslog.service"],
+                                             ["rsyslogd"]))), {}),
+    (lambda f: f["listeners"].append(listen("tcp", "0.0.0.0", 6514, ["rsyslog.service"],
+                                            ["rsyslogd"])), {"host.listen.public": "critical"}),
 ]
 
 

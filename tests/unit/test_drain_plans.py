@@ -154,10 +154,12 @@ def test_a_drain_that_delivered_nothing_for_an_hour_while_records_waited_is_fail
         lines.append(stats_line(at, "shop-bbbb", 0, 100 + 70 - minute))         # delivers all
         lines.append(stats_line(at, "blog-cccc", 3, 100 + (70 - minute) * 2))   # slow, delivers
         lines.append(stats_line(at, "new-dddd", 4, 4) if minute < 10 else "")   # down 10 min
+        lines.append(stats_line(at, "shop.fleet", 2, 2))      # the fleet's log host, down
+        lines.append(stats_line(at, "fleet.actions", 0, 9))   # delivers
     host.paths.drain_stats.parent.mkdir(parents=True)
     host.paths.drain_stats.write_text("garbage line\n" + "".join(lines))
     found = drains.failing(host, now)
-    assert set(found) == {"shop-aaaa"} and found["shop-aaaa"]["waiting"] == 75
+    assert set(found) == {"shop-aaaa", "shop.fleet"} and found["shop-aaaa"]["waiting"] == 75
     assert drains.failing(host, now + 3 * 3600) == {}  # nothing read for hours: no verdict
 
 
