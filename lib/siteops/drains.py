@@ -33,7 +33,12 @@ from .templates import render
 PACKAGES = ("rsyslog", "rsyslog-gnutls")
 SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"
 QUEUE_MEMORY = 20000       # records held in memory per drain before the disk takes them
-QUEUE_DISK = "256m"        # per drain: past it, new records are dropped (and counted)
+QUEUE_DISK = "256m"        # per drain: past it, the site's reading waits (ENQUEUE_WAIT)
+# How long a record waits for room in a drain's queue before it is dropped
+# (and counted): long enough that a burst never loses one while the queue
+# spills to disk; at most this long a restart of rsyslog can be held up.
+ENQUEUE_WAIT_MS = 60000
+RULESET_QUEUE = 10000      # records of a site read ahead of its drains
 SPOOL = "/var/spool/rsyslog"  # Debian's and Ubuntu's rsyslog work directory
 STATS_INTERVAL = 60        # seconds between two of rsyslog's statistics records
 # A drain is failing when it has delivered nothing for this long while records
@@ -130,8 +135,10 @@ def site_conf(host: Host, site: Site, host_name: str | None = None,
                    f'StreamDriver.CAFile="{ca}"')
         actions.append(render("rsyslog/action.conf", url=drain.url,
                               id=drain_id(site.name, drain.url), target=target.host,
-                              port=target.port, tls=tls, memory=QUEUE_MEMORY, disk=QUEUE_DISK))
+                              port=target.port, tls=tls, memory=QUEUE_MEMORY, disk=QUEUE_DISK,
+                              wait=ENQUEUE_WAIT_MS))
     return render("rsyslog/site.conf", name=site.name, logs=logs, field=len(logs.parts) + 1,
+                  ruleset_queue=RULESET_QUEUE, wait_s=ENQUEUE_WAIT_MS // 1000,
                   hostname=host_name or hostname(host), actions="".join(actions))
 
 

@@ -220,11 +220,13 @@ def tls(host: Host, ship: Shipping) -> str:
 def files(host: Host, host_name: str) -> dict[Path, str]:
     """The rsyslog and logrotate files of what this host does for the fleet
     (its sites' own shipping is in their drain files, drains.site_conf)."""
+    from . import drains  # it renders the sites' files with this module's actions
     ship, receive = load(host)
     out: dict[Path, str] = {}
     if ship:
         out[host.paths.rsyslog_d / "55-siteops-fleet.conf"] = render(
             "rsyslog/fleet.conf", log=host.paths.actions_log, hostname=host_name,
+            ruleset_queue=drains.RULESET_QUEUE,
             actions=action(host, ship, "fleet.actions", ACTIONS))
     if receive:
         d = pki(host)
@@ -239,10 +241,11 @@ def files(host: Host, host_name: str) -> dict[Path, str]:
 
 def action(host: Host, ship: Shipping, drain: str, url: str) -> str:
     """The omfwd action of one source towards the log host (queue siteops-DRAIN)."""
-    from .drains import QUEUE_DISK, QUEUE_MEMORY  # drains renders the sites' files with this
+    from .drains import ENQUEUE_WAIT_MS, QUEUE_DISK, QUEUE_MEMORY  # drains renders with this
     return render("rsyslog/action.conf", url=f"the fleet's log host {ship.host} ({url})",
                   id=drain, target=ship.address.strip("[]"), port=ship.port,
-                  tls=tls(host, ship), memory=QUEUE_MEMORY, disk=QUEUE_DISK)
+                  tls=tls(host, ship), memory=QUEUE_MEMORY, disk=QUEUE_DISK,
+                  wait=ENQUEUE_WAIT_MS)
 
 
 def stale(host: Host, wanted: dict[Path, str]) -> list[Path]:

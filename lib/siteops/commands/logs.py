@@ -56,8 +56,9 @@ NAME.worker-mail, ...), the host in each record's HOSTNAME and the site in
 its structured data [siteops@32473 site="NAME"]. rsyslog, the
 distribution's, does the shipping (installed with the first drain); each
 drain has its own queue: a collector that is down gets what was written
-meanwhile when it is back, in order, up to 256 MB per drain (then new lines
-are dropped, never the host's disk filled). Lines written before the drain
+meanwhile when it is back, in order, up to 256 MB per drain (then the site's
+reading waits, a line at most 60 s before it is dropped; never the host's disk
+filled). Lines written before the drain
 was added are not sent.
 
   add URL     syslog+tls://HOST:PORT: the collector's certificate must name
