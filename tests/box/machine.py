@@ -34,6 +34,16 @@ for port in map(int, sys.argv[1:]):
 """
 
 
+def one_suite_image() -> Path:
+    """The image of a module that boots machines of its own on one suite:
+    Debian 12 when the run has it, else the run's first suite."""
+    if os.geteuid() != 0:
+        import pytest
+        pytest.fail("box tests need root (systemd-nspawn, mount)")
+    suites = os.environ.get("SITEOPS_BOX_SUITES", "bookworm trixie").split()  # as conftest.py
+    return build_image("bookworm" if "bookworm" in suites else suites[0])
+
+
 def build_image(suite: str | None = None) -> Path:
     """Build the cached root image of a Debian suite (default: bookworm, or
     $SITEOPS_BOX_SUITE) if missing and return its path."""

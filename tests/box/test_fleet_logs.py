@@ -8,15 +8,14 @@ client without a certificate of that CA is refused; retention is
 rendered and shown; audit is clean on both; bad input changes nothing."""
 
 import json
-import os
 import time
 
 import pytest
 
-from machine import Box, build_image, killed_at, link, signals_for, step_count, stopped_by, until
+from machine import (Box, killed_at, link, one_suite_image, signals_for, step_count,
+                     stopped_by, until)
 
 A, B = "192.0.2.1", "192.0.2.2"
-SUITES = os.environ.get("SITEOPS_BOX_SUITES", "bookworm trixie").split()  # as conftest.py
 STORE = "/var/log/siteops-fleet"
 
 
@@ -27,9 +26,7 @@ def image():
     boxes sometimes fails a unit's stop ("Failed to kill control group ...:
     Input/output error" in its journal), and this module restarts rsyslog
     on two boxes dozens of times. It passes on Debian 13 too."""
-    if os.geteuid() != 0:
-        pytest.fail("box tests need root (systemd-nspawn, mount)")
-    return build_image("bookworm" if "bookworm" in SUITES else SUITES[0])
+    return one_suite_image()
 
 
 @pytest.fixture(scope="module")

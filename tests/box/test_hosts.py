@@ -5,17 +5,15 @@ generates. The inventory, pinned host keys, the fleet views, and a site
 moved from a to b under load with its data identical."""
 
 import json
-import os
 import time
 
 import pytest
 
-from machine import (ACME, CA, EXIT, SRC, Box, Load, build_image, commit, killed_at, link,
+from machine import (ACME, CA, EXIT, SRC, Box, Load, commit, killed_at, link, one_suite_image,
                      start_pebble, stopped_by)
 from test_backup import NOTES_APP
 
 B, C = "192.0.2.2", "198.51.100.2"
-SUITES = os.environ.get("SITEOPS_BOX_SUITES", "bookworm trixie").split()  # as conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +21,7 @@ def image():
     """One suite (Debian 12 when it is chosen): what these tests prove is SSH
     between hosts and the fleet views, the same on both suites; Debian 13's
     OpenSSH is proven by the tenant and foundation tests (CI time)."""
-    if os.geteuid() != 0:
-        pytest.fail("box tests need root (systemd-nspawn, mount)")
-    return build_image("bookworm" if "bookworm" in SUITES else SUITES[0])
+    return one_suite_image()
 
 
 @pytest.fixture(scope="module")

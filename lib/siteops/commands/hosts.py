@@ -152,9 +152,9 @@ def fleet_logs(host: Host) -> dict:
 def logs_to(host: Host, args: argparse.Namespace) -> None:
     if not args.name:
         raise UsageError("logs-to needs NAME, a host of the inventory")
-    receive = fleetlogs.Receiving(args.address or "", args.port, args.keep_days, args.max_size)
-    if args.receive:
-        receive_step(host, args, receive)
+    if args.receive:  # one host's step, its address given by the host that runs logs-to
+        receive_step(host, args, fleetlogs.Receiving(args.address or "", args.port,
+                                                     args.keep_days, args.max_size))
         return
     target = fleet.get(host, args.name)
     receive = fleetlogs.Receiving(target.address, args.port, args.keep_days, args.max_size)
