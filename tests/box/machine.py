@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+CGROUPS = Path("/sys/fs/cgroup")
 SRC = "/opt/siteops-src"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # A box writes to a sparse file of this size (bench/density.py with 500 sites
@@ -122,13 +123,15 @@ class Box(Machine):
                         f"lowerdir={self.image},upperdir={fs}/upper,"
                         f"workdir={fs}/overlay-work", str(self.merged)], check=True)
         log = open(self.work / "console.log", "wb")
+        cgroups = self._own_cgroups()
         self.proc = subprocess.Popen(
             ["systemd-nspawn", "--register=no", "--keep-unit", "--private-network",
              "-D", str(self.merged), f"--bind-ro={REPO}:{SRC}",
              *(f"--bind={src}:{dest}" for src, dest in self.binds.items()), "--boot",
              "--console=passive"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=lambda: [
+                (group / "cgroup.procs").write_text("0") for group in cgroups])
         deadline = time.monotonic() + timeout
         while not self.leader:
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -141,6 +144,32 @@ class Box(Machine):
                 return self
             time.sleep(0.5)
         raise RuntimeError(f"box stuck in state {state!r}")
+
+    def _own_cgroups(self) -> list[Path]:
+        """A cgroup of the box's own in each hierarchy its systemd uses. nspawn
+        (--keep-unit) puts the machine under the cgroup it was started in, and
+        this host runs no systemd: started from the root cgroup, every box
+        would share /payload, and one box's systemd would stop, kill and
+        remove the cgroups of another's units of the same name (rsyslog, a
+        transient test unit): the flakes of full runs, where two lanes' boxes
+        run at once."""
+        groups = []
+        for hierarchy in ("systemd", "unified"):
+            root = CGROUPS / hierarchy
+            if (root / "cgroup.procs").exists():
+                (root / self.work.name).mkdir(exist_ok=True)
+                groups.append(root / self.work.name)
+        return groups
+
+    def _drop_cgroups(self) -> None:
+        for hierarchy in ("systemd", "unified"):
+            top = CGROUPS / hierarchy / self.work.name
+            if top.is_dir():
+                for path, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+                    try:
+                        os.rmdir(path)
+                    except OSError:
+                        pass
 
     def _find_leader(self) -> int:
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
@@ -179,6 +208,7 @@ class Box(Machine):
                 self.proc.wait()
         subprocess.run(["umount", "-R", str(self.merged)], check=False, capture_output=True)
         subprocess.run(["umount", str(self.work / "fs")], check=False, capture_output=True)
+        self._drop_cgroups()
         shutil.rmtree(self.work, ignore_errors=True)
 
 
