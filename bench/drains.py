@@ -84,7 +84,7 @@ def main() -> None:
         # Throughput: many lines at once.
         before = int(far.sh(f"wc -l < {COLLECTOR}/received.log").stdout)  # before the burst
         start = time.time()
-        box.sh(f"seq -f 'fast %g x' 1 {args.lines} >> {LOG}")
+        box.sh(f"seq -f 'fast %.0f x' 1 {args.lines} >> {LOG}")
         deadline = start + 600
         while time.time() < deadline:  # a line count: cheap beside the shipping it measures
             count = int(far.sh(f"wc -l < {COLLECTOR}/received.log").stdout) - before
