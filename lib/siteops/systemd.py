@@ -110,7 +110,7 @@ def ensure_units(host: Host, site: Site, redis_config_changed: bool = False) -> 
             if host.write(paths[unit], text):
                 changed.append(unit)
     remove_legacy_units(host, site)
-    if changed:
+    if changed and any_loaded(host, changed):
         host.run(["systemctl", "daemon-reload"])
     slice_ = units.slice_name(site.name)
     if slice_ in changed and is_active(host, slice_):
@@ -120,6 +120,18 @@ def ensure_units(host: Host, site: Site, redis_config_changed: bool = False) -> 
     if (redis in changed or redis_config_changed) and is_active(host, redis):
         host.run(["systemctl", "restart", redis])
     return changed
+
+
+def any_loaded(host: Host, names: list[str]) -> bool:
+    """Whether the manager has any of these units (or an instance of one
+    that is a template) loaded, even as not-found. If not, their new files
+    need no daemon-reload, which costs most of a new site's add-site on a
+    host of hundreds (0.8 s at 200 sites): systemd loads a unit it has not
+    met from disk when it is first named, its unit directories' times telling
+    it that the files changed (systemd 252 of Debian 12 and later)."""
+    patterns = [n.replace("@.", "@*.") for n in names]
+    return bool(host.query(["systemctl", "list-units", "--all", "--plain", "--no-legend",
+                            "--no-pager", "--", *patterns], ok=range(256)).out.strip())
 
 
 def remove_legacy_units(host: Host, site: Site) -> None:

@@ -88,11 +88,17 @@ def live_doors(site: Site) -> list[str]:
     return list(doors(site, site.releases.get(site.live.release), site.live.offset))
 
 
+def sleeps(site: Site) -> bool:
+    """Whether the site sleeps: its live release is reached through doors,
+    or, before its first deploy, it is set to sleep (its Redis then runs only
+    while something needs it)."""
+    return site.live.doors if site.live else site.sleep_after is not None
+
+
 def always_on(site: Site) -> list[str]:
     """What runs at all times (and is started at boot): Redis and the live
     instances, or, for a site that sleeps, only the live release's doors."""
-    doors = site.live.doors if site.live else site.sleep_after is not None
-    if doors:
+    if sleeps(site):
         return live_doors(site)
     return [redis_unit(site.name), *live_instances(site)]
 
@@ -247,7 +253,7 @@ def live_units(site: Site) -> list[str]:
 
 def asleep_allowed(site: Site) -> list[str]:
     """The units of a sleeping site that may be stopped (asleep) or running."""
-    if not site.live or not site.live.doors:
+    if not sleeps(site):
         return []
     return live_instances(site) + [redis_unit(site.name)]
 

@@ -51,6 +51,10 @@ def host(box):
     box.siteops("bootstrap")
     box.siteops(f"add-site sleepy --domain sleepy.test --components frontend "
                 f"--sleep-after {SLEEP}s")
+    # Before its first deploy it runs nothing, and audit takes that as asleep.
+    assert box.sh("systemctl is-active sleepy-redis.service", check=False).stdout.strip() \
+        == "inactive"
+    box.siteops("audit sleepy")
     commit(box, REPO, APP, "v1")
     box.siteops(f"deploy sleepy --repo {REPO}")
     return box

@@ -329,7 +329,9 @@ def test_refresh_switches_only_when_a_component_template_changed(root, shop):
 @pytest.mark.skipif(os.geteuid() != 0, reason="limits changes need root")
 def test_limits_rewrite_the_slice_and_apply_to_the_running_site(root, shop):
     rules = [(["systemctl", "is-active", "--quiet", "siteops-shop.slice"], 0, ""),
-             (["systemctl", "is-active"], 3, "")] + CHANGES
+             (["systemctl", "is-active"], 3, ""),
+             (["systemctl", "list-units"], 0, "siteops-shop.slice loaded active active\n")
+             ] + CHANGES
     host, runner = make_host(root, rules, dry_run=False)
     systemd.ensure_units(host, shop)  # as add-site left them
     host.actions.clear()

@@ -137,10 +137,13 @@ def test_add_site_plan_for_a_new_site(root):
         f"{root}/srv/sites/shop --shell /usr/sbin/nologin --comment 'siteops site shop' shop",
         f"nft -f {root}/etc/siteops/nftables.conf",
         f"{PSQL} postgres",  # role, database and both REVOKEs in one session
-        "systemctl daemon-reload",
+        # No daemon-reload: the manager has none of the new site's units loaded.
         "systemctl --no-reload enable --now shop-redis.service",
         "systemctl reload-or-restart nginx",
     ]
+    assert ["systemctl", "list-units", "--all", "--plain", "--no-legend", "--no-pager", "--",
+            "siteops-shop.slice", "shop-frontend@*.service", "shop-api@*.service",
+            "shop-worker@*.service", "shop-redis.service"] in runner.calls
     out = host.out.getvalue()
     assert "site shop: slot 1, ports frontend 3110, api 4010, redis 5010" in out
     env = host.written[f"{root}/srv/sites/shop/shared/.env"]
@@ -160,6 +163,18 @@ def test_add_site_plan_for_a_new_site(root):
                                               "REVOKE ALL"]
     assert not (root / "srv").exists()
     assert out.strip().endswith("nothing was changed")
+
+
+def test_add_site_reloads_the_manager_when_it_has_a_unit_of_the_site_loaded(root):
+    """A site once removed, whose units the manager still holds (even as
+    not-found), or a converging one: its new files need a daemon-reload."""
+    bootstrapped(root)
+    rules = [(["systemctl", "list-units"], 0,
+              "shop-redis.service not-found inactive dead shop-redis.service\n"),
+             (["ss"], 0, ""), (["runuser"], 0, "")] + NEW_SERVER
+    host, runner = make_host(root, rules)
+    assert add_site.main(["shop", "--domain", "shop.example.com", "--dry-run"], host) == 0
+    assert "systemctl daemon-reload" in planned_commands(host)
 
 
 def test_add_site_refuses_bad_input_before_any_fact_is_read(root, capsys):

@@ -91,6 +91,21 @@ def test_audit_takes_an_asleep_instance_as_fine_and_a_failed_wake_as_a_finding()
     assert found["site.nap.unit:nap-door@3120.socket"].severity != "ok"
 
 
+def test_audit_takes_a_never_deployed_sleeping_sites_redis_as_asleep():
+    """Before its first deploy a sleeping site runs nothing (always_on), so
+    its Redis, stopped and not enabled, is asleep, not a critical finding:
+    the two are decided in one place (units.sleeps)."""
+    fresh = Site("nap", 2, components=["frontend"], ports=units.ports_for(2, ["frontend"]),
+                 sleep_after=60)
+    states = {"nap-redis.service": {"active": "inactive", "enabled": "not enabled"}}
+    found = site_checks.unit_checks(fresh, {"units": states, "exposure": {}})
+    assert [(f.id, f.severity) for f in found] == [("site.nap.unit:nap-redis.service", "ok")]
+    states["nap-redis.service"]["active"] = "failed"
+    assert site_checks.unit_checks(fresh, {"units": states, "exposure": {}})[0].severity != "ok"
+    awake = Site("nap", 2, components=["frontend"], ports=units.ports_for(2, ["frontend"]))
+    assert site_checks.unit_checks(awake, {"units": states, "exposure": {}})[0].severity != "ok"
+
+
 def test_systemd_holding_a_door_port_is_not_a_foreign_listener():
     site = sleepy()
     pid1 = {"proto": "tcp", "addr": "127.0.0.1", "port": 3128, "units": ["init.scope"],
