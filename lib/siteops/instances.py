@@ -142,13 +142,8 @@ def ensure_dropins(host: Host, site: Site, rid: str, record: Release,
     verify`, then daemon-reload); return the units."""
     names = units.instance_units(site, record, offset) + (
         [units.door_service(s) for s in units.doors(site, record, offset)] if doors else [])
-    files = render_dropins(host, site, rid, record, offset, doors)
-    with host.validated(list(files), ["systemd-analyze", "verify", *names],
-                        "instance drop-ins") as outcome:
-        for path, text in files.items():
-            host.write(path, text)
-    if outcome.changed:
-        host.run(["systemctl", "daemon-reload"])
+    systemd.write_units(host, render_dropins(host, site, rid, record, offset, doors), names,
+                        "instance drop-ins")
     return names
 
 

@@ -70,10 +70,7 @@ def loaded(host: Host) -> str | None:
 
 def ensure_boot_unit(host: Host) -> None:
     """siteops-nftables.service: verified, enabled, so the rules load at boot."""
-    path = host.paths.unit(UNIT)
-    with host.validated([path], ["systemd-analyze", "verify", path], "nftables unit") as outcome:
-        host.write(path, render(f"systemd/{UNIT}", conf=conf(host)))
-    if outcome.changed:
-        host.run(["systemctl", "daemon-reload"])
+    systemd.write_units(host, {host.paths.unit(UNIT): render(f"systemd/{UNIT}", conf=conf(host))},
+                        [UNIT], "nftables unit")
     if not systemd.is_enabled(host, UNIT):
         host.run(["systemctl", "enable", "--quiet", UNIT])

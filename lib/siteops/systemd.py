@@ -14,12 +14,15 @@ Builds run through `systemd-run` with the same hardening as the services."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 
-from . import units
+from . import safefs, units
 from .errors import CommandError, SiteopsError
 from .model import Job, Site
 from .host import Host
@@ -92,6 +95,67 @@ def is_enabled(host: Host, unit: str) -> bool:
     return host.query(["systemctl", "is-enabled", "--quiet", unit], ok=range(256)).code == 0
 
 
+# Where the distribution's units are: the only ones besides its own that a
+# unit siteops writes refers to (network.target, postgresql.service).
+VENDOR_UNITS = ("/usr/lib/systemd/system", "/lib/systemd/system")
+
+
+def owner(path: Path) -> str:
+    """The unit a unit file or drop-in belongs to."""
+    return path.parent.name[:-2] if path.parent.name.endswith(".d") else path.name
+
+
+def verify(host: Host, files: dict[Path, str], checked: list[str], what: str) -> None:
+    """`systemd-analyze verify` of the units named in checked as they will be
+    once files (real path: text) are written, before any is: the files go to
+    a root-only candidate directory, with the drop-ins already beside those
+    units, and the verify's unit path is that directory and the
+    distribution's units. Against /etc/systemd/system the verify reads every
+    unit file there: 0.4 s for a site's three units on a host of 100 sites,
+    growing with each; this way some 30 ms at any size. SiteopsError, with
+    systemd's reason, if it fails; nothing is run in a dry run."""
+    if host.dry_run or not checked:
+        return
+    base = host.paths.unit("x").parent
+    stage = host.paths.state / "candidates"
+    safefs.ensure_dir(stage, 0o700, 0, 0)
+    candidate = Path(tempfile.mkdtemp(prefix="units-", dir=stage))
+    try:
+        texts = {path.relative_to(base): text for path, text in files.items()}
+        # Each unit checked or given a file, with what systemd reads with it: its
+        # file or template, its drop-ins (a drop-in alone makes a unit that
+        # fails to load, and one that Requires= it fails its verify).
+        for name in dict.fromkeys([*checked, *(owner(path) for path in files)]):
+            for unit in dict.fromkeys((name, re.sub(r"@[^.]+\.", "@.", name))):
+                for part in [unit] + [f"{unit}.d/{c}" for c in safefs.listdir(base / f"{unit}.d")]:
+                    if Path(part) not in texts and (text := host.read(base / part)) is not None:
+                        texts[Path(part)] = text
+        for rel, text in texts.items():
+            safefs.write(candidate / rel, text.encode(), 0o644)
+        argv = [str(candidate / n) if Path(n) in texts else n for n in checked]
+        res = host.query(["systemd-analyze", "verify", *argv], ok=range(256),
+                         env={"SYSTEMD_UNIT_PATH": ":".join((str(candidate), *VENDOR_UNITS))})
+    finally:
+        shutil.rmtree(candidate, ignore_errors=True)
+    if res.code != 0:
+        lines = (res.err or res.out).strip().replace(f"{candidate}/", "").splitlines()
+        raise SiteopsError(f"{what}: `systemd-analyze verify` failed, nothing written: "
+                           f"{(lines or ['no output'])[-1]}")
+
+
+def write_units(host: Host, files: dict[Path, str], checked: list[str], what: str) -> list[Path]:
+    """Write unit files and drop-ins (real path: text), verified first (the
+    units named in checked, verify()), and daemon-reload if the manager has
+    one of the units they belong to loaded (any_loaded); return the paths
+    that changed."""
+    if any(host.read(path) != text for path, text in files.items()):
+        verify(host, files, checked, what)
+    changed = [path for path, text in files.items() if host.write(path, text)]
+    if changed and any_loaded(host, list(dict.fromkeys(map(owner, changed)))):
+        host.run(["systemctl", "daemon-reload"])
+    return changed
+
+
 def ensure_units(host: Host, site: Site, redis_config_changed: bool = False) -> list[str]:
     """Write a site's unit files (verified) and reload systemd; return changed units.
     Redis is restarted here, once, if its unit or its config changed; live app
@@ -102,16 +166,11 @@ def ensure_units(host: Host, site: Site, redis_config_changed: bool = False) -> 
     # A door's service is verified with its instance's drop-ins (ensure_dropins):
     # its socket has no port of its own before.
     door = units.door_service(units.door_template(site.name))
-    services = [str(paths[u]) for u in files if u.endswith(".service") and u != door]
-    changed = []
-    with host.validated(list(paths.values()), ["systemd-analyze", "verify", *services],
-                        "systemd units"):
-        for unit, text in files.items():
-            if host.write(paths[unit], text):
-                changed.append(unit)
+    services = [u for u in files if u.endswith(".service") and u != door]
+    written = write_units(host, {paths[u]: text for u, text in files.items()}, services,
+                          "systemd units")
+    changed = [u for u in files if paths[u] in written]
     remove_legacy_units(host, site)
-    if changed and any_loaded(host, changed):
-        host.run(["systemctl", "daemon-reload"])
     slice_ = units.slice_name(site.name)
     if slice_ in changed and is_active(host, slice_):
         # daemon-reload does not re-apply a running slice's cgroup settings.
@@ -285,14 +344,10 @@ def ensure_jobs(host: Host, site: Site) -> None:
             host.run(["systemctl", "disable", "--now", "--quiet", timer])
             for unit in (timer, service):
                 host.remove(host.paths.unit(unit))
-        paths = {u: host.paths.unit(u) for u in files}
-        with host.validated(list(paths.values()),
-                            ["systemd-analyze", "verify", *map(str, paths.values())],
-                            f"jobs of {name}") as outcome:
-            for unit, text in files.items():
-                host.write(paths[unit], text)
-        if outcome.changed or gone:
+        if gone:
             host.run(["systemctl", "daemon-reload"])
+        write_units(host, {host.paths.unit(u): text for u, text in files.items()}, list(files),
+                    f"jobs of {name}")
         timers = [u for u in files if u.endswith(".timer")]
         if site.held:  # a move's copy, or its source after the freeze
             if any(is_enabled(host, t) or is_active(host, t) for t in timers):
@@ -416,14 +471,9 @@ def ensure_timer(host: Host, job: str) -> None:
     """A siteops job (audit, backup, usage): a oneshot service and its timer, enabled."""
     service, timer = timer_units(job)
     with host.step(TIMERS[job]):
-        paths = {u: host.paths.unit(u) for u in (service, timer)}
-        with host.validated(list(paths.values()),
-                            ["systemd-analyze", "verify", *map(str, paths.values())],
-                            TIMERS[job]) as outcome:
-            for unit, path in paths.items():
-                host.write(path, render(f"systemd/{unit}", bin=host.paths.install_dir / "bin"))
-        if outcome.changed:
-            host.run(["systemctl", "daemon-reload"])
+        write_units(host, {host.paths.unit(u): render(f"systemd/{u}",
+                                                      bin=host.paths.install_dir / "bin")
+                           for u in (service, timer)}, [service, timer], TIMERS[job])
         if not (is_enabled(host, timer) and is_active(host, timer)):
             host.run(["systemctl", "enable", "--now", timer])
 

@@ -4,6 +4,7 @@ running the code they replaced moved onto the new code right after
 
 from __future__ import annotations
 
+from . import systemd
 from .host import Host
 from .templates import render
 
@@ -15,10 +16,6 @@ def ensure(host: Host) -> None:
                    render("apt/20auto-upgrades"))
     dropin = host.paths.dropin("apt-daily-upgrade.service").with_name("siteops-outdated.conf")
     with host.step("after each unattended upgrade: outdated --restart"):
-        with host.validated([dropin], ["systemd-analyze", "verify", "--man=no",
-                                      "apt-daily-upgrade.service"],
-                            "apt-daily-upgrade drop-in") as outcome:
-            host.write(dropin, render("systemd/apt-daily-upgrade-outdated.conf",
-                                      bin=host.paths.install_dir / "bin"))
-        if outcome.changed:
-            host.run(["systemctl", "daemon-reload"])
+        systemd.write_units(host, {dropin: render("systemd/apt-daily-upgrade-outdated.conf",
+                                                  bin=host.paths.install_dir / "bin")},
+                            ["apt-daily-upgrade.service"], "apt-daily-upgrade drop-in")

@@ -77,7 +77,6 @@ def test_switch_starts_beside_checks_health_then_moves_nginx_and_current(root, s
     marks = []
     site = instances.switch(host, shop, R2, shop.releases[R2], marks.append)
     assert planned_commands(host) == [
-        "systemctl daemon-reload",
         "systemctl start shop-frontend@3101.service",
         "systemctl reload-or-restart nginx",
         "systemctl --no-reload enable --quiet shop-frontend@3101.service",
@@ -105,7 +104,7 @@ def test_switch_of_a_sleeping_site_starts_the_release_with_its_doors_and_moves_n
     host, runner = prepared_host(root, shop, healthy())
     site = instances.switch(host, shop, R2, shop.releases[R2], lambda e: None)
     plan = planned_commands(host)
-    assert plan[1] == ("systemctl start shop-frontend@3101.service "
+    assert plan[0] == ("systemctl start shop-frontend@3101.service "
                        "shop-door@3101.socket shop-door@3101.service"), plan
     assert ["systemd-analyze", "verify", "shop-frontend@3101.service",
             "shop-door@3101.service"] in runner.calls
@@ -164,7 +163,6 @@ def test_a_failed_switch_stops_the_new_instance_and_touches_nothing_live(root, s
     with pytest.raises(SiteopsError, match=message):
         instances.switch(host, shop, R2, shop.releases[R2], lambda e: None)
     assert planned_commands(host) == [
-        "systemctl daemon-reload",
         "systemctl start shop-frontend@3101.service",
         "systemctl stop shop-frontend@3101.service",
     ]
@@ -180,8 +178,7 @@ def test_a_spare_port_something_else_holds_is_skipped(root, shop):
              held_by(3102, 3102)] + healthy()
     host, runner = prepared_host(root, shop, rules)
     site = instances.switch(host, shop, R2, shop.releases[R2], lambda e: None)
-    assert planned_commands(host)[:2] == ["systemctl daemon-reload",
-                                          "systemctl start shop-frontend@3102.service"]
+    assert planned_commands(host)[:1] == ["systemctl start shop-frontend@3102.service"]
     assert site.live == model.Live(R2, 2)
     assert "127.0.0.1:3102" in (root / "etc/nginx/sites-available/shop.conf").read_text()
 
@@ -242,7 +239,7 @@ def test_deploy_dry_run_is_the_recording_of_the_real_run(root, shop):
                              f"{rel}/{item}"]) for item in (".env", "uploads", "logs")],
         "+ " + shlex.join(sandbox),
         "+ " + shlex.join(build),
-        "+ systemctl daemon-reload",
+        "+ systemctl daemon-reload",  # the fake has shop-frontend@3100 loaded: any instance
         "+ systemctl start shop-frontend@3101.service",
         "+ systemctl reload-or-restart nginx",
         "+ systemctl --no-reload enable --quiet shop-frontend@3101.service",
@@ -320,7 +317,7 @@ def test_refresh_switches_only_when_a_component_template_changed(root, shop):
     assert site.live == model.Live(R1, 1)  # same release, fresh instance
     plan = planned_commands(host)  # recover first (the fake says 3100 is stopped: started)
     start = plan.index("systemctl start shop-frontend@3101.service")
-    assert plan[start - 1] == "systemctl daemon-reload"
+    assert "systemctl daemon-reload" not in plan  # 3101 is new to the manager: none needed
     assert plan.index("systemctl --no-reload enable --now shop-frontend@3100.service") < start
     assert registry.load(host).sites["shop"].history[-1].action == "restart"
     assert (root / "srv/sites/shop/current").readlink().as_posix() == f"releases/{R1}"
@@ -415,7 +412,6 @@ def test_keep_warm_leaves_the_old_instances_running_and_a_switch_back_reuses_the
     host.actions.clear()
     site = instances.switch(host, shop, R2, shop.releases[R2], lambda e: None, keep_warm=True)
     assert planned_commands(host) == [
-        "systemctl daemon-reload",
         "systemctl start shop-frontend@3101.service",
         "systemctl reload-or-restart nginx",
         "systemctl --no-reload enable --quiet shop-frontend@3101.service",
@@ -469,6 +465,8 @@ def test_a_switch_elsewhere_stops_the_warm_instances_first_and_recover_spares_th
     # warm ones would run the old environment; they stop before anything starts.
     host, _ = prepared_host(root, warm, [(["ss", "-H", "-t", "-l", "-n"], 0, "LISTEN 0 511 "
                                           "127.0.0.1:3101 0.0.0.0:*\n"), held_by(3100, 3100),
+                                         (["systemctl", "list-units"], 0,  # once warm: loaded
+                                          "shop-frontend@3100.service loaded inactive dead\n"),
                                          *healthy()[2:]])
     site = instances.switch(host, warm, R2, warm.releases[R2], lambda e: None)
     plan = planned_commands(host)
@@ -541,3 +539,47 @@ def test_a_retired_worker_that_ended_failed_is_said_and_reset(tmp_path):
     assert ["systemctl", "reset-failed", "shop-worker@q-1-0.service"] in runner.calls
     assert "shop-worker@q-1-0.service ended exit-code when it was stopped" in host.out.getvalue()
     assert not any("q-2-0" in " ".join(c) for c in runner.calls if "reset-failed" in c)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="unit files are written as root")
+def test_units_are_verified_in_a_candidate_directory_before_any_is_written(root):
+    """systemd.write_units: the verify sees the new files, the drop-ins beside
+    them and the distribution's units, not the rest of /etc/systemd/system
+    (whose size made it slow); a failing verify writes nothing."""
+    seen = {"code": 0}
+
+    def runner(argv, input=None, timeout=None, env=None, stream=None):
+        if argv[:2] == ["systemd-analyze", "verify"]:
+            seen["path"] = env["SYSTEMD_UNIT_PATH"].split(":")
+            staged = siteops_host.Path(seen["path"][0])
+            seen["files"] = sorted(str(p.relative_to(staged)) for p in staged.rglob("*")
+                                   if p.is_file())
+            seen["argv"] = [a.replace(str(staged), "CANDIDATE") for a in argv[2:]]
+            return siteops_host.Result(argv, seen["code"], "", "shop-redis.service: Command "
+                                       "/nope is not executable: No such file or directory\n")
+        assert argv[:2] == ["systemctl", "list-units"], argv
+        return siteops_host.Result(argv, 0, "")
+    host = siteops_host.Host(runner=runner, paths=siteops_host.Paths(root))
+    units_dir = root / "etc/systemd/system"
+    (units_dir / "shop-frontend@3100.service.d").mkdir(parents=True)
+    (units_dir / "shop-frontend@3100.service.d/admin.conf").write_text("[Service]\nNice=5\n")
+    (units_dir / "blog-redis.service").write_text("[Service]\nExecStart=/bin/true\n")
+    files = {units_dir / "shop-frontend@.service": "[Service]\nExecStart=/bin/true\n",
+             units_dir / "shop-redis.service": "[Service]\nExecStart=/bin/true\n"}
+    assert systemd.write_units(host, files, ["shop-frontend@3100.service", "shop-redis.service"],
+                               "units of shop") == list(files)
+    assert seen["path"][1:] == list(systemd.VENDOR_UNITS)
+    assert seen["files"] == ["shop-frontend@.service", "shop-frontend@3100.service.d/admin.conf",
+                             "shop-redis.service"]  # not blog's
+    assert seen["argv"] == ["shop-frontend@3100.service", "CANDIDATE/shop-redis.service"]
+    assert not siteops_host.Path(seen["path"][0]).exists()  # the candidate is gone
+    assert (units_dir / "shop-redis.service").read_text() == files[units_dir / "shop-redis.service"]
+    seen["code"], seen["files"] = 1, None
+    bad = {units_dir / "shop-redis.service": "[Service]\nExecStart=/nope\n"}
+    with pytest.raises(SiteopsError, match="units of shop: `systemd-analyze verify` failed, "
+                                           "nothing written: shop-redis.service: Command /nope"):
+        systemd.write_units(host, bad, ["shop-redis.service"], "units of shop")
+    assert (units_dir / "shop-redis.service").read_text() == "[Service]\nExecStart=/bin/true\n"
+    seen["files"] = None
+    assert systemd.write_units(host, files, ["shop-redis.service"], "units of shop") == []
+    assert seen["files"] is None  # unchanged files: no verify
