@@ -54,6 +54,18 @@ def _f(id_, ok: bool, subject: str, good: str, bad: str, severity: str = CRITICA
 
 # -- host ---------------------------------------------------------------------
 
+def nginx_files_check(facts: Facts) -> Finding:
+    """nginx's master may open every site's logs twice (a reload): below that,
+    its reloads fail and it goes on serving its old configuration."""
+    limit, needed = facts["nginx_files"]["limit"], facts["nginx_files"]["needed"]
+    return _f("host.nginx.files", limit is None or limit >= (needed or 0), "host",
+              f"nginx may open {limit} files (its reloads need some {needed})",
+              f"nginx may open only {limit} files and a reload needs some {needed} (every "
+              "site's logs, twice): its reloads fail ('Too many open files') and it keeps "
+              "serving its old configuration",
+              remedy="sudo bootstrap (LimitNOFILE in nginx's unit, given to the running master)")
+
+
 def host_checks(facts: Facts) -> list[Finding]:
     h = "host"
     ufw = facts["ufw"]
@@ -91,6 +103,7 @@ def host_checks(facts: Facts) -> list[Finding]:
     out.append(_f("host.nginx", facts["nginx_t"]["ok"], h, "nginx -t passes",
                   f"nginx -t fails: {' '.join(facts['nginx_t']['detail'])}",
                   remedy="fix the file nginx names, then `nginx -t`"))
+    out.append(nginx_files_check(facts))
     out += listener_checks(facts)
     out.append(nftables_check(facts))
     out.append(sysctl_check(facts))

@@ -15,6 +15,8 @@ below; the checks in checks.py and site_checks.py take them):
     fail2ban      `fail2ban-client status` text
     sshd          `sshd -T` as {setting: value}
     nginx_t       {ok, detail: [last line]}
+    nginx_files   {limit: the running master's soft limit of open files | null,
+                  needed: what its reload needs for the registry's sites}
     upgrades      20auto-upgrades text
     certbot_hook  the renewal hook exists
     listeners     [{proto, addr, port, units: [unit], programs: [name]}]
@@ -132,6 +134,7 @@ class Facts(TypedDict):
     units: dict[str, dict[str, Any]]
     postgres: dict[str, Any]
     nginx_t: dict[str, Any]
+    nginx_files: dict[str, int | None]
     ufw: dict[str, Any]
     fail2ban: str
     sshd: dict[str, str]
@@ -358,8 +361,11 @@ def started(calls: dict[str, Callable[[], Any]]) -> Callable[[], dict[str, Any]]
     return joined
 
 
-def gather(host: Host, sites: list[Site]) -> Facts:
-    """All facts for the host checks and for each of sites."""
+def gather(host: Host, sites: list[Site], every: list[Site] | None = None) -> Facts:
+    """All facts for the host checks and for each of sites; every: the
+    registry's sites, if the caller has them (read again if not)."""
+    if every is None:
+        every = list(registry.load(host).sites.values())
     cluster = postgres.clusters(host)
     ship, _ = fleetlogs.load(host)
     pg_unit = cluster[0].unit if cluster else "postgresql.service"
@@ -386,6 +392,10 @@ def gather(host: Host, sites: list[Site]) -> Facts:
         "postgres": lambda: postgres_facts(host),
         "nginx_t": nginx_t,
         "ufw": lambda: ufw_facts(host),
+        # Its `systemctl show` of the sleeping sites' instances waits while the
+        # sites' files are read and rendered here.
+        "usage": lambda: {r["name"]: r for r in usage.collect(host, sites, interval=0,
+                                                               with_sizes=False)},
         "fail2ban": lambda: host.query(["fail2ban-client", "status"], ok=range(256)).out,
         "sshd": lambda: dict(line.split(" ", 1) for line in host.query(
             ["sshd", "-T"], ok=range(256)).out.splitlines() if " " in line),
@@ -402,12 +412,12 @@ def gather(host: Host, sites: list[Site]) -> Facts:
         "sysctl": None if sysctl.in_container(host) else sysctl.facts(host),
         "hardening": hardening.facts(host),
         "outdated": outdated.scan(host.paths.p("/proc")),
-        "access": access.facts(host, list(registry.load(host).sites.values()),
-                               deploy.home if deploy else None),
+        "access": access.facts(host, every, deploy.home if deploy else None),
+        "nginx_files": {"limit": nginx.open_files_limit(host),
+                        "needed": nginx.FILES_PER_SITE * len(every) + 64},
         "postgres_unit": pg_unit,
         "disk": {"used_pct": round(100 * (1 - root_stat.f_bavail / root_stat.f_blocks), 1)
                  if root_stat.f_blocks else 0},
-        "usage": {r["name"]: r for r in usage.collect(host, sites, interval=0, with_sizes=False)},
         "log_host": ship.host if ship else None,
         "drains_failing": drains.failing(host) if ship or any(s.drains for s in sites) else {},
     }

@@ -317,11 +317,13 @@ def switch(host: Host, site: Site, rid: str, record: Release,
         # answer requests nginx still sends them with 502). Not cut short by a
         # second Ctrl-C or a SIGTERM.
         with uninterrupted(), host.step("put the live release back"):
-            nginx.ensure_site(host, site)
-            host.put_back(current, before)
-            if new_units:
-                drain(host, list(units.instance_ports(site, live.offset, record).values()))
-            stop(host, new_units)
+            try:
+                nginx.ensure_site(host, site)
+            finally:  # an nginx that cannot reload serves the live ones still
+                host.put_back(current, before)
+                if new_units:
+                    drain(host, list(units.instance_ports(site, live.offset, record).values()))
+                stop(host, new_units)
         detail = new_log_lines(sizes)
         if isinstance(exc, SiteopsError) and detail:
             raise SiteopsError(f"{exc}\n{detail}") from exc

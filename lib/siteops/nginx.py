@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import html
 import ipaddress
+import os
 import re
 import time
 from pathlib import Path
@@ -63,9 +64,17 @@ def cloudflare_list(host: Host) -> str:
 # nginx.conf lines that conf.d/siteops.conf sets instead (Debian 12's allow
 # TLS 1.0 and 1.1 at http level, for every server that does not say otherwise).
 MOVED_DIRECTIVES = ("ssl_protocols", "ssl_prefer_server_ciphers")
-# Each proxied request holds two descriptors (client, upstream): at least twice
-# worker_connections (768 in Debian's nginx.conf), or workers run out under load.
-RLIMIT_NOFILE = "worker_rlimit_nofile 4096;  # siteops: twice worker_connections, and more\n"
+# Descriptors: the master opens every site's access and error logs, and a
+# second set while it reloads; systemd's default soft limit of 1024 made its
+# reloads fail near 250 sites ("Too many open files", bench/density.py). Each
+# worker opens the logs too, and holds two per proxied request (client,
+# upstream). Room for some 3,000 sites, within the hard limit of any host.
+NOFILE = 16384
+FILES_PER_SITE = 4  # the master's, while it reloads
+RLIMIT_NOFILE = (f"worker_rlimit_nofile {NOFILE};  # siteops: every site's logs, and two per "
+                 "connection\n")
+LIMITS_DROPIN = ("# Managed by siteops: the master opens every site's logs, twice while it "
+                 f"reloads.\n[Service]\nLimitNOFILE={NOFILE}\n")
 
 
 def main_conf(text: str) -> str:
@@ -76,10 +85,36 @@ def main_conf(text: str) -> str:
         word = line.strip().split(" ", 1)[0]
         if word in MOVED_DIRECTIVES:
             line = f"{line[:len(line) - len(line.lstrip())]}# siteops (conf.d/siteops.conf): {line.lstrip()}"
+        if word == "worker_rlimit_nofile" and "# siteops:" in line:
+            line = RLIMIT_NOFILE  # an earlier siteops's value (the operator's own stays)
         lines.append(line)
         if re.match(r"\s*worker_processes\s", line) and "worker_rlimit_nofile" not in text:
             lines.append(RLIMIT_NOFILE)
     return "".join(lines)
+
+
+def master_pid(host: Host) -> int | None:
+    master = (host.read(host.paths.nginx_pid) or "").strip()
+    return int(master) if master.isdigit() else None
+
+
+def open_files_limit(host: Host) -> int | None:
+    """The running master's soft limit of open files (None if it is not running)."""
+    pid = master_pid(host)
+    limits = host.read(host.paths.p(f"/proc/{pid}/limits")) if pid else None
+    m = re.search(r"^Max open files\s+(\d+)", limits or "", re.M)
+    return int(m.group(1)) if m else None
+
+
+def ensure_open_files(host: Host) -> None:
+    """nginx may open every site's logs: LimitNOFILE in its unit's drop-in,
+    and the running master given the same limit (prlimit: no restart)."""
+    with host.step(f"nginx may open {NOFILE} files (every site's logs)"):
+        systemd.write_units(host, {host.paths.unit("nginx.service.d") / "siteops.conf":
+                                   LIMITS_DROPIN}, ["nginx.service"], "nginx's file limit")
+        limit, pid = open_files_limit(host), master_pid(host)
+        if pid and limit is not None and limit < NOFILE:
+            host.run(["prlimit", f"--pid={pid}", f"--nofile={NOFILE}:{NOFILE}"])
 
 
 def base_files(host: Host, version: tuple[int, ...]) -> dict[Path, str]:
@@ -198,34 +233,57 @@ def heal_other_site(host: Host, error: str, ours: set[Path]) -> bool:
 
 def serving_workers(host: Host) -> set[str]:
     """PIDs of nginx workers that accept new connections (not shutting down)."""
-    master = (host.read(host.paths.nginx_pid) or "").strip()
-    if not master.isdigit():
+    master = master_pid(host)
+    if master is None:
         return set()
-    out = host.query(["ps", "-o", "pid=,args=", "--ppid", master], ok=(0, 1)).out
+    out = host.query(["ps", "-o", "pid=,args=", "--ppid", str(master)], ok=(0, 1)).out
     return {line.split()[0] for line in out.splitlines()
             if "worker process" in line and "shutting down" not in line}
 
 
-def reload(host: Host, timeout: float = 10) -> None:
+RELOAD_TIMEOUT = 10  # seconds for new workers to come after a reload
+
+
+def reload(host: Host) -> None:
     """Reload nginx and return once only workers with the new configuration
     accept connections: `nginx -s reload` just signals the master, and until
-    the old workers have begun shutting down they still take new requests."""
+    the old workers have begun shutting down they still take new requests.
+    SiteopsError if no new worker came: the master kept its old configuration
+    (what `nginx -t` cannot foresee, such as running out of descriptors), and
+    the reload stays due."""
     before = serving_workers(host)
     host.run(["systemctl", "reload-or-restart", "nginx"])
-    host.remove(pending_marker(host))
     if host.dry_run or not before:
+        host.remove(pending_marker(host))
         return
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + RELOAD_TIMEOUT
     while time.monotonic() < deadline:
         now = serving_workers(host)
         if now and not (now & before):
+            host.remove(pending_marker(host))
             return
         time.sleep(0.05)
+    raise SiteopsError(f"nginx kept its old configuration: no new worker within {RELOAD_TIMEOUT} s "
+                       f"of the reload ({last_emergency(host) or 'its error log says nothing'}); "
+                       "the reload stays due, and the next run tries again")
+
+
+def last_emergency(host: Host) -> str | None:
+    """The last [emerg] line of nginx's own error log (the master's reasons)."""
+    fh = safefs.open_read(host.paths.p("/var/log/nginx/error.log"))
+    if fh is None:
+        return None
+    with fh:
+        fh.seek(max(0, os.fstat(fh.fileno()).st_size - 8192))
+        lines = [line for line in fh.read().decode(errors="replace").splitlines()
+                 if "[emerg]" in line]
+    return lines[-1].strip() if lines else None
 
 
 def ensure_base(host: Host) -> None:
     """Install the shared nginx base and refuse unknown Host headers."""
     version = distro.nginx_version(host)
+    ensure_open_files(host)  # before its reload: one past the limit fails
     with host.step("nginx base (default server, snippets, Cloudflare real IP)"):
         host.ensure_dir(host.paths.acme_root, 0o755)
         n = host.paths.nginx

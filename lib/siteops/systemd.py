@@ -133,7 +133,7 @@ def verify(host: Host, files: dict[Path, str], checked: list[str], what: str) ->
         for rel, text in texts.items():
             safefs.write(candidate / rel, text.encode(), 0o644)
         argv = [str(candidate / n) if Path(n) in texts else n for n in checked]
-        res = host.query(["systemd-analyze", "verify", *argv], ok=range(256),
+        res = host.query(["systemd-analyze", "verify", "--man=no", *argv], ok=range(256),
                          env={"SYSTEMD_UNIT_PATH": ":".join((str(candidate), *VENDOR_UNITS))})
     finally:
         shutil.rmtree(candidate, ignore_errors=True)

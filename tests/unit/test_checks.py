@@ -38,7 +38,7 @@ def problems(found):
 def test_the_recorded_box_is_clean():
     found = findings()
     assert problems(found) == {} and checks.exit_code(found) == 0
-    assert len(found) == 78 and len({f.id for f in found}) == 78
+    assert len(found) == 79 and len({f.id for f in found}) == 79
 
 
 def listen(proto, addr, port, units, programs):
@@ -53,6 +53,7 @@ BREAKAGES = [
     (lambda f: f["sshd"].update(passwordauthentication="yes"), {"host.sshd": "critical"}),
     (lambda f: f["sshd"].update(permitrootlogin="yes"), {"host.sshd": "critical"}),
     (lambda f: f.update(nginx_t={"ok": False, "detail": ["unknown directive"]}), {"host.nginx": "critical"}),
+    (lambda f: f.update(nginx_files={"limit": 1024, "needed": 1064}), {"host.nginx.files": "critical"}),
     (lambda f: f["listeners"].append(listen("udp", "0.0.0.0", 5353, ["avahi.service"], ["avahi"])), {"host.listen.public": "critical"}),
     (lambda f: f["listeners"].append(listen("tcp", "::1", 6379, ["x.service"], ["redis-server"])),
      {}),
@@ -219,13 +220,13 @@ def test_json_document_and_text_report():
     assert set(doc) == {"version", "time", "host", "status", "exit_code", "counts", "sites",
                         "fixed", "findings"}
     assert (doc["status"], doc["exit_code"], doc["counts"]) == (
-        "critical", 2, {"ok": 76, "warning": 1, "critical": 1})
+        "critical", 2, {"ok": 77, "warning": 1, "critical": 1})
     first = next(f for f in doc["findings"] if f["id"] == "site.alpha.env")
     assert set(first) >= {"id", "severity", "subject", "message", "remedy"}
     lines = audit.text_report(found, [])
     assert lines[0].startswith("CRITICAL site.alpha.env: .env is 0644")
     assert lines[2].startswith("WARNING  host.disk: disk 85.0% used")
-    assert lines[-1] == "audit CRITICAL: 78 checks, 76 ok, 1 warning(s), 1 critical"
+    assert lines[-1] == "audit CRITICAL: 79 checks, 77 ok, 1 warning(s), 1 critical"
 
 
 RENEWAL = ("version = 2.1.0\narchive_dir = /etc/letsencrypt/archive/shop\n"

@@ -84,7 +84,7 @@ def test_switch_starts_beside_checks_health_then_moves_nginx_and_current(root, s
         "systemctl stop --no-block shop-frontend@3100.service",
     ]
     # Verified before use; health checked on the new port with the site's name.
-    assert ["systemd-analyze", "verify", "shop-frontend@3101.service"] in runner.calls
+    assert ["systemd-analyze", "verify", "--man=no", "shop-frontend@3101.service"] in runner.calls
     assert any(c[0] == "curl" and c[-1] == "http://127.0.0.1:3101/healthz" and "Host: shop.test" in c
                for c in runner.calls)
     dropin = (root / "etc/systemd/system/shop-frontend@3101.service.d/siteops-release.conf").read_text()
@@ -106,7 +106,7 @@ def test_switch_of_a_sleeping_site_starts_the_release_with_its_doors_and_moves_n
     plan = planned_commands(host)
     assert plan[0] == ("systemctl start shop-frontend@3101.service "
                        "shop-door@3101.socket shop-door@3101.service"), plan
-    assert ["systemd-analyze", "verify", "shop-frontend@3101.service",
+    assert ["systemd-analyze", "verify", "--man=no", "shop-frontend@3101.service",
             "shop-door@3101.service"] in runner.calls
     # Only its door starts at boot; the instance and Redis stop when unneeded.
     assert "systemctl --no-reload enable --quiet shop-door@3101.socket" in plan
@@ -554,7 +554,7 @@ def test_units_are_verified_in_a_candidate_directory_before_any_is_written(root)
             staged = siteops_host.Path(seen["path"][0])
             seen["files"] = sorted(str(p.relative_to(staged)) for p in staged.rglob("*")
                                    if p.is_file())
-            seen["argv"] = [a.replace(str(staged), "CANDIDATE") for a in argv[2:]]
+            seen["argv"] = [a.replace(str(staged), "CANDIDATE") for a in argv[3:]]
             return siteops_host.Result(argv, seen["code"], "", "shop-redis.service: Command "
                                        "/nope is not executable: No such file or directory\n")
         assert argv[:2] == ["systemctl", "list-units"], argv

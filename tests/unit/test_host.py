@@ -228,12 +228,18 @@ http {
 
 def test_nginx_conf_keeps_everything_but_weak_tls_and_gets_enough_descriptors():
     edited = nginx.main_conf(DEBIAN_12_NGINX)
-    assert edited.splitlines()[2].startswith("worker_rlimit_nofile 4096;")
+    assert edited.splitlines()[2].startswith("worker_rlimit_nofile 16384;")
     assert "\t# siteops (conf.d/siteops.conf): ssl_protocols TLSv1 TLSv1.1" in edited
     assert "\t# siteops (conf.d/siteops.conf): ssl_prefer_server_ciphers on;" in edited
     assert [l for l in edited.splitlines() if "siteops" not in l] == \
         [l for l in DEBIAN_12_NGINX.splitlines() if not l.strip().startswith("ssl_")]
     assert nginx.main_conf(edited) == edited  # a second bootstrap changes nothing
+    # An earlier siteops's value is raised; an operator's own is left alone.
+    older = edited.replace(nginx.RLIMIT_NOFILE, "worker_rlimit_nofile 4096;  # siteops: twice "
+                                                "worker_connections, and more\n")
+    assert nginx.main_conf(older) == edited
+    own = edited.replace(nginx.RLIMIT_NOFILE, "worker_rlimit_nofile 50000;\n")
+    assert nginx.main_conf(own) == own
 
 
 def test_the_fake_runner_refuses_a_command_it_was_not_told_about(root):

@@ -13,10 +13,10 @@ import pytest
 from siteops import cli, nginx, signals
 from siteops import host as siteops_host
 from siteops.ops import deploy as deploy_op
-from siteops.errors import Interrupted, PutBackFailed
+from siteops.errors import Interrupted, PutBackFailed, SiteopsError
 from siteops.model import Release
 
-from fakes import CHANGES, Rule, make_host
+from fakes import CHANGES, FakeRunner, Rule, make_host
 
 
 def interrupting(runner, program: str, signum: int = signal.SIGINT):
@@ -110,6 +110,35 @@ def test_a_put_back_that_fails_leaves_the_reload_note_for_the_next_run(root, mon
     host.runner = runner
     nginx.converge(host, {site_file: "unchecked\n"})
     assert ["nginx", "-t", "-q"] in runner.calls and not nginx.reload_pending(host)
+
+
+def test_a_reload_nginx_does_not_take_is_an_error_and_stays_due(root, monkeypatch):
+    """The master keeps its old configuration when a reload fails on what
+    `nginx -t` cannot foresee (out of descriptors): no new worker comes. Said,
+    with the master's reason, and the reload stays due."""
+    monkeypatch.setattr(nginx, "RELOAD_TIMEOUT", 0.2)
+    host, _, site_file = nginx_host(root)
+    (root / "run").mkdir()
+    (root / "run/nginx.pid").write_text("50\n")
+    (root / "var/log/nginx").mkdir(parents=True)
+    (root / "var/log/nginx/error.log").write_text(
+        "2026/12/08 00:44:56 [notice] 50#50: signal process started\n"
+        "2026/12/08 00:44:56 [emerg] 50#50: open() \"/srv/sites/s252/shared/logs/"
+        "nginx-error.log\" failed (24: Too many open files)\n")
+    host.runner = FakeRunner([(["ps", "-o", "pid=,args=", "--ppid", "50"], 0,
+                               "61 nginx: worker process\n62 nginx: worker process\n"),
+                              *CHANGES])
+    with pytest.raises(SiteopsError, match=r"nginx kept its old configuration: no new worker "
+                                           r"within 0.2 s .*\(24: Too many open files\)\); the "
+                                           "reload stays due"):
+        nginx.converge(host, {site_file: "new\n"})
+    assert nginx.reload_pending(host)
+    # New workers: the reload took, and its note goes.
+    answers = iter(["61 nginx: worker process\n", "63 nginx: worker process\n"])
+    host.runner = lambda argv, **kw: siteops_host.Result(
+        argv, 0, next(answers) if argv[0] == "ps" else "")
+    nginx.reload(host)
+    assert not nginx.reload_pending(host)
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -76,9 +76,11 @@ def selected(data: registry.Registry, names: list[str]) -> list[Site]:
     return [s for s in sites if not names or s.name in names]
 
 
-def run_checks(host: Host, sites: list[Site]) -> tuple[list[checks.Finding], str]:
-    """The findings, and the time their facts were read (what day counts are from)."""
-    f = facts.gather(host, sites)
+def run_checks(host: Host, sites: list[Site], every: list[Site] | None = None
+               ) -> tuple[list[checks.Finding], str]:
+    """The findings, and the time their facts were read (what day counts are
+    from); every: the registry's sites, if at hand."""
+    f = facts.gather(host, sites, every)
     findings = checks.host_checks(f)
     for site in sites:
         findings += site_checks.site_checks(host, site, f)
@@ -178,8 +180,9 @@ def append_log(host: Host, doc: dict) -> None:
 def run(host: Host, args: argparse.Namespace) -> int:
     if args.json:
         host.out = sys.stderr  # progress of --fix must not mix with the document
-    sites = selected(registry.load(host), args.sites)
-    findings, time = run_checks(host, sites)
+    data = registry.load(host)
+    sites = selected(data, args.sites)
+    findings, time = run_checks(host, sites, list(data.sites.values()))
     fixed: list[str] = []
     if args.fix:
         broken = [f for f in findings if f.severity != checks.OK and f.fix]
