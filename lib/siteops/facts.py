@@ -270,11 +270,53 @@ def expected_files(host: Host, site: Site, nginx_version: tuple[int, ...],
     return files
 
 
+class PasswordChecks:
+    """Whether a role's SCRAM verifier was made from its .env's password,
+    remembered between audits (one PBKDF2 of 4,096 rounds a site, 1.5 ms:
+    the largest part of an audit of hundreds) under what the answer depends
+    on: the verifier, hashed, and the .env by identity, size and times (its
+    ctime moves on every write, and only root can set it). Nothing derived
+    from a password is kept."""
+
+    def __init__(self, host: Host):
+        self.host, self.path = host, host.paths.state / "password-checks.json"
+        try:
+            self.known = json.loads(host.read(self.path) or "{}")
+        except json.JSONDecodeError:
+            self.known = {}
+        self.fresh: dict[str, dict] = {}
+
+    def matches(self, name: str, env: os.stat_result | None, verifier: str,
+                password: str) -> bool:
+        """postgres.verifier_matches, or what it said when nothing it depends
+        on had changed (env: the .env's lstat, None when it moved while read)."""
+        key = None if env is None else hashlib.sha256(
+            f"{verifier}\0{env.st_dev}:{env.st_ino}:{env.st_size}:{env.st_mtime_ns}:"
+            f"{env.st_ctime_ns}".encode()).hexdigest()
+        known = self.known.get(name, {})
+        if key is not None and known.get("key") == key:
+            answer = bool(known["matches"])
+        else:
+            answer = postgres.verifier_matches(verifier, password)
+        if key is not None:
+            self.fresh[name] = {"key": key, "matches": answer}
+        return answer
+
+    def save(self) -> None:
+        """Keep what this audit found (for the sites it looked at)."""
+        known = {**self.known, **self.fresh}
+        if known != self.known and not self.host.dry_run and self.path.parent.is_dir():
+            safefs.write(self.path, json.dumps(known, sort_keys=True).encode(), 0o600)
+
+
 def service_urls(site: Site, env_text: str | None, db_port: int,
-                 verifier: str | None) -> dict[str, dict]:
+                 db_auth: Callable[[str], bool] | None, redis_up: bool) -> dict[str, dict]:
     """Where the .env's DATABASE_URL and REDIS_URL point (passwords masked),
     whether that is the site's own service (want), and whether that service
-    takes the password (auth: None when it cannot be asked)."""
+    takes the password (auth: None when it cannot be asked). db_auth: whether
+    the site's role takes a password (None: not known); redis_up: something
+    listens on the site's Redis port (else nothing is asked: a sleeping
+    site's Redis)."""
     values = envfile.parse(env_text or "")
     own = {"DATABASE_URL": f"{site.user}@localhost:{db_port}/{site.database}",
            "REDIS_URL": f"127.0.0.1:{site.ports['redis']}"}
@@ -291,20 +333,31 @@ def service_urls(site: Site, env_text: str | None, db_port: int,
             except ValueError:
                 user, password = None, ""
             if key == "REDIS_URL":
-                entry["auth"] = redis.accepts(site.ports["redis"], user or "default", password)
-            elif verifier is not None:
-                entry["auth"] = postgres.verifier_matches(verifier, password)
+                if redis_up:
+                    entry["auth"] = redis.accepts(site.ports["redis"], user or "default",
+                                                  password)
+            elif db_auth is not None:
+                entry["auth"] = db_auth(password)
         out[key] = entry
     return out
 
 
 def site_facts(host: Host, site: Site, nginx_version: tuple[int, ...], db_port: int,
-               verifier: str | None, jobs: dict[str, dict[str, str]] | None = None) -> SiteFacts:
+               verifier: str | None, jobs: dict[str, dict[str, str]] | None = None,
+               listening: set[int] | None = None,
+               checks: PasswordChecks | None = None) -> SiteFacts:
     """jobs: the properties of its job units, if already read (gather reads
-    every site's at once)."""
+    every site's at once); listening: the ports something listens on, if
+    known; checks: password checks remembered between audits."""
     name = site.name
     env_path = host.paths.of(name).env
+    env_stat = safefs.lstat(env_path)
     env_text = host.read(env_path)
+    if env_stat is not None and safefs.lstat(env_path) != env_stat:
+        env_stat = None  # changed while read: its answer is not remembered
+    db_auth = None if verifier is None else (
+        lambda password: (checks or PasswordChecks(host)).matches(name, env_stat, verifier,
+                                                                  password))
     try:
         pw = pwd.getpwnam(name)
         user = {"uid": pw.pw_uid, "gid": pw.pw_gid, "shell": pw.pw_shell, "home": pw.pw_dir}
@@ -324,7 +377,8 @@ def site_facts(host: Host, site: Site, nginx_version: tuple[int, ...], db_port: 
         "secrets": envfile.secrets_of(env_text or ""),
         "tls": tls_facts(host, site),
         "jobs": systemd.job_results(host, site, jobs),
-        "urls": service_urls(site, env_text, db_port, verifier),
+        "urls": service_urls(site, env_text, db_port, db_auth,
+                             listening is None or site.ports["redis"] in listening),
     }
 
 
@@ -423,6 +477,9 @@ def gather(host: Host, sites: list[Site], every: list[Site] | None = None) -> Fa
     }
     jobs = systemd.show_many(host, [u for s in sites for u in systemd.job_units(s)],
                              *systemd.JOB_PROPS)
-    facts["sites"] = {s.name: site_facts(host, s, version, db_port, verifiers.get(s.user), jobs)
-                      for s in sites}
+    listening = {l["port"] for l in facts["listeners"]}
+    checks = PasswordChecks(host)
+    facts["sites"] = {s.name: site_facts(host, s, version, db_port, verifiers.get(s.user), jobs,
+                                         listening, checks) for s in sites}
+    checks.save()
     return cast(Facts, {**facts, **waiting()})
