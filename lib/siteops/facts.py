@@ -479,7 +479,8 @@ def gather(host: Host, sites: list[Site], every: list[Site] | None = None) -> Fa
                              *systemd.JOB_PROPS)
     listening = {l["port"] for l in facts["listeners"]}
     checks = PasswordChecks(host)
-    facts["sites"] = {s.name: site_facts(host, s, version, db_port, verifiers.get(s.user), jobs,
-                                         listening, checks) for s in sites}
+    with safefs.walks_remembered():
+        facts["sites"] = {s.name: site_facts(host, s, version, db_port, verifiers.get(s.user),
+                                             jobs, listening, checks) for s in sites}
     checks.save()
     return cast(Facts, {**facts, **waiting()})

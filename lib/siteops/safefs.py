@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -86,10 +87,41 @@ def _walk(path: Path, create: bool) -> tuple[int, bool]:
         raise
 
 
+_remembered = threading.local()
+
+
+@contextlib.contextmanager
+def walks_remembered() -> Iterator[None]:
+    """Within it, this thread walks a directory that only root can write once
+    and keeps its descriptor: audit reads thousands of files in a few hundred
+    such directories (/etc/systemd/system, /etc/nginx/...), and no one but
+    root can change what they hold. Directories others can write are walked
+    each time, as outside it."""
+    if getattr(_remembered, "fds", None) is not None:
+        yield
+        return
+    _remembered.fds = {}
+    try:
+        yield
+    finally:
+        for fd, _ in _remembered.fds.values():
+            os.close(fd)
+        _remembered.fds = None
+
+
 @contextlib.contextmanager
 def parent(path: Path, create: bool = False) -> Iterator[tuple[int, str, bool]]:
     """(descriptor of path's directory, path's last name, only root writes it)."""
+    fds = getattr(_remembered, "fds", None)
+    if fds is not None and str(path.parent) in fds:
+        fd, trusted = fds[str(path.parent)]
+        yield fd, path.name, trusted
+        return
     fd, trusted = _walk(path.parent, create)
+    if fds is not None and trusted:
+        fds[str(path.parent)] = (fd, trusted)
+        yield fd, path.name, trusted
+        return
     try:
         yield fd, path.name, trusted
     finally:

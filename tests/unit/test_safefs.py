@@ -93,3 +93,29 @@ def test_an_error_inside_a_validated_block_puts_every_file_back(root):
             raise KeyboardInterrupt
     assert conf.read_text() == "good\n" and not (root / "etc/new.conf").exists()
     assert runner.calls == []  # never validated: nothing of the block is left to check
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a root-only directory needs root")
+def test_walks_remembered_walks_a_root_only_directory_once(tmp_path, monkeypatch):
+    walks = []
+    real = safefs._walk
+    monkeypatch.setattr(safefs, "_walk", lambda path, create: walks.append(path) or
+                        real(path, create))
+    tmp_path.chmod(0o755)
+    (tmp_path / "etc").mkdir(mode=0o755)
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared").chmod(0o777)  # a user could write here
+    for d in ("etc", "shared"):
+        (tmp_path / d / "a").write_text("a\n")
+        (tmp_path / d / "b").write_text("b\n")
+    with safefs.walks_remembered():
+        with safefs.walks_remembered():  # nested: the outer one keeps them
+            assert [safefs.read(tmp_path / "etc" / n) for n in "ab"] == [b"a\n", b"b\n"]
+        assert safefs.read(tmp_path / "etc/a") == b"a\n"
+        assert [safefs.read(tmp_path / "shared" / n) for n in "ab"] == [b"a\n", b"b\n"]
+        kept = dict(safefs._remembered.fds)
+    assert walks.count(tmp_path / "etc") == 1 and walks.count(tmp_path / "shared") == 2
+    assert list(kept) == [str(tmp_path / "etc")]
+    with pytest.raises(OSError):  # closed when it ended
+        os.fstat(kept[str(tmp_path / "etc")][0])
+    assert safefs.read(tmp_path / "etc/a") == b"a\n" and walks.count(tmp_path / "etc") == 2
