@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import fleetlogs, packages, safefs
+from . import fleetlogs, packages, safefs, systemd
 from .logfiles import backwards
 from .errors import SiteopsError, UsageError
 from .host import CANDIDATE, Host
@@ -205,11 +205,13 @@ def ensure(host: Host, sites: list[Site]) -> bool:
         for path in gone:
             host.remove(path)
     with host.step("rsyslog restarted (it has no reload)"):
+        # Drain changes in quick succession restart it often: not refused by
+        # the start rate limit (Debian 13's rsyslog met it).
         if wanted:
             host.run(["systemctl", "enable", "--quiet", "rsyslog"])
-            host.run(["systemctl", "restart", "rsyslog"])
+            systemd.deliberately(host, "restart", ["rsyslog"])
         elif host.query(["systemctl", "is-active", "--quiet", "rsyslog"], ok=range(256)).code == 0:
-            host.run(["systemctl", "restart", "rsyslog"])
+            systemd.deliberately(host, "restart", ["rsyslog"])
         host.remove(pending_marker(host))
     return True
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import fastcgi, model, network, nginx, php, registry, releases, systemd, units, usage, users
-from .errors import CommandError, SiteopsError
+from .errors import SiteopsError
 from .journal import now
 from .model import Live, Release, Site
 from .host import Host, clean
@@ -171,18 +171,9 @@ def start(host: Host, site: Site, rid: str, record: Release, offset: int,
         # at most systemd.WAKE_TIMEOUT) need them from the start.
         started = units.web_instances(site, record, offset) + list(workers) + (
             units.release_doors(site, record, offset) if doors else [])
-        try:
-            host.run(["systemctl", "start", *started], timeout=systemd.WAKE_TIMEOUT + 60)
-        except CommandError:
-            # Deploys and rollbacks in quick succession start the same
-            # instance names often: systemd's start rate limit (5 in 10 s)
-            # then refuses a start that is deliberate, not a crash loop.
-            limited = [u for u in started
-                       if systemd.show(host, u, "Result").get("Result") == "start-limit-hit"]
-            if not limited:
-                raise
-            host.run(["systemctl", "reset-failed", *limited])
-            host.run(["systemctl", "start", *started], timeout=systemd.WAKE_TIMEOUT + 60)
+        # Deploys and rollbacks in quick succession start the same instance
+        # names often: not refused by the start rate limit.
+        systemd.deliberately(host, "start", started, timeout=systemd.WAKE_TIMEOUT + 60)
     return started
 
 

@@ -87,6 +87,21 @@ def render_units(host: Host, site: Site) -> dict[str, str]:
     return files
 
 
+def deliberately(host: Host, verb: str, names: list[str], timeout: float = 900) -> None:
+    """`systemctl VERB names` (start, restart) that systemd's start rate limit
+    (5 starts in 10 s) does not refuse: it is there for crash loops, and a
+    deliberate start after quick deploys, rollbacks or drain changes is not
+    one. A unit refused by it has its failure reset and is started again."""
+    try:
+        host.run(["systemctl", verb, *names], timeout=timeout)
+    except CommandError:
+        limited = [u for u in names if show(host, u, "Result").get("Result") == "start-limit-hit"]
+        if not limited:
+            raise
+        host.run(["systemctl", "reset-failed", *limited])
+        host.run(["systemctl", verb, *names], timeout=timeout)
+
+
 def is_active(host: Host, unit: str) -> bool:
     return host.query(["systemctl", "is-active", "--quiet", unit], ok=range(256)).code == 0
 

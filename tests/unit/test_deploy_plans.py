@@ -583,3 +583,26 @@ def test_units_are_verified_in_a_candidate_directory_before_any_is_written(root)
     seen["files"] = None
     assert systemd.write_units(host, files, ["shop-redis.service"], "units of shop") == []
     assert seen["files"] is None  # unchanged files: no verify
+
+
+def test_a_deliberate_restart_refused_by_the_start_rate_limit_is_reset_and_run_again(root):
+    calls = {"restart": 0}
+
+    def runner(argv, input=None, timeout=None, env=None, stream=None):
+        if argv[:2] == ["systemctl", "restart"]:
+            calls["restart"] += 1
+            return siteops_host.Result(argv, 1 if calls["restart"] == 1 else 0, "",
+                                       "Start request repeated too quickly.")
+        if argv[:2] == ["systemctl", "show"]:
+            return siteops_host.Result(argv, 0, "Result=start-limit-hit\n")
+        return siteops_host.Result(argv, 0, "")
+    host = siteops_host.Host(runner=runner, paths=siteops_host.Paths(root))
+    systemd.deliberately(host, "restart", ["rsyslog"])
+    assert [" ".join(a.argv) for a in host.actions] == [
+        "systemctl restart rsyslog", "systemctl reset-failed rsyslog", "systemctl restart rsyslog"]
+    # Any other failure is not hidden.
+    host = siteops_host.Host(runner=lambda argv, **kw: siteops_host.Result(
+        argv, 1 if argv[1] == "restart" else 0, "Result=exit-code\n" if argv[1] == "show"
+        else "", "failed"), paths=siteops_host.Paths(root))
+    with pytest.raises(siteops_host.CommandError):
+        systemd.deliberately(host, "restart", ["rsyslog"])
