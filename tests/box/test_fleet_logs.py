@@ -1,4 +1,4 @@
-"""The fleet's log host on two booted machines (Debian 12) joined by a private link: a
+"""The fleet's log host on two booted machines (Debian 12, or the run's one suite: 13 in CI) joined by a private link: a
 (the operator's) makes b the log host; both ship their sites' logs and
 their action logs there over TLS with certificates b's CA signed; `logs
 NAME --all-hosts` answers from b with one time-ordered view naming each
