@@ -355,9 +355,9 @@ def site_facts(host: Host, site: Site, nginx_version: tuple[int, ...], db_port: 
     env_text = host.read(env_path)
     if env_stat is not None and safefs.lstat(env_path) != env_stat:
         env_stat = None  # changed while read: its answer is not remembered
+    remembered = checks or PasswordChecks(host)
     db_auth = None if verifier is None else (
-        lambda password: (checks or PasswordChecks(host)).matches(name, env_stat, verifier,
-                                                                  password))
+        lambda password: remembered.matches(name, env_stat, verifier, password))
     try:
         pw = pwd.getpwnam(name)
         user = {"uid": pw.pw_uid, "gid": pw.pw_gid, "shell": pw.pw_shell, "home": pw.pw_dir}
