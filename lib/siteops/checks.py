@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import drains
+from . import drains, nftables
 from .facts import Facts
 from .host import redact
 
@@ -184,9 +184,14 @@ def postgres_checks(facts: Facts) -> list[Finding]:
 
 
 def nftables_check(facts: Facts) -> Finding:
-    """The loopback port-ownership rules are loaded, with rules for every site."""
+    """The loopback port-ownership rules are loaded, and give every site's
+    ports to its user's uid."""
     loaded = facts["nftables"]
-    missing = [n for n in facts["sites"] if f'"siteops site {n}:' not in (loaded or "")]
+    uids: dict[str, set[int]] = {}
+    for name, uid, _, _ in nftables.owned(loaded or ""):
+        uids.setdefault(name, set()).add(uid)
+    missing = [n for n, s in facts["sites"].items()
+               if n not in uids or (s["user"] is not None and s["user"]["uid"] not in uids[n])]
     return _f("host.nftables", loaded is not None and not missing, "host",
               "loopback port-ownership rules loaded for every site",
               "the nftables table inet siteops is not loaded" if loaded is None

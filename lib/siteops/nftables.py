@@ -4,15 +4,17 @@ siteops, rendered from the registry (see templates/nftables/siteops.nft).
 Debian 12's systemd ignores SocketBindAllow=/SocketBindDeny= (no BPF), so
 these owner-matched rules are what stops one site's process from answering on
 another site's port, on every distribution; where systemd has BPF the units'
-SocketBind rules also refuse the bind() itself. The file is checked with
-`nft -c -f` before `nft -f` loads it in one transaction; siteops-nftables.service
+SocketBind rules also refuse the bind() itself. The ruleset is
+loaded by `nft -f` in one transaction, then written; siteops-nftables.service
 loads it at boot before the network and the sites start."""
 
 from __future__ import annotations
 
+import re
+
 from . import systemd, units, users
 from .model import Site
-from .host import CANDIDATE, Host
+from .host import Host
 from .templates import render
 
 UNIT = "siteops-nftables.service"
@@ -23,27 +25,31 @@ def conf(host: Host):
     return host.paths.etc / "nftables.conf"
 
 
-def port_sets(slot: int) -> str:
-    """The nft set of a slot's three blocks: { 3100-3109, 4000-4009, 5000-5009 }."""
-    return "{ " + ", ".join(f"{first}-{last}" for first, last in units.block_ranges(slot)) + " }"
-
-
-def site_rules(name: str, slot: int, uid: int, nginx_uid: int) -> str:
-    ports = port_sets(slot)
-    # Root too: systemd (PID 1) holds a sleeping site's doors, and the kernel
-    # answers a connection to a listening socket as the socket's owner.
-    return (f"\t\ttcp sport {ports} meta skuid != {{ 0, {uid} }} drop "
-            f"comment \"siteops site {name}: only {name} (or root) answers from its ports\"\n"
-            f"\t\ttcp dport {ports} meta skuid != {{ 0, {nginx_uid}, {uid} }} "
-            f"reject with tcp reset comment \"siteops site {name}: only {name}, nginx and "
-            f"root connect to its ports\"\n")
+def elements(items: list[str]) -> str:
+    """A set's elements line (none: no line; nft refuses an empty list)."""
+    return ("\t\telements = {\n" + ",\n".join(f"\t\t\t{i}" for i in items) + "\n\t\t}\n"
+            if items else "")
 
 
 def render_conf(sites: list[Site], nginx_uid: int) -> str:
-    """The ruleset for every site whose user exists (its uid is recorded)."""
-    rules = "".join(site_rules(s.name, s.slot, s.uid, nginx_uid)
-                    for s in sorted(sites, key=lambda s: s.slot) if s.uid is not None)
-    return render("nftables/siteops.nft", rules=rules, nginx_uid=nginx_uid)
+    """The ruleset for every site whose user exists (its uid is recorded):
+    each of its blocks in the ports set, and as owned by its uid."""
+    ports, owners = [], []
+    for s in sorted(sites, key=lambda s: s.slot):
+        if s.uid is None:
+            continue
+        for first, last in units.block_ranges(s.slot):
+            label = f'comment "siteops site {s.name}"'
+            ports.append(f"{first}-{last} {label}")
+            owners.append(f"{s.uid} . {first}-{last} {label}")
+    return render("nftables/siteops.nft", ports=elements(ports), owners=elements(owners),
+                  nginx_uid=nginx_uid)
+
+
+def owned(loaded: str) -> set[tuple[str, int, int, int]]:
+    """(site, uid, first, last) of each block in the loaded owners set."""
+    return {(name, int(uid), int(first), int(last)) for uid, first, last, name in re.findall(
+        r'(\d+) \. (\d+)-(\d+) comment "siteops site ([^"]+)"', loaded)}
 
 
 def nginx_uid(host: Host) -> int:
@@ -53,13 +59,15 @@ def nginx_uid(host: Host) -> int:
 
 
 def ensure(host: Host, sites: list[Site]) -> None:
-    """Write the ruleset for sites (checked with `nft -c`) and load it if it
-    changed or is not loaded."""
-    path = conf(host)
-    changed = host.write_checked(path, render_conf(sites, nginx_uid(host)),
-                                 ["nft", "-c", "-f", CANDIDATE], "nftables rules", 0o600)
-    if changed or not loaded(host):
-        host.run(["nft", "-f", path])
+    """Load the ruleset for sites if it changed or is not loaded, and write it.
+    A changed ruleset is loaded before it is written: `nft -f` is one
+    transaction, so a ruleset nft refuses loads nothing and is not written
+    (checking it first with `nft -c` would parse it twice). Killed between
+    the two, the old file stays and is rendered again on the next run."""
+    path, text = conf(host), render_conf(sites, nginx_uid(host))
+    if host.read(path) != text or not loaded(host):
+        host.run(["nft", "-f", "/dev/stdin"], input=text, note="the rendered ruleset")
+    host.write(path, text, 0o600)
 
 
 def loaded(host: Host) -> str | None:

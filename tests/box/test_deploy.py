@@ -465,10 +465,11 @@ def test_a_site_past_the_reference_ninety_takes_the_second_port_range_and_serves
             in unit, unit
         assert host.sh(f"systemctl is-active far-frontend@{served.group(1)}.service"
                        ).stdout.strip() == "active"
-        # Its three blocks side by side: nft may show them merged into one interval.
+        # Its three blocks, owned by its uid in the loaded rules.
         rules = host.sh("nft list table inet siteops").stdout
-        assert re.search(r"tcp sport \{ (10000-10029|10000-10009, 10010-10019, 10020-10029) \} "
-                         r"meta skuid != \{ 0, \d+ \} drop comment \"siteops site far:", rules), rules
+        uid = host.sh("id -u far").stdout.strip()
+        for block in ("10000-10009", "10010-10019", "10020-10029"):
+            assert f'{uid} . {block} comment "siteops site far"' in rules, rules
         assert host.sh("ss -Hltn 'sport = :10020'").stdout.strip(), "far's Redis listens"
     finally:
         host.siteops("remove-site far --yes --no-backup", check=False)

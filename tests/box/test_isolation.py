@@ -140,7 +140,7 @@ def test_blog_cannot_connect_to_shops_app_or_redis_but_reaches_its_own_and_postg
     # nginx (www-data) and root still reach shop; the rules are loaded and audited.
     assert curl(host, "shop").startswith("shop python ")
     table = host.sh("nft list table inet siteops").stdout
-    assert "siteops site shop:" in table and "siteops site blog:" in table
+    assert "siteops site shop\"" in table and "siteops site blog\"" in table
 
 
 def test_nftables_rules_come_back_at_boot_and_audit_notices_them_missing(host):

@@ -174,7 +174,8 @@ def test_remove_site_plan_goes_from_traffic_to_processes_to_data(root):
         "userdel shop", "groupdel shop")]
     assert order == sorted(order), plan
     notes = [a.detail for a in host.actions if a.kind == "run" and a.detail]
-    assert notes == ['DROP DATABASE "shop" WITH (FORCE);', 'DROP ROLE "shop";']
+    assert notes == ['DROP DATABASE "shop" WITH (FORCE);', 'DROP ROLE "shop";',
+                     "the rendered ruleset"]
     removed = [a.path for a in host.actions if a.kind == "remove"]
     assert str(root / "etc/nginx/sites-available/shop.conf") in removed
     assert str(root / "etc/systemd/system/shop-frontend@.service") in removed

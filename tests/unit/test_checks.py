@@ -109,7 +109,10 @@ BREAKAGES = [
      {"site.beta.backup": "critical"}),
     (lambda f: f.update(time="2026-11-28T20:49:35Z", backup={"error": None, "latest": {}}),
      {"site.alpha.backup": "critical", "site.beta.backup": "critical"}),
-    (lambda f: f.update(nftables=f["nftables"].replace("siteops site beta:", "x")),
+    (lambda f: f.update(nftables=f["nftables"].replace("siteops site beta\"", "x\"")),
+     {"host.nftables": "critical"}),
+    # beta's ports given to another uid (a restore that gave its user a new one).
+    (lambda f: f.update(nftables=f["nftables"].replace("1002 . ", "1009 . ")),
      {"host.nftables": "critical"}),
     (lambda f: f["sites"]["alpha"]["current"].update(target_exists=False), {"site.alpha.current": "critical"}),
     (lambda f: f["sites"]["beta"]["releases"].extend(f"2026010{i}T000000Z" for i in range(8)), {"site.beta.releases": "warning"}),

@@ -63,7 +63,7 @@ def test_bootstrap_plan_on_a_new_server(root):
         "ufw allow 443/tcp",
         "ufw --force enable",
         "systemctl enable --quiet siteops-nftables.service",
-        f"nft -f {root}/etc/siteops/nftables.conf",
+        "nft -f /dev/stdin",
         "systemctl enable fail2ban",
         "systemctl reset-failed fail2ban",
         "systemctl restart fail2ban",
@@ -79,7 +79,8 @@ def test_bootstrap_plan_on_a_new_server(root):
     ]
     notes = [a.detail for a in host.actions if a.kind == "run" and a.detail]
     assert notes == ['REVOKE CONNECT, TEMPORARY ON DATABASE "postgres" FROM PUBLIC;',
-                     'REVOKE CONNECT, TEMPORARY ON DATABASE "template1" FROM PUBLIC;']
+                     'REVOKE CONNECT, TEMPORARY ON DATABASE "template1" FROM PUBLIC;',
+                     "the rendered ruleset"]
     # Nothing was written, and no command that changes anything was executed.
     assert not (root / "etc/nginx").exists() and not (root / "home").exists()
     assert all(c[0] in ("getent", "dpkg-query", "sh", "nginx", "pg_lsclusters", "runuser",
@@ -129,7 +130,7 @@ def test_add_site_plan_for_a_new_site(root):
     assert planned_commands(host) == [
         "useradd --user-group --no-create-home --home-dir "
         f"{root}/srv/sites/shop --shell /usr/sbin/nologin --comment 'siteops site shop' shop",
-        f"nft -f {root}/etc/siteops/nftables.conf",
+        "nft -f /dev/stdin",
         f"{PSQL} postgres",  # role, database and both REVOKEs in one session
         # No daemon-reload: the manager has none of the new site's units loaded.
         "systemctl --no-reload enable --now shop-redis.service",
