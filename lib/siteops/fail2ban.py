@@ -4,8 +4,10 @@ over every site's nginx error log; bans go through UFW."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from . import systemd
+from .errors import CommandError
 from .host import Host
 from .templates import render
 
@@ -45,7 +47,22 @@ def answering(host: Host, timeout: float = 60) -> bool:
     return True
 
 
+def watch(host: Host, log: Path) -> None:
+    """Make the running nginx jail follow a site's error log: added to the jail
+    in place (one call, whatever the number of sites; the jail's glob names
+    the file from its next start on). If fail2ban does not take it (still
+    opening its socket), the jail is reloaded once it answers. A stopped
+    fail2ban is left stopped: its start reads the glob. A log the jail
+    already follows stays followed (fail2ban logs that it "already exists")."""
+    if not systemd.is_active(host, "fail2ban"):
+        return
+    try:
+        host.run(["fail2ban-client", "set", "nginx-limit-req", "addlogpath", log, "tail"])
+    except CommandError:
+        reload(host)
+
+
 def reload(host: Host) -> None:
-    """Make the nginx jail pick up a new site's error log."""
+    """Make the nginx jail read its files again (a site's error log gone)."""
     if answering(host):
         host.run(["fail2ban-client", "reload", "nginx-limit-req"])

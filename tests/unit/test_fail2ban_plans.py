@@ -52,3 +52,32 @@ def test_a_server_still_opening_its_socket_is_waited_for(tmp_path, monkeypatch):
 def test_a_new_site_log_does_not_start_a_stopped_server(tmp_path):
     commands, _ = plan(tmp_path, [(["systemctl", "is-active"], 3)])
     assert commands == []
+
+
+LOG = "/srv/sites/shop/shared/logs/nginx-error.log"
+
+
+def test_a_new_sites_log_is_added_to_the_running_jail_in_one_call(tmp_path):
+    host, runner = make_host(tmp_path, [(["systemctl", "is-active"], 0),
+                                        (["fail2ban-client", "set"], 0)], dry_run=False)
+    fail2ban.watch(host, LOG)
+    assert planned_commands(host) == [
+        f"fail2ban-client set nginx-limit-req addlogpath {LOG} tail"]
+    assert ["fail2ban-client", "ping"] not in runner.calls
+
+
+def test_a_log_the_server_does_not_take_yet_is_read_by_a_reload_once_it_answers(tmp_path):
+    host, _ = make_host(tmp_path, [(["systemctl", "is-active"], 0),
+                                   (["fail2ban-client", "set"], 255, "", "Failed to access socket"),
+                                   (["fail2ban-client", "ping"], 0),
+                                   (["fail2ban-client", "reload"], 0)], dry_run=False)
+    fail2ban.watch(host, LOG)
+    assert planned_commands(host) == [
+        f"fail2ban-client set nginx-limit-req addlogpath {LOG} tail",
+        "fail2ban-client reload nginx-limit-req"]
+
+
+def test_a_new_sites_log_leaves_a_stopped_server_stopped(tmp_path):
+    host, runner = make_host(tmp_path, [(["systemctl", "is-active"], 3)], dry_run=False)
+    fail2ban.watch(host, LOG)
+    assert planned_commands(host) == [] and all(c[0] != "fail2ban-client" for c in runner.calls)

@@ -176,7 +176,7 @@ def provision(host: Host, site: Site, db_port: int, sites: list[Site]) -> list[s
     drains.ensure(host, sites)  # a restored or moved site's drains
     if reloaded:  # its nginx file changed: a new error log, maybe
         with host.step("fail2ban watches the site's nginx error log"):
-            fail2ban.reload(host)
+            fail2ban.watch(host, host.paths.of(name).nginx_error_log)
     # Every part parts.py declares that add-site makes (a release's drop-ins and
     # job units are deploy's), made: else a bug, said plainly.
     gone = [] if host.dry_run else parts.missing(host, site.copy(live=None))
