@@ -3,6 +3,7 @@
 Tests point the suite at a temporary tree by building Paths(root=tmp).
 """
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ TEMPLATES = REPO / "templates"
 class Paths:
     root: Path = Path("/")
 
+    @functools.lru_cache(maxsize=4096)  # audit asks for each of 500 sites' paths
     def p(self, path: str) -> Path:
         """Return an absolute server path below this root."""
         return self.root / path.lstrip("/")
@@ -232,6 +234,7 @@ class Paths:
     def site(self, name: str) -> Path:
         return self.sites / name
 
+    @functools.lru_cache(maxsize=4096)
     def of(self, name: str) -> "SitePaths":
         """Every path of site name's tree (see layout.py for owners and modes)."""
         return SitePaths(self.site(name))
@@ -283,7 +286,7 @@ class SitePaths:
     def current(self) -> Path:
         return self.root / "current"
 
-    @property
+    @functools.cached_property  # the parent of most of its paths
     def shared(self) -> Path:
         return self.root / "shared"
 
@@ -291,7 +294,7 @@ class SitePaths:
     def env(self) -> Path:
         return self.shared / ".env"
 
-    @property
+    @functools.cached_property
     def logs(self) -> Path:
         return self.shared / "logs"
 

@@ -138,14 +138,31 @@ def public_can_connect(host: Host, db: str) -> bool:
     return acl == "default" or grants_public(acl)
 
 
+ROLE_COLUMNS = ("rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolconnlimit, "
+                "coalesce(rolpassword, '')")
+
+
 def role_facts(host: Host, name: str) -> dict | None:
-    row = psql(host, "SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolconnlimit, "
-                     "coalesce(rolpassword, '') FROM pg_authid "
-                     f"WHERE rolname = {quote_literal(name)};")
-    if not row:
+    return parse_role(psql(host, f"SELECT {ROLE_COLUMNS} FROM pg_authid "
+                                 f"WHERE rolname = {quote_literal(name)};"))
+
+
+def parse_role(row: str) -> dict | None:
+    """A role's attributes and verifier from its ROLE_COLUMNS row (empty: no role)."""
+    if not row.strip("|"):
         return None
     login, sup, createdb, createrole, limit, password = row.split("|", 5)
     return {"attrs": (login, sup, createdb, createrole, int(limit)), "password": password}
+
+
+def role_and_owner(host: Host, name: str) -> tuple[dict | None, str]:
+    """The site's role (role_facts) and its database's owner ('' if none), in
+    one psql session (each costs some 40 ms)."""
+    row = psql(host, "SELECT coalesce((SELECT pg_get_userbyid(datdba) FROM pg_database "
+                     f"WHERE datname = {quote_literal(name)}), ''), {ROLE_COLUMNS} FROM "
+                     f"(SELECT 1) AS one LEFT JOIN pg_authid ON rolname = {quote_literal(name)};")
+    owner, _, role = row.partition("|")
+    return parse_role(role), owner
 
 
 def verifiers(host: Host, roles: list[str]) -> dict[str, str]:
@@ -166,9 +183,7 @@ def ensure_site_database(host: Host, name: str, password: str) -> None:
     """Role and database for a site, isolated from PUBLIC and from other sites."""
     attrs = (f"LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
              f"CONNECTION LIMIT {CONNECTION_LIMIT}")
-    role = role_facts(host, name)
-    owner = psql(host, "SELECT pg_get_userbyid(datdba) FROM pg_database "
-                       f"WHERE datname = {quote_literal(name)};")
+    role, owner = role_and_owner(host, name)
     create_role = (f'CREATE ROLE "{name}" {attrs} PASSWORD '
                    f"{quote_literal(scram_verifier(password))};")
     create_db = f'CREATE DATABASE "{name}" OWNER "{name}" TEMPLATE template0 ENCODING \'UTF8\';'
