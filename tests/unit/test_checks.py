@@ -11,6 +11,7 @@ import pytest
 from siteops import checks, facts, model, postgres, site_checks
 from siteops.errors import CommandError
 from siteops.commands import audit
+from siteops.ops import audit as audit_op
 from siteops.paths import Paths
 from siteops.host import Host
 
@@ -220,7 +221,7 @@ def test_json_document_and_text_report():
     found = findings(lambda f: (f["disk"].update(used_pct=85.0),
                                 f["sites"]["alpha"]["env"].update(mode=0o644)))
     sites = [model.site_from_json(s) for s in RECORDED["registry"]["sites"].values()]
-    doc = json.loads(json.dumps(audit.document(found, ["site.x"], sites, "2026-11-26T09:00:00Z")))
+    doc = json.loads(json.dumps(audit_op.document(found, ["site.x"], sites, "2026-11-26T09:00:00Z")))
     assert set(doc) == {"version", "time", "host", "status", "exit_code", "counts", "sites",
                         "fixed", "findings"}
     assert (doc["status"], doc["exit_code"], doc["counts"]) == (

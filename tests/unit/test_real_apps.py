@@ -8,7 +8,8 @@ import pytest
 
 from siteops import envfile, facts, instances, manifest, releases
 from siteops import units
-from siteops.commands import audit, config, logs
+from siteops.commands import config, logs
+from siteops.ops import audit as audit_op
 from siteops.errors import UsageError
 from siteops.logfiles import tail
 from siteops.manifest import ManifestError
@@ -236,7 +237,7 @@ def test_audit_compares_the_live_releases_job_units_and_fix_renders_them(root, s
     service = str(root / "etc/systemd/system/shop-job-tick.service")
     timer = str(root / "etc/systemd/system/shop-job-tick.timer")
     assert f"releases/{R1}" in expected[service] and "OnCalendar=hourly" in expected[timer]
-    audit.repair(host, shop, {"render"})
+    audit_op.repair(host, shop, {"render"})
     assert (root / "etc/systemd/system/shop-job-tick.timer").read_text() == expected[timer]
     # Not yet deployed: no job, nothing expected.
     shop.live = None

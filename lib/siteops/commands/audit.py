@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 
-from .. import (access, checks, cli, fleet, envfile, facts, instances, journal, layout, logrotate, model,
-                nftables, nginx, notify, postgres, redis, registry, releases, systemd, validate)
-from .. import drains, php, site_checks, units
-from ..ops import sites as sites_op
-from ..errors import UsageError
-from ..model import Site
+from .. import checks, cli, fleet, validate
 from ..host import Host
+from ..ops import audit as audit_op
 
 DESCRIPTION = """\
 Check the host and every site (or the SITEs named) against the architecture
@@ -68,79 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def selected(data: registry.Registry, names: list[str]) -> list[Site]:
-    sites = [s for s in data.sites.values() if s.state == model.READY]
-    unknown = sorted(set(names) - set(data.sites))
-    if unknown:
-        raise UsageError(f"no site {unknown[0]!r} in the registry")
-    return [s for s in sites if not names or s.name in names]
-
-
-def run_checks(host: Host, sites: list[Site], every: list[Site] | None = None
-               ) -> tuple[list[checks.Finding], str]:
-    """The findings, and the time their facts were read (what day counts are
-    from); every: the registry's sites, if at hand."""
-    f = facts.gather(host, sites, every)
-    findings = checks.host_checks(f)
-    for site in sites:
-        findings += site_checks.site_checks(host, site, f)
-    return findings, f["time"]
-
-
-def repair(host: Host, site: Site, kinds: set[str]) -> None:
-    """Apply the safe repairs of kinds ('tree', 'env', 'urls', 'render', 'unit',
-    'current')."""
-    name = site.name
-    if "tree" in kinds:
-        layout.ensure_tree(host, name)
-    env_path = host.paths.of(name).env
-    env_text = host.read(env_path)
-    if "env" in kinds and env_text is not None:
-        with host.step(f"{env_path} 0600 {name}:{name}"):
-            host.write(env_path, env_text, 0o600, name, name)
-    restart = False
-    if "urls" in kinds and env_text is not None:
-        # The .env leads to the site's own services, and they take its passwords;
-        # the app then moves to fresh instances that read it.
-        with host.step(f"{env_path}: DATABASE_URL and REDIS_URL lead to {name}'s own services"):
-            bound = envfile.bind(env_text, site, postgres.clusters(host)[0].port)
-            restart = host.write(env_path, bound, 0o600, name, name)
-            env_text = bound
-        postgres.ensure_site_database(host, name, envfile.passwords(env_text)[0])
-        kinds = kinds | {"render"}
-    if "render" in kinds:
-        redis_changed = False
-        if env_text is not None:
-            with host.step(f"redis config {name}"):
-                redis_changed = redis.ensure_site_conf(host, site, envfile.passwords(env_text)[1])
-        with host.step(f"systemd units of {name}"):
-            changed = systemd.ensure_units(host, site, redis_config_changed=redis_changed)
-        nginx.ensure_site(host, site)
-        logrotate.ensure_site(host, site)
-        systemd.ensure_jobs(host, site)
-        if php.runs_fpm(site):
-            php.ensure_conf(host, php.version(host) or "")
-        drains.ensure(host, list(registry.load(host).sites.values()))
-        site = instances.refresh(host, site, changed,
-                                 force=restart or not instances.dropins_match(host, site))
-    if "unit" in kinds:
-        sites_op.ensure_running(host, site)
-        failed = [u for u in units.live_units(site) if systemd.show(
-            host, u, "ActiveState").get("ActiveState") == "failed"]
-        if failed:  # a sleeping site's door or instance: the next request tries again
-            with host.step(f"failure of {', '.join(failed)} cleared"):
-                host.run(["systemctl", "reset-failed", *failed])
-    live_id = releases.live_id(site)
-    if "current" in kinds and live_id and host.paths.of(name).release(live_id).is_dir():
-        with host.step(f"current -> releases/{live_id}"):
-            host.symlink(host.paths.of(name).current, f"releases/{live_id}")
-
-
-def counts(findings: list[checks.Finding]) -> dict[str, int]:
-    return {sev: sum(1 for f in findings if f.severity == sev)
-            for sev in (checks.OK, checks.WARNING, checks.CRITICAL)}
-
-
 def text_report(findings: list[checks.Finding], fixed: list[str]) -> list[str]:
     lines = []
     for f in sorted(findings, key=lambda f: (-checks.RANK[f.severity], f.id)):
@@ -151,7 +73,7 @@ def text_report(findings: list[checks.Finding], fixed: list[str]) -> list[str]:
             lines.append(f"{'':9}fix: {f.remedy}")
         if f.diff:
             lines += [f"{'':9}{line}" for line in f.diff.rstrip("\n").splitlines()]
-    c = counts(findings)
+    c = audit_op.counts(findings)
     status = ["OK", "WARNING", "CRITICAL"][checks.exit_code(findings)]
     lines.append(f"audit {status}: {len(findings)} checks, {c['ok']} ok, {c['warning']} "
                  f"warning(s), {c['critical']} critical"
@@ -159,59 +81,18 @@ def text_report(findings: list[checks.Finding], fixed: list[str]) -> list[str]:
     return lines
 
 
-def document(findings: list[checks.Finding], fixed: list[str], sites: list[Site],
-             time: str) -> dict:
-    code = checks.exit_code(findings)
-    return {"version": 1, "time": time, "host": socket.gethostname(),
-            "status": ["ok", "warning", "critical"][code], "exit_code": code,
-            "counts": counts(findings), "sites": [s.name for s in sites],
-            "fixed": fixed, "findings": [checks.as_json(f) for f in findings]}
-
-
-def append_log(host: Host, doc: dict) -> None:
-    """One line per run in audit.jsonl: status, counts and the problems (no diffs)."""
-    if host.dry_run or not host.paths.log_dir.is_dir():
-        return
-    line = dict(doc, findings=[{k: v for k, v in f.items() if k != "diff"}
-                               for f in doc["findings"] if f["severity"] != checks.OK])
-    journal.append(host.paths.log_dir / "audit.jsonl", line)
-
-
 def run(host: Host, args: argparse.Namespace) -> int:
     if args.json:
         host.out = sys.stderr  # progress of --fix must not mix with the document
-    data = registry.load(host)
-    sites = selected(data, args.sites)
-    findings, time = run_checks(host, sites, list(data.sites.values()))
-    fixed: list[str] = []
-    if args.fix:
-        broken = [f for f in findings if f.severity != checks.OK and f.fix]
-        if any(f.fix == "nftables" for f in broken):
-            with host.step("loopback port-ownership rules (nftables)"):
-                nftables.ensure(host, list(registry.load(host).sites.values()))
-        if any(f.fix == "tenant_keys" for f in broken):
-            with host.step("tenant keys file (from the registry)"):
-                access.write(host, list(registry.load(host).sites.values()))
-        for site in sites:
-            kinds = {f.fix for f in broken if f.subject == site.name and f.fix}
-            if kinds:
-                repair(host, site, kinds)
-        if broken and not host.dry_run:
-            sites = selected(registry.load(host), args.sites)  # a repair may move instances
-            findings, time = run_checks(host, sites)
-            still = {f.id for f in findings if f.severity != checks.OK}
-            fixed = sorted({f.id for f in broken} - still)
-    doc = document(findings, fixed, sites, time)
-    append_log(host, doc)
-    notify.audit_events(host, findings, time)
+    report = audit_op.audit(host, args.sites, fix=args.fix)
     if args.all_hosts:
-        return fleet_report(host, doc, args)
+        return fleet_report(host, report.doc, args)
     if args.json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
+        print(json.dumps(report.doc, indent=2, sort_keys=True))
     else:
-        for line in text_report(findings, fixed):
+        for line in text_report(report.findings, report.fixed):
             host.say(line)
-    return doc["exit_code"]
+    return report.doc["exit_code"]
 
 
 def fleet_report(host: Host, doc: dict, args: argparse.Namespace) -> int:
