@@ -7,6 +7,7 @@ site it concerns, what is wrong and how to fix it; `fix` names what
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,25 @@ def _f(id_, ok: bool, subject: str, good: str, bad: str, severity: str = CRITICA
     if ok:
         return Finding(id_, OK, subject, good)
     return Finding(id_, severity, subject, bad, remedy, fix, diff)
+
+
+def drift(prefix: str, subject: str, expected: dict[str, str], actual: dict[str, str | None],
+          secrets: list[str], remedy: str, fix: str) -> list[Finding]:
+    """A finding PREFIX:PATH per generated file: as rendered, or missing or
+    different (WARNING, with the diff, secrets masked)."""
+    out = []
+    for path, want in expected.items():
+        have = actual.get(path)
+        diff = None
+        if have != want:
+            lines = difflib.unified_diff((have or "").splitlines(True), want.splitlines(True),
+                                         f"{path} (on disk)", f"{path} (rendered)")
+            diff = redact("".join(lines), secrets)
+        out.append(_f(f"{prefix}:{path}", have == want, subject, f"{path} as rendered",
+                      f"{path} is missing" if have is None else f"{path} differs from the "
+                      "registry's rendering (hand-edited?)", WARNING, remedy=remedy, fix=fix,
+                      diff=diff))
+    return out
 
 
 # -- host ---------------------------------------------------------------------
@@ -107,6 +127,8 @@ def host_checks(facts: Facts) -> list[Finding]:
     out.append(nginx_files_check(facts))
     out += listener_checks(facts)
     out.append(nftables_check(facts))
+    out += drift("host.file", h, facts["host_files"]["expected"], facts["host_files"]["actual"],
+                 [], "audit --fix renders the drain files again", "drains")
     out.append(sysctl_check(facts))
     out.append(hardening_check(facts))
     out += access_host_checks(facts["access"])

@@ -144,20 +144,39 @@ def site_conf(host: Host, site: Site, host_name: str | None = None,
 
 def files(host: Host, sites: list[Site], host_name: str | None = None) -> dict[Path, str]:
     """Every file of the drains of sites (all the registry's) and of the
-    fleet's log host (fleetlogs.py): the shared file, each site's, each
-    drain's CA; none when no site has a drain and the host ships nowhere."""
+    fleet's log host (fleetlogs.py): each site's (site_files) and the host's
+    (host_files)."""
     ship, _ = fleetlogs.load(host)
+    host_name = host_name or hostname(host)
     out: dict[Path, str] = {}
     for site in sites:
-        if site.drains or ship:
-            out[host.paths.rsyslog_site(site.name)] = site_conf(host, site, host_name, ship)
-            out.update({ca_path(host, site.name, d): d.ca for d in site.drains if d.ca})
-    if out or ship:  # files that read logs (imfile)
+        out.update(site_files(host, site, ship, host_name))
+    return {**out, **host_files(host, sites, ship, host_name)}
+
+
+def site_files(host: Host, site: Site, ship: fleetlogs.Shipping | None,
+               host_name: str) -> dict[Path, str]:
+    """The site's own drain files: its rsyslog file and each drain's CA; none
+    when it has no drain and the host ships nowhere (ship)."""
+    if not (site.drains or ship):
+        return {}
+    out = {host.paths.rsyslog_site(site.name): site_conf(host, site, host_name, ship)}
+    out.update({ca_path(host, site.name, d): d.ca for d in site.drains if d.ca})
+    return out
+
+
+def host_files(host: Host, sites: list[Site], ship: fleetlogs.Shipping | None,
+               host_name: str) -> dict[Path, str]:
+    """The drain files of the host as a whole for sites (all the registry's):
+    the shared file that reads the logs and the statistics' logrotate, when a
+    site has a drain or the host ships; the fleet's files (fleetlogs.files)."""
+    out: dict[Path, str] = {}
+    if ship or any(s.drains for s in sites):  # files that read logs (imfile)
         out[host.paths.rsyslog_shared] = render("rsyslog/siteops.conf", interval=STATS_INTERVAL,
                                                 stats=host.paths.drain_stats)
         out[host.paths.logrotate_drains] = render("logrotate/drains",
                                                   stats=host.paths.drain_stats)
-    out.update(fleetlogs.files(host, host_name or hostname(host)))
+    out.update(fleetlogs.files(host, host_name))
     return out
 
 

@@ -37,6 +37,8 @@ below; the checks in checks.py and site_checks.py take them):
     drains_failing {drain id: {waiting, since}}: drains that delivered nothing
                   for an hour while records waited (rsyslog's statistics)
     log_host      the fleet's log host this host ships to, or null
+    host_files    {expected: {path: rendered text}, actual: {path: text | null}}:
+                  the host's own drain and fleet files (drains.host_files)
     sites         {name: {user: {uid, gid, shell, home} | null,
                           tree: {path: STAT}, env: STAT | null,
                           current: STAT + {link, target_exists} | null, releases: [id],
@@ -111,6 +113,12 @@ class SiteFacts(TypedDict):
     urls: dict[str, dict]
 
 
+class HostFiles(TypedDict):
+    """The host's own generated files (drains.host_files), rendered and on disk."""
+    expected: dict[str, str]
+    actual: dict[str, str | None]
+
+
 class Facts(TypedDict):
     """What audit reads of the host and its sites (see the module's docstring)."""
     time: str
@@ -126,6 +134,7 @@ class Facts(TypedDict):
     disk: dict[str, float]
     usage: dict[str, dict]
     sites: dict[str, SiteFacts]
+    host_files: HostFiles
     drains_failing: dict[str, dict]
     log_host: str | None
     backup: dict[str, Any]
@@ -248,9 +257,18 @@ def tls_facts(host: Host, site: Site) -> dict | None:
     return facts
 
 
+DrainContext = tuple[fleetlogs.Shipping | None, str]  # where the host ships, its name
+
+
+def drain_context(host: Host) -> DrainContext:
+    return fleetlogs.load(host)[0], drains.hostname(host)
+
+
 def expected_files(host: Host, site: Site, nginx_version: tuple[int, ...],
-                   env_text: str | None) -> dict[str, str]:
-    """Every file siteops generates for a site, as the registry renders it today."""
+                   env_text: str | None, shipping: DrainContext | None = None) -> dict[str, str]:
+    """Every file siteops generates for the site alone, as the registry
+    renders it today (the host's drain files are host_files'); shipping: the
+    drain_context, if at hand."""
     name = site.name
     files = {str(host.paths.unit(u)): text for u, text in systemd.render_units(host, site).items()}
     files[str(host.paths.nginx_site(name))] = nginx.site_config(
@@ -258,7 +276,8 @@ def expected_files(host: Host, site: Site, nginx_version: tuple[int, ...],
     files[str(host.paths.logrotate(name))] = logrotate.config(host, site)
     if php.runs_fpm(site):
         files[str(host.paths.php_fpm_conf)] = php.conf_text()
-    files.update({str(path): text for path, text in drains.files(host, [site]).items()})
+    files.update({str(path): text for path, text in drains.site_files(
+        host, site, *(shipping or drain_context(host))).items()})
     if env_text:
         files[str(host.paths.redis_conf(name))] = redis.site_conf(
             host, site, envfile.passwords(env_text)[1])
@@ -345,10 +364,12 @@ def service_urls(site: Site, env_text: str | None, db_port: int,
 def site_facts(host: Host, site: Site, nginx_version: tuple[int, ...], db_port: int,
                verifier: str | None, jobs: dict[str, dict[str, str]] | None = None,
                listening: set[int] | None = None,
-               checks: PasswordChecks | None = None) -> SiteFacts:
+               checks: PasswordChecks | None = None,
+               shipping: DrainContext | None = None) -> SiteFacts:
     """jobs: the properties of its job units, if already read (gather reads
     every site's at once); listening: the ports something listens on, if
-    known; checks: password checks remembered between audits."""
+    known; checks: password checks remembered between audits; shipping: the
+    drain_context, if at hand."""
     name = site.name
     env_path = host.paths.of(name).env
     env_stat = safefs.lstat(env_path)
@@ -363,7 +384,7 @@ def site_facts(host: Host, site: Site, nginx_version: tuple[int, ...], db_port: 
         user = {"uid": pw.pw_uid, "gid": pw.pw_gid, "shell": pw.pw_shell, "home": pw.pw_dir}
     except KeyError:
         user = None
-    expected = expected_files(host, site, nginx_version, env_text)
+    expected = expected_files(host, site, nginx_version, env_text, shipping)
     return {
         "user": user,
         "tree": {str(p): stat(p) for p, *_ in layout.tree(host, name)},
@@ -479,8 +500,11 @@ def gather(host: Host, sites: list[Site], every: list[Site] | None = None) -> Fa
                              *systemd.JOB_PROPS)
     listening = {l["port"] for l in facts["listeners"]}
     checks = PasswordChecks(host)
+    shipping = (ship, drains.hostname(host))
+    wanted = {str(p): text for p, text in drains.host_files(host, every, *shipping).items()}
+    facts["host_files"] = {"expected": wanted, "actual": {p: host.read(Path(p)) for p in wanted}}
     with safefs.walks_remembered():
         facts["sites"] = {s.name: site_facts(host, s, version, db_port, verifiers.get(s.user),
-                                             jobs, listening, checks) for s in sites}
+                                             jobs, listening, checks, shipping) for s in sites}
     checks.save()
     return cast(Facts, {**facts, **waiting()})

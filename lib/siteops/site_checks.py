@@ -4,14 +4,13 @@ site's (facts.gather) to findings (checks.py: the findings and the host's)."""
 from __future__ import annotations
 
 import datetime
-import difflib
 
 from . import access, drains, layout, releases, units, usage
 from .checks import (BACKUP_CRIT_HOURS, BACKUP_WARN_HOURS, CRITICAL, LOOPBACK, MAX_EXPOSURE, OK,
-                     TLS_CRIT_DAYS, TLS_WARN_DAYS, VERIFY_WARN_DAYS, WARNING, Finding, _f)
+                     TLS_CRIT_DAYS, TLS_WARN_DAYS, VERIFY_WARN_DAYS, WARNING, Finding, _f, drift)
 from .facts import Facts, SiteFacts
 from .model import Site
-from .host import Host, redact
+from .host import Host
 from .journal import ISO, hours_between
 
 
@@ -126,21 +125,8 @@ def tree_checks(host: Host, site: Site, sf: SiteFacts) -> list[Finding]:
 
 
 def drift_checks(site: Site, sf: SiteFacts) -> list[Finding]:
-    name = site.name
-    out = []
-    for path, want in sf["expected"].items():
-        have = sf["actual"].get(path)
-        diff = None
-        if have != want:
-            lines = difflib.unified_diff((have or "").splitlines(True), want.splitlines(True),
-                                         f"{path} (on disk)", f"{path} (rendered)")
-            diff = redact("".join(lines), sf["secrets"])
-        out.append(_f(f"site.{name}.file:{path}", have == want, name, f"{path} as rendered",
-                      f"{path} is missing" if have is None else f"{path} differs from the "
-                      "registry's rendering (hand-edited?)", WARNING,
-                      remedy="audit --fix re-renders it (nginx -t first)", fix="render",
-                      diff=diff))
-    return out
+    return drift(f"site.{site.name}.file", site.name, sf["expected"], sf["actual"], sf["secrets"],
+                 "audit --fix re-renders it (nginx -t first)", "render")
 
 
 def parts_check(site: Site, sf: SiteFacts) -> Finding:

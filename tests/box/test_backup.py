@@ -370,7 +370,8 @@ def test_recovery_brings_back_exactly_the_host_that_was_backed_up(host, image, s
     host.siteops("backup")
     # The snapshot holds every file audit expects of the site (parts.py).
     expected = [f["id"].split(".file:", 1)[1] for f in json.loads(
-        host.siteops("audit press --json", check=False).stdout)["findings"] if ".file:" in f["id"]]
+        host.siteops("audit press --json", check=False).stdout)["findings"]
+        if f["id"].startswith("site.press.file:")]
     held = host.sh("RESTIC_REPOSITORY=/srv/share/restic RESTIC_PASSWORD_FILE=/etc/siteops/"
                    "restic-password restic ls --no-lock latest --tag site:press").stdout.split("\n")
     assert any("press-worker@.service" in p for p in expected)

@@ -239,6 +239,18 @@ def test_audit_finds_a_drain_file_changed_and_fix_renders_it(host):
     assert [f["id"] for f in res["findings"] if ".file:" in f["id"] and f["severity"] != "ok"] == []
 
 
+def test_audit_finds_the_hosts_shared_drain_file_changed_once_and_fix_renders_it(host):
+    shared = "/etc/rsyslog.d/50-siteops.conf"
+    original = host.sh(f"cat {shared}").stdout
+    host.sh(f"echo '# edited' >> {shared}")
+    res = json.loads(host.siteops("audit --json", check=False).stdout)
+    drift = [f["id"] for f in res["findings"] if f["severity"] != "ok" and ".file:" in f["id"]]
+    assert drift == [f"host.file:{shared}"], drift  # one finding, not one a site
+    host.siteops("audit --fix", check=False)
+    assert host.sh(f"cat {shared}").stdout == original
+    assert host.sh("systemctl is-active rsyslog").stdout.strip() == "active"
+
+
 def test_drain_add_and_remove_stopped_at_every_step_converge(host):
     """add and remove sent KILL, INT or TERM after each of their steps:
     rsyslog's whole configuration stays valid and running, and the command

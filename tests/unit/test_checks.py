@@ -112,6 +112,10 @@ BREAKAGES = [
      {"site.alpha.backup": "critical", "site.beta.backup": "critical"}),
     (lambda f: f.update(nftables=f["nftables"].replace("siteops site beta\"", "x\"")),
      {"host.nftables": "critical"}),
+    # A host-level drain file edited by hand: one host finding, whatever the sites.
+    (lambda f: f["host_files"].update(expected={"/etc/rsyslog.d/50-siteops.conf": "a\n"},
+                                      actual={"/etc/rsyslog.d/50-siteops.conf": "b\n"}),
+     {"host.file:/etc/rsyslog.d/50-siteops.conf": "warning"}),
     # beta's ports given to another uid (a restore that gave its user a new one).
     (lambda f: f.update(nftables=f["nftables"].replace("1002 . ", "1009 . ")),
      {"host.nftables": "critical"}),

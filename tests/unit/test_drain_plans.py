@@ -73,6 +73,20 @@ def test_files_name_each_drain_stably_and_only_for_sites_with_drains(root):
     assert f"field($!metadata!filename, 47, {len(logs.parts) + 1})" in conf
 
 
+def test_a_sites_own_drain_files_and_the_hosts_are_apart(root):
+    """audit compares each site's own files per site and the shared ones once
+    for the host: a hand-edited shared file is one host finding, not one a site."""
+    host, _ = make_host(root)
+    shop, blog = site(URL), site(name="blog")
+    own = drains.site_files(host, shop, None, "web1")
+    assert set(own) == {host.paths.rsyslog_site("shop"), drains.ca_path(host, "shop", Drain(URL))}
+    assert drains.site_files(host, blog, None, "web1") == {}
+    shared = drains.host_files(host, [shop, blog], None, "web1")
+    assert set(shared) == {host.paths.rsyslog_shared, host.paths.logrotate_drains}
+    assert drains.files(host, [shop, blog], "web1") == {**own, **shared}
+    assert drains.host_files(host, [blog], None, "web1") == {}
+
+
 def rsyslog_rules():
     return [(["dpkg-query"], 0, "rsyslog installed\nrsyslog-gnutls installed\n"),
             (["systemctl"], 0, ""), (["rsyslogd"], 0, ""), (["openssl"], 0, "")]

@@ -50,6 +50,8 @@ def repair_all(host: Host, sites: list[Site], broken: list[checks.Finding]) -> N
     if any(f.fix == "nftables" for f in broken):
         with host.step("loopback port-ownership rules (nftables)"):
             nftables.ensure(host, list(registry.load(host).sites.values()))
+    if any(f.fix == "drains" for f in broken):
+        drains.ensure(host, list(registry.load(host).sites.values()))
     if any(f.fix == "tenant_keys" for f in broken):
         with host.step("tenant keys file (from the registry)"):
             access.write(host, list(registry.load(host).sites.values()))
