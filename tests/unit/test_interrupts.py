@@ -141,6 +141,19 @@ def test_a_reload_nginx_does_not_take_is_an_error_and_stays_due(root, monkeypatc
     assert not nginx.reload_pending(host)
 
 
+def test_the_workers_serving_are_read_from_proc_where_the_kernel_lists_children(root):
+    host, _ = make_host(root)
+    (root / "run").mkdir()
+    (root / "run/nginx.pid").write_text("50\n")
+    (root / "proc/50/task/50").mkdir(parents=True)
+    (root / "proc/50/task/50/children").write_text("61 62 63 ")
+    for pid, title in (("61", "nginx: worker process"), ("62", "nginx: worker process is "
+                       "shutting down"), ("63", "nginx: cache manager process")):
+        (root / "proc" / pid).mkdir()
+        (root / "proc" / pid / "cmdline").write_bytes(title.encode() + b"\0" * 20)
+    assert nginx.serving_workers(host) == {"61"}  # no ps: the fake runner knows none
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_command_interrupted_says_so_and_exits_128_plus_the_signal(root, capsys, signum,
                                                                     code):
