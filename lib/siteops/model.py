@@ -255,17 +255,29 @@ def from_json(cls, data: Any, where: str):
     a KeyError later); keys it does not know are kept in `extra`."""
     if not isinstance(data, dict):
         raise RegistryTypeError(f"{where} must be an object, not {_shown(data)}")
-    hints = type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
-    values = {n: _checked(hints[n], data[n], f"{where}.{n}") for n in names if n in data}
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
-               and f.name != "extra" and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+    fields, required, extra = _plan(cls)
+    values = {n: check(data[n], f"{where}.{n}") for n, check in fields if n in data}
+    missing = [n for n in required if n not in values]
     if missing:
         raise RegistryTypeError(f"{where}.{missing[0]} is missing")
-    if "extra" in hints:
-        values["extra"] = {k: v for k, v in data.items() if k not in names}
+    if extra:
+        values["extra"] = {k: v for k, v in data.items() if k not in values}
     return cls(**values)
+
+
+Check = typing.Callable[[Any, str], Any]
+
+
+@functools.cache
+def _plan(cls) -> tuple[list[tuple[str, Check]], list[str], bool]:
+    """cls's fields with their checkers, the ones without a default, and
+    whether it keeps unknown keys: made once per class (a registry of
+    hundreds of sites is checked field by field on every load)."""
+    hints = type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.name != "extra"]
+    required = [f.name for f in fields if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]
+    return [(f.name, _checker(hints[f.name])) for f in fields], required, "extra" in hints
 
 
 def _shown(value: Any) -> str:
@@ -273,29 +285,46 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _checked(tp: Any, value: Any, where: str) -> Any:
-    """value if it has type tp (dataclasses made from their JSON); else RegistryTypeError."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (types.UnionType, typing.Union):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _checked(inner[0], value, where) if len(inner) == 1 else value
-    if dataclasses.is_dataclass(tp):
-        return from_json(tp, value, where)
-    if origin is list and isinstance(value, list):
-        return [_checked(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict and isinstance(value, dict):
-        return {k: _checked(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    ok = {str: isinstance(value, str), bool: isinstance(value, bool),
-          int: isinstance(value, int) and not isinstance(value, bool)}.get(tp)
-    if ok:
-        return value
+def _wrong(tp: Any, value: Any, where: str) -> typing.NoReturn:
+    origin = typing.get_origin(tp)
     what = {str: "a string", int: "a whole number", bool: "true or false"}.get(
         tp, "a list" if origin is list else "an object" if origin is dict else str(tp))
     raise RegistryTypeError(f"{where} must be {what}, not {_shown(value)}")
+
+
+@functools.cache
+def _checker(tp: Any) -> Check:
+    """A function(value, where) that returns value if it has type tp
+    (dataclasses made from their JSON), else raises RegistryTypeError."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return lambda value, where: value
+    if origin in (types.UnionType, typing.Union):
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) != 1:
+            return lambda value, where: value
+        one, optional = _checker(inner[0]), type(None) in args
+        return lambda value, where: None if value is None and optional else one(value, where)
+    if dataclasses.is_dataclass(tp):
+        return lambda value, where: from_json(tp, value, where)
+    if origin is list:
+        item = _checker(args[0])
+        return lambda value, where: (
+            [item(v, f"{where}[{i}]") for i, v in enumerate(value)]
+            if isinstance(value, list) else _wrong(tp, value, where))
+    if origin is dict:
+        entry = _checker(args[1])
+        return lambda value, where: (
+            {k: entry(v, f"{where}.{k}") for k, v in value.items()}
+            if isinstance(value, dict) else _wrong(tp, value, where))
+    if tp is str:
+        return lambda value, where: value if isinstance(value, str) else _wrong(tp, value, where)
+    if tp is bool:
+        return lambda value, where: value if isinstance(value, bool) else _wrong(tp, value, where)
+    if tp is int:
+        return lambda value, where: (value if isinstance(value, int) and not isinstance(value, bool)
+                                     else _wrong(tp, value, where))
+    return lambda value, where: _wrong(tp, value, where)
 
 
 # Fields added after schema 2, written only when not at their default: the
@@ -305,24 +334,41 @@ LATER_FIELDS: dict[type, tuple[str, ...]] = {
     Release: ("web_root", "php")}
 
 
+@functools.cache
+def _later_defaults(cls) -> list[tuple[str, Any]]:
+    """(name, JSON of its default) of cls's LATER_FIELDS (compared, never changed)."""
+    return [(f.name, to_json(f.default_factory() if f.default_factory is not dataclasses.MISSING
+                             else f.default))
+            for f in dataclasses.fields(cls) if f.name in LATER_FIELDS.get(cls, ())]
+
+
 def to_json(obj: Any) -> Any:
     """JSON data of a registry type (extra keys kept; unset limits left out)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        data = {f.name: to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if f.name != "extra"}
-        if isinstance(obj, Limits):
-            data = {k: v for k, v in data.items() if v is not None}
-        defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING
-                    else f.default for f in dataclasses.fields(obj)}
-        for name in LATER_FIELDS.get(type(obj), ()):
-            if data[name] == defaults[name]:
-                del data[name]
-        return {**getattr(obj, "extra", {}), **data}
+    if isinstance(obj, (str, int, float, type(None))):
+        return obj
     if isinstance(obj, list):
         return [to_json(v) for v in obj]
     if isinstance(obj, dict):
         return {k: to_json(v) for k, v in obj.items()}
-    return obj
+    kind: Any = type(obj)
+    names = _field_names(kind)
+    if names is None:
+        return obj
+    data = {name: to_json(getattr(obj, name)) for name in names}
+    if isinstance(obj, Limits):
+        data = {k: v for k, v in data.items() if v is not None}
+    for name, default in _later_defaults(kind):
+        if data[name] == default:
+            del data[name]
+    return {**getattr(obj, "extra", {}), **data}
+
+
+@functools.cache
+def _field_names(cls) -> list[str] | None:
+    """A dataclass's fields but extra (None for any other type)."""
+    if not dataclasses.is_dataclass(cls):
+        return None
+    return [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
 
 
 def release_from_json(data: dict, where: str = "release") -> Release:
