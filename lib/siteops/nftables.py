@@ -25,10 +25,14 @@ def conf(host: Host):
     return host.paths.etc / "nftables.conf"
 
 
-def elements(items: list[str]) -> str:
-    """A set's elements line (none: no line; nft refuses an empty list)."""
-    return ("\t\telements = {\n" + ",\n".join(f"\t\t\t{i}" for i in items) + "\n\t\t}\n"
-            if items else "")
+CHUNK = 100  # elements per `add element` (see the template)
+
+
+def add_elements(set_name: str, items: list[str]) -> str:
+    """`add element` commands for a set, CHUNK elements each."""
+    return "".join(f"add element {' '.join(TABLE)} {set_name} {{\n\t"
+                   + ",\n\t".join(items[i:i + CHUNK]) + "\n}\n"
+                   for i in range(0, len(items), CHUNK))
 
 
 def render_conf(sites: list[Site], nginx_uid: int) -> str:
@@ -42,8 +46,8 @@ def render_conf(sites: list[Site], nginx_uid: int) -> str:
             label = f'comment "siteops site {s.name}"'
             ports.append(f"{first}-{last} {label}")
             owners.append(f"{s.uid} . {first}-{last} {label}")
-    return render("nftables/siteops.nft", ports=elements(ports), owners=elements(owners),
-                  nginx_uid=nginx_uid)
+    return render("nftables/siteops.nft", nginx_uid=nginx_uid,
+                  elements=add_elements("ports", ports) + add_elements("owners", owners))
 
 
 def owned(loaded: str) -> set[tuple[str, int, int, int]]:
