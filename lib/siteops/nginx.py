@@ -242,13 +242,21 @@ def serving_workers(host: Host) -> set[str]:
         out = host.query(["ps", "-o", "pid=,args=", "--ppid", str(master)], ok=(0, 1)).out
         titles = dict(line.strip().split(" ", 1) for line in out.splitlines() if " " in line.strip())
     else:  # read directly: reload polls this every 20 ms
-        titles = {pid: (safefs.read(proc / pid / "cmdline") or b"").decode(errors="replace")
-                  for pid in children.split()}
+        titles = {pid: process_title(proc / pid / "cmdline") for pid in children.split()}
     return {pid for pid, title in titles.items()
             if "worker process" in title and "shutting down" not in title}
 
 
 RELOAD_TIMEOUT = 10  # seconds for new workers to come after a reload
+
+
+def process_title(cmdline: Path) -> str:
+    """A process's title from its /proc cmdline; "" once it has exited (a
+    read of a process that exits after the open fails with ESRCH)."""
+    try:
+        return (safefs.read(cmdline) or b"").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def reload(host: Host) -> None:

@@ -141,7 +141,7 @@ def test_a_reload_nginx_does_not_take_is_an_error_and_stays_due(root, monkeypatc
     assert not nginx.reload_pending(host)
 
 
-def test_the_workers_serving_are_read_from_proc_where_the_kernel_lists_children(root):
+def test_the_workers_serving_are_read_from_proc_where_the_kernel_lists_children(root, monkeypatch):
     host, _ = make_host(root)
     (root / "run").mkdir()
     (root / "run/nginx.pid").write_text("50\n")
@@ -152,6 +152,15 @@ def test_the_workers_serving_are_read_from_proc_where_the_kernel_lists_children(
         (root / "proc" / pid).mkdir()
         (root / "proc" / pid / "cmdline").write_bytes(title.encode() + b"\0" * 20)
     assert nginx.serving_workers(host) == {"61"}  # no ps: the fake runner knows none
+    # A worker that exits while it is read (ESRCH) is not serving.
+    real = nginx.safefs.read
+
+    def exited(path, *a, **kw):
+        if path.name == "cmdline" and path.parent.name == "61":
+            raise ProcessLookupError(3, "No such process")
+        return real(path, *a, **kw)
+    monkeypatch.setattr(nginx.safefs, "read", exited)
+    assert nginx.serving_workers(host) == set()
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
