@@ -242,13 +242,6 @@ class RegistryTypeError(ValueError):
     """A registry value of the wrong type: names the field, e.g. sites.shop.slot."""
 
 
-@functools.cache
-def type_hints(cls) -> dict[str, Any]:
-    """cls's field types, evaluated once per class (each evaluation compiles
-    every annotation: a tenth of a second for a registry of 40 sites)."""
-    return typing.get_type_hints(cls)
-
-
 def from_json(cls, data: Any, where: str):
     """An instance of the dataclass cls from JSON data, each known field
     checked against its declared type (a clear error naming the field, never
@@ -271,9 +264,10 @@ Check = typing.Callable[[Any, str], Any]
 @functools.cache
 def _plan(cls) -> tuple[list[tuple[str, Check]], list[str], bool]:
     """cls's fields with their checkers, the ones without a default, and
-    whether it keeps unknown keys: made once per class (a registry of
-    hundreds of sites is checked field by field on every load)."""
-    hints = type_hints(cls)
+    whether it keeps unknown keys: made once per class (evaluating the type
+    hints compiles every annotation, and a registry of hundreds of sites is
+    checked field by field on every load)."""
+    hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.name != "extra"]
     required = [f.name for f in fields if f.default is dataclasses.MISSING
                 and f.default_factory is dataclasses.MISSING]
