@@ -47,14 +47,17 @@ def audit(host: Host, names: list[str], fix: bool = False) -> Report:
 
 def repair_all(host: Host, sites: list[Site], broken: list[checks.Finding]) -> None:
     """The safe repairs the broken findings name: the host's, then each site's."""
-    if any(f.fix == "nftables" for f in broken):
-        with host.step("loopback port-ownership rules (nftables)"):
-            nftables.ensure(host, list(registry.load(host).sites.values()))
-    if any(f.fix == "drains" for f in broken):
-        drains.ensure(host, list(registry.load(host).sites.values()))
-    if any(f.fix == "tenant_keys" for f in broken):
-        with host.step("tenant keys file (from the registry)"):
-            access.write(host, list(registry.load(host).sites.values()))
+    fixes = {f.fix for f in broken}
+    if fixes & {"nftables", "drains", "tenant_keys"}:  # rendered from every site
+        every = list(registry.load(host).sites.values())
+        if "nftables" in fixes:
+            with host.step("loopback port-ownership rules (nftables)"):
+                nftables.ensure(host, every)
+        if "drains" in fixes:
+            drains.ensure(host, every)
+        if "tenant_keys" in fixes:
+            with host.step("tenant keys file (from the registry)"):
+                access.write(host, every)
     for site in sites:
         kinds = {f.fix for f in broken if f.subject == site.name and f.fix}
         if kinds:
